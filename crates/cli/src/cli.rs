@@ -1,0 +1,284 @@
+//! Command-line definitions. Names, value names and parsing mirror
+//! Filespooler 1.2.4 so that scripts, and even their error messages, carry
+//! over; our additions are marked "(fspl extension)".
+
+use std::ffi::OsString;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fspl",
+    version,
+    about = "Ordered, asynchronous remote execution: a drop-in, crash-safe Filespooler",
+    long_about = None,
+    disable_help_subcommand = false
+)]
+pub struct Cli {
+    /// Logging (to stderr) level: trace, debug, info, warn or error (any
+    /// case), or 1-5
+    #[arg(
+        short = 'l',
+        long = "log-level",
+        value_name = "LEVEL",
+        default_value = "INFO"
+    )]
+    pub log_level: tracing::Level,
+
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Print a fresh UUID (version 4)
+    GenUuid,
+    /// Print a fresh fspl-<uuid>.fspl file name
+    GenFilename,
+    /// Write a Command job to stdout (captures every FSPL_SET_* variable)
+    Prepare {
+        #[command(flatten)]
+        seq: SeqArgs,
+        /// Payload: a file, or "-" for stdin; without it the payload is empty
+        #[arg(short = 'i', long = "input", value_name = "INPUT")]
+        input: Option<OsString>,
+        /// Parameters to send along (used by the receiver only with
+        /// --allow-job-params)
+        #[arg(last = true, value_name = "PARAMS")]
+        params: Vec<OsString>,
+    },
+    /// Write a NOP job (always succeeds, runs nothing) to stdout
+    PrepareNop {
+        #[command(flatten)]
+        seq: SeqArgs,
+    },
+    /// Write a Fail job (always fails, runs nothing) to stdout
+    PrepareFail {
+        #[command(flatten)]
+        seq: SeqArgs,
+    },
+    /// Print the sender's next sequence number
+    PrepareGetNext {
+        #[arg(short = 's', long = "seqfile", value_name = "FILE")]
+        seqfile: OsString,
+    },
+    /// Set the sender's next sequence number
+    PrepareSetNext {
+        #[arg(short = 's', long = "seqfile", value_name = "FILE")]
+        seqfile: OsString,
+        /// The number to set it to
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Run the jobs in a queue
+    QueueProcess(QueueProcessArgs),
+    /// Create a queue directory
+    QueueInit {
+        #[command(flatten)]
+        q: QueueArg,
+        /// Create only jobs/: such a queue can be written and listed but not
+        /// processed
+        #[arg(long = "append-only")]
+        append_only: bool,
+    },
+    /// Show the environment of one job in a queue
+    QueueInfo {
+        #[command(flatten)]
+        q: QueueArg,
+        #[command(flatten)]
+        d: DecoderArg,
+        /// The job's sequence number
+        #[arg(short = 'j', long = "job", value_name = "ID")]
+        job: u64,
+        /// Print JSON (fspl extension)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a job read from stdin in a queue (durably, under a fresh name)
+    QueueWrite {
+        #[command(flatten)]
+        q: QueueArg,
+    },
+    /// List the jobs in a queue
+    QueueLs {
+        #[command(flatten)]
+        q: QueueArg,
+        #[command(flatten)]
+        d: DecoderArg,
+        /// Print JSON (fspl extension)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain a queue's state: next job, gaps, duplicates, leftovers, lock
+    /// (fspl extension; exit 0 = can progress or empty, 1 = blocked, 2 = error)
+    QueueStatus {
+        #[command(flatten)]
+        q: QueueArg,
+        #[command(flatten)]
+        d: DecoderArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the queue's next sequence number
+    QueueGetNext {
+        #[command(flatten)]
+        q: QueueArg,
+    },
+    /// Set the queue's next sequence number
+    QueueSetNext {
+        #[command(flatten)]
+        q: QueueArg,
+        /// The number to set it to
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Write the payload of one job in a queue to stdout
+    QueuePayload {
+        #[command(flatten)]
+        q: QueueArg,
+        #[command(flatten)]
+        d: DecoderArg,
+        /// The job's sequence number
+        #[arg(short = 'j', long = "job", value_name = "ID")]
+        job: u64,
+    },
+    /// Show the environment of the job on stdin
+    StdinInfo,
+    /// Write the payload of the job on stdin to stdout
+    StdinPayload,
+    /// Run the job on stdin; exits nonzero when it fails
+    StdinProcess(StdinProcessArgs),
+    /// Show the license
+    ShowLicense,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SeqArgs {
+    /// The sender's sequence file; "-" for none (the job gets seq 1)
+    #[arg(
+        short = 's',
+        long = "seqfile",
+        value_name = "FILE",
+        required_unless_present = "seq"
+    )]
+    pub seqfile: Option<OsString>,
+    /// Use this sequence number and leave any sequence file alone, e.g. to
+    /// fill a gap left by a failed prepare (fspl extension)
+    #[arg(long = "seq", value_name = "N")]
+    pub seq: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueueArg {
+    /// The queue directory
+    #[arg(short = 'q', long = "queuedir", value_name = "DIR")]
+    pub queuedir: OsString,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecoderArg {
+    /// Decoder for stored files, run as `$SHELL -c DECODECMD` with the file on
+    /// stdin (e.g. zcat, 'gpg -q -d')
+    #[arg(short = 'd', long = "decoder", value_name = "DECODECMD")]
+    pub decoder: Option<OsString>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Append the job's params to the command line (after PARAMS given here)
+    #[arg(long = "allow-job-params")]
+    pub allow_job_params: bool,
+    /// Do not connect the payload to the command's stdin
+    #[arg(long = "ignore-payload")]
+    pub ignore_payload: bool,
+    /// Kill the command after this many seconds; counts as a failure
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueueProcessArgs {
+    #[command(flatten)]
+    pub q: QueueArg,
+    #[command(flatten)]
+    pub d: DecoderArg,
+    /// What to do when a job fails
+    #[arg(
+        long = "on-error",
+        value_name = "ONERROR",
+        default_value = "retry",
+        ignore_case = true
+    )]
+    pub on_error: OnErrorArg,
+    /// In what order to run jobs
+    #[arg(
+        long = "order-by",
+        value_name = "ORDERING",
+        default_value = "sequence",
+        ignore_case = true
+    )]
+    pub order_by: OrderByArg,
+    /// Never delete job files, even after success
+    #[arg(long = "never-delete")]
+    pub never_delete: bool,
+    /// Stop after this many jobs
+    #[arg(short = 'n', long = "maxjobs", value_name = "JOBS")]
+    pub maxjobs: Option<u64>,
+    /// Where the command's stdout and stderr go
+    #[arg(
+        long = "output-to",
+        value_name = "DEST",
+        default_value = "passboth",
+        ignore_case = true
+    )]
+    pub output_to: OutputToArg,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The command to run (directly, no shell)
+    #[arg(value_name = "COMMAND")]
+    pub command: OsString,
+    /// Arguments for COMMAND, before any job params
+    #[arg(last = true, value_name = "PARAMS")]
+    pub params: Vec<OsString>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StdinProcessArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The command to run (directly, no shell)
+    #[arg(value_name = "COMMAND")]
+    pub command: OsString,
+    /// Arguments for COMMAND, before any job params
+    #[arg(last = true, value_name = "PARAMS")]
+    pub params: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum OnErrorArg {
+    /// Stop, exit nonzero, keep the job and nextseq: it runs again next time
+    Retry,
+    /// Delete the job, advance, continue
+    Delete,
+    /// Keep the file, advance, continue
+    Leave,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum OrderByArg {
+    /// Run seq == nextseq, then the next; stop at the first missing number
+    Sequence,
+    /// Run every job, oldest creation time first; nextseq is not used
+    Timestamp,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum OutputToArg {
+    /// The command's stdout and stderr are ours
+    #[value(name = "passboth")]
+    PassBoth,
+    /// Both go to jobs/<jobfile>.out
+    #[value(name = "saveboth")]
+    SaveBoth,
+}

@@ -1,0 +1,196 @@
+//! `queue-init`, `queue-write`, `queue-ls`, `queue-info`, `queue-payload`,
+//! `queue-get-next`, `queue-set-next`.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use fspl_format::{JobLocation, format_env, rfc3339_local};
+use fspl_queue::decoder::Decoder;
+use fspl_queue::nextseq::NextSeq;
+use fspl_queue::scan::{self, find_job};
+use fspl_queue::{CopyError, Queue, copy_stream, seqnum};
+use serde::Serialize;
+
+use crate::output::{StdoutError, raw_stdin, raw_stdout, write_stdout};
+
+pub fn decoder(d: Option<&OsStr>) -> Option<Decoder> {
+    d.map(Decoder::new)
+}
+
+pub fn init(dir: &OsStr, append_only: bool) -> anyhow::Result<ExitCode> {
+    Queue::init(dir, append_only)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn write(dir: &OsStr) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let name = q.write_job(&mut *raw_stdin() as &mut dyn Read)?;
+    tracing::debug!(file = %q.job_path(&name).display(), "job stored");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct LsJson<'a> {
+    queue: String,
+    jobs: Vec<LsJob<'a>>,
+    unreadable: Vec<Unreadable>,
+}
+
+#[derive(Serialize)]
+struct LsJob<'a> {
+    seq: u64,
+    filename: String,
+    ctime: String,
+    ctime_secs: i64,
+    ctime_nanos: u32,
+    #[serde(rename = "type")]
+    cmd_type: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct Unreadable {
+    pub filename: String,
+    pub error: String,
+}
+
+pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let dec = decoder(d);
+    let mut s = scan::scan(&q, dec.as_ref(), None)?;
+    // Stable: copies of one seq stay in directory order, as in Filespooler.
+    s.jobs.sort_by_key(|j| j.header.seq);
+    let mut out = Vec::with_capacity(64 + s.jobs.len() * 100);
+    if json {
+        let doc = LsJson {
+            queue: dir.to_string_lossy().into_owned(),
+            jobs: s
+                .jobs
+                .iter()
+                .map(|j| LsJob {
+                    seq: j.header.seq,
+                    filename: j.name.to_string_lossy().into_owned(),
+                    ctime: rfc3339_local(j.header.ctime),
+                    ctime_secs: j.header.ctime.secs,
+                    ctime_nanos: j.header.ctime.nanos,
+                    cmd_type: j.header.cmd_type.name(),
+                })
+                .collect(),
+            unreadable: s
+                .skipped
+                .iter()
+                .map(|sk| Unreadable {
+                    filename: sk.name.to_string_lossy().into_owned(),
+                    error: fspl_queue::display_chain(&sk.error),
+                })
+                .collect(),
+        };
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        out.push(b'\n');
+    } else {
+        writeln!(out, "{:<20} {:<27} filename", "ID", "creation timestamp")?;
+        for j in &s.jobs {
+            write!(
+                out,
+                "{:<20} {:<27} ",
+                j.header.seq,
+                rfc3339_local(j.header.ctime)
+            )?;
+            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(j.name.as_os_str()));
+            out.push(b'\n');
+        }
+    }
+    write_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct InfoJson {
+    seq: u64,
+    filename: String,
+    #[serde(rename = "type")]
+    cmd_type: &'static str,
+    ctime_secs: i64,
+    ctime_nanos: u32,
+    params: Vec<String>,
+    /// `[name, value]` pairs in order (lossy UTF-8).
+    env: Vec<[String; 2]>,
+}
+
+pub fn info(dir: &OsStr, d: Option<&OsStr>, seq: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let dec = decoder(d);
+    let job = find_job(&q, seq, dec.as_ref())?;
+    let env = job.header.environment(Some(JobLocation {
+        queuedir: dir,
+        filename: &job.name,
+    }));
+    if json {
+        let params = match &job.header.cmd_type {
+            fspl_format::CmdType::Command(c) => c
+                .params
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect(),
+            _ => vec![],
+        };
+        let doc = InfoJson {
+            seq: job.header.seq,
+            filename: job.name.to_string_lossy().into_owned(),
+            cmd_type: job.header.cmd_type.name(),
+            ctime_secs: job.header.ctime.secs,
+            ctime_nanos: job.header.ctime.nanos,
+            params,
+            env: env
+                .iter()
+                .map(|(k, v)| {
+                    [
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ]
+                })
+                .collect(),
+        };
+        let mut out = serde_json::to_vec_pretty(&doc)?;
+        out.push(b'\n');
+        write_stdout(&out)?;
+    } else {
+        write_stdout(&format_env(&env))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn payload(dir: &OsStr, d: Option<&OsStr>, seq: u64) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let dec = decoder(d);
+    let entry = find_job(&q, seq, dec.as_ref())?;
+    let mut job = q.open_job(&entry.name, dec.as_ref())?;
+    let result = copy_stream(job.payload.reader(), &mut *raw_stdout());
+    job.payload.close();
+    match result {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(CopyError::Write(e)) => Err(StdoutError(e).into()),
+        Err(CopyError::Read(e)) => Err(anyhow::Error::new(e).context(format!(
+            "cannot read payload of {}",
+            q.job_path(&entry.name).display()
+        ))),
+    }
+}
+
+pub fn get_next(dir: &OsStr) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let _lock = q.lock()?;
+    let n = NextSeq::open(&q.nextseq_path())?.value();
+    write_stdout(format!("{n}\n").as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn set_next(dir: &OsStr, id: u64) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let _lock = q.lock()?;
+    seqnum::write(&q.nextseq_path(), id)
+        .with_context(|| format!("cannot set the next seq of {}", q.dir().display()))?;
+    let _ = std::io::stdout().flush();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,40 @@
+//! `fspl`: a drop-in, crash-safe Filespooler.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod cmd;
+mod logging;
+mod output;
+
+/// Exit statuses (docs/cli.md): 0 success; 1 failure (a job failed, an I/O
+/// error, a locked queue, bad input); 2 usage error. `queue-status` also
+/// uses 1 for "blocked" and 2 for "could not tell".
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            // Help and version go to stdout; a closed pipe there is not an error.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    logging::init(cli.log_level);
+    match cmd::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                // Our reader went away (`fspl queue-ls | head`): nothing to report.
+                return ExitCode::SUCCESS;
+            }
+            output::print_error(&e);
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+use std::io;
+
+use crate::header::{MAX_METADATA_LEN, PREFIX_LEN};
+
+/// Why a job header could not be read. The messages name what is wrong; the
+/// caller adds which file (or stdin) it was.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("empty file: no job header")]
+    Empty,
+    #[error("bad magic: not a Filespooler job file")]
+    BadMagic,
+    #[error("truncated header: only {got} of the {PREFIX_LEN} prefix bytes")]
+    TruncatedPrefix { got: usize },
+    #[error("unsupported format version {0} (this fspl reads version 1)")]
+    UnsupportedVersion(u16),
+    #[error("CRC-32 mismatch on file prefix (stored {stored:08x}, computed {computed:08x})")]
+    PrefixCrc { stored: u32, computed: u32 },
+    #[error("metadata length {0} exceeds the limit of {MAX_METADATA_LEN} bytes")]
+    MetadataTooLarge(u64),
+    #[error("truncated header: only {got} of {expected} metadata bytes")]
+    TruncatedMetadata { got: u64, expected: u64 },
+    #[error("CRC-32 mismatch on metadata (stored {stored:08x}, computed {computed:08x})")]
+    MetadataCrc { stored: u32, computed: u32 },
+    #[error("invalid metadata")]
+    Metadata(#[source] rmp_serde::decode::Error),
+    #[error("read error")]
+    Io(#[source] io::Error),
+}
+
+impl HeaderError {
+    /// True when the input simply ended early (a partial file), as opposed to
+    /// holding wrong bytes.
+    pub fn is_truncation(&self) -> bool {
+        matches!(
+            self,
+            HeaderError::Empty
+                | HeaderError::TruncatedPrefix { .. }
+                | HeaderError::TruncatedMetadata { .. }
+        )
+    }
+}
+
+/// Why a header could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("cannot encode job metadata")]
+    Metadata(#[source] rmp_serde::encode::Error),
+    #[error("cannot write job header")]
+    Io(#[source] io::Error),
+}

@@ -1,0 +1,288 @@
+//! The fixed 30-byte prefix and the MessagePack metadata that follows it.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::Bytes;
+use crate::error::{EncodeError, HeaderError};
+
+/// The 12-byte tag every job file starts with.
+pub const MAGIC: [u8; 12] = *b"*FILESPOOLER";
+/// The only format version there is.
+pub const FORMAT_VERSION: u16 = 1;
+/// Length of the fixed prefix: tag, version, metadata length, two CRCs.
+pub const PREFIX_LEN: usize = 30;
+/// Largest metadata block we accept. The format allows 2^64 bytes; a real
+/// header is a few hundred bytes (params are stored at up to two bytes per
+/// byte), so anything above this is corruption or an attack, and refusing it
+/// keeps a hostile file from making us allocate without bound.
+pub const MAX_METADATA_LEN: u64 = 64 * 1024 * 1024;
+
+/// A job's creation time, as stored: seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ctime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Ctime {
+    /// The current wall-clock time.
+    pub fn now() -> Ctime {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Ctime {
+                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nanos: d.subsec_nanos(),
+            },
+            // A clock before 1970: store it as a negative offset, as the
+            // reference's time library does.
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                let mut nanos = d.subsec_nanos();
+                if nanos > 0 {
+                    secs -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Ctime { secs, nanos }
+            }
+        }
+    }
+}
+
+/// What a job does when it is run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CmdType {
+    /// Always succeeds; runs nothing.
+    Nop,
+    /// Always fails; runs nothing (a barrier in a queue).
+    Fail,
+    /// Runs the receiver's command with these extra params and env entries.
+    Command(Command),
+}
+
+impl CmdType {
+    /// The name used in logs and `--json` output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CmdType::Nop => "NOP",
+            CmdType::Fail => "Fail",
+            CmdType::Command(_) => "Command",
+        }
+    }
+}
+
+/// The parameters and environment a Command job carries, as raw bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Command {
+    pub params: Vec<Vec<u8>>,
+    /// `(name, value)` with the `FSPL_SET_` prefix removed from the name.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A decoded job header.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct JobHeader {
+    pub seq: u64,
+    pub ctime: Ctime,
+    pub cmd_type: CmdType,
+}
+
+/// What `decode` found: the header and how many bytes of input it used
+/// (the payload starts at that offset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub header: JobHeader,
+    pub header_len: u64,
+}
+
+// ---- wire representation (MessagePack through serde) ----
+
+#[derive(Serialize, Deserialize)]
+struct WireMeta {
+    seq: u64,
+    ctime: (i64, u32),
+    cmd_type: WireCmd,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireCmd {
+    #[serde(rename = "NOP")]
+    Nop,
+    Fail,
+    Command {
+        params: Vec<Bytes>,
+        env: Vec<(Bytes, Bytes)>,
+    },
+}
+
+impl JobHeader {
+    /// Encode the whole header (prefix and metadata), byte-identical to what
+    /// Filespooler 1.2.4 writes for the same job.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let wire = WireMeta {
+            seq: self.seq,
+            ctime: (self.ctime.secs, self.ctime.nanos),
+            cmd_type: match &self.cmd_type {
+                CmdType::Nop => WireCmd::Nop,
+                CmdType::Fail => WireCmd::Fail,
+                CmdType::Command(c) => WireCmd::Command {
+                    params: c.params.iter().map(|p| Bytes(p.clone())).collect(),
+                    env: c
+                        .env
+                        .iter()
+                        .map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone())))
+                        .collect(),
+                },
+            },
+        };
+        let meta = rmp_serde::to_vec_named(&wire).map_err(EncodeError::Metadata)?;
+        let mut out = Vec::with_capacity(PREFIX_LEN + meta.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&meta).to_be_bytes());
+        let prefix_crc = crc32fast::hash(&out[..26]);
+        out.extend_from_slice(&prefix_crc.to_be_bytes());
+        out.extend_from_slice(&meta);
+        Ok(out)
+    }
+
+    /// Encode and write the header in one `write_all`.
+    pub fn write_to<W: Write>(&self, w: &mut W) -> Result<(), EncodeError> {
+        let bytes = self.encode()?;
+        w.write_all(&bytes).map_err(EncodeError::Io)
+    }
+}
+
+/// The checked fields of a 30-byte prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub metadata_len: u64,
+    pub metadata_crc: u32,
+}
+
+/// Check the 30-byte prefix: magic, version, prefix CRC, metadata length bound.
+/// `buf` may be shorter than 30 bytes (a truncated file).
+pub fn parse_prefix(buf: &[u8]) -> Result<Prefix, HeaderError> {
+    if buf.is_empty() {
+        return Err(HeaderError::Empty);
+    }
+    // Check the magic on whatever we have, so that a short non-job file is
+    // called "not a job" rather than "truncated".
+    let tag_len = buf.len().min(MAGIC.len());
+    if buf[..tag_len] != MAGIC[..tag_len] {
+        return Err(HeaderError::BadMagic);
+    }
+    if buf.len() < PREFIX_LEN {
+        return Err(HeaderError::TruncatedPrefix { got: buf.len() });
+    }
+    let version = u16::from_be_bytes([buf[12], buf[13]]);
+    if version != FORMAT_VERSION {
+        return Err(HeaderError::UnsupportedVersion(version));
+    }
+    let stored = u32::from_be_bytes([buf[26], buf[27], buf[28], buf[29]]);
+    let computed = crc32fast::hash(&buf[..26]);
+    if stored != computed {
+        return Err(HeaderError::PrefixCrc { stored, computed });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&buf[14..22]);
+    let metadata_len = u64::from_be_bytes(len);
+    if metadata_len > MAX_METADATA_LEN {
+        return Err(HeaderError::MetadataTooLarge(metadata_len));
+    }
+    let metadata_crc = u32::from_be_bytes([buf[22], buf[23], buf[24], buf[25]]);
+    Ok(Prefix {
+        metadata_len,
+        metadata_crc,
+    })
+}
+
+/// Check the metadata CRC and decode the MessagePack map.
+pub fn parse_metadata(prefix: &Prefix, meta: &[u8]) -> Result<JobHeader, HeaderError> {
+    let computed = crc32fast::hash(meta);
+    if computed != prefix.metadata_crc {
+        return Err(HeaderError::MetadataCrc {
+            stored: prefix.metadata_crc,
+            computed,
+        });
+    }
+    let wire: WireMeta = rmp_serde::from_slice(meta).map_err(HeaderError::Metadata)?;
+    Ok(JobHeader {
+        seq: wire.seq,
+        ctime: Ctime {
+            secs: wire.ctime.0,
+            nanos: wire.ctime.1,
+        },
+        cmd_type: match wire.cmd_type {
+            WireCmd::Nop => CmdType::Nop,
+            WireCmd::Fail => CmdType::Fail,
+            WireCmd::Command { params, env } => CmdType::Command(Command {
+                params: params.into_iter().map(|b| b.0).collect(),
+                env: env.into_iter().map(|(k, v)| (k.0, v.0)).collect(),
+            }),
+        },
+    })
+}
+
+/// Decode a header from the start of `buf`. `buf` must hold the whole header
+/// (more is fine: the rest is payload).
+pub fn decode(buf: &[u8]) -> Result<Decoded, HeaderError> {
+    let prefix = parse_prefix(&buf[..buf.len().min(PREFIX_LEN)])?;
+    let end = PREFIX_LEN as u64 + prefix.metadata_len;
+    let have = buf.len() as u64;
+    if have < end {
+        return Err(HeaderError::TruncatedMetadata {
+            got: have - PREFIX_LEN as u64,
+            expected: prefix.metadata_len,
+        });
+    }
+    // `end` <= buf.len() here, so it fits in usize.
+    let header = parse_metadata(&prefix, &buf[PREFIX_LEN..end as usize])?;
+    Ok(Decoded {
+        header,
+        header_len: end,
+    })
+}
+
+/// Read exactly one header from a stream, consuming nothing beyond it, so the
+/// stream is left at the first payload byte (it can be a pipe handed on to a
+/// command afterwards).
+pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Decoded, HeaderError> {
+    let mut prefix_buf = [0u8; PREFIX_LEN];
+    let got = read_full(r, &mut prefix_buf).map_err(HeaderError::Io)?;
+    let prefix = parse_prefix(&prefix_buf[..got])?;
+    // Grow the buffer as data arrives instead of trusting the stored length
+    // with one allocation.
+    let mut meta = Vec::with_capacity(prefix.metadata_len.min(64 * 1024) as usize);
+    let got = r
+        .take(prefix.metadata_len)
+        .read_to_end(&mut meta)
+        .map_err(HeaderError::Io)? as u64;
+    if got < prefix.metadata_len {
+        return Err(HeaderError::TruncatedMetadata {
+            got,
+            expected: prefix.metadata_len,
+        });
+    }
+    let header = parse_metadata(&prefix, &meta)?;
+    Ok(Decoded {
+        header,
+        header_len: PREFIX_LEN as u64 + prefix.metadata_len,
+    })
+}
+
+/// Read until `buf` is full or the stream ends; returns how much was read.
+pub fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

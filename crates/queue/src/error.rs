@@ -1,0 +1,71 @@
+use std::io;
+use std::path::PathBuf;
+
+use fspl_format::HeaderError;
+
+/// Errors of queue and sequence-file operations. Every I/O error carries the
+/// path it concerns and what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: not a queue (no jobs/ directory); create one with `fspl queue-init -q {}`", dir.display(), dir.display())]
+    NotAQueue { dir: PathBuf },
+    #[error("{}: no nextseq.lock; this may be an append-only queue, which can be written and listed but not processed", dir.display())]
+    AppendOnly { dir: PathBuf },
+    #[error("{}: {}", path.display(), match holder { Some(pid) => format!("locked by another process (pid {pid})"), None => "locked by another process".to_string() })]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error("{}: invalid sequence number {content:?}", path.display())]
+    BadSeqNumber {
+        path: PathBuf,
+        content: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("{}: sequence number {value} cannot be incremented", path.display())]
+    SeqExhausted { path: PathBuf, value: u64 },
+    #[error("job file {}", path.display())]
+    BadJob {
+        path: PathBuf,
+        #[source]
+        source: HeaderError,
+    },
+    #[error("{}: job {seq} not found", dir.display())]
+    JobNotFound { dir: PathBuf, seq: u64 },
+    #[error("{}: seq {seq} is in more than one file with different contents: {}; remove the wrong one", dir.display(), files.join(", "))]
+    DuplicateSeq {
+        dir: PathBuf,
+        seq: u64,
+        files: Vec<String>,
+    },
+    #[error("decoder {command:?} for {}", path.display())]
+    Decoder {
+        command: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: queue directory already exists", dir.display())]
+    AlreadyExists { dir: PathBuf },
+}
+
+impl QueueError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> QueueError {
+        let path = path.into();
+        move |source| QueueError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;

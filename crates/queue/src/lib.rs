@@ -1,0 +1,33 @@
+//! Filespooler queue directories and sender sequence files: durable writes,
+//! scanning, locking and the processing loop. Synchronous by design: the
+//! plain CLI starts in about a millisecond.
+
+pub mod decoder;
+pub mod durable;
+mod error;
+pub mod exec;
+pub mod lock;
+pub mod nextseq;
+pub mod process;
+mod queue;
+pub mod scan;
+pub mod seqfile;
+pub mod seqnum;
+
+pub use error::{QueueError, Result};
+pub use queue::{
+    CopyError, EntryKind, OpenedJob, Payload, Queue, REFERENCE_TEMP_PREFIX, TEMP_PREFIX, classify,
+    copy_stream,
+};
+
+/// An error and its causes on one line, `a: b: c`.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

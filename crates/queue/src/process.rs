@@ -1,0 +1,546 @@
+//! The processing loop of `queue-process` (and of the daemon).
+//!
+//! Order of steps for each job in Sequence order (docs/durability.md explains
+//! what a crash between any two of them leads to):
+//!
+//! 1. find the file whose header says `seq == nextseq` (one directory scan
+//!    per run; the directory is read again only when the next number is
+//!    missing, to pick up jobs that arrived meanwhile);
+//! 2. open it and read the header again (it is what will run);
+//! 3. run the command with the payload on stdin and wait for it;
+//! 4. on success, or on failure with `--on-error Delete|Leave`: make
+//!    `nextseq = seq + 1` durable;
+//! 5. then delete the job file (unless `--never-delete`, or Leave on failure).
+//!
+//! A crash before 4 runs the same job again next time (at-least-once); a
+//! crash between 4 and 5 leaves a file whose seq is below nextseq, which is
+//! never run again (`queue-status` lists it; it is not removed, because
+//! `--never-delete` and `--on-error Leave` keep such files on purpose).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fspl_format::{CmdType, JobHeader, JobLocation};
+use tracing::{debug, warn};
+
+use crate::decoder::Decoder;
+use crate::error::QueueError;
+use crate::exec::{self, Outcome, Output, RunSpec, SpawnError};
+use crate::nextseq::NextSeq;
+use crate::queue::Queue;
+use crate::scan::{self, JobEntry};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OrderBy {
+    #[default]
+    Sequence,
+    Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    #[default]
+    Retry,
+    Delete,
+    Leave,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputTo {
+    #[default]
+    PassBoth,
+    SaveBoth,
+}
+
+/// Every `queue-process` option.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOptions {
+    pub command: OsString,
+    pub args: Vec<OsString>,
+    pub decoder: Option<Decoder>,
+    pub order_by: OrderBy,
+    pub on_error: OnError,
+    pub never_delete: bool,
+    pub maxjobs: Option<u64>,
+    pub output_to: OutputTo,
+    pub allow_job_params: bool,
+    pub ignore_payload: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// A job as reported to an observer.
+pub struct JobReport<'a> {
+    pub seq: u64,
+    pub name: &'a OsStr,
+    pub header: &'a JobHeader,
+}
+
+/// Hooks for progress displays, logs and metrics. All optional.
+pub trait Observer {
+    /// The jobs known to be ready when the run starts (Sequence order: the
+    /// unbroken run from nextseq; Timestamp: all).
+    fn planned(&mut self, _ready: u64) {}
+    fn started(&mut self, _job: &JobReport<'_>) {}
+    fn finished(&mut self, _job: &JobReport<'_>, _outcome: &Outcome, _elapsed: Duration) {}
+    /// Checked between jobs: return true to end the run early (shutdown).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Why a run ended without error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// No job left (Timestamp order), or none at or after nextseq.
+    Drained { next: Option<u64> },
+    /// Sequence order: job `waiting_for` is missing while later ones are here.
+    Gap {
+        waiting_for: u64,
+        later_present: u64,
+    },
+    /// `--maxjobs` reached.
+    MaxJobs,
+    /// The observer asked to stop.
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub processed: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub stop: StopReason,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("job {seq} ({}): {outcome}; stopped with the job left in the queue (--on-error Retry)", path.display())]
+    JobFailed {
+        seq: u64,
+        path: PathBuf,
+        outcome: Outcome,
+        summary: Summary,
+    },
+    #[error("job {seq} ({})", path.display())]
+    Spawn {
+        seq: u64,
+        path: PathBuf,
+        #[source]
+        source: SpawnError,
+    },
+    #[error("job {seq} ({}): waiting for the command", path.display())]
+    Wait {
+        seq: u64,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Process a queue until it is drained, blocked, or `maxjobs` is reached.
+/// Takes the queue lock for the whole run.
+pub fn process(
+    queue: &Queue,
+    opts: &ProcessOptions,
+    obs: &mut dyn Observer,
+) -> Result<Summary, ProcessError> {
+    let _lock = queue.lock()?;
+    let mut run = Run {
+        queue,
+        opts,
+        obs,
+        processed: 0,
+        succeeded: 0,
+        failed: 0,
+        warned_params: false,
+    };
+    match opts.order_by {
+        OrderBy::Sequence => run.sequence(),
+        OrderBy::Timestamp => run.timestamp(),
+    }
+}
+
+struct Run<'a> {
+    queue: &'a Queue,
+    opts: &'a ProcessOptions,
+    obs: &'a mut dyn Observer,
+    processed: u64,
+    succeeded: u64,
+    failed: u64,
+    warned_params: bool,
+}
+
+/// Job files by seq, built from one scan and extended by rescans.
+#[derive(Default)]
+struct Index {
+    by_seq: HashMap<u64, Vec<OsString>>,
+    seen: HashSet<OsString>,
+}
+
+impl Index {
+    /// Read the directory; headers only of names not seen before. Returns
+    /// how many new jobs were found.
+    fn refresh(
+        &mut self,
+        queue: &Queue,
+        decoder: Option<&Decoder>,
+        first: bool,
+    ) -> Result<usize, QueueError> {
+        let s = scan::scan(queue, decoder, if first { None } else { Some(&self.seen) })?;
+        if first {
+            scan::remove_stale_temps(queue, &s.temps);
+        }
+        let found = s.jobs.len();
+        for JobEntry { name, header, .. } in s.jobs {
+            self.seen.insert(name.clone());
+            self.by_seq.entry(header.seq).or_default().push(name);
+        }
+        for sk in s.skipped {
+            self.seen.insert(sk.name);
+        }
+        Ok(found)
+    }
+
+    fn ready_from(&self, mut seq: u64) -> u64 {
+        let mut n = 0;
+        while self.by_seq.contains_key(&seq) {
+            n += 1;
+            match seq.checked_add(1) {
+                Some(s) => seq = s,
+                None => break,
+            }
+        }
+        n
+    }
+
+    fn later_than(&self, seq: u64) -> u64 {
+        self.by_seq.keys().filter(|&&s| s > seq).count() as u64
+    }
+}
+
+impl Run<'_> {
+    fn summary(&self, stop: StopReason) -> Summary {
+        Summary {
+            processed: self.processed,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            stop,
+        }
+    }
+
+    fn limit_reached(&self) -> bool {
+        self.opts.maxjobs.is_some_and(|m| self.processed >= m)
+    }
+
+    fn sequence(&mut self) -> Result<Summary, ProcessError> {
+        let decoder = self.opts.decoder.as_ref();
+        let mut nextseq = NextSeq::open(&self.queue.nextseq_path())?;
+        let mut index = Index::default();
+        index.refresh(self.queue, decoder, true)?;
+        self.obs.planned(index.ready_from(nextseq.value()));
+        loop {
+            if self.limit_reached() {
+                return Ok(self.summary(StopReason::MaxJobs));
+            }
+            if self.obs.should_stop() {
+                return Ok(self.summary(StopReason::Stopped));
+            }
+            let seq = nextseq.value();
+            let names = match index.by_seq.remove(&seq) {
+                Some(n) => n,
+                None => {
+                    // Jobs may have arrived while we worked.
+                    if index.refresh(self.queue, decoder, false)? > 0
+                        && index.by_seq.contains_key(&seq)
+                    {
+                        continue;
+                    }
+                    let later = index.later_than(seq);
+                    debug!(seq, later, "next job not present; stopping");
+                    return Ok(self.summary(if later > 0 {
+                        StopReason::Gap {
+                            waiting_for: seq,
+                            later_present: later,
+                        }
+                    } else {
+                        StopReason::Drained { next: Some(seq) }
+                    }));
+                }
+            };
+            let (name, duplicates) = self.pick_among_duplicates(seq, names)?;
+            let job = match self.queue.open_job(&name, decoder) {
+                Ok(j) => j,
+                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    // Removed behind our back; look again.
+                    index.seen.remove(&name);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if job.header.seq != seq {
+                // The file was replaced since the scan; index what it is now.
+                index.by_seq.entry(job.header.seq).or_default().push(name);
+                job.payload.close();
+                continue;
+            }
+            let outcome = self.run_job(&name, job)?;
+            let ok = outcome.is_success();
+            if !ok && self.opts.on_error == OnError::Retry {
+                return Err(self.failed_error(seq, &name, outcome));
+            }
+            let next = seq.checked_add(1).ok_or(QueueError::SeqExhausted {
+                path: nextseq.path().to_path_buf(),
+                value: seq,
+            })?;
+            nextseq.set(next)?;
+            if self.should_delete(ok) {
+                self.delete(&name);
+                for d in &duplicates {
+                    self.delete(d);
+                }
+            }
+        }
+    }
+
+    fn timestamp(&mut self) -> Result<Summary, ProcessError> {
+        let decoder = self.opts.decoder.as_ref();
+        let s = scan::scan(self.queue, decoder, None)?;
+        scan::remove_stale_temps(self.queue, &s.temps);
+        let mut jobs = s.jobs;
+        jobs.sort_by_key(|j| j.header.ctime);
+        self.obs.planned(jobs.len() as u64);
+        for entry in jobs {
+            if self.limit_reached() {
+                return Ok(self.summary(StopReason::MaxJobs));
+            }
+            if self.obs.should_stop() {
+                return Ok(self.summary(StopReason::Stopped));
+            }
+            let job = match self.queue.open_job(&entry.name, decoder) {
+                Ok(j) => j,
+                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let seq = job.header.seq;
+            let outcome = self.run_job(&entry.name, job)?;
+            let ok = outcome.is_success();
+            if !ok && self.opts.on_error == OnError::Retry {
+                return Err(self.failed_error(seq, &entry.name, outcome));
+            }
+            if self.should_delete(ok) {
+                self.delete(&entry.name);
+            }
+        }
+        Ok(self.summary(StopReason::Drained { next: None }))
+    }
+
+    fn failed_error(&self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {
+        ProcessError::JobFailed {
+            seq,
+            path: self.queue.job_path(name),
+            outcome,
+            summary: self.summary(StopReason::Drained { next: Some(seq) }),
+        }
+    }
+
+    fn should_delete(&self, ok: bool) -> bool {
+        !self.opts.never_delete && (ok || self.opts.on_error == OnError::Delete)
+    }
+
+    fn delete(&self, name: &OsStr) {
+        let path = self.queue.job_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot delete processed job file; it is below nextseq and will not run again")
+            }
+        }
+    }
+
+    /// Identical copies of one job run once (and are all deleted after);
+    /// copies that differ stop processing with an error.
+    fn pick_among_duplicates(
+        &self,
+        seq: u64,
+        mut names: Vec<OsString>,
+    ) -> Result<(OsString, Vec<OsString>), ProcessError> {
+        names.sort();
+        let first = names.remove(0);
+        scan::check_duplicates(self.queue, seq, &first, &names)?;
+        if !names.is_empty() {
+            debug!(
+                seq,
+                copies = names.len() + 1,
+                "identical copies of one job; running it once"
+            );
+        }
+        Ok((first, names))
+    }
+
+    fn run_job(
+        &mut self,
+        name: &OsStr,
+        job: crate::queue::OpenedJob,
+    ) -> Result<Outcome, ProcessError> {
+        let seq = job.header.seq;
+        let path = self.queue.job_path(name);
+        let report_header = job.header.clone();
+        let report = JobReport {
+            seq,
+            name,
+            header: &report_header,
+        };
+        if !self.opts.allow_job_params && !self.warned_params {
+            if let CmdType::Command(c) = &job.header.cmd_type {
+                if !c.params.is_empty() {
+                    self.warned_params = true;
+                    warn!(
+                        seq,
+                        "job params ignored because --allow-job-params was not given (shown once per run)"
+                    );
+                }
+            }
+        }
+        self.obs.started(&report);
+        let t0 = Instant::now();
+        let output = match self.opts.output_to {
+            OutputTo::PassBoth => Output::Inherit,
+            OutputTo::SaveBoth => {
+                let mut out_name = name.to_os_string();
+                out_name.push(".out");
+                let out_path = self.queue.job_path(&out_name);
+                Output::File(open_output(&out_path).map_err(|source| QueueError::Io {
+                    action: "create output file",
+                    path: out_path.clone(),
+                    source,
+                })?)
+            }
+        };
+        let (stdin, decoder) = if self.opts.ignore_payload {
+            job.payload.close();
+            (Stdio::null(), None)
+        } else {
+            job.payload.into_stdio()
+        };
+        let location = JobLocation {
+            queuedir: self.queue.dir().as_os_str(),
+            filename: name,
+        };
+        let spec = RunSpec {
+            command: &self.opts.command,
+            args: &self.opts.args,
+            header: &job.header,
+            location: Some(location),
+            allow_job_params: self.opts.allow_job_params,
+            stdin,
+            output,
+            timeout: self.opts.timeout,
+        };
+        let started = exec::start(spec);
+        let outcome = match started {
+            Err(source) => {
+                if let Some(d) = decoder {
+                    d.kill();
+                }
+                return Err(ProcessError::Spawn { seq, path, source });
+            }
+            Ok(Err(outcome)) => outcome,
+            Ok(Ok(running)) => {
+                debug!(seq, pid = running.pid(), "started command");
+                running.wait().map_err(|source| ProcessError::Wait {
+                    seq,
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
+        if let Some(d) = decoder {
+            d.kill();
+        }
+        self.processed += 1;
+        if outcome.is_success() {
+            self.succeeded += 1;
+        } else {
+            self.failed += 1;
+            if self.opts.on_error != OnError::Retry {
+                let what = match self.opts.on_error {
+                    OnError::Delete if !self.opts.never_delete => "deleted",
+                    _ => "left in place",
+                };
+                warn!(seq, file = %path.display(), "job failed: {outcome}; {what}, moving on (--on-error {:?})", self.opts.on_error);
+            }
+        }
+        self.obs.finished(&report, &outcome, t0.elapsed());
+        Ok(outcome)
+    }
+}
+
+fn open_output(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Run one job read from a stream (`stdin-process`): header already read,
+/// payload on `stdin`.
+pub fn run_stream_job(
+    header: &JobHeader,
+    stdin: Stdio,
+    command: &OsStr,
+    args: &[OsString],
+    allow_job_params: bool,
+    timeout: Option<Duration>,
+) -> Result<Outcome, ProcessError> {
+    if !allow_job_params {
+        if let CmdType::Command(c) = &header.cmd_type {
+            if !c.params.is_empty() {
+                warn!(
+                    seq = header.seq,
+                    "job params ignored because --allow-job-params was not given"
+                );
+            }
+        }
+    }
+    let spec = RunSpec {
+        command,
+        args,
+        header,
+        location: None,
+        allow_job_params,
+        stdin,
+        output: Output::Inherit,
+        timeout,
+    };
+    let path = PathBuf::from("stdin");
+    match exec::start(spec) {
+        Err(source) => Err(ProcessError::Spawn {
+            seq: header.seq,
+            path,
+            source,
+        }),
+        Ok(Err(outcome)) => Ok(outcome),
+        Ok(Ok(running)) => running.wait().map_err(|source| ProcessError::Wait {
+            seq: header.seq,
+            path,
+            source,
+        }),
+    }
+}

@@ -1,0 +1,396 @@
+//! A queue directory: `nextseq`, `nextseq.lock` and `jobs/`.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, ErrorKind, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Stdio};
+
+use fspl_format::{Decoded, HeaderError, JobHeader, read_header};
+
+use crate::decoder::{Decoder, DecoderChild};
+use crate::durable::{parent_dir, sync_dir};
+use crate::error::{QueueError, Result};
+use crate::lock::FileLock;
+use crate::seqnum;
+
+/// Prefix of the temporary names `queue-write` streams into. They never look
+/// like jobs (`fspl-*.fspl`), so no reader can take a partial file for one.
+pub const TEMP_PREFIX: &str = ".fspl-tmp-";
+/// What Filespooler 1.2.4 names its temporaries: `tmp-fspl-<uuid>.fspl.tmp`.
+pub const REFERENCE_TEMP_PREFIX: &str = "tmp-fspl-";
+
+/// What a name in `jobs/` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `fspl-*.fspl`
+    Job,
+    /// One of our `queue-write` temporaries.
+    Temp,
+    /// A Filespooler 1.2.4 `queue-write` temporary.
+    ReferenceTemp,
+    /// Anything else (`.out` files, other files): ignored.
+    Other,
+}
+
+pub fn classify(name: &OsStr) -> EntryKind {
+    let b = name.as_bytes();
+    if b.starts_with(b"fspl-") && b.ends_with(b".fspl") && b.len() > 10 {
+        EntryKind::Job
+    } else if b.starts_with(TEMP_PREFIX.as_bytes()) {
+        EntryKind::Temp
+    } else if b.starts_with(REFERENCE_TEMP_PREFIX.as_bytes()) && b.ends_with(b".fspl.tmp") {
+        EntryKind::ReferenceTemp
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// A queue directory, named as the user gave it (the `-q` argument is
+/// passed to jobs verbatim in `FSPL_JOB_QUEUEDIR`).
+#[derive(Clone, Debug)]
+pub struct Queue {
+    dir: PathBuf,
+    jobs: PathBuf,
+}
+
+/// A job file opened for reading, positioned at its payload.
+pub struct OpenedJob {
+    pub header: JobHeader,
+    pub header_len: u64,
+    pub payload: Payload,
+}
+
+/// Where a job's payload comes from.
+pub enum Payload {
+    /// The stored file itself, positioned at the first payload byte; handed
+    /// to commands as their stdin without copying.
+    File(File),
+    /// The stdout of a `-d` decoder.
+    Decoded {
+        stdout: ChildStdout,
+        decoder: DecoderChild,
+    },
+}
+
+impl Payload {
+    /// Split into something a child process can read as stdin and, for
+    /// decoded jobs, the decoder to stop once the command is done.
+    pub fn into_stdio(self) -> (Stdio, Option<DecoderChild>) {
+        match self {
+            Payload::File(f) => (Stdio::from(f), None),
+            Payload::Decoded { stdout, decoder } => (Stdio::from(stdout), Some(decoder)),
+        }
+    }
+
+    pub fn reader(&mut self) -> &mut dyn Read {
+        match self {
+            Payload::File(f) => f,
+            Payload::Decoded { stdout, .. } => stdout,
+        }
+    }
+
+    /// Stop the decoder, if any.
+    pub fn close(self) {
+        if let Payload::Decoded { decoder, .. } = self {
+            decoder.kill();
+        }
+    }
+}
+
+impl Queue {
+    pub fn new(dir: impl Into<PathBuf>) -> Queue {
+        let dir = dir.into();
+        // The literal string "/jobs" appended, as Filespooler does, so a
+        // trailing slash in -q stays visible the same way in every path.
+        let mut jobs = dir.as_os_str().to_os_string();
+        jobs.push("/jobs");
+        Queue {
+            dir,
+            jobs: PathBuf::from(jobs),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn jobs_dir(&self) -> &Path {
+        &self.jobs
+    }
+
+    pub fn nextseq_path(&self) -> PathBuf {
+        self.dir.join("nextseq")
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("nextseq.lock")
+    }
+
+    pub fn job_path(&self, name: &OsStr) -> PathBuf {
+        self.jobs.join(name)
+    }
+
+    /// Create a queue: DIR, DIR/jobs, nextseq (holding 1) and nextseq.lock;
+    /// only DIR/jobs when `append_only`. DIR must not exist yet, or be an
+    /// empty directory. Every step is made durable before returning.
+    pub fn init(dir: impl Into<PathBuf>, append_only: bool) -> Result<Queue> {
+        let q = Queue::new(dir);
+        match std::fs::create_dir(&q.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let empty = std::fs::read_dir(&q.dir)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if !empty {
+                    return Err(QueueError::AlreadyExists { dir: q.dir });
+                }
+            }
+            Err(e) => {
+                return Err(QueueError::Io {
+                    action: "create queue directory",
+                    path: q.dir,
+                    source: e,
+                });
+            }
+        }
+        std::fs::create_dir(&q.jobs).map_err(QueueError::io("create directory", &q.jobs))?;
+        sync_dir(&q.jobs)?;
+        if !append_only {
+            seqnum::write(&q.nextseq_path(), 1)?;
+            let lock = q.lock_path();
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+                .map_err(QueueError::io("create", &lock))?;
+        }
+        sync_dir(&q.dir)?;
+        sync_dir(parent_dir(&q.dir))?;
+        Ok(q)
+    }
+
+    /// Fail with a helpful message unless DIR/jobs exists.
+    pub fn check_exists(&self) -> Result<()> {
+        match std::fs::metadata(&self.jobs) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(QueueError::NotAQueue {
+                dir: self.dir.clone(),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if std::fs::metadata(&self.dir).is_err() {
+                    Err(QueueError::Io {
+                        action: "open queue directory",
+                        path: self.dir.clone(),
+                        source: e,
+                    })
+                } else {
+                    Err(QueueError::NotAQueue {
+                        dir: self.dir.clone(),
+                    })
+                }
+            }
+            Err(e) => Err(QueueError::Io {
+                action: "open",
+                path: self.jobs.clone(),
+                source: e,
+            }),
+        }
+    }
+
+    /// Take the queue's processing lock without waiting.
+    pub fn lock(&self) -> Result<FileLock> {
+        let path = self.lock_path();
+        match FileLock::try_acquire(&path, false) {
+            Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                self.check_exists()?;
+                Err(QueueError::AppendOnly {
+                    dir: self.dir.clone(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Durably store a job read from `input` under a fresh
+    /// `fspl-<uuid>.fspl` name: stream into a temporary name (locked, so a
+    /// cleaner can tell a live writer from a dead one), fsync, rename, fsync
+    /// the directory. Returns the new name once all of that is done.
+    pub fn write_job(&self, input: &mut dyn Read) -> Result<OsString> {
+        self.check_exists()?;
+        let id = uuid::Uuid::new_v4();
+        let name = OsString::from(format!("fspl-{id}.fspl"));
+        let tmp = self.jobs.join(format!("{TEMP_PREFIX}{id}"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(QueueError::io("create", &tmp))?;
+        let result = (|| {
+            f.lock().map_err(QueueError::io("lock", &tmp))?;
+            copy_stream(input, &mut f).map_err(|e| match e {
+                CopyError::Read(source) => QueueError::Io {
+                    action: "read job from",
+                    path: PathBuf::from("stdin"),
+                    source,
+                },
+                CopyError::Write(source) => QueueError::Io {
+                    action: "write",
+                    path: tmp.clone(),
+                    source,
+                },
+            })?;
+            f.sync_all().map_err(QueueError::io("sync", &tmp))?;
+            let dest = self.jobs.join(&name);
+            std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
+            sync_dir(&self.jobs)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| name)
+    }
+
+    /// Open a job file for reading its header: no symlinks followed, no
+    /// blocking on FIFOs, regular files only.
+    pub fn open_file(&self, name: &OsStr) -> Result<File> {
+        let path = self.job_path(name);
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    QueueError::Io {
+                        action: "open (symbolic links are not followed)",
+                        path: path.clone(),
+                        source: e,
+                    }
+                } else {
+                    QueueError::Io {
+                        action: "open",
+                        path: path.clone(),
+                        source: e,
+                    }
+                }
+            })?;
+        let meta = f.metadata().map_err(QueueError::io("stat", &path))?;
+        if !meta.is_file() {
+            return Err(QueueError::Io {
+                action: "read",
+                path,
+                source: io::Error::new(ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        Ok(f)
+    }
+
+    /// Open a job and read its header, leaving the payload ready to read.
+    pub fn open_job(&self, name: &OsStr, decoder: Option<&Decoder>) -> Result<OpenedJob> {
+        let path = self.job_path(name);
+        let mut file = self.open_file(name)?;
+        match decoder {
+            None => {
+                let d = read_header(&mut file).map_err(|source| bad_job(&path, source))?;
+                Ok(OpenedJob {
+                    header: d.header,
+                    header_len: d.header_len,
+                    payload: Payload::File(file),
+                })
+            }
+            Some(dec) => {
+                let mut child = dec.spawn(file).map_err(|source| QueueError::Decoder {
+                    command: dec.command().to_string_lossy().into_owned(),
+                    path: path.clone(),
+                    source,
+                })?;
+                let Some(mut stdout) = child.stdout.take() else {
+                    child.kill();
+                    return Err(QueueError::Decoder {
+                        command: dec.command().to_string_lossy().into_owned(),
+                        path,
+                        source: io::Error::other("no stdout pipe"),
+                    });
+                };
+                match read_header(&mut stdout) {
+                    Ok(d) => Ok(OpenedJob {
+                        header: d.header,
+                        header_len: d.header_len,
+                        payload: Payload::Decoded {
+                            stdout,
+                            decoder: child,
+                        },
+                    }),
+                    Err(source) => {
+                        drop(stdout);
+                        child.kill();
+                        Err(bad_job(&path, source))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read just the header of a job (for listings and scans). Reads one
+    /// block for a plain file; stops a decoder as soon as the header is in.
+    pub fn read_job_header(&self, name: &OsStr, decoder: Option<&Decoder>) -> Result<Decoded> {
+        match decoder {
+            None => {
+                let path = self.job_path(name);
+                let file = self.open_file(name)?;
+                let mut r = BufReader::with_capacity(4096, file);
+                read_header(&mut r).map_err(|source| bad_job(&path, source))
+            }
+            Some(_) => {
+                let job = self.open_job(name, decoder)?;
+                job.payload.close();
+                Ok(Decoded {
+                    header: job.header,
+                    header_len: job.header_len,
+                })
+            }
+        }
+    }
+}
+
+pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
+    match source {
+        HeaderError::Io(e) => QueueError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source: e,
+        },
+        source => QueueError::BadJob {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// Which side of a copy failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copy a stream to the end, telling read errors from write errors.
+/// (std's io::copy uses splice/copy_file_range where it can but cannot say
+/// which side failed, which matters for our error messages.)
+pub fn copy_stream(r: &mut dyn Read, w: &mut dyn io::Write) -> std::result::Result<u64, CopyError> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        w.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}
