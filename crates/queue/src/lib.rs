@@ -13,6 +13,7 @@ mod queue;
 pub mod scan;
 pub mod seqfile;
 pub mod seqnum;
+pub mod status;
 
 pub use error::{QueueError, Result};
 pub use queue::{

@@ -92,6 +92,36 @@ fn open_lock_file(path: &Path, create: bool) -> Result<File> {
         .map_err(QueueError::io("open lock file", path))
 }
 
+/// Whether a lock file is held, found without taking the lock (taking it,
+/// even briefly, could make a starting `queue-process` fail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockState {
+    Free,
+    Held {
+        pid: Option<u32>,
+    },
+    /// No lock file: an append-only queue.
+    Missing,
+}
+
+pub fn lock_state(path: &Path) -> LockState {
+    let Ok(file) = File::open(path) else {
+        return LockState::Missing;
+    };
+    match lock_holder(&file) {
+        Some(pid) => LockState::Held { pid: Some(pid) },
+        None if std::fs::metadata("/proc/locks").is_ok() => LockState::Free,
+        // No /proc: the only way left to tell is to try.
+        None => match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                LockState::Free
+            }
+            Err(_) => LockState::Held { pid: None },
+        },
+    }
+}
+
 /// Who holds a lock on this file, if we can tell: Linux lists every flock in
 /// /proc/locks with the owner's pid and the file's device and inode.
 pub fn lock_holder(file: &File) -> Option<u32> {

@@ -1,7 +1,211 @@
-pub fn status(
-    _d: &std::ffi::OsStr,
-    _x: Option<&std::ffi::OsStr>,
-    _j: bool,
-) -> anyhow::Result<std::process::ExitCode> {
-    todo!()
+//! `queue-status` (fspl extension): explain what a queue is waiting for.
+//! Exit 0: can progress or empty; 1: blocked; 2: could not tell (error).
+
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use fspl_queue::Queue;
+use fspl_queue::lock::LockState;
+use fspl_queue::status::{QueueStatus, State, status as analyse};
+use serde::Serialize;
+
+use crate::output::{print_error, write_stdout};
+
+pub fn status(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode> {
+    let q = Queue::new(dir);
+    let dec = super::queue::decoder(d);
+    let st = match analyse(&q, dec.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            print_error(&e.into());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let text = if json { to_json(&st)? } else { to_text(&st) };
+    write_stdout(text.as_bytes())?;
+    Ok(ExitCode::from(st.exit_code()))
+}
+
+fn lossy(s: &OsStr) -> String {
+    s.to_string_lossy().into_owned()
+}
+
+fn state_text(st: &QueueStatus) -> String {
+    match &st.state {
+        State::Empty => "idle: no jobs waiting".into(),
+        State::Ready { runnable } => format!(
+            "ready: {runnable} job{} can run now",
+            if *runnable == 1 { "" } else { "s" }
+        ),
+        State::Blocked { reason } => format!("blocked: {reason}"),
+        State::AppendOnly => {
+            "append-only: jobs can be written and listed, not processed here".into()
+        }
+    }
+}
+
+fn to_text(st: &QueueStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "queue:       {}", st.dir.display());
+    let _ = writeln!(o, "state:       {}", state_text(st));
+    match st.nextseq {
+        Some(n) => {
+            let _ = writeln!(o, "next seq:    {n}");
+        }
+        None => {
+            let _ = writeln!(o, "next seq:    -");
+        }
+    }
+    let span = match (st.lowest, st.highest) {
+        (Some(l), Some(h)) if l == h => format!(" (seq {l})"),
+        (Some(l), Some(h)) => format!(" (seqs {l}–{h})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(o, "jobs:        {}{span}", st.jobs);
+    if st.below_next > 0 {
+        let _ = writeln!(
+            o,
+            "below next:  {} (already run or skipped; never run again)",
+            st.below_next
+        );
+    }
+    if st.duplicates.is_empty() {
+        let _ = writeln!(o, "duplicates:  none");
+    }
+    for d in &st.duplicates {
+        let files: Vec<String> = d.files.iter().map(|f| lossy(f)).collect();
+        let _ = writeln!(
+            o,
+            "duplicates:  seq {} in {} files, {}: {}",
+            d.seq,
+            d.files.len(),
+            if d.identical {
+                "identical (run once)"
+            } else {
+                "DIFFERENT contents"
+            },
+            files.join(", ")
+        );
+    }
+    for (name, err) in &st.unreadable {
+        let _ = writeln!(o, "unreadable:  {}: {err}", lossy(name));
+    }
+    for t in &st.temps {
+        let what = match (t.stale, t.reference) {
+            (false, _) => "being written",
+            (true, false) => "stale, left by a killed writer (the next queue-process removes it)",
+            (true, true) => "stale Filespooler temporary (not removed automatically)",
+        };
+        let _ = writeln!(o, "temp file:   {}: {what}", lossy(&t.name));
+    }
+    let lock = match st.lock {
+        LockState::Free => "free".to_string(),
+        LockState::Held { pid: Some(p) } => format!("held by pid {p} (being processed)"),
+        LockState::Held { pid: None } => "held by another process (being processed)".into(),
+        LockState::Missing => "none (append-only queue)".into(),
+    };
+    let _ = writeln!(o, "lock:        {lock}");
+    o
+}
+
+#[derive(Serialize)]
+struct Json {
+    queue: String,
+    state: &'static str,
+    reason: Option<String>,
+    summary: String,
+    nextseq: Option<u64>,
+    jobs: u64,
+    lowest: Option<u64>,
+    highest: Option<u64>,
+    runnable: u64,
+    below_next: u64,
+    duplicates: Vec<JsonDup>,
+    unreadable: Vec<JsonUnreadable>,
+    temp_files: Vec<JsonTemp>,
+    lock: JsonLock,
+}
+
+#[derive(Serialize)]
+struct JsonDup {
+    seq: u64,
+    files: Vec<String>,
+    identical: bool,
+}
+
+#[derive(Serialize)]
+struct JsonUnreadable {
+    filename: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct JsonTemp {
+    filename: String,
+    stale: bool,
+    filespooler: bool,
+}
+
+#[derive(Serialize)]
+struct JsonLock {
+    held: bool,
+    pid: Option<u32>,
+}
+
+fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
+    let (state, reason, runnable) = match &st.state {
+        State::Empty => ("empty", None, 0),
+        State::Ready { runnable } => ("ready", None, *runnable),
+        State::Blocked { reason } => ("blocked", Some(reason.clone()), 0),
+        State::AppendOnly => ("append-only", None, 0),
+    };
+    let doc = Json {
+        queue: st.dir.display().to_string(),
+        state,
+        reason,
+        summary: state_text(st),
+        nextseq: st.nextseq,
+        jobs: st.jobs,
+        lowest: st.lowest,
+        highest: st.highest,
+        runnable,
+        below_next: st.below_next,
+        duplicates: st
+            .duplicates
+            .iter()
+            .map(|d| JsonDup {
+                seq: d.seq,
+                files: d.files.iter().map(|f| lossy(f)).collect(),
+                identical: d.identical,
+            })
+            .collect(),
+        unreadable: st
+            .unreadable
+            .iter()
+            .map(|(n, e)| JsonUnreadable {
+                filename: lossy(n),
+                error: e.clone(),
+            })
+            .collect(),
+        temp_files: st
+            .temps
+            .iter()
+            .map(|t| JsonTemp {
+                filename: lossy(&t.name),
+                stale: t.stale,
+                filespooler: t.reference,
+            })
+            .collect(),
+        lock: match st.lock {
+            LockState::Held { pid } => JsonLock { held: true, pid },
+            _ => JsonLock {
+                held: false,
+                pid: None,
+            },
+        },
+    };
+    let mut s = serde_json::to_string_pretty(&doc)?;
+    s.push('\n');
+    Ok(s)
 }

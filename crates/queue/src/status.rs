@@ -1,0 +1,230 @@
+//! What state a queue is in and why: the analysis behind `queue-status`
+//! (and, later, the daemon's status).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::decoder::Decoder;
+use crate::error::{QueueError, Result};
+use crate::lock::{LockState, lock_state};
+use crate::queue::{EntryKind, Queue};
+use crate::scan::{self, same_contents, temp_is_stale};
+use crate::seqnum;
+
+/// Whether processing can go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No job at or after nextseq.
+    Empty,
+    /// The next job is present: `runnable` jobs can run in a row.
+    Ready { runnable: u64 },
+    /// Processing cannot go on until something changes; `reason` says what.
+    Blocked { reason: String },
+    /// No nextseq/lock: jobs can be written and listed, not processed.
+    AppendOnly,
+}
+
+#[derive(Clone, Debug)]
+pub struct Duplicate {
+    pub seq: u64,
+    pub files: Vec<OsString>,
+    pub identical: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TempFile {
+    pub name: OsString,
+    /// Filespooler 1.2.4's temporary (no lock to tell a live writer by).
+    pub reference: bool,
+    /// Its writer is gone.
+    pub stale: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueStatus {
+    pub dir: PathBuf,
+    pub nextseq: Option<u64>,
+    pub jobs: u64,
+    pub lowest: Option<u64>,
+    pub highest: Option<u64>,
+    /// Files whose seq is below nextseq: already run (kept by
+    /// --never-delete or --on-error leave) or skipped; never run again.
+    pub below_next: u64,
+    pub duplicates: Vec<Duplicate>,
+    pub unreadable: Vec<(OsString, String)>,
+    pub temps: Vec<TempFile>,
+    pub lock: LockState,
+    pub state: State,
+}
+
+impl QueueStatus {
+    /// Exit status for `queue-status`: 0 can progress or empty, 1 blocked.
+    pub fn exit_code(&self) -> u8 {
+        match self.state {
+            State::Blocked { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Seqs as compact ranges: "6–9, 12, 15–20", at most `max` ranges.
+pub fn ranges(seqs: impl IntoIterator<Item = u64>, max: usize) -> String {
+    let mut v: Vec<u64> = seqs.into_iter().collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    let mut total = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        total += 1;
+        if parts.len() < max {
+            parts.push(if start == end {
+                start.to_string()
+            } else {
+                format!("{start}–{end}")
+            });
+        }
+        i += 1;
+    }
+    if total > max {
+        parts.push(format!("… ({} more ranges)", total - max));
+    }
+    parts.join(", ")
+}
+
+/// Look at a queue without changing anything and without taking its lock.
+pub fn status(queue: &Queue, decoder: Option<&Decoder>) -> Result<QueueStatus> {
+    queue.check_exists()?;
+    let lock = lock_state(&queue.lock_path());
+    let (nextseq, nextseq_problem) = if lock == LockState::Missing {
+        (None, None)
+    } else {
+        match seqnum::read(&queue.nextseq_path()) {
+            Ok(Some(n)) => (Some(n), None),
+            // Missing nextseq: queue-process starts at 1 (and creates it).
+            Ok(None) => (Some(1), None),
+            Err(e @ QueueError::BadSeqNumber { .. }) => (None, Some(crate::display_chain(&e))),
+            Err(e) => return Err(e),
+        }
+    };
+    let s = scan::scan(queue, decoder, None)?;
+    let now = SystemTime::now();
+    let temps = s
+        .temps
+        .iter()
+        .map(|t| TempFile {
+            name: t.name.clone(),
+            reference: t.kind == EntryKind::ReferenceTemp,
+            stale: temp_is_stale(queue, t, now),
+        })
+        .collect();
+    let mut by_seq: BTreeMap<u64, Vec<OsString>> = BTreeMap::new();
+    for j in &s.jobs {
+        by_seq.entry(j.header.seq).or_default().push(j.name.clone());
+    }
+    let mut duplicates = Vec::new();
+    for (seq, files) in &by_seq {
+        if files.len() > 1 {
+            let mut files = files.clone();
+            files.sort();
+            let identical = files[1..].iter().all(|f| {
+                same_contents(&queue.job_path(&files[0]), &queue.job_path(f)).unwrap_or(false)
+            });
+            duplicates.push(Duplicate {
+                seq: *seq,
+                files,
+                identical,
+            });
+        }
+    }
+    let unreadable: Vec<(OsString, String)> = s
+        .skipped
+        .iter()
+        .map(|sk| (sk.name.clone(), crate::display_chain(&sk.error)))
+        .collect();
+    let below_next = match nextseq {
+        Some(n) => s.jobs.iter().filter(|j| j.header.seq < n).count() as u64,
+        None => 0,
+    };
+    let state = if lock == LockState::Missing {
+        State::AppendOnly
+    } else if let Some(problem) = nextseq_problem {
+        State::Blocked {
+            reason: format!(
+                "nextseq cannot be read ({problem}); fix it with `fspl queue-set-next`"
+            ),
+        }
+    } else {
+        let next = nextseq.unwrap_or(1);
+        let later: Vec<u64> = by_seq.range(next..).map(|(k, _)| *k).collect();
+        if later.is_empty() {
+            State::Empty
+        } else if later[0] != next {
+            let mut reason = format!(
+                "waiting for seq {next}; seq{} {} present",
+                if later.len() == 1 { "" } else { "s" },
+                ranges(later.iter().copied(), 8)
+            );
+            if !unreadable.is_empty() {
+                reason.push_str(&format!(
+                    "; {} job file{} could not be read (one may be seq {next})",
+                    unreadable.len(),
+                    if unreadable.len() == 1 { "" } else { "s" }
+                ));
+            }
+            State::Blocked { reason }
+        } else if let Some(d) = duplicates.iter().find(|d| d.seq == next && !d.identical) {
+            State::Blocked {
+                reason: format!(
+                    "seq {next} is in {} files with different contents; remove the wrong one",
+                    d.files.len()
+                ),
+            }
+        } else {
+            let mut runnable = 0;
+            let mut seq = next;
+            while by_seq.contains_key(&seq) {
+                runnable += 1;
+                match seq.checked_add(1) {
+                    Some(n) => seq = n,
+                    None => break,
+                }
+            }
+            State::Ready { runnable }
+        }
+    };
+    Ok(QueueStatus {
+        dir: queue.dir().to_path_buf(),
+        nextseq,
+        jobs: s.jobs.len() as u64,
+        lowest: by_seq.keys().next().copied(),
+        highest: by_seq.keys().next_back().copied(),
+        below_next,
+        duplicates,
+        unreadable,
+        temps,
+        lock,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn ranges_are_compact_and_capped() {
+        assert_eq!(ranges([6, 7, 8, 9], 8), "6–9");
+        assert_eq!(ranges([12, 6, 7, 15, 16, 8], 8), "6–8, 12, 15–16");
+        assert_eq!(ranges([1, 3, 5, 7], 2), "1, 3, … (2 more ranges)");
+        assert_eq!(ranges([], 3), "");
+    }
+}
