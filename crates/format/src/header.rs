@@ -117,6 +117,14 @@ enum WireCmd {
 }
 
 impl JobHeader {
+    /// The job's params (empty for NOP and Fail jobs).
+    pub fn params(&self) -> &[Vec<u8>] {
+        match &self.cmd_type {
+            CmdType::Command(c) => &c.params,
+            _ => &[],
+        }
+    }
+
     /// Encode the whole header (prefix and metadata), byte-identical to what
     /// Filespooler 1.2.4 writes for the same job.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {

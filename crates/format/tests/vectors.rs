@@ -83,7 +83,8 @@ fn info_output_matches_the_reference_in_utc() {
 
 #[test]
 fn every_bad_vector_is_refused_with_the_right_reason() {
-    let cases: &[(&str, fn(&HeaderError) -> bool)] = &[
+    type Check = fn(&HeaderError) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("bad-empty.fspl", |e| matches!(e, HeaderError::Empty)),
         ("bad-tag.fspl", |e| matches!(e, HeaderError::BadMagic)),
         ("bad-version.fspl", |e| {

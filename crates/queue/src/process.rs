@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fspl_format::{CmdType, JobHeader, JobLocation};
+use fspl_format::{JobHeader, JobLocation};
 use tracing::{debug, warn};
 
 use crate::decoder::Decoder;
@@ -405,16 +405,12 @@ impl Run<'_> {
             name,
             header: &report_header,
         };
-        if !self.opts.allow_job_params && !self.warned_params {
-            if let CmdType::Command(c) = &job.header.cmd_type {
-                if !c.params.is_empty() {
-                    self.warned_params = true;
-                    warn!(
-                        seq,
-                        "job params ignored because --allow-job-params was not given (shown once per run)"
-                    );
-                }
-            }
+        if !self.opts.allow_job_params && !self.warned_params && !job.header.params().is_empty() {
+            self.warned_params = true;
+            warn!(
+                seq,
+                "job params ignored because --allow-job-params was not given (shown once per run)"
+            );
         }
         self.obs.started(&report);
         let t0 = Instant::now();
@@ -509,15 +505,11 @@ pub fn run_stream_job(
     allow_job_params: bool,
     timeout: Option<Duration>,
 ) -> Result<Outcome, ProcessError> {
-    if !allow_job_params {
-        if let CmdType::Command(c) = &header.cmd_type {
-            if !c.params.is_empty() {
-                warn!(
-                    seq = header.seq,
-                    "job params ignored because --allow-job-params was not given"
-                );
-            }
-        }
+    if !allow_job_params && !header.params().is_empty() {
+        warn!(
+            seq = header.seq,
+            "job params ignored because --allow-job-params was not given"
+        );
     }
     let spec = RunSpec {
         command,

@@ -92,26 +92,26 @@ pub fn scan(
             }
         }
         // d_type saves a stat per file; open_file re-checks what it opens.
-        if let Ok(ft) = entry.file_type() {
-            if ft.is_symlink() || ft.is_dir() || !(ft.is_file()) {
-                let what = if ft.is_symlink() {
-                    "a symbolic link (not followed)"
-                } else if ft.is_dir() {
-                    "a directory"
-                } else {
-                    "not a regular file"
-                };
-                debug!(file = ?name, "skipping: {what}");
-                out.skipped.push(Skipped {
-                    error: QueueError::Io {
-                        action: "read",
-                        path: queue.job_path(&name),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, what),
-                    },
-                    name,
-                });
-                continue;
-            }
+        if let Ok(ft) = entry.file_type()
+            && !ft.is_file()
+        {
+            let what = if ft.is_symlink() {
+                "a symbolic link (not followed)"
+            } else if ft.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
+            debug!(file = ?name, "skipping: {what}");
+            out.skipped.push(Skipped {
+                error: QueueError::Io {
+                    action: "read",
+                    path: queue.job_path(&name),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, what),
+                },
+                name,
+            });
+            continue;
         }
         match queue.read_job_header(&name, decoder) {
             Ok(d) => out.jobs.push(JobEntry {

@@ -1,0 +1,202 @@
+//! Fixtures shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The golden job files made by Filespooler 1.2.4.
+pub fn vectors() -> PathBuf {
+    root().join("testdata/vectors")
+}
+
+/// Our binary.
+pub fn fspl_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fspl"))
+}
+
+/// The reference Filespooler 1.2.4: $FSPL_REFERENCE, or installed into
+/// target/fspl-ref on first use (once, under a lock, for all test threads
+/// and processes). A missing reference is installed, never skipped.
+pub fn reference_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FSPL_REFERENCE") {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "FSPL_REFERENCE={} does not exist", p.display());
+            return p;
+        }
+        let dir = root().join("target/fspl-ref");
+        let bin = dir.join("bin/fspl");
+        std::fs::create_dir_all(root().join("target")).unwrap();
+        let lock = File::create(root().join("target/fspl-ref.lock")).unwrap();
+        lock.lock().unwrap();
+        if !bin.exists() {
+            let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args([
+                    "install",
+                    "filespooler",
+                    "--version",
+                    "1.2.4",
+                    "--locked",
+                    "--quiet",
+                    "--root",
+                ])
+                .arg(&dir)
+                .status()
+                .expect("run cargo install for the reference Filespooler");
+            assert!(
+                st.success(),
+                "installing the reference Filespooler 1.2.4 failed"
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A command for our binary, with TZ=UTC so times print predictably.
+pub fn fspl() -> Command {
+    let mut c = Command::new(fspl_bin());
+    c.env("TZ", "UTC");
+    c
+}
+
+/// A command for the reference binary, with TZ=UTC.
+pub fn reference() -> Command {
+    let mut c = Command::new(reference_bin());
+    c.env("TZ", "UTC");
+    c
+}
+
+/// Run with `stdin` as input; returns the output whatever the exit status.
+pub fn run_with_input(mut cmd: Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().unwrap();
+    out
+}
+
+/// Run with the file at `path` as stdin.
+pub fn run_with_file(mut cmd: Command, path: &Path) -> Output {
+    cmd.stdin(File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    cmd.output().expect("run")
+}
+
+/// Run with no stdin.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null());
+    cmd.output().expect("run")
+}
+
+/// Assert success and return stdout.
+#[track_caller]
+pub fn ok(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "command failed ({}): stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Assert failure with exactly one stderr line starting with "fspl: error: ";
+/// returns that line.
+#[track_caller]
+pub fn one_line_error(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(
+        lines[0].starts_with("fspl: error: "),
+        "unexpected error format: {err}"
+    );
+    lines[0].to_string()
+}
+
+/// A temporary directory with shortcuts for queues and files in it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("fspl-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Create a queue with our binary.
+    pub fn queue(&self, name: &str) -> PathBuf {
+        let q = self.path(name);
+        ok(run(ours([
+            OsStr::new("queue-init"),
+            OsStr::new("-q"),
+            q.as_os_str(),
+        ])));
+        q
+    }
+
+    /// Job files (names) currently in a queue's jobs/ directory.
+    pub fn job_files(&self, queue: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(queue.join("jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("fspl-") && n.ends_with(".fspl"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Our binary with these arguments.
+pub fn ours<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = fspl();
+    c.args(args);
+    c
+}
+
+/// The reference binary with these arguments.
+pub fn theirs<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = reference();
+    c.args(args);
+    c
+}

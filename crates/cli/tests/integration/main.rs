@@ -1,0 +1,8 @@
+//! All integration tests of the `fspl` binary, in one test binary (one link,
+//! shared fixtures). They run real processes in real temporary directories;
+//! interoperability tests also run the reference Filespooler 1.2.4, which
+//! `helper::reference_bin` installs when it is missing.
+
+mod helper;
+
+mod vectors;
