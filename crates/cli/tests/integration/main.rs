@@ -5,4 +5,6 @@
 
 mod helper;
 
+mod both;
+mod interop;
 mod vectors;
