@@ -18,6 +18,13 @@ pub const PREFIX_LEN: usize = 30;
 /// byte), so anything above this is corruption or an attack, and refusing it
 /// keeps a hostile file from making us allocate without bound.
 pub const MAX_METADATA_LEN: u64 = 64 * 1024 * 1024;
+/// Nesting limit for MessagePack arrays and maps, the metadata map included:
+/// metadata that has this many open at once is refused. A real header
+/// nests 6 deep (map, cmd_type map, Command map, env array, pair, byte
+/// array); rmp-serde's default of 1024 let a crafted extension value
+/// overflow a 2 MiB thread stack in a debug build (2-4 KiB a level), so a
+/// file could abort the reader instead of being refused.
+pub const MAX_METADATA_DEPTH: usize = 128;
 
 /// A job's creation time, as stored: seconds and nanoseconds since the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -216,7 +223,9 @@ pub fn parse_metadata(prefix: &Prefix, meta: &[u8]) -> Result<JobHeader, HeaderE
             computed,
         });
     }
-    let wire: WireMeta = rmp_serde::from_slice(meta).map_err(HeaderError::Metadata)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(meta);
+    de.set_max_depth(MAX_METADATA_DEPTH);
+    let wire = WireMeta::deserialize(&mut de).map_err(HeaderError::Metadata)?;
     Ok(JobHeader {
         seq: wire.seq,
         ctime: Ctime {
