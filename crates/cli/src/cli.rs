@@ -203,20 +203,20 @@ pub struct QueueProcessArgs {
     pub q: QueueArg,
     #[command(flatten)]
     pub d: DecoderArg,
-    /// What to do when a job fails
+    /// What to do when a job fails: Retry, Delete or Leave (any case)
     #[arg(
         long = "on-error",
         value_name = "ONERROR",
         default_value = "retry",
-        ignore_case = true
+        value_parser = on_error_value
     )]
     pub on_error: OnErrorArg,
-    /// In what order to run jobs
+    /// In what order to run jobs: Sequence or Timestamp (any case)
     #[arg(
         long = "order-by",
         value_name = "ORDERING",
         default_value = "sequence",
-        ignore_case = true
+        value_parser = order_by_value
     )]
     pub order_by: OrderByArg,
     /// Never delete job files, even after success
@@ -225,12 +225,13 @@ pub struct QueueProcessArgs {
     /// Stop after this many jobs
     #[arg(short = 'n', long = "maxjobs", value_name = "JOBS")]
     pub maxjobs: Option<u64>,
-    /// Where the command's stdout and stderr go
+    /// Where the command's stdout and stderr go: PassBoth or SaveBoth (any
+    /// case)
     #[arg(
         long = "output-to",
         value_name = "DEST",
         default_value = "passboth",
-        ignore_case = true
+        value_parser = output_to_value
     )]
     pub output_to: OutputToArg,
     #[command(flatten)]
@@ -253,6 +254,25 @@ pub struct StdinProcessArgs {
     /// Arguments for COMMAND, before any job params
     #[arg(last = true, value_name = "PARAMS")]
     pub params: Vec<OsString>,
+}
+
+/// Enum option values as Filespooler 1.2.4 reads them: any case, surrounding
+/// whitespace ignored (`--on-error ' Delete'` works), and the same wording
+/// when a value is not one of them.
+fn enum_value<T: ValueEnum>(s: &str, option: &str, expected: &str) -> Result<T, String> {
+    T::from_str(s.trim(), true).map_err(|_| format!("{option} must be {expected}"))
+}
+
+fn on_error_value(s: &str) -> Result<OnErrorArg, String> {
+    enum_value(s, "on-error", "'delete', 'leave', or 'retry'")
+}
+
+fn order_by_value(s: &str) -> Result<OrderByArg, String> {
+    enum_value(s, "order-by", "'sequence' or 'timestamp'")
+}
+
+fn output_to_value(s: &str) -> Result<OutputToArg, String> {
+    enum_value(s, "output-to", "'passboth' or 'saveboth'")
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -6,5 +6,6 @@
 mod helper;
 
 mod both;
+mod cli_compat;
 mod interop;
 mod vectors;
