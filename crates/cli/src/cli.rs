@@ -167,6 +167,11 @@ pub struct SeqArgs {
     /// fill a gap left by a failed prepare (fspl extension)
     #[arg(long = "seq", value_name = "N")]
     pub seq: Option<u64>,
+    /// Compress the whole job file: zstd[:LEVEL], gzip[:LEVEL], xz[:LEVEL]
+    /// or lz4. fspl readers detect it; Filespooler reads it with -d zstdcat
+    /// (zcat, xzcat, lz4cat) (fspl extension)
+    #[arg(long = "compress", value_name = "FORMAT[:LEVEL]")]
+    pub compress: Option<fspl_codec::CompressSpec>,
 }
 
 #[derive(clap::Args, Debug)]

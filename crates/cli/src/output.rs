@@ -48,3 +48,19 @@ pub fn write_stdout(bytes: &[u8]) -> Result<(), StdoutError> {
     let mut out = raw_stdout();
     out.write_all(bytes).map_err(StdoutError)
 }
+
+/// fd 0 as an owned reader that never closes it, for APIs that need
+/// `Read + Send + 'static`.
+pub struct RawStdin(ManuallyDrop<File>);
+
+impl RawStdin {
+    pub fn new() -> RawStdin {
+        RawStdin(raw_stdin())
+    }
+}
+
+impl io::Read for RawStdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}

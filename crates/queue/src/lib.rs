@@ -9,6 +9,7 @@ pub mod exec;
 pub mod lock;
 pub mod nextseq;
 pub mod process;
+pub mod pump;
 mod queue;
 pub mod scan;
 pub mod seqfile;
@@ -17,8 +18,8 @@ pub mod status;
 
 pub use error::{QueueError, Result};
 pub use queue::{
-    CopyError, EntryKind, OpenedJob, Payload, Queue, REFERENCE_TEMP_PREFIX, TEMP_PREFIX, classify,
-    copy_stream,
+    CopyError, EntryKind, OpenedJob, Payload, PayloadFinish, Queue, REFERENCE_TEMP_PREFIX,
+    StreamPayload, TEMP_PREFIX, classify, copy_stream, open_stream,
 };
 
 /// An error and its causes on one line, `a: b: c`.

@@ -33,7 +33,7 @@ use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::exec::{self, Outcome, Output, RunSpec, SpawnError};
 use crate::nextseq::NextSeq;
-use crate::queue::Queue;
+use crate::queue::{PayloadFinish, Queue};
 use crate::scan::{self, JobEntry};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -427,11 +427,15 @@ impl Run<'_> {
                 })?)
             }
         };
-        let (stdin, decoder) = if self.opts.ignore_payload {
+        let (stdin, finish) = if self.opts.ignore_payload {
             job.payload.close();
-            (Stdio::null(), None)
+            (Stdio::null(), PayloadFinish::Nothing)
         } else {
-            job.payload.into_stdio()
+            job.payload.into_stdio().map_err(|source| QueueError::Io {
+                action: "set up the payload pipe for",
+                path: path.clone(),
+                source,
+            })?
         };
         let location = JobLocation {
             queuedir: self.queue.dir().as_os_str(),
@@ -447,27 +451,7 @@ impl Run<'_> {
             output,
             timeout: self.opts.timeout,
         };
-        let started = exec::start(spec);
-        let outcome = match started {
-            Err(source) => {
-                if let Some(d) = decoder {
-                    d.kill();
-                }
-                return Err(ProcessError::Spawn { seq, path, source });
-            }
-            Ok(Err(outcome)) => outcome,
-            Ok(Ok(running)) => {
-                debug!(seq, pid = running.pid(), "started command");
-                running.wait().map_err(|source| ProcessError::Wait {
-                    seq,
-                    path: path.clone(),
-                    source,
-                })?
-            }
-        };
-        if let Some(d) = decoder {
-            d.kill();
-        }
+        let outcome = run_to_end(spec, finish, seq, &path)?;
         self.processed += 1;
         if outcome.is_success() {
             self.succeeded += 1;
@@ -495,11 +479,52 @@ fn open_output(path: &std::path::Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Start a job's command, wait for it, and settle its payload: a command
+/// that succeeded on a payload that turned out to be cut short or corrupt
+/// (a compressed job's checksum) has failed.
+fn run_to_end(
+    spec: RunSpec<'_>,
+    finish: PayloadFinish,
+    seq: u64,
+    path: &std::path::Path,
+) -> Result<Outcome, ProcessError> {
+    let outcome = match exec::start(spec) {
+        Err(source) => {
+            finish.finish();
+            return Err(ProcessError::Spawn {
+                seq,
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        Ok(Err(outcome)) => outcome,
+        Ok(Ok(running)) => {
+            debug!(seq, pid = running.pid(), "started command");
+            match running.wait() {
+                Ok(o) => o,
+                Err(source) => {
+                    finish.finish();
+                    return Err(ProcessError::Wait {
+                        seq,
+                        path: path.to_path_buf(),
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    match (finish.finish(), outcome) {
+        (Some(why), Outcome::Success) => Ok(Outcome::PayloadError(why)),
+        (_, outcome) => Ok(outcome),
+    }
+}
+
 /// Run one job read from a stream (`stdin-process`): header already read,
-/// payload on `stdin`.
+/// payload on `stdin` (settled by `finish`).
 pub fn run_stream_job(
     header: &JobHeader,
     stdin: Stdio,
+    finish: PayloadFinish,
     command: &OsStr,
     args: &[OsString],
     allow_job_params: bool,
@@ -521,18 +546,5 @@ pub fn run_stream_job(
         output: Output::Inherit,
         timeout,
     };
-    let path = PathBuf::from("stdin");
-    match exec::start(spec) {
-        Err(source) => Err(ProcessError::Spawn {
-            seq: header.seq,
-            path,
-            source,
-        }),
-        Ok(Err(outcome)) => Ok(outcome),
-        Ok(Ok(running)) => running.wait().map_err(|source| ProcessError::Wait {
-            seq: header.seq,
-            path,
-            source,
-        }),
-    }
+    run_to_end(spec, finish, header.seq, std::path::Path::new("stdin"))
 }

@@ -8,12 +8,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Stdio};
 
+use fspl_codec::{Compression, Peeked};
 use fspl_format::{Decoded, HeaderError, JobHeader, read_header};
 
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{QueueError, Result};
 use crate::lock::FileLock;
+use crate::pump::Pump;
 use crate::seqnum;
 
 /// Prefix of the temporary names `queue-write` streams into. They never look
@@ -73,22 +75,61 @@ pub enum Payload {
         stdout: ChildStdout,
         decoder: DecoderChild,
     },
+    /// Decoded in-process (a compressed job file); `what` names the format.
+    Stream {
+        reader: Box<dyn Read + Send>,
+        what: &'static str,
+    },
+}
+
+/// What must happen once a command that read a payload has ended.
+pub enum PayloadFinish {
+    Nothing,
+    /// Stop the `-d` decoder (its status is not judged, as in Filespooler).
+    KillDecoder(DecoderChild),
+    /// Collect the pump and check that the payload was whole.
+    Pump(Pump, &'static str),
+}
+
+impl PayloadFinish {
+    /// Clean up; `Some(reason)` when the payload turned out to be incomplete
+    /// or corrupt.
+    pub fn finish(self) -> Option<String> {
+        match self {
+            PayloadFinish::Nothing => None,
+            PayloadFinish::KillDecoder(d) => {
+                d.kill();
+                None
+            }
+            PayloadFinish::Pump(p, what) => p
+                .join()
+                .payload_error()
+                .map(|e| format!("{what} data: {e}")),
+        }
+    }
 }
 
 impl Payload {
-    /// Split into something a child process can read as stdin and, for
-    /// decoded jobs, the decoder to stop once the command is done.
-    pub fn into_stdio(self) -> (Stdio, Option<DecoderChild>) {
-        match self {
-            Payload::File(f) => (Stdio::from(f), None),
-            Payload::Decoded { stdout, decoder } => (Stdio::from(stdout), Some(decoder)),
-        }
+    /// Split into something a child process can read as stdin and what to
+    /// do once the child is done.
+    pub fn into_stdio(self) -> io::Result<(Stdio, PayloadFinish)> {
+        Ok(match self {
+            Payload::File(f) => (Stdio::from(f), PayloadFinish::Nothing),
+            Payload::Decoded { stdout, decoder } => {
+                (Stdio::from(stdout), PayloadFinish::KillDecoder(decoder))
+            }
+            Payload::Stream { reader, what } => {
+                let (pipe, pump) = Pump::start(reader)?;
+                (Stdio::from(pipe), PayloadFinish::Pump(pump, what))
+            }
+        })
     }
 
     pub fn reader(&mut self) -> &mut dyn Read {
         match self {
             Payload::File(f) => f,
             Payload::Decoded { stdout, .. } => stdout,
+            Payload::Stream { reader, .. } => reader,
         }
     }
 
@@ -97,6 +138,53 @@ impl Payload {
         if let Payload::Decoded { decoder, .. } = self {
             decoder.kill();
         }
+    }
+}
+
+/// Read a job header from a stream that may be compressed as a whole.
+/// Returns the header and the payload reader (the stream itself, positioned
+/// at the payload, when it is not compressed).
+pub fn open_stream<R: Read + Send + 'static>(
+    input: R,
+) -> std::result::Result<(Decoded, StreamPayload<R>), HeaderError> {
+    let mut peeked = Peeked::new(input).map_err(HeaderError::Io)?;
+    match peeked.compression() {
+        None => {
+            let d = read_header(&mut peeked)?;
+            Ok((d, StreamPayload::Plain(peeked.into_inner())))
+        }
+        Some(c) => {
+            let mut reader = c.decoder(peeked).map_err(HeaderError::Io)?;
+            let d = read_header(&mut reader).map_err(|e| compressed_error(c, e))?;
+            Ok((
+                d,
+                StreamPayload::Decoded {
+                    reader,
+                    what: c.name(),
+                },
+            ))
+        }
+    }
+}
+
+/// The payload of a job read by `open_stream`.
+pub enum StreamPayload<R> {
+    /// The input itself, positioned just after the header (which was read
+    /// exactly: a pipe can be handed on to a command).
+    Plain(R),
+    Decoded {
+        reader: Box<dyn Read + Send>,
+        what: &'static str,
+    },
+}
+
+/// A read error inside a compressed stream says which format failed.
+fn compressed_error(c: Compression, e: HeaderError) -> HeaderError {
+    match e {
+        HeaderError::Io(io) => {
+            HeaderError::Io(io::Error::new(io.kind(), format!("{c} data: {io}")))
+        }
+        other => other,
     }
 }
 
@@ -289,16 +377,22 @@ impl Queue {
     }
 
     /// Open a job and read its header, leaving the payload ready to read.
+    /// A job file compressed as a whole is decoded in-process unless a
+    /// decoder is given (an explicit `-d` always wins).
     pub fn open_job(&self, name: &OsStr, decoder: Option<&Decoder>) -> Result<OpenedJob> {
         let path = self.job_path(name);
-        let mut file = self.open_file(name)?;
+        let file = self.open_file(name)?;
         match decoder {
             None => {
-                let d = read_header(&mut file).map_err(|source| bad_job(&path, source))?;
+                let (d, payload) = open_stream(file).map_err(|source| bad_job(&path, source))?;
+                let payload = match payload {
+                    StreamPayload::Plain(f) => Payload::File(f),
+                    StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what },
+                };
                 Ok(OpenedJob {
                     header: d.header,
                     header_len: d.header_len,
-                    payload: Payload::File(file),
+                    payload,
                 })
             }
             Some(dec) => {
@@ -341,8 +435,11 @@ impl Queue {
             None => {
                 let path = self.job_path(name);
                 let file = self.open_file(name)?;
-                let mut r = BufReader::with_capacity(4096, file);
-                read_header(&mut r).map_err(|source| bad_job(&path, source))
+                let r = BufReader::with_capacity(4096, file);
+                // Only as much is decompressed as the header needs.
+                open_stream(r)
+                    .map(|(d, _)| d)
+                    .map_err(|source| bad_job(&path, source))
             }
             Some(_) => {
                 let job = self.open_job(name, decoder)?;

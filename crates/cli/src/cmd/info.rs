@@ -1,32 +1,35 @@
 //! `stdin-info`, `stdin-payload`.
 
-use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use fspl_format::{format_env, read_header};
-use fspl_queue::{CopyError, copy_stream};
+use fspl_format::{Decoded, format_env};
+use fspl_queue::{CopyError, StreamPayload, copy_stream, open_stream};
 
-use crate::output::{StdoutError, raw_stdin, raw_stdout, write_stdout};
+use crate::output::{RawStdin, StdoutError, raw_stdout, write_stdout};
 
-/// Read the header of the job on stdin, consuming exactly the header.
-pub fn stdin_header() -> anyhow::Result<fspl_format::Decoded> {
-    read_header(&mut *raw_stdin() as &mut dyn Read).context("job on stdin")
+/// Read the header of the job on stdin (compressed as a whole or not). A
+/// plain job is read exactly up to its payload, so stdin can be handed on.
+pub fn stdin_job() -> anyhow::Result<(Decoded, StreamPayload<RawStdin>)> {
+    open_stream(RawStdin::new()).context("job on stdin")
 }
 
 pub fn stdin_info() -> anyhow::Result<ExitCode> {
-    let d = stdin_header()?;
+    let (d, _) = stdin_job()?;
     write_stdout(&format_env(&d.header.environment(None)))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn stdin_payload() -> anyhow::Result<ExitCode> {
-    stdin_header()?;
-    match copy_stream(&mut *raw_stdin() as &mut dyn Read, &mut *raw_stdout()) {
+    let (_, payload) = stdin_job()?;
+    let (mut reader, what): (Box<dyn std::io::Read>, &str) = match payload {
+        StreamPayload::Plain(r) => (Box::new(r), "stdin"),
+        StreamPayload::Decoded { reader, what } => (reader, what),
+    };
+    match copy_stream(&mut reader, &mut *raw_stdout()) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(CopyError::Write(e)) => Err(StdoutError(e).into()),
-        Err(CopyError::Read(e)) => {
-            Err(anyhow::Error::new(e).context("cannot read the payload from stdin"))
-        }
+        Err(CopyError::Read(e)) => Err(anyhow::Error::new(e)
+            .context(format!("job on stdin: cannot read the payload ({what})"))),
     }
 }

@@ -9,7 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
@@ -117,8 +117,16 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         cmd_type,
     };
     let bytes = header.encode().context("cannot encode the job header")?;
-    let mut out = raw_stdout();
-    std::io::Write::write_all(&mut *out, &bytes).map_err(|e| {
+    let mut out: Box<dyn Output> = match &seq.compress {
+        None => Box::new(Plain(raw_stdout())),
+        Some(spec) => Box::new(Compressed(Some(
+            spec.encoder(Plain(raw_stdout()))
+                .context("cannot start the compressor")?,
+        ))),
+    };
+    // Flushed, so that with --compress too the header has reached stdout
+    // before the number is committed.
+    out.write_all(&bytes).and_then(|()| out.flush()).map_err(|e| {
         anyhow!(e).context(format!(
             "cannot write job {number} to stdout (no sequence number was used; the next is still {number})"
         ))
@@ -136,9 +144,10 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
 
     let copied = match &mut input {
         Input::Empty => Ok(0),
-        Input::Stdin => copy_stream(&mut *raw_stdin() as &mut dyn Read, &mut *out),
-        Input::File(f, _) => copy_stream(f, &mut *out),
-    };
+        Input::Stdin => copy_stream(&mut *raw_stdin() as &mut dyn Read, &mut out),
+        Input::File(f, _) => copy_stream(f, &mut out),
+    }
+    .and_then(|n| out.finish().map(|()| n).map_err(CopyError::Write));
     if let Err(e) = copied {
         let cause = match e {
             CopyError::Read(e) => anyhow!(e).context(format!("reading {} failed", input.name())),
@@ -169,4 +178,53 @@ pub fn set_next(seqfile: &OsStr, id: u64) -> anyhow::Result<ExitCode> {
     }
     SenderSeq::lock(seqfile.as_ref())?.set(id)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a job goes: stdout as is, or through a compressor whose trailer
+/// (with its checksum) must be written at the end.
+trait Output: Write {
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+struct Plain(std::mem::ManuallyDrop<File>);
+
+impl Write for Plain {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Output for Plain {
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Compressed(Option<Box<dyn fspl_codec::FinishWrite>>);
+
+impl Write for Compressed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(w) => w.write(buf),
+            None => Err(std::io::Error::other("compressor already finished")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Output for Compressed {
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self.0.take() {
+            Some(w) => w.finish(),
+            None => Ok(()),
+        }
+    }
 }

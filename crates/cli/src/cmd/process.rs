@@ -4,10 +4,11 @@ use std::io::IsTerminal;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use fspl_queue::Queue;
+use anyhow::Context;
 use fspl_queue::process::{
     self, NoObserver, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
 };
+use fspl_queue::{Payload, PayloadFinish, Queue, StreamPayload};
 
 use crate::cli::{OnErrorArg, OrderByArg, OutputToArg, QueueProcessArgs, StdinProcessArgs};
 
@@ -73,15 +74,19 @@ pub fn queue_process(a: QueueProcessArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
-    let d = super::info::stdin_header()?;
-    let stdin = if a.run.ignore_payload {
-        Stdio::null()
-    } else {
-        Stdio::inherit()
+    let (d, payload) = super::info::stdin_job()?;
+    let (stdin, finish) = match payload {
+        _ if a.run.ignore_payload => (Stdio::null(), PayloadFinish::Nothing),
+        // Our stdin is positioned at the payload: the command inherits it.
+        StreamPayload::Plain(_) => (Stdio::inherit(), PayloadFinish::Nothing),
+        StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what }
+            .into_stdio()
+            .context("cannot set up the payload pipe")?,
     };
     let outcome = process::run_stream_job(
         &d.header,
         stdin,
+        finish,
         &a.command,
         &a.params,
         a.run.allow_job_params,
