@@ -5,6 +5,8 @@
 
 mod helper;
 
+mod codecs;
+
 mod both;
 mod cli_compat;
 mod interop;
