@@ -429,7 +429,9 @@ impl Run<'_> {
         };
         let (stdin, finish) = if self.opts.ignore_payload {
             job.payload.close();
-            (Stdio::null(), PayloadFinish::Nothing)
+            // As in Filespooler: the command's stdin is left alone (ours,
+            // inherited), not redirected from /dev/null.
+            (Stdio::inherit(), PayloadFinish::Nothing)
         } else {
             job.payload.into_stdio().map_err(|source| QueueError::Io {
                 action: "set up the payload pipe for",

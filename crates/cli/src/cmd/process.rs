@@ -76,7 +76,9 @@ pub fn queue_process(a: QueueProcessArgs) -> anyhow::Result<ExitCode> {
 pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
     let (d, payload) = super::info::stdin_job()?;
     let (stdin, finish) = match payload {
-        _ if a.run.ignore_payload => (Stdio::null(), PayloadFinish::Nothing),
+        // As in Filespooler, --ignore-payload leaves the command's stdin
+        // alone: it inherits ours (positioned after the header).
+        _ if a.run.ignore_payload => (Stdio::inherit(), PayloadFinish::Nothing),
         // Our stdin is positioned at the payload: the command inherits it.
         StreamPayload::Plain(_) => (Stdio::inherit(), PayloadFinish::Nothing),
         StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what }

@@ -10,4 +10,5 @@ mod codecs;
 mod both;
 mod cli_compat;
 mod interop;
+mod process_options;
 mod vectors;
