@@ -57,3 +57,100 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     name.push(suffix);
     path.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_and_sibling_names() {
+        assert_eq!(parent_dir(Path::new("nextseq")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("q/nextseq")), Path::new("q"));
+        assert_eq!(parent_dir(Path::new("/nextseq")), Path::new("/"));
+        assert_eq!(
+            sibling(Path::new("q/nextseq"), ".tmp"),
+            Path::new("q/nextseq.tmp")
+        );
+        assert_eq!(
+            sibling(Path::new("seq.txt"), ".lock"),
+            Path::new("seq.txt.lock")
+        );
+    }
+
+    #[test]
+    fn replace_file_creates_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        replace_file(&p, b"1\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"1\n");
+        replace_file(&p, b"12345\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"12345\n");
+        replace_file(&p, b"7\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"7\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["nextseq"]);
+    }
+
+    #[test]
+    fn a_temporary_left_by_a_killed_writer_is_overwritten_not_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        std::fs::write(sibling(&p, ".tmp"), b"99999999999\ngarbage").unwrap();
+        replace_file(&p, b"3\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"3\n");
+        assert!(!sibling(&p, ".tmp").exists());
+    }
+
+    #[test]
+    fn a_symlink_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        std::fs::write(&p, b"5\n").unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, sibling(&p, ".tmp")).unwrap();
+        let e = replace_file(&p, b"6\n").unwrap_err();
+        assert!(
+            matches!(&e, QueueError::Io { action: "create", path, .. } if path.ends_with("nextseq.tmp")),
+            "{e:?}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&p).unwrap(), b"5\n");
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_old_file_and_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory cannot be renamed over.
+        let p = dir.path().join("nextseq");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("inside"), b"x").unwrap();
+        let e = replace_file(&p, b"6\n").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                QueueError::Io {
+                    action: "rename into place",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(p.join("inside").exists());
+        assert!(!sibling(&p, ".tmp").exists());
+    }
+
+    #[test]
+    fn sync_dir_names_a_missing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        match sync_dir(&missing) {
+            Err(QueueError::Io { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        sync_dir(dir.path()).unwrap();
+    }
+}

@@ -133,4 +133,116 @@ mod tests {
         // What a crash during "9\n" -> "10\n" can leave: new bytes, old length.
         assert_eq!(seqnum::parse(Path::new("x"), b"10").unwrap(), 10);
     }
+
+    /// Every file state a crash can leave while `set` grows the line in
+    /// place (given that a write within one sector is atomic): the old
+    /// bytes; the new bytes under the old length (data written, size not);
+    /// the old bytes under the new length (size written, data not: the
+    /// tail reads as zeros); the new bytes. Each must read as the old or
+    /// the new number, never as anything else.
+    #[test]
+    fn every_crash_state_of_an_in_place_advance_reads_as_old_or_new() {
+        let mut values: Vec<u64> = (0..=1100).collect();
+        let mut p = 10u64;
+        while let Some(next) = p.checked_mul(10) {
+            values.extend([p - 2, p - 1, p, p + 1]);
+            p = next;
+        }
+        values.extend([p - 1, p, u64::MAX - 2, u64::MAX - 1]);
+        for old in values {
+            let new = old + 1;
+            let (o, n) = (
+                format!("{old}\n").into_bytes(),
+                format!("{new}\n").into_bytes(),
+            );
+            assert!(n.len() >= o.len());
+            let mut size_only = o.clone();
+            size_only.resize(n.len(), 0);
+            for state in [o.clone(), n[..o.len()].to_vec(), size_only, n.clone()] {
+                let got = seqnum::parse(Path::new("x"), &state)
+                    .unwrap_or_else(|e| panic!("{old} -> {new}: state {state:?} unreadable: {e}"));
+                assert!(
+                    got == old || got == new,
+                    "{old} -> {new}: state {:?} reads as {got}",
+                    String::from_utf8_lossy(&state)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn open_creates_a_missing_file_holding_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        let n = NextSeq::open(&p).unwrap();
+        assert_eq!(n.value(), 1);
+        assert_eq!(n.path(), p);
+        assert_eq!(std::fs::read(&p).unwrap(), b"1\n");
+    }
+
+    #[test]
+    fn a_malformed_file_is_an_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"abc\n",
+            b"-3\n",
+            b"18446744073709551616\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let e = NextSeq::open(&p).unwrap_err();
+            assert!(
+                matches!(e, QueueError::BadSeqNumber { .. }),
+                "{bad:?}: {e:?}"
+            );
+            assert_eq!(std::fs::read(&p).unwrap(), bad);
+        }
+    }
+
+    #[test]
+    fn trailing_lines_are_ignored_and_dropped_by_the_next_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        std::fs::write(&p, "7\nwritten by hand\n").unwrap();
+        let mut n = NextSeq::open(&p).unwrap();
+        assert_eq!(n.value(), 7);
+        n.set(8).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"8\n");
+        // After the replace, the handle updates in place again.
+        n.set(9).unwrap();
+        n.set(10).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"10\n");
+    }
+
+    #[test]
+    fn the_largest_value_is_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        let mut n = NextSeq::open(&p).unwrap();
+        n.set(u64::MAX).unwrap();
+        assert_eq!(n.value(), u64::MAX);
+        assert_eq!(NextSeq::open(&p).unwrap().value(), u64::MAX);
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            format!("{}\n", u64::MAX).as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_long_run_of_advances_never_leaves_anything_but_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nextseq");
+        let mut n = NextSeq::open(&p).unwrap();
+        for v in 2..=150u64 {
+            n.set(v).unwrap();
+            assert_eq!(std::fs::read(&p).unwrap(), format!("{v}\n").as_bytes());
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["nextseq"]);
+    }
 }
