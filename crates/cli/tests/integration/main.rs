@@ -11,4 +11,5 @@ mod both;
 mod cli_compat;
 mod interop;
 mod process_options;
+mod tutorial;
 mod vectors;
