@@ -7,8 +7,10 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-/// Longest magic we look for.
-pub const MAGIC_LEN: usize = 6;
+/// How much of a stream we look at to tell what it is. Every job file is
+/// longer than this (30-byte prefix plus metadata), so reading this much
+/// never reads past a plain job's header.
+pub const MAGIC_LEN: usize = 32;
 
 /// Largest decoder window/dictionary we accept, so a hostile file cannot
 /// make us allocate without bound (zstd: 2^27 = 128 MiB, the zstd CLI's own
@@ -376,7 +378,7 @@ mod tests {
     fn peeked_replays_the_head() {
         let data = b"*FILESPOOLER and the rest";
         let mut p = Peeked::new(&data[..]).unwrap();
-        assert_eq!(p.head(), b"*FILES");
+        assert_eq!(p.head(), b"*FILESPOOLER and the rest");
         assert_eq!(p.compression(), None);
         let mut all = Vec::new();
         p.read_to_end(&mut all).unwrap();

@@ -1,0 +1,9 @@
+//! Authenticity, integrity, access control and confidentiality for fspl
+//! jobs: ed25519 keys (OpenSSH or base58), trust files, age encryption.
+
+pub mod crypt;
+pub mod keys;
+pub mod policy;
+
+pub use keys::{KeyError, PublicKey, SecretKey};
+pub use policy::{Sender, TrustFile, TrustFileError};
