@@ -7,7 +7,7 @@ use std::os::fd::FromRawFd;
 
 /// Print an error and its causes on one line: `fspl: error: a: b: c`.
 pub fn print_error(e: &anyhow::Error) {
-    let mut line = format!("fspl: error: {e:#}");
+    let mut line = format!("fspl: error: {}", fspl_queue::display_chain(e.as_ref()));
     // One line, whatever the messages contain.
     line = line.replace('\n', " ");
     let _ = writeln!(io::stderr().lock(), "{line}");

@@ -22,13 +22,20 @@ pub use queue::{
     StreamPayload, TEMP_PREFIX, classify, copy_stream, open_stream,
 };
 
-/// An error and its causes on one line, `a: b: c`.
+/// An error and its causes on one line, `a: b: c`. A cause whose text the
+/// message before it already ends with is not repeated (some errors, such
+/// as rmp-serde's, include their source in their own message).
 pub fn display_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
+    let mut prev = s.clone();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let msg = c.to_string();
+        if !prev.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        prev = msg;
         cur = c.source();
     }
     s

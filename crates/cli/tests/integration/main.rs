@@ -7,6 +7,7 @@ mod helper;
 
 mod codecs;
 
+mod bad_input;
 mod both;
 mod cli_compat;
 mod interop;
