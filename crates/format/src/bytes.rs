@@ -57,3 +57,20 @@ impl<'de> Visitor<'de> for BytesVisitor {
         Ok(Bytes(v.as_bytes().to_vec()))
     }
 }
+
+/// Bytes written as MessagePack `bin` (compact, for digests, keys and
+/// signatures); read from any form `Bytes` accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bin(pub(crate) Vec<u8>);
+
+impl Serialize for Bin {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BytesVisitor).map(|b| Bin(b.0))
+    }
+}

@@ -24,6 +24,8 @@ pub enum HeaderError {
     MetadataCrc { stored: u32, computed: u32 },
     #[error("invalid metadata")]
     Metadata(#[source] rmp_serde::decode::Error),
+    #[error("invalid fspl extension metadata (x-fspl): {0}")]
+    Extension(String),
     #[error("read error")]
     Io(#[source] io::Error),
 }

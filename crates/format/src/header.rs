@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bytes::Bytes;
+use crate::bytes::{Bin, Bytes};
 use crate::error::{EncodeError, HeaderError};
 
 /// The 12-byte tag every job file starts with.
@@ -95,12 +95,63 @@ pub struct JobHeader {
     pub cmd_type: CmdType,
 }
 
-/// What `decode` found: the header and how many bytes of input it used
+/// What `decode` found: the header, fspl's extension metadata (empty for
+/// jobs made by Filespooler), and how many bytes of input the header used
 /// (the payload starts at that offset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub header: JobHeader,
     pub header_len: u64,
+    pub ext: Extension,
+}
+
+/// The top-level metadata key under which fspl keeps its own fields.
+/// Filespooler 1.2.4 ignores unknown keys, so it reads such jobs as if the
+/// key were not there.
+pub const EXTENSION_KEY: &str = "x-fspl";
+
+/// Payload digest algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DigestAlg {
+    Blake3,
+    Sha256,
+}
+
+impl DigestAlg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlg::Blake3 => "blake3",
+            DigestAlg::Sha256 => "sha256",
+        }
+    }
+}
+
+/// A payload digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Digest {
+    pub alg: DigestAlg,
+    pub bytes: [u8; 32],
+}
+
+/// fspl's extension metadata (`x-fspl`): payload length and digest (so a
+/// cut-short or altered payload is caught before the command runs), the
+/// queue the job is meant for, and the signer's key and signature.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Extension {
+    pub payload_len: Option<u64>,
+    pub digest: Option<Digest>,
+    /// Name of the queue the job is addressed to (`prepare --to`).
+    pub to: Option<String>,
+    /// The signer's ed25519 public key.
+    pub signer: Option<[u8; 32]>,
+    /// ed25519 signature over `signed_bytes`.
+    pub signature: Option<[u8; 64]>,
+}
+
+impl Extension {
+    pub fn is_empty(&self) -> bool {
+        *self == Extension::default()
+    }
 }
 
 // ---- wire representation (MessagePack through serde) ----
@@ -110,6 +161,84 @@ struct WireMeta {
     seq: u64,
     ctime: (i64, u32),
     cmd_type: WireCmd,
+    #[serde(rename = "x-fspl", default, skip_serializing_if = "Option::is_none")]
+    ext: Option<WireExt>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct WireExt {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<Bin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<Bin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sig: Option<Bin>,
+}
+
+impl WireExt {
+    fn from_ext(e: &Extension, with_signature: bool) -> Option<WireExt> {
+        if e.is_empty() {
+            return None;
+        }
+        Some(WireExt {
+            len: e.payload_len,
+            alg: e.digest.map(|d| d.alg.name().to_string()),
+            digest: e.digest.map(|d| Bin(d.bytes.to_vec())),
+            to: e.to.clone(),
+            key: e.signer.map(|k| Bin(k.to_vec())),
+            sig: if with_signature {
+                e.signature.map(|s| Bin(s.to_vec()))
+            } else {
+                None
+            },
+        })
+    }
+
+    fn into_ext(self) -> Result<Extension, String> {
+        let digest = match (self.alg.as_deref(), self.digest) {
+            (None, None) => None,
+            (Some(alg), Some(d)) => {
+                let alg = match alg {
+                    "blake3" => DigestAlg::Blake3,
+                    "sha256" => DigestAlg::Sha256,
+                    other => return Err(format!("unknown digest algorithm {other:?}")),
+                };
+                let bytes: [u8; 32] =
+                    d.0.as_slice()
+                        .try_into()
+                        .map_err(|_| "digest is not 32 bytes".to_string())?;
+                Some(Digest { alg, bytes })
+            }
+            _ => return Err("digest without algorithm, or algorithm without digest".into()),
+        };
+        let signer = match self.key {
+            None => None,
+            Some(k) => Some(
+                <[u8; 32]>::try_from(k.0.as_slice())
+                    .map_err(|_| "signer key is not 32 bytes".to_string())?,
+            ),
+        };
+        let signature = match self.sig {
+            None => None,
+            Some(s) => Some(
+                <[u8; 64]>::try_from(s.0.as_slice())
+                    .map_err(|_| "signature is not 64 bytes".to_string())?,
+            ),
+        };
+        Ok(Extension {
+            payload_len: self.len,
+            digest,
+            to: self.to,
+            signer,
+            signature,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +264,40 @@ impl JobHeader {
     /// Encode the whole header (prefix and metadata), byte-identical to what
     /// Filespooler 1.2.4 writes for the same job.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        self.encode_with(&Extension::default())
+    }
+
+    /// Encode the header with fspl's extension metadata (none when `ext` is
+    /// empty: then the bytes are exactly Filespooler's).
+    pub fn encode_with(&self, ext: &Extension) -> Result<Vec<u8>, EncodeError> {
+        let meta = self.metadata_bytes(ext, true)?;
+        let mut out = Vec::with_capacity(PREFIX_LEN + meta.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&meta).to_be_bytes());
+        let prefix_crc = crc32fast::hash(&out[..26]);
+        out.extend_from_slice(&prefix_crc.to_be_bytes());
+        out.extend_from_slice(&meta);
+        Ok(out)
+    }
+
+    /// What a signature covers: a fixed domain string, then the metadata as
+    /// `encode_with` writes it but without the signature itself. It includes
+    /// seq, ctime, command type, params, env, payload length and digest,
+    /// destination queue and signer key. Verifiers rebuild it from the
+    /// decoded fields, so any change to any of them breaks the signature.
+    pub fn signed_bytes(&self, ext: &Extension) -> Result<Vec<u8>, EncodeError> {
+        let mut out = b"fspl signed job v1\0".to_vec();
+        out.extend_from_slice(&self.metadata_bytes(ext, false)?);
+        Ok(out)
+    }
+
+    fn metadata_bytes(
+        &self,
+        ext: &Extension,
+        with_signature: bool,
+    ) -> Result<Vec<u8>, EncodeError> {
         let wire = WireMeta {
             seq: self.seq,
             ctime: (self.ctime.secs, self.ctime.nanos),
@@ -150,17 +313,9 @@ impl JobHeader {
                         .collect(),
                 },
             },
+            ext: WireExt::from_ext(ext, with_signature),
         };
-        let meta = rmp_serde::to_vec_named(&wire).map_err(EncodeError::Metadata)?;
-        let mut out = Vec::with_capacity(PREFIX_LEN + meta.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        out.extend_from_slice(&(meta.len() as u64).to_be_bytes());
-        out.extend_from_slice(&crc32fast::hash(&meta).to_be_bytes());
-        let prefix_crc = crc32fast::hash(&out[..26]);
-        out.extend_from_slice(&prefix_crc.to_be_bytes());
-        out.extend_from_slice(&meta);
-        Ok(out)
+        rmp_serde::to_vec_named(&wire).map_err(EncodeError::Metadata)
     }
 
     /// Encode and write the header in one `write_all`.
@@ -216,6 +371,14 @@ pub fn parse_prefix(buf: &[u8]) -> Result<Prefix, HeaderError> {
 
 /// Check the metadata CRC and decode the MessagePack map.
 pub fn parse_metadata(prefix: &Prefix, meta: &[u8]) -> Result<JobHeader, HeaderError> {
+    parse_metadata_ext(prefix, meta).map(|(h, _)| h)
+}
+
+/// Like `parse_metadata`, also returning fspl's extension metadata.
+pub fn parse_metadata_ext(
+    prefix: &Prefix,
+    meta: &[u8],
+) -> Result<(JobHeader, Extension), HeaderError> {
     let computed = crc32fast::hash(meta);
     if computed != prefix.metadata_crc {
         return Err(HeaderError::MetadataCrc {
@@ -226,7 +389,11 @@ pub fn parse_metadata(prefix: &Prefix, meta: &[u8]) -> Result<JobHeader, HeaderE
     let mut de = rmp_serde::Deserializer::from_read_ref(meta);
     de.set_max_depth(MAX_METADATA_DEPTH);
     let wire = WireMeta::deserialize(&mut de).map_err(HeaderError::Metadata)?;
-    Ok(JobHeader {
+    let ext = match wire.ext {
+        None => Extension::default(),
+        Some(w) => w.into_ext().map_err(HeaderError::Extension)?,
+    };
+    let header = JobHeader {
         seq: wire.seq,
         ctime: Ctime {
             secs: wire.ctime.0,
@@ -240,7 +407,8 @@ pub fn parse_metadata(prefix: &Prefix, meta: &[u8]) -> Result<JobHeader, HeaderE
                 env: env.into_iter().map(|(k, v)| (k.0, v.0)).collect(),
             }),
         },
-    })
+    };
+    Ok((header, ext))
 }
 
 /// Decode a header from the start of `buf`. `buf` must hold the whole header
@@ -256,10 +424,11 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, HeaderError> {
         });
     }
     // `end` <= buf.len() here, so it fits in usize.
-    let header = parse_metadata(&prefix, &buf[PREFIX_LEN..end as usize])?;
+    let (header, ext) = parse_metadata_ext(&prefix, &buf[PREFIX_LEN..end as usize])?;
     Ok(Decoded {
         header,
         header_len: end,
+        ext,
     })
 }
 
@@ -283,10 +452,11 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Decoded, HeaderError> 
             expected: prefix.metadata_len,
         });
     }
-    let header = parse_metadata(&prefix, &meta)?;
+    let (header, ext) = parse_metadata_ext(&prefix, &meta)?;
     Ok(Decoded {
         header,
         header_len: PREFIX_LEN as u64 + prefix.metadata_len,
+        ext,
     })
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Stdio};
 
 use fspl_codec::{Compression, Peeked};
-use fspl_format::{Decoded, HeaderError, JobHeader, read_header};
+use fspl_format::{Decoded, Extension, HeaderError, JobHeader, read_header};
 
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
@@ -62,6 +62,8 @@ pub struct Queue {
 pub struct OpenedJob {
     pub header: JobHeader,
     pub header_len: u64,
+    /// fspl's extension metadata (payload length and digest, signature).
+    pub ext: Extension,
     pub payload: Payload,
 }
 
@@ -392,6 +394,7 @@ impl Queue {
                 Ok(OpenedJob {
                     header: d.header,
                     header_len: d.header_len,
+                    ext: d.ext,
                     payload,
                 })
             }
@@ -413,6 +416,7 @@ impl Queue {
                     Ok(d) => Ok(OpenedJob {
                         header: d.header,
                         header_len: d.header_len,
+                        ext: d.ext,
                         payload: Payload::Decoded {
                             stdout,
                             decoder: child,
@@ -447,6 +451,7 @@ impl Queue {
                 Ok(Decoded {
                     header: job.header,
                     header_len: job.header_len,
+                    ext: job.ext,
                 })
             }
         }
