@@ -93,10 +93,21 @@ pub fn rfc3339_utc(ctime: Ctime) -> String {
 /// /etc/localtime), whole seconds, numeric offset.
 pub fn rfc3339_local(ctime: Ctime) -> String {
     match timestamp(ctime) {
-        Some(ts) => ts
-            .to_zoned(local_zone())
-            .strftime("%Y-%m-%dT%H:%M:%S%:z")
-            .to_string(),
+        Some(ts) => {
+            let z = ts.to_zoned(local_zone());
+            // RFC 3339 offsets are whole minutes. Historic offsets with
+            // seconds (local mean time, before about 1900) are rounded to
+            // the nearest minute, as Filespooler does (+00:19:32 -> +00:20).
+            let off = z.offset().seconds();
+            let mins = (off.unsigned_abs() + 30) / 60;
+            let sign = if off < 0 { '-' } else { '+' };
+            format!(
+                "{}{sign}{:02}:{:02}",
+                z.strftime("%Y-%m-%dT%H:%M:%S"),
+                mins / 60,
+                mins % 60
+            )
+        }
         None => ctime.secs.to_string(),
     }
 }

@@ -333,6 +333,28 @@ pub fn header_len(job: &[u8]) -> usize {
 /// length and both CRCs recomputed, so that files prepared at different
 /// moments can be compared byte for byte.
 pub fn without_ctime(job: &[u8]) -> Vec<u8> {
+    with_ctime(job, 0, 0)
+}
+
+/// MessagePack encoding of an integer, most compact form.
+fn mp_int(v: i64) -> Vec<u8> {
+    match v {
+        0..=127 => vec![v as u8],
+        -32..=-1 => vec![v as i8 as u8],
+        128..=255 => vec![0xcc, v as u8],
+        256..=65535 => [&[0xcd][..], &(v as u16).to_be_bytes()].concat(),
+        65536..=0xffff_ffff => [&[0xce][..], &(v as u32).to_be_bytes()].concat(),
+        0x1_0000_0000.. => [&[0xcf][..], &(v as u64).to_be_bytes()].concat(),
+        -128..=-33 => vec![0xd0, v as i8 as u8],
+        -32768..=-129 => [&[0xd1][..], &(v as i16).to_be_bytes()].concat(),
+        -2_147_483_648..=-32769 => [&[0xd2][..], &(v as i32).to_be_bytes()].concat(),
+        _ => [&[0xd3][..], &v.to_be_bytes()].concat(),
+    }
+}
+
+/// The job file with its `ctime` set to `[secs, nanos]` (length and CRCs
+/// recomputed).
+pub fn with_ctime(job: &[u8], secs: i64, nanos: u32) -> Vec<u8> {
     assert_eq!(&job[..12], b"*FILESPOOLER");
     let n = meta_len(job);
     let meta = &job[30..30 + n];
@@ -343,11 +365,13 @@ pub fn without_ctime(job: &[u8]) -> Vec<u8> {
         .expect("ctime key in metadata");
     let arr = at + key.len();
     assert_eq!(meta[arr], 0x92, "ctime is a 2-element array");
-    let secs = arr + 1;
-    let nanos = secs + mp_int_len(&meta[secs..]);
-    let end = nanos + mp_int_len(&meta[nanos..]);
+    let secs_at = arr + 1;
+    let nanos_at = secs_at + mp_int_len(&meta[secs_at..]);
+    let end = nanos_at + mp_int_len(&meta[nanos_at..]);
     let mut new_meta = meta[..arr].to_vec();
-    new_meta.extend_from_slice(&[0x92, 0x00, 0x00]);
+    new_meta.push(0x92);
+    new_meta.extend_from_slice(&mp_int(secs));
+    new_meta.extend_from_slice(&mp_int(nanos as i64));
     new_meta.extend_from_slice(&meta[end..]);
     let mut out = job[..14].to_vec();
     out.extend_from_slice(&(new_meta.len() as u64).to_be_bytes());

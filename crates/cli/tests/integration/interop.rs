@@ -491,3 +491,75 @@ fn next_numbers_set_by_one_binary_are_read_by_the_other() {
         assert!(s.state("q").job_names().is_empty());
     }
 }
+
+/// Creation times far from now, in several time zones: both binaries print
+/// the same environment. (Not compared: the last day of year 9999 and
+/// later, which the reference prints as +10000-... and we as raw seconds,
+/// and values where the reference panics.)
+#[test]
+fn unusual_creation_times_print_the_same_in_any_time_zone() {
+    let base = make_job(Impl::Ref, 1, &[b"p"], &[], Some(b"x"));
+    let times: &[(i64, u32)] = &[
+        (0, 0),
+        (-1, 999_999_999),
+        (-2_208_988_800, 5),  // 1900
+        (-5_000_000_000, 0),  // 1811
+        (-62_135_596_800, 0), // year 1
+        (-62_135_596_801, 0), // year 0
+        (1_700_000_000, 999_999_999),
+        (4_102_444_800, 0), // 2100
+        (253_402_000_000, 1),
+    ];
+    for &(secs, nanos) in times {
+        let job = with_ctime(&base, secs, nanos);
+        for tz in [
+            "UTC",
+            "Europe/Amsterdam",
+            "America/St_Johns",
+            "Asia/Kolkata",
+            "Europe/Dublin",
+            "Pacific/Honolulu",
+            "Australia/Lord_Howe",
+        ] {
+            let got: Vec<Vec<u8>> = BOTH
+                .iter()
+                .map(|imp| {
+                    let mut c = imp.cmd(["stdin-info"]);
+                    c.env("TZ", tz);
+                    ok(run_with_input(c, &job))
+                })
+                .collect();
+            assert_eq!(
+                String::from_utf8_lossy(&got[0]),
+                String::from_utf8_lossy(&got[1]),
+                "ctime {secs}.{nanos} TZ={tz}"
+            );
+        }
+    }
+}
+
+/// Regression: a historic UTC offset with seconds (local mean time before
+/// about 1900, e.g. Amsterdam +00:19:32) was printed with its seconds,
+/// which RFC 3339 does not allow; Filespooler rounds it to +00:20.
+#[test]
+fn local_time_offset_with_seconds_was_not_rounded_to_minutes() {
+    let job = with_ctime(
+        &make_special(Impl::Ref, "prepare-nop", 1),
+        -62_135_596_800,
+        0,
+    );
+    for (tz, want) in [
+        ("Europe/Amsterdam", "0001-01-01T00:19:32+00:20"),
+        ("America/St_Johns", "0000-12-31T20:29:08-03:31"),
+    ] {
+        let mut c = ours(["stdin-info"]);
+        c.env("TZ", tz);
+        let info = String::from_utf8(ok(run_with_input(c, &job))).unwrap();
+        let mut c = theirs(["stdin-info"]);
+        c.env("TZ", tz);
+        let reference = String::from_utf8(ok(run_with_input(c, &job))).unwrap();
+        let line = format!("FSPL_CTIME_RFC3339_LOCAL={want}\n");
+        assert!(reference.contains(&line), "reference: {reference}");
+        assert!(info.contains(&line), "{tz}: {info}");
+    }
+}
