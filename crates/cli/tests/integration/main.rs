@@ -10,6 +10,7 @@ mod codecs;
 mod bad_input;
 mod both;
 mod cli_compat;
+mod crash;
 mod interop;
 mod process_options;
 mod tutorial;
