@@ -109,10 +109,18 @@ pub struct Running {
 /// Check that the job's params and env can be passed to a process at all.
 fn validate(header: &JobHeader) -> Result<(), String> {
     if let CmdType::Command(cmd) = &header.cmd_type {
+        // A '=' in a name is passed on as is (FSPL_SET_A=B=v is the
+        // variable FSPL_SET_A with value B=v), as Filespooler does.
         for (k, v) in &cmd.env {
-            if k.contains(&0) || k.contains(&b'=') || v.contains(&0) {
+            if k.contains(&0) {
                 return Err(format!(
-                    "env entry {:?} contains a NUL byte or '=' in its name",
+                    "the name of env entry {:?} contains a NUL byte",
+                    String::from_utf8_lossy(k)
+                ));
+            }
+            if v.contains(&0) {
+                return Err(format!(
+                    "the value of env entry {:?} contains a NUL byte",
                     String::from_utf8_lossy(k)
                 ));
             }

@@ -383,6 +383,28 @@ pub fn with_ctime(job: &[u8], secs: i64, nanos: u32) -> Vec<u8> {
     out
 }
 
+/// The job file with `from` replaced by `to` (once, in the metadata), and
+/// the metadata length and both CRCs recomputed: a job no `prepare` can make.
+pub fn patch_meta(job: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let n = meta_len(job);
+    let meta = &job[30..30 + n];
+    let at = meta
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("bytes to patch in the metadata");
+    let mut new_meta = meta[..at].to_vec();
+    new_meta.extend_from_slice(to);
+    new_meta.extend_from_slice(&meta[at + from.len()..]);
+    let mut out = job[..14].to_vec();
+    out.extend_from_slice(&(new_meta.len() as u64).to_be_bytes());
+    out.extend_from_slice(&crc32(&new_meta).to_be_bytes());
+    let prefix_crc = crc32(&out[..26]);
+    out.extend_from_slice(&prefix_crc.to_be_bytes());
+    out.extend_from_slice(&new_meta);
+    out.extend_from_slice(&job[30 + n..]);
+    out
+}
+
 /// `stdin-info` output without the lines that depend on the creation time.
 pub fn info_without_ctime(info: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

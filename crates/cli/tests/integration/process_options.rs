@@ -345,10 +345,11 @@ fn ignore_payload_gave_the_command_dev_null_instead_of_our_stdin() {
 fn timeout_kills_the_command_and_counts_as_failure() {
     let jobs = vec![job(1, b"1\n"), job(2, b"slow\n"), job(3, b"3\n")];
     // Only the "slow" job sleeps (exec: the timeout kills the command, and
-    // no orphan keeps our pipes open).
+    // no orphan keeps our pipes open). 2 s leaves the quick jobs ample time
+    // on a loaded machine.
     let script = r#"read l; echo "$l"; if [ "$l" = slow ]; then exec sleep 60; fi"#;
     let (o, st) = same(queue_with(&jobs), |s| {
-        process(s, &["--timeout", "1", "sh", "--", "-c", script])
+        process(s, &["--timeout", "2", "sh", "--", "-c", script])
     });
     assert_eq!(o.code, Some(1));
     assert_eq!(o.stdout, "1\nslow\n");
@@ -359,7 +360,7 @@ fn timeout_kills_the_command_and_counts_as_failure() {
             s,
             &[
                 "--timeout",
-                "1",
+                "2",
                 "--on-error",
                 "delete",
                 "sh",
@@ -601,5 +602,73 @@ fn stdin_process_exit_status_and_options() {
         assert_eq!(results[0], results[1], "{args:?}");
         assert_eq!(results[0].code, *code, "{args:?}");
         assert_eq!(results[0].stdout, *stdout, "{args:?}");
+    }
+}
+
+/// Regression: a job whose env entry name contains '=' (no `prepare` makes
+/// one, but the format allows it) failed as "cannot be run"; Filespooler
+/// runs it, the child seeing FSPL_SET_A with value "B=val".
+#[test]
+fn env_name_with_equals_sign_made_the_job_fail() {
+    let base = make_job(Impl::Ref, 1, &[], &[("AXB", b"val")], Some(b"x"));
+    // The name is stored as the byte array [0x41, 0x58, 0x42].
+    let job = patch_meta(&base, b"\x93\x41\x58\x42", b"\x93\x41\x3d\x42");
+    let script = r#"echo "[$FSPL_SET_A]""#;
+    let r: Vec<Seen> = BOTH
+        .iter()
+        .map(|i| {
+            seen(&run_with_input(
+                i.cmd(["stdin-process", "sh", "--", "-c", script]),
+                &job,
+            ))
+        })
+        .collect();
+    assert_eq!(r[0], r[1]);
+    assert_eq!(r[0].code, Some(0));
+    assert_eq!(r[0].stdout, "[B=val]\n");
+    let (o, st) = same(queue_with(std::slice::from_ref(&job)), |s| {
+        process(s, &["sh", "--", "-c", script])
+    });
+    assert_eq!(o.stdout, "[B=val]\n");
+    assert_eq!(st.nextseq.as_deref(), Some("2\n"));
+}
+
+/// A NUL byte in a param or env value cannot be passed to a process. Both
+/// binaries refuse such a job under the default --on-error retry (exit 1,
+/// job and nextseq kept). (With delete/leave we treat it as a failed job
+/// and move on, where the reference stops: not compared.)
+#[test]
+fn a_nul_byte_in_a_param_or_env_value_fails_the_job() {
+    let with_param = patch_meta(
+        &make_job(Impl::Ref, 1, &[b"aXb"], &[], None),
+        b"\x93\x61\x58\x62",
+        b"\x93\x61\x00\x62",
+    );
+    let with_env = patch_meta(
+        &make_job(Impl::Ref, 1, &[], &[("E", b"aXb")], None),
+        b"\x93\x61\x58\x62",
+        b"\x93\x61\x00\x62",
+    );
+    for (what, job) in [("param", &with_param), ("env value", &with_env)] {
+        for args in [&["true"][..], &["--allow-job-params", "true"]] {
+            let mut a = vec!["stdin-process"];
+            a.extend_from_slice(args);
+            let theirs = run_with_input(Impl::Ref.cmd(&a), job);
+            assert_eq!(theirs.status.code(), Some(1), "{what}");
+            let o = run_with_input(Impl::Ours.cmd(&a), job);
+            assert_eq!(o.status.code(), Some(1), "{what}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            let line = err.lines().last().unwrap_or("");
+            assert!(
+                line.starts_with("fspl: error: ") && line.contains("NUL"),
+                "{what}: {err}"
+            );
+        }
+        let (o, st) = same(queue_with(std::slice::from_ref(job)), |s| {
+            process(s, &["true"])
+        });
+        assert_eq!(o.code, Some(1), "{what}");
+        assert_eq!(st.nextseq.as_deref(), Some("1\n"));
+        assert_eq!(st.job_names(), names(&[1]));
     }
 }
