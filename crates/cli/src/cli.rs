@@ -80,6 +80,10 @@ pub enum Cmd {
         /// processed
         #[arg(long = "append-only")]
         append_only: bool,
+        /// Give the queue a name: signed jobs must then be addressed to it
+        /// (`prepare --to NAME`) (fspl extension)
+        #[arg(long = "name", value_name = "NAME")]
+        name: Option<String>,
     },
     /// Show the environment of one job in a queue
     QueueInfo {
@@ -93,6 +97,8 @@ pub enum Cmd {
         /// Print JSON (fspl extension)
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Store a job read from stdin in a queue (durably, under a fresh name)
     QueueWrite {
@@ -108,6 +114,8 @@ pub enum Cmd {
         /// Print JSON (fspl extension)
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Explain a queue's state: next job, gaps, duplicates, leftovers, lock
     /// (fspl extension; exit 0 = can progress or empty, 1 = blocked, 2 = error)
@@ -119,6 +127,8 @@ pub enum Cmd {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Print the queue's next sequence number
     QueueGetNext {
@@ -142,15 +152,33 @@ pub enum Cmd {
         /// The job's sequence number
         #[arg(short = 'j', long = "job", value_name = "ID")]
         job: u64,
+        #[command(flatten)]
+        ids: IdentityArgs,
     },
     /// Show the environment of the job on stdin
-    StdinInfo,
+    StdinInfo {
+        #[command(flatten)]
+        ids: IdentityArgs,
+    },
     /// Write the payload of the job on stdin to stdout
-    StdinPayload,
+    StdinPayload {
+        #[command(flatten)]
+        ids: IdentityArgs,
+    },
     /// Run the job on stdin; exits nonzero when it fails
     StdinProcess(StdinProcessArgs),
     /// Show the license
     ShowLicense,
+    /// Make an ed25519 key pair for signing (and age encryption): PATH
+    /// (secret, mode 0600) and PATH.pub (fspl extension)
+    Keygen {
+        /// Where to write the secret key; the public key goes to PATH.pub
+        #[arg(short = 'o', long = "output", value_name = "PATH")]
+        output: std::path::PathBuf,
+        /// A comment for the public key line (default: user@host)
+        #[arg(short = 'C', long = "comment", value_name = "COMMENT")]
+        comment: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,6 +200,41 @@ pub struct SeqArgs {
     /// (zcat, xzcat, lz4cat) (fspl extension)
     #[arg(long = "compress", value_name = "FORMAT[:LEVEL]")]
     pub compress: Option<fspl_codec::CompressSpec>,
+    /// Sign the job with this secret key (fspl keygen or ssh-keygen -t
+    /// ed25519); receivers with --trust verify it (fspl extension)
+    #[arg(long = "sign", value_name = "KEY")]
+    pub sign: Option<std::path::PathBuf>,
+    /// The name of the queue the job is meant for (see queue-init --name);
+    /// covered by the signature (fspl extension)
+    #[arg(long = "to", value_name = "QUEUE-NAME")]
+    pub to: Option<String>,
+    /// Encrypt the whole job file to this age recipient (age1... or an
+    /// ssh-ed25519 public key line, or @FILE to read them from a file);
+    /// repeatable (fspl extension)
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// Leave out the payload length and digest that jobs from a regular
+    /// file carry, for output byte-identical to Filespooler's (fspl extension)
+    #[arg(long = "no-digest", conflicts_with = "sign")]
+    pub no_digest: bool,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct IdentityArgs {
+    /// age identity file or OpenSSH private key to decrypt encrypted jobs
+    /// with; repeatable (fspl extension)
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identity: Vec<std::path::PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub ids: IdentityArgs,
+    /// Trust file: accept only jobs signed by the senders it lists, within
+    /// their allowed params and queues (fspl extension)
+    #[arg(long = "trust", value_name = "FILE")]
+    pub trust: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -241,6 +304,8 @@ pub struct QueueProcessArgs {
     pub output_to: OutputToArg,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// The command to run (directly, no shell)
     #[arg(value_name = "COMMAND")]
     pub command: OsString,
@@ -253,6 +318,8 @@ pub struct QueueProcessArgs {
 pub struct StdinProcessArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// The command to run (directly, no shell)
     #[arg(value_name = "COMMAND")]
     pub command: OsString,

@@ -57,6 +57,11 @@ impl RawStdin {
     pub fn new() -> RawStdin {
         RawStdin(raw_stdin())
     }
+
+    /// A duplicate of fd 0 as an owned file (it shares the file offset).
+    pub fn into_file(self) -> io::Result<File> {
+        self.0.try_clone()
+    }
 }
 
 impl io::Read for RawStdin {

@@ -26,6 +26,10 @@ pub enum HeaderError {
     Metadata(#[source] rmp_serde::decode::Error),
     #[error("invalid fspl extension metadata (x-fspl): {0}")]
     Extension(String),
+    #[error("encrypted (age): give --identity to read it")]
+    Encrypted,
+    #[error("cannot decrypt (age): {0}")]
+    Decrypt(String),
     #[error("read error")]
     Io(#[source] io::Error),
 }

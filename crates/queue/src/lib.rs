@@ -15,6 +15,7 @@ pub mod scan;
 pub mod seqfile;
 pub mod seqnum;
 pub mod status;
+pub mod verify;
 
 pub use error::{QueueError, Result};
 pub use queue::{

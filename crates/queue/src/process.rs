@@ -21,20 +21,25 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fspl_format::{JobHeader, JobLocation};
+use fspl_format::{DigestAlg, Extension, JobHeader, JobLocation};
+use fspl_trust::TrustFile;
+use fspl_trust::digest::hash_reader;
 use tracing::{debug, warn};
 
 use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::exec::{self, Outcome, Output, RunSpec, SpawnError};
 use crate::nextseq::NextSeq;
-use crate::queue::{PayloadFinish, Queue};
+use crate::queue::{OpenedJob, Payload, PayloadFinish, Queue};
 use crate::scan::{self, JobEntry};
+use crate::verify::{self, Refusal};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OrderBy {
@@ -72,6 +77,9 @@ pub struct ProcessOptions {
     pub allow_job_params: bool,
     pub ignore_payload: bool,
     pub timeout: Option<Duration>,
+    /// With a trust file, every job must be signed by a listed sender (see
+    /// `verify`); refused jobs are moved to `rejected/`.
+    pub trust: Option<Arc<TrustFile>>,
 }
 
 /// A job as reported to an observer.
@@ -119,6 +127,8 @@ pub struct Summary {
     pub processed: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Jobs refused (moved to `rejected/`) and not run.
+    pub refused: u64,
     pub stop: StopReason,
 }
 
@@ -164,7 +174,9 @@ pub fn process(
         processed: 0,
         succeeded: 0,
         failed: 0,
+        refused: 0,
         warned_params: false,
+        queue_name: queue.name()?,
     };
     match opts.order_by {
         OrderBy::Sequence => run.sequence(),
@@ -179,7 +191,18 @@ struct Run<'a> {
     processed: u64,
     succeeded: u64,
     failed: u64,
+    refused: u64,
     warned_params: bool,
+    queue_name: Option<String>,
+}
+
+/// What vetting a job's payload decided.
+enum Verdict {
+    Run(OpenedJob),
+    Refuse(Refusal),
+    /// The payload cannot be read to the end (e.g. corrupt compression):
+    /// a failed job, as if the command had failed on it.
+    Fail(Outcome),
 }
 
 /// Job files by seq, built from one scan and extended by rescans.
@@ -236,6 +259,7 @@ impl Run<'_> {
             processed: self.processed,
             succeeded: self.succeeded,
             failed: self.failed,
+            refused: self.refused,
             stop,
         }
     }
@@ -279,6 +303,11 @@ impl Run<'_> {
                     }));
                 }
             };
+            let names = self.vet_candidates(seq, names)?;
+            if names.is_empty() {
+                // Every file with this seq was refused: wait for the real one.
+                continue;
+            }
             let (name, duplicates) = self.pick_among_duplicates(seq, names)?;
             let job = match self.queue.open_job(&name, decoder) {
                 Ok(j) => j,
@@ -295,7 +324,14 @@ impl Run<'_> {
                 job.payload.close();
                 continue;
             }
-            let outcome = self.run_job(&name, job)?;
+            let outcome = match self.verify_payload(&name, job)? {
+                Verdict::Run(job) => self.run_job(&name, job)?,
+                Verdict::Fail(outcome) => self.count(seq, &name, outcome),
+                Verdict::Refuse(r) => {
+                    self.refuse(&name, Some(seq), &r)?;
+                    continue;
+                }
+            };
             let ok = outcome.is_success();
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &name, outcome));
@@ -336,7 +372,19 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             };
             let seq = job.header.seq;
-            let outcome = self.run_job(&entry.name, job)?;
+            if let Err(r) = self.vet_header(&job.header, &job.ext) {
+                job.payload.close();
+                self.refuse(&entry.name, Some(seq), &r)?;
+                continue;
+            }
+            let outcome = match self.verify_payload(&entry.name, job)? {
+                Verdict::Run(job) => self.run_job(&entry.name, job)?,
+                Verdict::Fail(outcome) => self.count(seq, &entry.name, outcome),
+                Verdict::Refuse(r) => {
+                    self.refuse(&entry.name, Some(seq), &r)?;
+                    continue;
+                }
+            };
             let ok = outcome.is_success();
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &entry.name, outcome));
@@ -346,6 +394,125 @@ impl Run<'_> {
             }
         }
         Ok(self.summary(StopReason::Drained { next: None }))
+    }
+
+    fn vet_header(
+        &self,
+        header: &JobHeader,
+        ext: &Extension,
+    ) -> Result<crate::verify::Vetted, Refusal> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        verify::check_header(
+            header,
+            ext,
+            self.opts.trust.as_deref(),
+            self.queue_name.as_deref(),
+            self.opts.allow_job_params,
+            now,
+        )
+    }
+
+    /// With a trust file, refuse every file of this seq whose header does
+    /// not pass (so a forged copy cannot block the genuine one); returns
+    /// the rest.
+    fn vet_candidates(
+        &mut self,
+        seq: u64,
+        names: Vec<OsString>,
+    ) -> Result<Vec<OsString>, ProcessError> {
+        if self.opts.trust.is_none() {
+            return Ok(names);
+        }
+        let mut kept = Vec::with_capacity(names.len());
+        for name in names {
+            let d = match self
+                .queue
+                .read_job_header(&name, self.opts.decoder.as_ref())
+            {
+                Ok(d) => d,
+                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.vet_header(&d.header, &d.ext) {
+                Ok(_) => kept.push(name),
+                Err(r) => self.refuse(&name, Some(seq), &r)?,
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Read the payload once, before anything runs, when the job promises
+    /// a length or digest; then hand back a payload positioned at its start.
+    fn verify_payload(
+        &mut self,
+        name: &OsStr,
+        mut job: OpenedJob,
+    ) -> Result<Verdict, ProcessError> {
+        let ext = job.ext.clone();
+        if ext.payload_len.is_none() && ext.digest.is_none() {
+            return Ok(Verdict::Run(job));
+        }
+        let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
+        let path = self.queue.job_path(name);
+        let hashed = hash_reader(alg, job.payload.reader());
+        let (len, digest) = match hashed {
+            Ok(v) => v,
+            Err(e) => {
+                job.payload.close();
+                return Ok(Verdict::Fail(Outcome::PayloadError(e.to_string())));
+            }
+        };
+        if let Err(r) = verify::check_payload(&ext, len, &digest) {
+            job.payload.close();
+            return Ok(Verdict::Refuse(r));
+        }
+        match &mut job.payload {
+            Payload::File(f) => {
+                f.seek(SeekFrom::Start(job.header_len))
+                    .map_err(|source| QueueError::Io {
+                        action: "seek back to the payload of",
+                        path,
+                        source,
+                    })?;
+                Ok(Verdict::Run(job))
+            }
+            _ => {
+                // A decoded stream cannot be rewound: decode it again.
+                job.payload.close();
+                let again = self.queue.open_job(name, self.opts.decoder.as_ref())?;
+                Ok(Verdict::Run(again))
+            }
+        }
+    }
+
+    /// Move a refused job aside and say so.
+    fn refuse(&mut self, name: &OsStr, seq: Option<u64>, r: &Refusal) -> Result<(), ProcessError> {
+        let to = verify::reject(self.queue, name, seq, r)?;
+        self.refused += 1;
+        warn!(
+            seq = seq.unwrap_or_default(),
+            file = %self.queue.job_path(name).display(),
+            sender = r.sender.as_deref().unwrap_or("-"),
+            "job refused: {}; moved to {}",
+            r.reason,
+            to.display()
+        );
+        Ok(())
+    }
+
+    /// Record an outcome reached without running the command.
+    fn count(&mut self, seq: u64, name: &OsStr, outcome: Outcome) -> Outcome {
+        self.processed += 1;
+        self.failed += 1;
+        if self.opts.on_error != OnError::Retry {
+            warn!(seq, file = %self.queue.job_path(name).display(), "job failed: {outcome}; moving on (--on-error {:?})", self.opts.on_error);
+        }
+        outcome
     }
 
     fn failed_error(&self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {

@@ -8,8 +8,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Stdio};
 
+use std::sync::Arc;
+
 use fspl_codec::{Compression, Peeked};
 use fspl_format::{Decoded, Extension, HeaderError, JobHeader, read_header};
+use fspl_trust::crypt::{Identities, decrypt, is_age};
 
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
@@ -23,6 +26,9 @@ use crate::seqnum;
 pub const TEMP_PREFIX: &str = ".fspl-tmp-";
 /// What Filespooler 1.2.4 names its temporaries: `tmp-fspl-<uuid>.fspl.tmp`.
 pub const REFERENCE_TEMP_PREFIX: &str = "tmp-fspl-";
+
+/// The file in a queue directory that holds its name.
+pub const NAME_FILE: &str = "name";
 
 /// What a name in `jobs/` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +62,8 @@ pub fn classify(name: &OsStr) -> EntryKind {
 pub struct Queue {
     dir: PathBuf,
     jobs: PathBuf,
+    /// age identities for reading encrypted job files.
+    identities: Option<Arc<Identities>>,
 }
 
 /// A job file opened for reading, positioned at its payload.
@@ -148,8 +156,34 @@ impl Payload {
 /// at the payload, when it is not compressed).
 pub fn open_stream<R: Read + Send + 'static>(
     input: R,
+    identities: Option<&Identities>,
 ) -> std::result::Result<(Decoded, StreamPayload<R>), HeaderError> {
     let mut peeked = Peeked::new(input).map_err(HeaderError::Io)?;
+    if is_age(peeked.head()) {
+        let ids = identities.ok_or(HeaderError::Encrypted)?;
+        let plain =
+            decrypt(&ids.0, peeked).map_err(|e| HeaderError::Decrypt(crate::display_chain(&e)))?;
+        let inner = Peeked::new(plain).map_err(|e| HeaderError::Decrypt(e.to_string()))?;
+        let (mut reader, what): (Box<dyn Read + Send>, &'static str) = match inner.compression() {
+            None => (Box::new(inner), "age"),
+            Some(c) => (
+                c.decoder(inner).map_err(HeaderError::Io)?,
+                match c {
+                    Compression::Zstd => "age+zstd",
+                    Compression::Gzip => "age+gzip",
+                    Compression::Xz => "age+xz",
+                    Compression::Lz4 => "age+lz4",
+                },
+            ),
+        };
+        let d = read_header(&mut reader).map_err(|e| match e {
+            HeaderError::Io(io) => {
+                HeaderError::Io(io::Error::new(io.kind(), format!("{what} data: {io}")))
+            }
+            other => other,
+        })?;
+        return Ok((d, StreamPayload::Decoded { reader, what }));
+    }
     match peeked.compression() {
         None => {
             let d = read_header(&mut peeked)?;
@@ -200,7 +234,37 @@ impl Queue {
         Queue {
             dir,
             jobs: PathBuf::from(jobs),
+            identities: None,
         }
+    }
+
+    /// Read encrypted job files with these identities.
+    pub fn with_identities(mut self, identities: Option<Arc<Identities>>) -> Queue {
+        self.identities = identities;
+        self
+    }
+
+    pub fn identities(&self) -> Option<&Identities> {
+        self.identities.as_deref()
+    }
+
+    /// The queue's name (`queue-init --name`), if it has one.
+    pub fn name(&self) -> Result<Option<String>> {
+        let p = self.dir.join(NAME_FILE);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(QueueError::Io {
+                action: "read",
+                path: p,
+                source: e,
+            }),
+        }
+    }
+
+    /// Give the queue a name (jobs signed `--to NAME` are meant for it).
+    pub fn set_name(&self, name: &str) -> Result<()> {
+        crate::durable::replace_file(&self.dir.join(NAME_FILE), format!("{name}\n").as_bytes())
     }
 
     pub fn dir(&self) -> &Path {
@@ -386,7 +450,8 @@ impl Queue {
         let file = self.open_file(name)?;
         match decoder {
             None => {
-                let (d, payload) = open_stream(file).map_err(|source| bad_job(&path, source))?;
+                let (d, payload) = open_stream(file, self.identities())
+                    .map_err(|source| bad_job(&path, source))?;
                 let payload = match payload {
                     StreamPayload::Plain(f) => Payload::File(f),
                     StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what },
@@ -441,7 +506,7 @@ impl Queue {
                 let file = self.open_file(name)?;
                 let r = BufReader::with_capacity(4096, file);
                 // Only as much is decompressed as the header needs.
-                open_stream(r)
+                open_stream(r, self.identities())
                     .map(|(d, _)| d)
                     .map_err(|source| bad_job(&path, source))
             }

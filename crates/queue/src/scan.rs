@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, SystemTime};
 
-use fspl_format::JobHeader;
+use fspl_format::{Extension, JobHeader};
 use tracing::debug;
 
 use crate::decoder::Decoder;
@@ -23,6 +23,7 @@ pub struct JobEntry {
     pub name: OsString,
     pub header: JobHeader,
     pub header_len: u64,
+    pub ext: Extension,
 }
 
 /// A file named like a job that could not be read as one.
@@ -118,6 +119,7 @@ pub fn scan(
                 name,
                 header: d.header,
                 header_len: d.header_len,
+                ext: d.ext,
             }),
             Err(error) => {
                 debug!(file = ?name, error = %crate::display_chain(&error), "skipping unreadable job file");

@@ -12,6 +12,7 @@ use crate::lock::{LockState, lock_state};
 use crate::queue::{EntryKind, Queue};
 use crate::scan::{self, same_contents, temp_is_stale};
 use crate::seqnum;
+use fspl_trust::TrustFile;
 
 /// Whether processing can go on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +58,12 @@ pub struct QueueStatus {
     pub temps: Vec<TempFile>,
     pub lock: LockState,
     pub state: State,
+    /// Jobs that cannot be decrypted (no matching identity).
+    pub encrypted: Vec<OsString>,
+    /// With a trust file: jobs at or after nextseq that would be refused.
+    pub would_refuse: Vec<(u64, OsString, String)>,
+    /// Files already moved to `rejected/` (with their reasons).
+    pub rejected: Vec<(OsString, String)>,
 }
 
 impl QueueStatus {
@@ -101,7 +108,11 @@ pub fn ranges(seqs: impl IntoIterator<Item = u64>, max: usize) -> String {
 }
 
 /// Look at a queue without changing anything and without taking its lock.
-pub fn status(queue: &Queue, decoder: Option<&Decoder>) -> Result<QueueStatus> {
+pub fn status(
+    queue: &Queue,
+    decoder: Option<&Decoder>,
+    trust: Option<&TrustFile>,
+) -> Result<QueueStatus> {
     queue.check_exists()?;
     let lock = lock_state(&queue.lock_path());
     let (nextseq, nextseq_problem) = if lock == LockState::Missing {
@@ -145,11 +156,51 @@ pub fn status(queue: &Queue, decoder: Option<&Decoder>) -> Result<QueueStatus> {
             });
         }
     }
+    let encrypted: Vec<OsString> = s
+        .skipped
+        .iter()
+        .filter(|sk| {
+            matches!(
+                sk.error,
+                QueueError::BadJob {
+                    source: fspl_format::HeaderError::Encrypted,
+                    ..
+                }
+            )
+        })
+        .map(|sk| sk.name.clone())
+        .collect();
     let unreadable: Vec<(OsString, String)> = s
         .skipped
         .iter()
+        .filter(|sk| !encrypted.contains(&sk.name))
         .map(|sk| (sk.name.clone(), crate::display_chain(&sk.error)))
         .collect();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let queue_name = queue.name()?;
+    let mut would_refuse = Vec::new();
+    if let Some(t) = trust {
+        for j in &s.jobs {
+            if nextseq.is_some_and(|n| j.header.seq < n) {
+                continue;
+            }
+            if let Err(r) = crate::verify::check_header(
+                &j.header,
+                &j.ext,
+                Some(t),
+                queue_name.as_deref(),
+                false,
+                now,
+            ) {
+                would_refuse.push((j.header.seq, j.name.clone(), r.reason));
+            }
+        }
+        would_refuse.sort();
+    }
+    let rejected = rejected_files(queue);
     let below_next = match nextseq {
         Some(n) => s.jobs.iter().filter(|j| j.header.seq < n).count() as u64,
         None => 0,
@@ -181,6 +232,17 @@ pub fn status(queue: &Queue, decoder: Option<&Decoder>) -> Result<QueueStatus> {
                 ));
             }
             State::Blocked { reason }
+        } else if let Some((_, name, why)) = would_refuse
+            .iter()
+            .find(|(seq, _, _)| *seq == next)
+            .filter(|_| by_seq.get(&next).is_some_and(|v| v.len() == 1))
+        {
+            State::Blocked {
+                reason: format!(
+                    "the next job (seq {next}, {}) would be refused: {why}",
+                    name.to_string_lossy()
+                ),
+            }
         } else if let Some(d) = duplicates.iter().find(|d| d.seq == next && !d.identical) {
             State::Blocked {
                 reason: format!(
@@ -213,7 +275,33 @@ pub fn status(queue: &Queue, decoder: Option<&Decoder>) -> Result<QueueStatus> {
         temps,
         lock,
         state,
+        encrypted,
+        would_refuse,
+        rejected,
     })
+}
+
+/// The jobs in `rejected/` and the first line of each one's reason.
+fn rejected_files(queue: &Queue) -> Vec<(OsString, String)> {
+    let dir = queue.dir().join(crate::verify::REJECTED_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(OsString, String)> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".reason"))
+        .map(|n| {
+            let mut r = n.clone();
+            r.push(".reason");
+            let why = std::fs::read_to_string(dir.join(&r))
+                .map(|s| s.lines().next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            (n, why)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 #[cfg(test)]

@@ -42,6 +42,26 @@ pub fn is_age(prefix: &[u8]) -> bool {
     starts(BINARY) || starts(ARMORED)
 }
 
+/// Identities to decrypt with (from one or more `--identity` files).
+pub struct Identities(pub Vec<Box<dyn age::Identity>>);
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identities({})", self.0.len())
+    }
+}
+
+impl Identities {
+    /// Load every file's identities.
+    pub fn load(paths: &[PathBuf]) -> Result<Identities, CryptError> {
+        let mut all = Vec::new();
+        for p in paths {
+            all.extend(load_identities(p)?);
+        }
+        Ok(Identities(all))
+    }
+}
+
 /// One recipient.
 pub fn parse_recipient(s: &str) -> Result<Box<dyn age::Recipient + Send>, CryptError> {
     let t = s.trim();

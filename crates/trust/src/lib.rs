@@ -2,6 +2,7 @@
 //! jobs: ed25519 keys (OpenSSH or base58), trust files, age encryption.
 
 pub mod crypt;
+pub mod digest;
 pub mod keys;
 pub mod policy;
 

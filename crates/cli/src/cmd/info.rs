@@ -6,22 +6,24 @@ use anyhow::Context;
 use fspl_format::{Decoded, format_env};
 use fspl_queue::{CopyError, StreamPayload, copy_stream, open_stream};
 
+use crate::cli::IdentityArgs;
 use crate::output::{RawStdin, StdoutError, raw_stdout, write_stdout};
 
 /// Read the header of the job on stdin (compressed as a whole or not). A
 /// plain job is read exactly up to its payload, so stdin can be handed on.
-pub fn stdin_job() -> anyhow::Result<(Decoded, StreamPayload<RawStdin>)> {
-    open_stream(RawStdin::new()).context("job on stdin")
+pub fn stdin_job(ids: &IdentityArgs) -> anyhow::Result<(Decoded, StreamPayload<RawStdin>)> {
+    let ids = super::keys::identities(ids)?;
+    open_stream(RawStdin::new(), ids.as_deref()).context("job on stdin")
 }
 
-pub fn stdin_info() -> anyhow::Result<ExitCode> {
-    let (d, _) = stdin_job()?;
+pub fn stdin_info(ids: &IdentityArgs) -> anyhow::Result<ExitCode> {
+    let (d, _) = stdin_job(ids)?;
     write_stdout(&format_env(&d.header.environment(None)))?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn stdin_payload() -> anyhow::Result<ExitCode> {
-    let (_, payload) = stdin_job()?;
+pub fn stdin_payload(ids: &IdentityArgs) -> anyhow::Result<ExitCode> {
+    let (_, payload) = stdin_job(ids)?;
     let (mut reader, what): (Box<dyn std::io::Read>, &str) = match payload {
         StreamPayload::Plain(r) => (Box::new(r), "stdin"),
         StreamPayload::Decoded { reader, what } => (reader, what),

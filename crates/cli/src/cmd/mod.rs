@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::cli::Cmd;
 
 mod info;
+mod keys;
 mod prepare;
 mod process;
 mod queue;
@@ -16,6 +17,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::GenUuid => misc_print(&format!("{}\n", uuid::Uuid::new_v4())),
         Cmd::GenFilename => misc_print(&format!("fspl-{}.fspl\n", uuid::Uuid::new_v4())),
         Cmd::ShowLicense => misc_print(LICENSE),
+        Cmd::Keygen { output, comment } => keys::keygen(&output, comment.as_deref()),
         Cmd::Prepare { seq, input, params } => {
             prepare::prepare(&seq, input.as_deref(), prepare::Kind::Command(params))
         }
@@ -23,19 +25,33 @@ pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::PrepareFail { seq } => prepare::prepare(&seq, None, prepare::Kind::Fail),
         Cmd::PrepareGetNext { seqfile } => prepare::get_next(&seqfile),
         Cmd::PrepareSetNext { seqfile, id } => prepare::set_next(&seqfile, id),
-        Cmd::QueueInit { q, append_only } => queue::init(&q.queuedir, append_only),
+        Cmd::QueueInit {
+            q,
+            append_only,
+            name,
+        } => queue::init(&q.queuedir, append_only, name.as_deref()),
         Cmd::QueueWrite { q } => queue::write(&q.queuedir),
-        Cmd::QueueLs { q, d, json } => queue::ls(&q.queuedir, d.decoder.as_deref(), json),
-        Cmd::QueueInfo { q, d, job, json } => {
-            queue::info(&q.queuedir, d.decoder.as_deref(), job, json)
+        Cmd::QueueLs { q, d, json, keys } => {
+            queue::ls(&q.queuedir, d.decoder.as_deref(), json, &keys)
         }
-        Cmd::QueuePayload { q, d, job } => queue::payload(&q.queuedir, d.decoder.as_deref(), job),
+        Cmd::QueueInfo {
+            q,
+            d,
+            job,
+            json,
+            keys,
+        } => queue::info(&q.queuedir, d.decoder.as_deref(), job, json, &keys),
+        Cmd::QueuePayload { q, d, job, ids } => {
+            queue::payload(&q.queuedir, d.decoder.as_deref(), job, &ids)
+        }
         Cmd::QueueGetNext { q } => queue::get_next(&q.queuedir),
         Cmd::QueueSetNext { q, id } => queue::set_next(&q.queuedir, id),
-        Cmd::QueueStatus { q, d, json } => status::status(&q.queuedir, d.decoder.as_deref(), json),
+        Cmd::QueueStatus { q, d, json, keys } => {
+            status::status(&q.queuedir, d.decoder.as_deref(), json, &keys)
+        }
         Cmd::QueueProcess(args) => process::queue_process(args),
-        Cmd::StdinInfo => info::stdin_info(),
-        Cmd::StdinPayload => info::stdin_payload(),
+        Cmd::StdinInfo { ids } => info::stdin_info(&ids),
+        Cmd::StdinPayload { ids } => info::stdin_payload(&ids),
         Cmd::StdinProcess(args) => process::stdin_process(args),
     }
 }

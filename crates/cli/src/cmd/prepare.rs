@@ -9,14 +9,20 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use fspl_format::{CmdType, Command, Ctime, JobHeader, SET_PREFIX};
+use std::sync::{Arc, Mutex};
+
+use fspl_format::DigestAlg;
+use fspl_format::{CmdType, Command, Ctime, Extension, JobHeader, SET_PREFIX};
 use fspl_queue::seqfile::SenderSeq;
 use fspl_queue::{CopyError, copy_stream};
+use fspl_trust::SecretKey;
+use fspl_trust::crypt::{Encrypting, encrypt, parse_recipient};
+use fspl_trust::digest::hash_reader;
 
 use crate::cli::SeqArgs;
 use crate::output::{print_error, raw_stdin, raw_stdout};
@@ -42,7 +48,25 @@ pub fn prepare(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Resu
 enum Input {
     Empty,
     Stdin,
+    /// A regular file (can be read twice).
     File(File, OsString),
+    /// A pipe or device named with -i (read once).
+    Stream(File, OsString),
+}
+
+/// Size and modification time of a file when it was digested.
+struct Unchanged(u64, Option<std::time::SystemTime>);
+
+impl Unchanged {
+    fn of(f: &File) -> Option<Unchanged> {
+        f.metadata()
+            .ok()
+            .map(|m| Unchanged(m.len(), m.modified().ok()))
+    }
+
+    fn unchanged(&self, f: &File) -> bool {
+        Unchanged::of(f).is_some_and(|now| now.0 == self.0 && now.1 == self.1)
+    }
 }
 
 impl Input {
@@ -57,22 +81,72 @@ impl Input {
                         p.to_string_lossy()
                     )
                 })?;
-                if f.metadata().is_ok_and(|m| m.is_dir()) {
+                let meta = f
+                    .metadata()
+                    .with_context(|| format!("cannot stat input file {}", p.to_string_lossy()))?;
+                if meta.is_dir() {
                     bail!(
                         "input {} is a directory (no sequence number was used)",
                         p.to_string_lossy()
                     );
+                }
+                if !meta.is_file() {
+                    // A pipe or device: it can be read once, like stdin.
+                    return Ok(Input::Stream(f, p.to_os_string()));
                 }
                 Input::File(f, p.to_os_string())
             }
         })
     }
 
+    /// Replace stdin (or empty input) by an unlinked temporary copy, so it
+    /// can be read twice (digest first, then payload).
+    fn spool(self) -> anyhow::Result<Input> {
+        match self {
+            Input::File(..) => Ok(self),
+            Input::Empty => {
+                let f = tempfile::tempfile()?;
+                Ok(Input::File(f, "nothing".into()))
+            }
+            Input::Stdin => {
+                let mut f = tempfile::tempfile()?;
+                std::io::copy(&mut *raw_stdin(), &mut f).context("cannot read stdin")?;
+                f.seek(SeekFrom::Start(0))?;
+                Ok(Input::File(f, "stdin".into()))
+            }
+            Input::Stream(mut src, name) => {
+                let mut f = tempfile::tempfile()?;
+                std::io::copy(&mut src, &mut f)
+                    .with_context(|| format!("cannot read {}", name.to_string_lossy()))?;
+                f.seek(SeekFrom::Start(0))?;
+                Ok(Input::File(f, name))
+            }
+        }
+    }
+
+    /// Length and digest of the whole input, rewound afterwards; for a
+    /// regular file also a guard that tells whether it changed since.
+    fn digest(&mut self) -> anyhow::Result<(u64, fspl_format::Digest, Option<Unchanged>)> {
+        match self {
+            Input::Empty => {
+                let (n, d) = hash_reader(DigestAlg::Blake3, &mut std::io::empty())?;
+                Ok((n, d, None))
+            }
+            Input::Stdin | Input::Stream(..) => bail!("a pipe cannot be read twice"),
+            Input::File(f, _) => {
+                let guard = Unchanged::of(f);
+                let (n, d) = hash_reader(DigestAlg::Blake3, f)?;
+                f.seek(SeekFrom::Start(0))?;
+                Ok((n, d, guard))
+            }
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Input::Empty => "nothing".into(),
             Input::Stdin => "stdin".into(),
-            Input::File(_, p) => p.to_string_lossy().into_owned(),
+            Input::File(_, p) | Input::Stream(_, p) => p.to_string_lossy().into_owned(),
         }
     }
 }
@@ -89,7 +163,34 @@ fn captured_env() -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Result<()> {
+    // Everything that can fail without the receiver noticing comes before a
+    // number is taken: input, key, recipients, the payload digest.
     let mut input = Input::open(input)?;
+    let signer = match &seq.sign {
+        None => None,
+        Some(p) => Some(SecretKey::load(p).context("no sequence number was used")?),
+    };
+    let recipients = recipients(&seq.encrypt_to).context("no sequence number was used")?;
+    let mut ext = Extension {
+        to: seq.to.clone(),
+        ..Extension::default()
+    };
+    if signer.is_some() && !matches!(input, Input::File(..)) {
+        // The digest must be in the header, before the payload: keep a copy.
+        input = input
+            .spool()
+            .context("cannot keep a copy of the input for signing (no sequence number was used)")?;
+    }
+    let wants_digest = signer.is_some() || (!seq.no_digest && matches!(input, Input::File(..)));
+    let mut guard = None;
+    if wants_digest {
+        let (len, digest, g) = input
+            .digest()
+            .context("cannot read the input to digest it (no sequence number was used)")?;
+        ext.payload_len = Some(len);
+        ext.digest = Some(digest);
+        guard = g;
+    }
     let cmd_type = match kind {
         Kind::Nop => CmdType::Nop,
         Kind::Fail => CmdType::Fail,
@@ -116,14 +217,17 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         ctime: Ctime::now(),
         cmd_type,
     };
-    let bytes = header.encode().context("cannot encode the job header")?;
-    let mut out: Box<dyn Output> = match &seq.compress {
-        None => Box::new(Plain(raw_stdout())),
-        Some(spec) => Box::new(Compressed(Some(
-            spec.encoder(Plain(raw_stdout()))
-                .context("cannot start the compressor")?,
-        ))),
-    };
+    if let Some(k) = &signer {
+        ext.signer = Some(k.public().bytes());
+        let signed = header
+            .signed_bytes(&ext)
+            .context("cannot encode the signed fields")?;
+        ext.signature = Some(k.sign(&signed));
+    }
+    let bytes = header
+        .encode_with(&ext)
+        .context("cannot encode the job header")?;
+    let mut out = output_chain(seq.compress.as_ref(), &recipients)?;
     // Flushed, so that with --compress too the header has reached stdout
     // before the number is committed.
     out.write_all(&bytes).and_then(|()| out.flush()).map_err(|e| {
@@ -145,9 +249,18 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
     let copied = match &mut input {
         Input::Empty => Ok(0),
         Input::Stdin => copy_stream(&mut *raw_stdin() as &mut dyn Read, &mut out),
-        Input::File(f, _) => copy_stream(f, &mut out),
+        Input::File(f, _) | Input::Stream(f, _) => copy_stream(f, &mut out),
     }
-    .and_then(|n| out.finish().map(|()| n).map_err(CopyError::Write));
+    .and_then(|n| {
+        if let (Some(g), Input::File(f, _)) = (&guard, &input)
+            && !g.unchanged(f)
+        {
+            return Err(CopyError::Read(std::io::Error::other(
+                "the file changed while it was being sent, so its digest no longer matches",
+            )));
+        }
+        out.finish().map(|()| n).map_err(CopyError::Write)
+    });
     if let Err(e) = copied {
         let cause = match e {
             CopyError::Read(e) => anyhow!(e).context(format!("reading {} failed", input.name())),
@@ -160,6 +273,49 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         )));
     }
     Ok(())
+}
+
+/// `--encrypt-to` values: a recipient, or `@FILE` with one per line.
+fn recipients(specs: &[String]) -> anyhow::Result<Vec<Box<dyn age::Recipient + Send>>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        if let Some(path) = spec.strip_prefix('@') {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read recipients file {path}"))?;
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                out.push(parse_recipient(line)?);
+            }
+        } else {
+            out.push(parse_recipient(spec)?);
+        }
+    }
+    Ok(out)
+}
+
+/// stdout, wrapped in the encryptor (outside) and compressor (inside).
+fn output_chain(
+    compress: Option<&fspl_codec::CompressSpec>,
+    recipients: &[Box<dyn age::Recipient + Send>],
+) -> anyhow::Result<Box<dyn Output>> {
+    let sink = if recipients.is_empty() {
+        Sink::Plain(Plain(raw_stdout()))
+    } else {
+        Sink::Encrypted(encrypt(recipients, Plain(raw_stdout()))?)
+    };
+    Ok(match compress {
+        None => Box::new(Shared::new(sink)),
+        Some(spec) => {
+            let shared = Shared::new(sink);
+            let enc = spec
+                .encoder(shared.clone())
+                .context("cannot start the compressor")?;
+            Box::new(Compressed(Some(enc), shared))
+        }
+    })
 }
 
 pub fn get_next(seqfile: &OsStr) -> anyhow::Result<ExitCode> {
@@ -180,8 +336,8 @@ pub fn set_next(seqfile: &OsStr, id: u64) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where a job goes: stdout as is, or through a compressor whose trailer
-/// (with its checksum) must be written at the end.
+/// Where a job goes: stdout as is, or through a compressor and/or an
+/// encryptor whose trailers (checksum, last chunk) are written at the end.
 trait Output: Write {
     fn finish(&mut self) -> std::io::Result<()>;
 }
@@ -197,13 +353,64 @@ impl Write for Plain {
     }
 }
 
-impl Output for Plain {
-    fn finish(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// stdout, or an encryptor in front of it.
+enum Sink {
+    Plain(Plain),
+    Encrypted(Encrypting<Plain>),
+}
+
+/// The sink, shared between us and the compressor in front of it, so that
+/// after the compressor is done we can still finish the encryptor.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Option<Sink>>>);
+
+impl Shared {
+    fn new(sink: Sink) -> Shared {
+        Shared(Arc::new(Mutex::new(Some(sink))))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Sink) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut guard = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("output lock poisoned"))?;
+        match guard.as_mut() {
+            Some(s) => f(s),
+            None => Err(std::io::Error::other("output already finished")),
+        }
     }
 }
 
-struct Compressed(Option<Box<dyn fspl_codec::FinishWrite>>);
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.with(|s| match s {
+            Sink::Plain(p) => p.write(buf),
+            Sink::Encrypted(e) => e.write(buf),
+        })
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.with(|s| match s {
+            Sink::Plain(p) => p.flush(),
+            Sink::Encrypted(e) => e.flush(),
+        })
+    }
+}
+
+impl Output for Shared {
+    fn finish(&mut self) -> std::io::Result<()> {
+        let sink = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("output lock poisoned"))?
+            .take();
+        match sink {
+            Some(Sink::Encrypted(e)) => e.finish().map(|_| ()),
+            Some(Sink::Plain(_)) | None => Ok(()),
+        }
+    }
+}
+
+struct Compressed(Option<Box<dyn fspl_codec::FinishWrite>>, Shared);
 
 impl Write for Compressed {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -222,9 +429,9 @@ impl Write for Compressed {
 
 impl Output for Compressed {
     fn finish(&mut self) -> std::io::Result<()> {
-        match self.0.take() {
-            Some(w) => w.finish(),
-            None => Ok(()),
+        if let Some(w) = self.0.take() {
+            w.finish()?;
         }
+        self.1.finish()
     }
 }

@@ -13,15 +13,63 @@ use fspl_queue::scan::{self, find_job};
 use fspl_queue::{CopyError, Queue, copy_stream, seqnum};
 use serde::Serialize;
 
+use fspl_trust::TrustFile;
+
+use crate::cli::{IdentityArgs, KeyArgs};
 use crate::output::{StdoutError, raw_stdin, raw_stdout, write_stdout};
 
 pub fn decoder(d: Option<&OsStr>) -> Option<Decoder> {
     d.map(Decoder::new)
 }
 
-pub fn init(dir: &OsStr, append_only: bool) -> anyhow::Result<ExitCode> {
-    Queue::init(dir, append_only)?;
+pub fn init(dir: &OsStr, append_only: bool, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    if let Some(n) = name
+        && (n.is_empty() || n.contains(['\n', '/']) || n.trim() != n)
+    {
+        anyhow::bail!(
+            "invalid queue name {n:?}: use a non-empty name without slashes, newlines or surrounding spaces"
+        );
+    }
+    let q = Queue::init(dir, append_only)?;
+    if let Some(n) = name {
+        q.set_name(n)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A queue handle for reading with the given identities.
+fn open(dir: &OsStr, ids: &IdentityArgs) -> anyhow::Result<Queue> {
+    Ok(Queue::new(dir).with_identities(super::keys::identities(ids)?))
+}
+
+/// Whom a job is from, or why it would be refused (with --trust).
+fn vet(q: &Queue, trust: &TrustFile, d: &fspl_format::Decoded) -> Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_secs() as i64)
+        .unwrap_or(0);
+    let name = q.name().ok().flatten();
+    match fspl_queue::verify::check_header(
+        &d.header,
+        &d.ext,
+        Some(trust),
+        name.as_deref(),
+        false,
+        now,
+    ) {
+        Ok(v) => Ok(v.sender.unwrap_or_default()),
+        Err(r) => Err(r.reason),
+    }
+}
+
+fn is_encrypted(e: &fspl_queue::QueueError) -> bool {
+    matches!(
+        e,
+        fspl_queue::QueueError::BadJob {
+            source: fspl_format::HeaderError::Encrypted,
+            ..
+        }
+    )
 }
 
 pub fn write(dir: &OsStr) -> anyhow::Result<ExitCode> {
@@ -35,6 +83,8 @@ pub fn write(dir: &OsStr) -> anyhow::Result<ExitCode> {
 struct LsJson<'a> {
     queue: String,
     jobs: Vec<LsJob<'a>>,
+    /// Jobs that could not be decrypted (no matching --identity).
+    encrypted: Vec<String>,
     unreadable: Vec<Unreadable>,
 }
 
@@ -47,6 +97,11 @@ struct LsJob<'a> {
     ctime_nanos: u32,
     #[serde(rename = "type")]
     cmd_type: &'a str,
+    /// With --trust: the sender's name, or why the job would be refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -55,12 +110,33 @@ pub struct Unreadable {
     pub error: String,
 }
 
-pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode> {
-    let q = Queue::new(dir);
+pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow::Result<ExitCode> {
+    let q = open(dir, &keys.ids)?;
+    let trust = super::keys::trust(keys)?;
     let dec = decoder(d);
     let mut s = scan::scan(&q, dec.as_ref(), None)?;
+    let (encrypted, skipped): (Vec<_>, Vec<_>) =
+        s.skipped.drain(..).partition(|sk| is_encrypted(&sk.error));
+    s.skipped = skipped;
     // Stable: copies of one seq stay in directory order, as in Filespooler.
     s.jobs.sort_by_key(|j| j.header.seq);
+    let vetting: Vec<Option<Result<String, String>>> = s
+        .jobs
+        .iter()
+        .map(|j| {
+            trust.as_deref().map(|t| {
+                vet(
+                    &q,
+                    t,
+                    &fspl_format::Decoded {
+                        header: j.header.clone(),
+                        header_len: j.header_len,
+                        ext: j.ext.clone(),
+                    },
+                )
+            })
+        })
+        .collect();
     let mut out = Vec::with_capacity(64 + s.jobs.len() * 100);
     if json {
         let doc = LsJson {
@@ -68,14 +144,21 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode
             jobs: s
                 .jobs
                 .iter()
-                .map(|j| LsJob {
+                .zip(&vetting)
+                .map(|(j, v)| LsJob {
                     seq: j.header.seq,
                     filename: j.name.to_string_lossy().into_owned(),
                     ctime: rfc3339_local(j.header.ctime),
                     ctime_secs: j.header.ctime.secs,
                     ctime_nanos: j.header.ctime.nanos,
                     cmd_type: j.header.cmd_type.name(),
+                    signer: v.as_ref().and_then(|r| r.as_ref().ok().cloned()),
+                    refused: v.as_ref().and_then(|r| r.as_ref().err().cloned()),
                 })
+                .collect(),
+            encrypted: encrypted
+                .iter()
+                .map(|e| e.name.to_string_lossy().into_owned())
                 .collect(),
             unreadable: s
                 .skipped
@@ -89,15 +172,43 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode
         serde_json::to_writer_pretty(&mut out, &doc)?;
         out.push(b'\n');
     } else {
-        writeln!(out, "{:<20} {:<27} filename", "ID", "creation timestamp")?;
-        for j in &s.jobs {
+        if trust.is_some() {
+            writeln!(
+                out,
+                "{:<20} {:<27} {:<46} signer",
+                "ID", "creation timestamp", "filename"
+            )?;
+        } else {
+            writeln!(out, "{:<20} {:<27} filename", "ID", "creation timestamp")?;
+        }
+        for (j, v) in s.jobs.iter().zip(&vetting) {
             write!(
                 out,
                 "{:<20} {:<27} ",
                 j.header.seq,
                 rfc3339_local(j.header.ctime)
             )?;
-            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(j.name.as_os_str()));
+            let name = std::os::unix::ffi::OsStrExt::as_bytes(j.name.as_os_str());
+            out.extend_from_slice(name);
+            match v {
+                None => {}
+                Some(r) => {
+                    out.extend(std::iter::repeat_n(
+                        b' ',
+                        46usize.saturating_sub(name.len()) + 1,
+                    ));
+                    match r {
+                        Ok(sender) => out.extend_from_slice(sender.as_bytes()),
+                        Err(why) => write!(out, "REFUSED: {why}")?,
+                    }
+                }
+            }
+            out.push(b'\n');
+        }
+        // Jobs we cannot decrypt are shown, not silently skipped.
+        for e in &encrypted {
+            write!(out, "{:<20} {:<27} ", "?", "(encrypted)")?;
+            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str()));
             out.push(b'\n');
         }
     }
@@ -118,10 +229,30 @@ struct InfoJson {
     env: Vec<[String; 2]>,
 }
 
-pub fn info(dir: &OsStr, d: Option<&OsStr>, seq: u64, json: bool) -> anyhow::Result<ExitCode> {
-    let q = Queue::new(dir);
+pub fn info(
+    dir: &OsStr,
+    d: Option<&OsStr>,
+    seq: u64,
+    json: bool,
+    keys: &KeyArgs,
+) -> anyhow::Result<ExitCode> {
+    let q = open(dir, &keys.ids)?;
+    let trust = super::keys::trust(keys)?;
     let dec = decoder(d);
     let job = find_job(&q, seq, dec.as_ref())?;
+    if let Some(t) = trust.as_deref() {
+        let d = fspl_format::Decoded {
+            header: job.header.clone(),
+            header_len: job.header_len,
+            ext: job.ext.clone(),
+        };
+        if let Err(why) = vet(&q, t, &d) {
+            anyhow::bail!(
+                "job {seq} ({}) would be refused: {why}",
+                q.job_path(&job.name).display()
+            );
+        }
+    }
     let env = job.header.environment(Some(JobLocation {
         queuedir: dir,
         filename: &job.name,
@@ -161,8 +292,13 @@ pub fn info(dir: &OsStr, d: Option<&OsStr>, seq: u64, json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn payload(dir: &OsStr, d: Option<&OsStr>, seq: u64) -> anyhow::Result<ExitCode> {
-    let q = Queue::new(dir);
+pub fn payload(
+    dir: &OsStr,
+    d: Option<&OsStr>,
+    seq: u64,
+    ids: &IdentityArgs,
+) -> anyhow::Result<ExitCode> {
+    let q = open(dir, ids)?;
     let dec = decoder(d);
     let entry = find_job(&q, seq, dec.as_ref())?;
     let mut job = q.open_job(&entry.name, dec.as_ref())?;

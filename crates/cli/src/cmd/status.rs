@@ -10,12 +10,27 @@ use fspl_queue::lock::LockState;
 use fspl_queue::status::{QueueStatus, State, status as analyse};
 use serde::Serialize;
 
+use crate::cli::KeyArgs;
 use crate::output::{print_error, write_stdout};
 
-pub fn status(dir: &OsStr, d: Option<&OsStr>, json: bool) -> anyhow::Result<ExitCode> {
-    let q = Queue::new(dir);
+pub fn status(
+    dir: &OsStr,
+    d: Option<&OsStr>,
+    json: bool,
+    keys: &KeyArgs,
+) -> anyhow::Result<ExitCode> {
+    let loaded =
+        super::keys::identities(&keys.ids).and_then(|ids| Ok((ids, super::keys::trust(keys)?)));
+    let (ids, trust) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            print_error(&e);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let q = Queue::new(dir).with_identities(ids);
     let dec = super::queue::decoder(d);
-    let st = match analyse(&q, dec.as_ref()) {
+    let st = match analyse(&q, dec.as_ref(), trust.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             print_error(&e.into());
@@ -91,6 +106,15 @@ fn to_text(st: &QueueStatus) -> String {
     for (name, err) in &st.unreadable {
         let _ = writeln!(o, "unreadable:  {}: {err}", lossy(name));
     }
+    for e in &st.encrypted {
+        let _ = writeln!(o, "encrypted:   {} (give --identity to read it)", lossy(e));
+    }
+    for (seq, name, why) in &st.would_refuse {
+        let _ = writeln!(o, "refusable:   seq {seq}, {}: {why}", lossy(name));
+    }
+    for (name, why) in &st.rejected {
+        let _ = writeln!(o, "rejected:    {}: {why}", lossy(name));
+    }
     for t in &st.temps {
         let what = match (t.stale, t.reference) {
             (false, _) => "being written",
@@ -125,6 +149,22 @@ struct Json {
     unreadable: Vec<JsonUnreadable>,
     temp_files: Vec<JsonTemp>,
     lock: JsonLock,
+    encrypted: Vec<String>,
+    would_refuse: Vec<JsonRefusal>,
+    rejected: Vec<JsonRejected>,
+}
+
+#[derive(Serialize)]
+struct JsonRefusal {
+    seq: u64,
+    filename: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct JsonRejected {
+    filename: String,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -195,6 +235,24 @@ fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
                 filename: lossy(&t.name),
                 stale: t.stale,
                 filespooler: t.reference,
+            })
+            .collect(),
+        encrypted: st.encrypted.iter().map(|e| lossy(e)).collect(),
+        would_refuse: st
+            .would_refuse
+            .iter()
+            .map(|(seq, n, r)| JsonRefusal {
+                seq: *seq,
+                filename: lossy(n),
+                reason: r.clone(),
+            })
+            .collect(),
+        rejected: st
+            .rejected
+            .iter()
+            .map(|(n, r)| JsonRejected {
+                filename: lossy(n),
+                reason: r.clone(),
             })
             .collect(),
         lock: match st.lock {
