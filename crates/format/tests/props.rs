@@ -3,7 +3,7 @@
 //! and corrupted input (no panics, no allocation driven by stored lengths,
 //! every single-bit error caught), and tolerance of what other writers may
 //! legitimately produce (unknown top-level keys, wider integer encodings,
-//! `bin`/`str` byte strings).
+//! `bin`/`str` byte strings), and fspl's own `x-fspl` extension round-tripping.
 //!
 //! The MessagePack in the tolerance tests is encoded by hand here, so the
 //! tests do not depend on the encoder under test; `hand_encoding_in_compact_
@@ -13,8 +13,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use fspl_format::{
-    CmdType, Command, Ctime, HeaderError, JobHeader, MAGIC, MAX_METADATA_DEPTH, MAX_METADATA_LEN,
-    PREFIX_LEN, decode, parse_prefix, read_header,
+    CmdType, Command, Ctime, Digest, DigestAlg, EXTENSION_KEY, Extension, HeaderError, JobHeader,
+    MAGIC, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, decode, parse_prefix, read_header,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -902,7 +902,7 @@ fn extra_key() -> impl Strategy<Value = String> {
         ],
     ]
     .prop_filter("not a known key", |k| {
-        !matches!(k.as_str(), "seq" | "ctime" | "cmd_type")
+        !matches!(k.as_str(), "seq" | "ctime" | "cmd_type") && k != EXTENSION_KEY
     })
 }
 
@@ -937,6 +937,84 @@ proptest! {
             TestCaseError::fail(format!("refused an alternative encoding: {e}"))
         })?;
         prop_assert_eq!(got, h);
+    }
+}
+
+fn extension() -> impl Strategy<Value = Extension> {
+    let digest = (
+        prop_oneof![Just(DigestAlg::Blake3), Just(DigestAlg::Sha256)],
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(alg, bytes)| Digest { alg, bytes });
+    let signature = prop::collection::vec(any::<u8>(), 64)
+        .prop_map(|v| <[u8; 64]>::try_from(v.as_slice()).unwrap());
+    (
+        prop::option::of(any::<u64>()),
+        prop::option::of(digest),
+        prop::option::of(".{0,30}"),
+        prop::option::of(any::<[u8; 32]>()),
+        prop::option::of(signature),
+    )
+        .prop_map(|(payload_len, digest, to, signer, signature)| Extension {
+            payload_len,
+            digest,
+            to,
+            signer,
+            signature,
+        })
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn fspl_extension_metadata_round_trips_and_leaves_the_header_alone(
+        h in small_header(),
+        ext in extension(),
+        payload in payload(),
+    ) {
+        let enc = h.encode_with(&ext).unwrap();
+        let mut file = enc.clone();
+        file.extend_from_slice(&payload);
+        let d = decode(&file).unwrap();
+        let mut r = &file[..];
+        prop_assert_eq!(&read_header(&mut r).unwrap(), &d);
+        prop_assert_eq!(r, &payload[..]);
+        prop_assert_eq!(&d.header, &h);
+        prop_assert_eq!(&d.ext, &ext);
+        prop_assert_eq!(d.header_len, enc.len() as u64);
+        if ext.is_empty() {
+            // No extension: exactly Filespooler's bytes.
+            prop_assert_eq!(enc, h.encode().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_signature_covers_everything_but_itself(
+        h in small_header(),
+        ext in extension(),
+        key in any::<[u8; 32]>(),
+    ) {
+        // A signed job always carries its signer's key (so x-fspl is never
+        // empty once the signature is removed).
+        let mut ext = ext;
+        ext.signer = Some(key);
+        let base = h.signed_bytes(&ext).unwrap();
+        let mut unsigned = ext.clone();
+        unsigned.signature = None;
+        prop_assert_eq!(&base, &h.signed_bytes(&unsigned).unwrap());
+        let mut other = h.clone();
+        other.seq = other.seq.wrapping_add(1);
+        prop_assert_ne!(&base, &other.signed_bytes(&ext).unwrap());
+        let mut e = ext.clone();
+        e.payload_len = Some(e.payload_len.map_or(0, |l| l.wrapping_add(1)));
+        prop_assert_ne!(&base, &h.signed_bytes(&e).unwrap());
+        let mut e = ext.clone();
+        e.to = Some(format!("{}x", e.to.unwrap_or_default()));
+        prop_assert_ne!(&base, &h.signed_bytes(&e).unwrap());
+        let mut e = ext.clone();
+        e.signer = Some(key.map(|b| b ^ 1));
+        prop_assert_ne!(&base, &h.signed_bytes(&e).unwrap());
     }
 }
 

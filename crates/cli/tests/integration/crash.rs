@@ -680,8 +680,10 @@ impl World {
         let dir_temps: BTreeSet<String> = self.temps.keys().cloned().collect();
         let reported: BTreeSet<String> = status_temps.iter().map(|(n, _)| n.clone()).collect();
         assert_eq!(reported, dir_temps, "queue-status temp_files {ctx}");
+        // Read the clock after queue-status did: its "now" was earlier.
+        let after = SystemTime::now();
         for (name, stale) in status_temps {
-            let age = now.duration_since(self.temps[&name]).unwrap_or_default();
+            let age = after.duration_since(self.temps[&name]).unwrap_or_default();
             if stale {
                 assert!(age >= STALE_AGE, "{name} reported stale at {age:?} {ctx}");
             }
@@ -899,6 +901,7 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
         w.temps.insert((*n).clone(), old);
     }
     w.temps.insert(backdated_locked.clone(), old);
+    let removed_in_rounds = w.stats.temps_removed_as_stale;
     w.check(true, false);
     let last = w.next_new - 1;
     assert_eq!(w.last_nextseq, last + 1, "final run did not reach the end");
@@ -949,7 +952,8 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
          queue-process runs {} ({} killed, {} of them with the whole process group); \
          {} repeated runs of an in-flight job; {} job files left below nextseq ({} of jobs \
          whose write was retried after landing); \
-         {} stale temporaries removed (backdated at the end); {} live file checks",
+         {} stale temporaries removed ({} during the rounds, {} backdated at the end); \
+         {} live file checks",
         s.iterations,
         last,
         s.writes,
@@ -964,6 +968,8 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
         s.below_next_left,
         s.below_next_retried,
         s.temps_removed_as_stale,
+        removed_in_rounds,
+        s.temps_removed_as_stale - removed_in_rounds,
         s.live_checks,
     );
 }
