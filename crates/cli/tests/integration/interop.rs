@@ -520,6 +520,10 @@ fn unusual_creation_times_print_the_same_in_any_time_zone() {
             "Europe/Dublin",
             "Pacific/Honolulu",
             "Australia/Lord_Howe",
+            ":America/New_York",
+            "EST5EDT",
+            "<+0530>-5:30",
+            "CET-1CEST,M3.5.0,M10.5.0/3",
         ] {
             let got: Vec<Vec<u8>> = BOTH
                 .iter()

@@ -672,3 +672,30 @@ fn a_nul_byte_in_a_param_or_env_value_fails_the_job() {
         assert_eq!(st.job_names(), names(&[1]));
     }
 }
+
+/// FSPL_* variables already in fspl's own environment reach the command
+/// unless the job sets them, in both binaries (stdin-process sets no
+/// FSPL_JOB_*, so an inherited one shows through).
+#[test]
+fn inherited_fspl_variables_pass_through_like_the_reference() {
+    let job = make_job(Impl::Ref, 1, &[b"p"], &[("MINE", b"job")], Some(b""));
+    let script = "env | grep '^FSPL_' | grep -v CTIME | sort";
+    let r: Vec<Seen> = BOTH
+        .iter()
+        .map(|i| {
+            let mut c = i.cmd(["stdin-process", "sh", "--", "-c", script]);
+            c.env("FSPL_PARAM_5", "stale")
+                .env("FSPL_JOB_FILENAME", "stale")
+                .env("FSPL_SEQ", "99")
+                .env("FSPL_SET_MINE", "parent")
+                .env("FSPL_SET_OTHER", "parent");
+            seen(&run_with_input(c, &job))
+        })
+        .collect();
+    assert_eq!(r[0], r[1]);
+    assert_eq!(
+        r[0].stdout,
+        "FSPL_JOB_FILENAME=stale\nFSPL_PARAM_1=p\nFSPL_PARAM_5=stale\nFSPL_SEQ=1\n\
+         FSPL_SET_MINE=job\nFSPL_SET_OTHER=parent\n"
+    );
+}
