@@ -324,6 +324,16 @@ impl Run<'_> {
                 job.payload.close();
                 continue;
             }
+            // Checked before running: a job whose successor cannot be
+            // recorded would otherwise run again on every call.
+            let Some(next) = seq.checked_add(1) else {
+                job.payload.close();
+                return Err(QueueError::SeqExhausted {
+                    path: nextseq.path().to_path_buf(),
+                    value: seq,
+                }
+                .into());
+            };
             let outcome = match self.verify_payload(&name, job)? {
                 Verdict::Run(job) => self.run_job(&name, job)?,
                 Verdict::Fail(outcome) => self.count(seq, &name, outcome),
@@ -336,10 +346,6 @@ impl Run<'_> {
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &name, outcome));
             }
-            let next = seq.checked_add(1).ok_or(QueueError::SeqExhausted {
-                path: nextseq.path().to_path_buf(),
-                value: seq,
-            })?;
             nextseq.set(next)?;
             if self.should_delete(ok) {
                 self.delete(&name);

@@ -699,3 +699,47 @@ fn inherited_fspl_variables_pass_through_like_the_reference() {
          FSPL_SET_MINE=job\nFSPL_SET_OTHER=parent\n"
     );
 }
+
+/// Regression: a job with seq 18446744073709551615 (u64::MAX, which the
+/// reference's prepare can emit) ran, then nextseq could not be advanced,
+/// so the job stayed at nextseq and ran again on every queue-process. Now
+/// it is refused before it runs. (The reference runs it once and wraps
+/// nextseq to 0.)
+#[test]
+fn job_with_the_largest_seq_ran_again_on_every_run() {
+    let max = u64::MAX.to_string();
+    let job = make_job(Impl::Ref, u64::MAX - 1, &[], &[], Some(b"x"));
+    // make_job checks the sequence file advanced; this one is MAX - 1 -> MAX.
+    let job = patch_meta(
+        &job,
+        &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+        &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    );
+    let info = ok(run_with_input(Impl::Ref.cmd(["stdin-info"]), &job));
+    assert!(info.starts_with(format!("FSPL_SEQ={max}\n").as_bytes()));
+    let script = "cat >/dev/null; echo ran >> ran.log";
+    for imp in BOTH {
+        let s = Side::new(imp);
+        queue_with(std::slice::from_ref(&job))(&s);
+        ok(s.run(["queue-set-next", "-q", "q", &max]));
+        for _ in 0..2 {
+            let o = s.run(["queue-process", "-q", "q", "sh", "--", "-c", script]);
+            if imp == Impl::Ours {
+                let line = one_line_error(o);
+                assert!(line.contains(&max), "{line}");
+            }
+        }
+        let ran = std::fs::read_to_string(s.path("ran.log")).unwrap_or_default();
+        match imp {
+            Impl::Ours => {
+                assert_eq!(ran, "", "never run");
+                assert_eq!(s.nextseq("q"), Some(format!("{max}\n")));
+                assert_eq!(s.state("q").job_names(), names(&[1]));
+            }
+            Impl::Ref => {
+                assert_eq!(ran, "ran\n", "the reference runs it once");
+                assert_eq!(s.nextseq("q").as_deref(), Some("0\n"));
+            }
+        }
+    }
+}
