@@ -567,3 +567,61 @@ fn local_time_offset_with_seconds_was_not_rounded_to_minutes() {
         assert!(info.contains(&line), "{tz}: {info}");
     }
 }
+
+/// Sender sequence files and `nextseq` in odd but readable shapes (and
+/// unreadable ones) are taken the same way by both binaries.
+#[test]
+fn odd_sequence_files_are_read_the_same_way() {
+    for content in [
+        &b"007\n"[..],
+        b"  7  \n",
+        b"+7\n",
+        b"7\r\n",
+        b"7\nrest",
+        b"7",
+        b"\n7\n",
+        b"7 8\n",
+        b"x\n",
+        b"",
+    ] {
+        let r = same(
+            |s| {
+                s.write("seq", content);
+                s.init("q");
+                s.write("q/nextseq", content);
+            },
+            |s| {
+                let job = s.run(["prepare-nop", "-s", "seq"]);
+                let info = if job.status.success() {
+                    let i = ok(run_with_input(s.cmd(["stdin-info"]), &job.stdout));
+                    String::from_utf8_lossy(&i)
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string()
+                } else {
+                    String::new()
+                };
+                (
+                    job.status.code(),
+                    info,
+                    s.read("seq"),
+                    seen(&s.run(["queue-get-next", "-q", "q"])),
+                    seen(&s.run(["prepare-get-next", "-s", "seq"])),
+                )
+            },
+        );
+        let readable = r.0 == Some(0);
+        assert_eq!(
+            readable,
+            !matches!(content, b"\n7\n" | b"7 8\n" | b"x\n" | b""),
+            "{:?}",
+            String::from_utf8_lossy(content)
+        );
+        if readable {
+            assert_eq!(r.1, "FSPL_SEQ=7");
+            assert_eq!(r.2, b"8\n");
+            assert_eq!(r.3.stdout, "7\n");
+        }
+    }
+}
