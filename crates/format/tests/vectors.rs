@@ -138,7 +138,10 @@ fn the_extension_round_trips_and_every_field_is_covered_by_the_signed_bytes() {
     use fspl_format::{CmdType, Command, Ctime, Digest, DigestAlg, Extension, JobHeader};
     let h = JobHeader {
         seq: 9,
-        ctime: Ctime { secs: 1_800_000_000, nanos: 5 },
+        ctime: Ctime {
+            secs: 1_800_000_000,
+            nanos: 5,
+        },
         cmd_type: CmdType::Command(Command {
             params: vec![b"a".to_vec()],
             env: vec![(b"K".to_vec(), b"v".to_vec())],
@@ -146,7 +149,10 @@ fn the_extension_round_trips_and_every_field_is_covered_by_the_signed_bytes() {
     };
     let ext = Extension {
         payload_len: Some(3),
-        digest: Some(Digest { alg: DigestAlg::Blake3, bytes: [7; 32] }),
+        digest: Some(Digest {
+            alg: DigestAlg::Blake3,
+            bytes: [7; 32],
+        }),
         to: Some("backups".into()),
         signer: Some([1; 32]),
         signature: Some([2; 64]),
@@ -156,7 +162,10 @@ fn the_extension_round_trips_and_every_field_is_covered_by_the_signed_bytes() {
     assert_eq!(d.header, h);
     assert_eq!(d.ext, ext);
     // Without an extension the bytes are Filespooler's exactly.
-    assert_eq!(decode(&h.encode().unwrap()).unwrap().ext, Extension::default());
+    assert_eq!(
+        decode(&h.encode().unwrap()).unwrap().ext,
+        Extension::default()
+    );
     // The signature is not part of what it signs; everything else is.
     let base = h.signed_bytes(&ext).unwrap();
     let mut no_sig = ext.clone();
@@ -186,7 +195,10 @@ fn the_extension_round_trips_and_every_field_is_covered_by_the_signed_bytes() {
     e2.payload_len = Some(4);
     variants.push((h.clone(), e2));
     let mut e2 = ext.clone();
-    e2.digest = Some(Digest { alg: DigestAlg::Blake3, bytes: [8; 32] });
+    e2.digest = Some(Digest {
+        alg: DigestAlg::Blake3,
+        bytes: [8; 32],
+    });
     variants.push((h.clone(), e2));
     let mut e2 = ext.clone();
     e2.to = Some("other".into());

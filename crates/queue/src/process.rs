@@ -198,7 +198,7 @@ struct Run<'a> {
 
 /// What vetting a job's payload decided.
 enum Verdict {
-    Run(OpenedJob),
+    Run(Box<OpenedJob>),
     Refuse(Refusal),
     /// The payload cannot be read to the end (e.g. corrupt compression):
     /// a failed job, as if the command had failed on it.
@@ -215,12 +215,14 @@ struct Index {
 impl Index {
     /// Read the directory; headers only of names not seen before. Returns
     /// how many new jobs were found.
+    /// Returns how many new jobs were found, and the files named like jobs
+    /// that could not be read.
     fn refresh(
         &mut self,
         queue: &Queue,
         decoder: Option<&Decoder>,
         first: bool,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<(usize, Vec<scan::Skipped>), QueueError> {
         let s = scan::scan(queue, decoder, if first { None } else { Some(&self.seen) })?;
         if first {
             scan::remove_stale_temps(queue, &s.temps);
@@ -230,10 +232,10 @@ impl Index {
             self.seen.insert(name.clone());
             self.by_seq.entry(header.seq).or_default().push(name);
         }
-        for sk in s.skipped {
-            self.seen.insert(sk.name);
+        for sk in &s.skipped {
+            self.seen.insert(sk.name.clone());
         }
-        Ok(found)
+        Ok((found, s.skipped))
     }
 
     fn ready_from(&self, mut seq: u64) -> u64 {
@@ -272,7 +274,8 @@ impl Run<'_> {
         let decoder = self.opts.decoder.as_ref();
         let mut nextseq = NextSeq::open(&self.queue.nextseq_path())?;
         let mut index = Index::default();
-        index.refresh(self.queue, decoder, true)?;
+        let (_, unreadable) = index.refresh(self.queue, decoder, true)?;
+        self.refuse_unreadable(unreadable)?;
         self.obs.planned(index.ready_from(nextseq.value()));
         loop {
             if self.limit_reached() {
@@ -286,9 +289,9 @@ impl Run<'_> {
                 Some(n) => n,
                 None => {
                     // Jobs may have arrived while we worked.
-                    if index.refresh(self.queue, decoder, false)? > 0
-                        && index.by_seq.contains_key(&seq)
-                    {
+                    let (found, unreadable) = index.refresh(self.queue, decoder, false)?;
+                    self.refuse_unreadable(unreadable)?;
+                    if found > 0 && index.by_seq.contains_key(&seq) {
                         continue;
                     }
                     let later = index.later_than(seq);
@@ -335,7 +338,7 @@ impl Run<'_> {
                 .into());
             };
             let outcome = match self.verify_payload(&name, job)? {
-                Verdict::Run(job) => self.run_job(&name, job)?,
+                Verdict::Run(job) => self.run_job(&name, *job)?,
                 Verdict::Fail(outcome) => self.count(seq, &name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&name, Some(seq), &r)?;
@@ -360,6 +363,7 @@ impl Run<'_> {
         let decoder = self.opts.decoder.as_ref();
         let s = scan::scan(self.queue, decoder, None)?;
         scan::remove_stale_temps(self.queue, &s.temps);
+        self.refuse_unreadable(s.skipped)?;
         let mut jobs = s.jobs;
         jobs.sort_by_key(|j| j.header.ctime);
         self.obs.planned(jobs.len() as u64);
@@ -384,7 +388,7 @@ impl Run<'_> {
                 continue;
             }
             let outcome = match self.verify_payload(&entry.name, job)? {
-                Verdict::Run(job) => self.run_job(&entry.name, job)?,
+                Verdict::Run(job) => self.run_job(&entry.name, *job)?,
                 Verdict::Fail(outcome) => self.count(seq, &entry.name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&entry.name, Some(seq), &r)?;
@@ -461,7 +465,7 @@ impl Run<'_> {
     ) -> Result<Verdict, ProcessError> {
         let ext = job.ext.clone();
         if ext.payload_len.is_none() && ext.digest.is_none() {
-            return Ok(Verdict::Run(job));
+            return Ok(Verdict::Run(Box::new(job)));
         }
         let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
         let path = self.queue.job_path(name);
@@ -485,15 +489,43 @@ impl Run<'_> {
                         path,
                         source,
                     })?;
-                Ok(Verdict::Run(job))
+                Ok(Verdict::Run(Box::new(job)))
             }
             _ => {
                 // A decoded stream cannot be rewound: decode it again.
                 job.payload.close();
                 let again = self.queue.open_job(name, self.opts.decoder.as_ref())?;
-                Ok(Verdict::Run(again))
+                Ok(Verdict::Run(Box::new(again)))
             }
         }
+    }
+
+    /// With a trust file, a file named like a job that cannot be read
+    /// (corrupt, truncated, undecryptable) is refused like any other bad
+    /// job; without one it is skipped, as Filespooler does. Symbolic links
+    /// and other non-regular files are always left alone.
+    fn refuse_unreadable(&mut self, skipped: Vec<scan::Skipped>) -> Result<(), ProcessError> {
+        if self.opts.trust.is_none() {
+            return Ok(());
+        }
+        for sk in skipped {
+            if !sk.regular {
+                continue;
+            }
+            let reason = match &sk.error {
+                QueueError::BadJob { source, .. } => format!("unreadable job file: {source}"),
+                other => format!("unreadable job file: {}", crate::display_chain(other)),
+            };
+            self.refuse(
+                &sk.name,
+                None,
+                &Refusal {
+                    reason,
+                    sender: None,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Move a refused job aside and say so.

@@ -31,6 +31,8 @@ pub struct JobEntry {
 pub struct Skipped {
     pub name: OsString,
     pub error: QueueError,
+    /// A regular file (not a symlink, directory, FIFO...).
+    pub regular: bool,
 }
 
 /// A `queue-write` temporary.
@@ -105,6 +107,7 @@ pub fn scan(
             };
             debug!(file = ?name, "skipping: {what}");
             out.skipped.push(Skipped {
+                regular: false,
                 error: QueueError::Io {
                     action: "read",
                     path: queue.job_path(&name),
@@ -123,7 +126,12 @@ pub fn scan(
             }),
             Err(error) => {
                 debug!(file = ?name, error = %crate::display_chain(&error), "skipping unreadable job file");
-                out.skipped.push(Skipped { name, error });
+                let regular = !matches!(&error, QueueError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput || source.raw_os_error() == Some(libc::ELOOP));
+                out.skipped.push(Skipped {
+                    name,
+                    error,
+                    regular,
+                });
             }
         }
     }

@@ -43,7 +43,7 @@ pub fn is_age(prefix: &[u8]) -> bool {
 }
 
 /// Identities to decrypt with (from one or more `--identity` files).
-pub struct Identities(pub Vec<Box<dyn age::Identity>>);
+pub struct Identities(pub Vec<Box<dyn age::Identity + Send + Sync>>);
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,7 +83,9 @@ pub fn parse_recipient(s: &str) -> Result<Box<dyn age::Recipient + Send>, CryptE
 /// Identities from a file: an age identity file (`AGE-SECRET-KEY-1...`
 /// lines) or an unencrypted OpenSSH private key. Refused when group or
 /// others can read it.
-pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, CryptError> {
+pub fn load_identities(
+    path: &Path,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, CryptError> {
     let io_err = |source| CryptError::Io {
         path: path.to_path_buf(),
         source,
@@ -112,12 +114,23 @@ pub fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, Crypt
         }
         return Ok(vec![Box::new(id)]);
     }
-    let file = age::IdentityFile::from_buffer(&data[..]).map_err(|_| CryptError::Identity {
+    // An age identity file: AGE-SECRET-KEY-1... lines, # comments.
+    let text = String::from_utf8(data).map_err(|_| CryptError::Identity {
         path: path.to_path_buf(),
     })?;
-    let ids = file.into_identities().map_err(|_| CryptError::Identity {
-        path: path.to_path_buf(),
-    })?;
+    let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let id = line
+            .parse::<age::x25519::Identity>()
+            .map_err(|_| CryptError::Identity {
+                path: path.to_path_buf(),
+            })?;
+        ids.push(Box::new(id));
+    }
     if ids.is_empty() {
         return Err(CryptError::Identity {
             path: path.to_path_buf(),
@@ -162,7 +175,7 @@ pub fn encrypt<W: Write>(
 
 /// Decrypt an age stream (binary or armored) with any of `identities`.
 pub fn decrypt<'a, R: Read + Send + 'a>(
-    identities: &[Box<dyn age::Identity>],
+    identities: &[Box<dyn age::Identity + Send + Sync>],
     r: R,
 ) -> Result<Box<dyn Read + Send + 'a>, CryptError> {
     let armored = age::armor::ArmoredReader::new(BufReader::new(r));
