@@ -169,6 +169,43 @@ pub enum Cmd {
     StdinProcess(StdinProcessArgs),
     /// Show the license
     ShowLicense,
+    /// Watch and run many queues as jobs arrive (see docs/daemon.md) (fspl
+    /// extension)
+    #[cfg(feature = "daemon")]
+    Daemon {
+        /// The configuration file
+        #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+        config: std::path::PathBuf,
+        /// Validate the configuration (syntax, queues, trust files, keys) and exit
+        #[arg(long)]
+        check: bool,
+        /// Log format: human (default on a terminal), logfmt (default
+        /// otherwise) or json; overrides the configuration
+        #[arg(long = "log-format", value_name = "FORMAT")]
+        log_format: Option<fspl_daemon::LogFormat>,
+    },
+    /// Show what a running daemon is doing, or clear a job's error state
+    /// (fspl extension)
+    #[cfg(feature = "daemon")]
+    Status {
+        /// The daemon's configuration file (to find its control socket)
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "CONFIG",
+            conflicts_with = "socket"
+        )]
+        config: Option<std::path::PathBuf>,
+        /// The daemon's control socket
+        #[arg(long = "socket", value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        /// Clear this job's error state so it resumes at once
+        #[arg(long = "clear", value_name = "NAME")]
+        clear: Option<String>,
+    },
     /// Make an ed25519 key pair for signing (and age encryption): PATH
     /// (secret, mode 0600) and PATH.pub (fspl extension)
     Keygen {

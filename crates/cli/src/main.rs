@@ -25,8 +25,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    logging::init(cli.log_level);
-    match cmd::run(cli.command) {
+    // The daemon sets up its own log formats.
+    #[cfg(feature = "daemon")]
+    let own_logging = matches!(cli.command, cli::Cmd::Daemon { check: false, .. });
+    #[cfg(not(feature = "daemon"))]
+    let own_logging = false;
+    if !own_logging {
+        logging::init(cli.log_level);
+    }
+    match cmd::run(cli.command, cli.log_level) {
         Ok(code) => code,
         Err(e) => {
             if output::is_broken_pipe(&e) {

@@ -95,6 +95,9 @@ pub trait Observer {
     /// unbroken run from nextseq; Timestamp: all).
     fn planned(&mut self, _ready: u64) {}
     fn started(&mut self, _job: &JobReport<'_>) {}
+    /// The job's command is running with this pid (not called for NOP and
+    /// Fail jobs). A supervisor may kill it to shut down.
+    fn spawned(&mut self, _pid: u32) {}
     fn finished(&mut self, _job: &JobReport<'_>, _outcome: &Outcome, _elapsed: Duration) {}
     /// Checked between jobs: return true to end the run early (shutdown).
     fn should_stop(&mut self) -> bool {
@@ -346,6 +349,11 @@ impl Run<'_> {
                 }
             };
             let ok = outcome.is_success();
+            if !ok && self.obs.should_stop() {
+                // Killed (or failed) while shutting down: leave job and
+                // nextseq as a crash would, so it simply runs again later.
+                return Ok(self.summary(StopReason::Stopped));
+            }
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &name, outcome));
             }
@@ -396,6 +404,9 @@ impl Run<'_> {
                 }
             };
             let ok = outcome.is_success();
+            if !ok && self.obs.should_stop() {
+                return Ok(self.summary(StopReason::Stopped));
+            }
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &entry.name, outcome));
             }
@@ -434,7 +445,7 @@ impl Run<'_> {
         names: Vec<OsString>,
     ) -> Result<Vec<OsString>, ProcessError> {
         if self.opts.trust.is_none() {
-            return Ok(names);
+            return self.refuse_bad_copies(seq, names);
         }
         let mut kept = Vec::with_capacity(names.len());
         for name in names {
@@ -453,7 +464,48 @@ impl Run<'_> {
                 Err(r) => self.refuse(&name, Some(seq), &r)?,
             }
         }
+        self.refuse_bad_copies(seq, kept)
+    }
+
+    /// When several files hold this seq, refuse those whose payload does
+    /// not match their header's length and digest, so that a copy with a
+    /// changed payload cannot block the genuine one as "same seq, different
+    /// contents"; returns the rest.
+    fn refuse_bad_copies(
+        &mut self,
+        seq: u64,
+        names: Vec<OsString>,
+    ) -> Result<Vec<OsString>, ProcessError> {
+        if names.len() < 2 {
+            return Ok(names);
+        }
+        let mut kept = Vec::with_capacity(names.len());
+        for name in names {
+            let job = match self.queue.open_job(&name, self.opts.decoder.as_ref()) {
+                Ok(j) => j,
+                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.verify_payload(&name, job)? {
+                Verdict::Refuse(r) => self.refuse(&name, Some(seq), &r)?,
+                Verdict::Run(job) => {
+                    job.payload.close();
+                    kept.push(name);
+                }
+                Verdict::Fail(_) => kept.push(name),
+            }
+        }
         Ok(kept)
+    }
+
+    /// The trust file's name for a job's signer, if there is a trust file
+    /// and it lists the key.
+    fn signer_name(&self, ext: &Extension) -> Option<String> {
+        let key = ext.signer?;
+        let trust = self.opts.trust.as_deref()?;
+        trust.sender(&key).map(|s| s.name.clone())
     }
 
     /// Read the payload once, before anything runs, when the job promises
@@ -477,8 +529,10 @@ impl Run<'_> {
                 return Ok(Verdict::Fail(Outcome::PayloadError(e.to_string())));
             }
         };
-        if let Err(r) = verify::check_payload(&ext, len, &digest) {
+        if let Err(mut r) = verify::check_payload(&ext, len, &digest) {
             job.payload.close();
+            // With a trust file the header has passed: name its signer.
+            r.sender = self.signer_name(&ext);
             return Ok(Verdict::Refuse(r));
         }
         match &mut job.payload {
@@ -532,8 +586,10 @@ impl Run<'_> {
     fn refuse(&mut self, name: &OsStr, seq: Option<u64>, r: &Refusal) -> Result<(), ProcessError> {
         let to = verify::reject(self.queue, name, seq, r)?;
         self.refused += 1;
+        // The seq of a file that cannot be read is unknown: "-", not 0.
+        let seq_field = seq.map_or_else(|| "-".to_string(), |s| s.to_string());
         warn!(
-            seq = seq.unwrap_or_default(),
+            seq = %seq_field,
             file = %self.queue.job_path(name).display(),
             sender = r.sender.as_deref().unwrap_or("-"),
             "job refused: {}; moved to {}",
@@ -658,7 +714,7 @@ impl Run<'_> {
             output,
             timeout: self.opts.timeout,
         };
-        let outcome = run_to_end(spec, finish, seq, &path)?;
+        let outcome = run_to_end(spec, finish, seq, &path, &mut |pid| self.obs.spawned(pid))?;
         self.processed += 1;
         if outcome.is_success() {
             self.succeeded += 1;
@@ -694,6 +750,7 @@ fn run_to_end(
     finish: PayloadFinish,
     seq: u64,
     path: &std::path::Path,
+    on_spawn: &mut dyn FnMut(u32),
 ) -> Result<Outcome, ProcessError> {
     let outcome = match exec::start(spec) {
         Err(source) => {
@@ -707,6 +764,7 @@ fn run_to_end(
         Ok(Err(outcome)) => outcome,
         Ok(Ok(running)) => {
             debug!(seq, pid = running.pid(), "started command");
+            on_spawn(running.pid());
             match running.wait() {
                 Ok(o) => o,
                 Err(source) => {
@@ -753,5 +811,11 @@ pub fn run_stream_job(
         output: Output::Inherit,
         timeout,
     };
-    run_to_end(spec, finish, header.seq, std::path::Path::new("stdin"))
+    run_to_end(
+        spec,
+        finish,
+        header.seq,
+        std::path::Path::new("stdin"),
+        &mut |_| {},
+    )
 }

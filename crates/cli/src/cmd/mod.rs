@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use crate::cli::Cmd;
 
+#[cfg(feature = "daemon")]
+mod daemon;
 mod info;
 mod keys;
 mod prepare;
@@ -12,8 +14,21 @@ mod process;
 mod queue;
 mod status;
 
-pub fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
     match cmd {
+        #[cfg(feature = "daemon")]
+        Cmd::Daemon {
+            config,
+            check,
+            log_format,
+        } => daemon::daemon(&config, check, log_format, level),
+        #[cfg(feature = "daemon")]
+        Cmd::Status {
+            config,
+            socket,
+            json,
+            clear,
+        } => daemon::status(config.as_deref(), socket.as_deref(), json, clear.as_deref()),
         Cmd::GenUuid => misc_print(&format!("{}\n", uuid::Uuid::new_v4())),
         Cmd::GenFilename => misc_print(&format!("fspl-{}.fspl\n", uuid::Uuid::new_v4())),
         Cmd::ShowLicense => misc_print(LICENSE),

@@ -1,0 +1,305 @@
+//! `fspl daemon`: watches many queues and runs them as jobs arrive, each
+//! strictly in order (the same loop as `queue-process`), several at once;
+//! backs off and enters an error state after repeated failures; serves its
+//! state over a control socket (`fspl status`) and, optionally, Prometheus
+//! metrics; reloads its configuration on SIGHUP; shuts down gracefully on
+//! SIGTERM/SIGINT.
+//!
+//! Tests start it in-process with [`run`] and a shutdown future.
+
+pub mod config;
+pub mod control;
+pub mod log;
+pub mod state;
+mod task;
+mod watch;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tracing::{error, info, warn};
+
+pub use config::{Config, ConfigError, JobConfig, JobKind, LogFormat};
+use control::{ControlError, Request, Response};
+use state::Registry;
+use task::{Shared, TaskHandle};
+use watch::Watcher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot start the metrics endpoint on {addr}: {message}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        message: String,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Check a configuration beyond its syntax: every queue exists and can be
+/// processed, every trust file and identity loads. Returns one message per
+/// problem.
+pub fn check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for j in &config.jobs {
+        match &j.kind {
+            JobKind::Process(p) => {
+                if let Err(e) = task::check(p) {
+                    problems.push(format!("{}: job {:?}: {e}", config.path.display(), j.name));
+                }
+            }
+        }
+    }
+    problems
+}
+
+struct Running {
+    config: Config,
+    tasks: HashMap<String, (JobConfig, TaskHandle, Option<PathBuf>)>,
+    watcher: Watcher,
+    shared: Shared,
+}
+
+impl Running {
+    fn start_job(&mut self, j: JobConfig) {
+        let JobKind::Process(p) = &j.kind;
+        let wake = Arc::new(Notify::new());
+        let dir = task::jobs_dir(p);
+        let watched = j.enabled && !p.poll && self.watcher.watch(&dir, wake.clone());
+        let handle = task::spawn(
+            j.name.clone(),
+            p.clone(),
+            j.enabled,
+            self.shared.clone(),
+            watched,
+            wake,
+        );
+        self.tasks
+            .insert(j.name.clone(), (j, handle, watched.then_some(dir)));
+    }
+
+    /// Stop a job's task: it finishes the job it is running, then ends.
+    fn stop_job(&mut self, name: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let (_, handle, dir) = self.tasks.remove(name)?;
+        if let Some(d) = dir {
+            self.watcher.unwatch(&d);
+        }
+        handle.stop_flag.store(true, Ordering::SeqCst);
+        let _ = handle.stop.send(true);
+        self.shared.registry.remove(name);
+        Some(handle.join)
+    }
+
+    /// Apply a new configuration: removed and changed jobs stop (after the
+    /// job they are running), added and changed ones start; every job in an
+    /// error state gets a fresh start.
+    async fn reload(&mut self, new: Config) {
+        let mut waits = Vec::new();
+        let old_names: Vec<String> = self.tasks.keys().cloned().collect();
+        for name in old_names {
+            let keep = new
+                .jobs
+                .iter()
+                .any(|j| j.name == name && self.tasks.get(&name).is_some_and(|t| t.0 == *j));
+            if !keep && let Some(h) = self.stop_job(&name) {
+                waits.push(h);
+            }
+        }
+        for h in waits {
+            let _ = h.await;
+        }
+        for j in &new.jobs {
+            match self.tasks.get(&j.name) {
+                Some((_, h, _)) => h.clear.notify_one(),
+                None => self.start_job(j.clone()),
+            }
+        }
+        self.config = new;
+    }
+}
+
+/// Install the log layer for the daemon (human, logfmt or JSON on stderr).
+pub fn init_logging(format: LogFormat, level: tracing::Level) {
+    use tracing_subscriber::prelude::*;
+    let layer = log::LineLayer::new(format, Box::new(std::io::stderr()))
+        .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Tell systemd (Type=notify) how we are doing, when it asked.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name) {
+            let _ = sock.send_to_addr(state.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(state.as_bytes(), &path);
+    }
+}
+
+/// Run the daemon until `shutdown` completes or SIGTERM/SIGINT arrives.
+/// SIGHUP reloads the configuration from `config.path`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    if let Some(addr) = config.daemon.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| DaemonError::Metrics {
+                addr,
+                message: e.to_string(),
+            })?;
+    }
+    let listener = control::bind(&config.daemon.socket)?;
+    let registry = Registry::default();
+    let shared = Shared {
+        registry: registry.clone(),
+        semaphore: Arc::new(Semaphore::new(config.daemon.max_parallel)),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        running: Arc::new(Mutex::new(HashMap::new())),
+        rescan_interval: config.daemon.rescan_interval,
+    };
+    let running = Arc::new(tokio::sync::Mutex::new(Running {
+        config: config.clone(),
+        tasks: HashMap::new(),
+        watcher: Watcher::new(),
+        shared: shared.clone(),
+    }));
+    {
+        let mut r = running.lock().await;
+        for j in config.jobs.clone() {
+            r.start_job(j);
+        }
+    }
+    // Control socket.
+    let clears: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
+    let refresh_clears = |r: &Running, c: &Arc<Mutex<HashMap<String, Arc<Notify>>>>| {
+        if let Ok(mut m) = c.lock() {
+            *m = r
+                .tasks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.1.clear.clone()))
+                .collect();
+        }
+    };
+    refresh_clears(&*running.lock().await, &clears);
+    let (reg, cl) = (registry.clone(), clears.clone());
+    let server = tokio::spawn(control::serve(listener, move |req| match req {
+        Request::Status => Response::Status {
+            jobs: reg.snapshot(),
+        },
+        Request::Clear { job } => match cl.lock().ok().and_then(|m| m.get(&job).cloned()) {
+            Some(n) => {
+                n.notify_one();
+                Response::Cleared { job }
+            }
+            None => Response::Error {
+                message: format!("no job named {job:?}"),
+            },
+        },
+    }));
+    info!(
+        jobs = config.jobs.len(),
+        socket = %config.daemon.socket.display(),
+        "fspl daemon started"
+    );
+    sd_notify("READY=1");
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                sd_notify("RELOADING=1");
+                let path = running.lock().await.config.path.clone();
+                match Config::load(&path) {
+                    Ok(new) => {
+                        let mut r = running.lock().await;
+                        r.reload(new).await;
+                        refresh_clears(&r, &clears);
+                        info!(jobs = r.config.jobs.len(), "configuration reloaded");
+                    }
+                    Err(e) => error!("configuration reload refused, the old one stays in effect: {}", fspl_queue::display_chain(&e)),
+                }
+                sd_notify("READY=1");
+            }
+        }
+    }
+    sd_notify("STOPPING=1");
+    // Stop starting jobs; let running commands finish within the grace
+    // period, then kill them. Killed jobs are left as a crash would leave
+    // them (they run again next time).
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let grace = config.daemon.shutdown_grace;
+    let mut joins = Vec::new();
+    {
+        let mut r = running.lock().await;
+        let names: Vec<String> = r.tasks.keys().cloned().collect();
+        for n in names {
+            if let Some(j) = r.stop_job(&n) {
+                joins.push(j);
+            }
+        }
+    }
+    let all = futures_join(joins);
+    tokio::pin!(all);
+    if tokio::time::timeout(grace, &mut all).await.is_err() {
+        let pids: Vec<(String, u32)> = shared
+            .running
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for (job, pid) in pids {
+            warn!(job = %job, pid, "grace period over; killing the running command (the job will run again)");
+            // SAFETY: signalling a child we started; ESRCH if it is gone.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut all).await;
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&config.daemon.socket);
+    info!("fspl daemon stopped");
+    Ok(())
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Run the daemon on a runtime of its own (for the `fspl daemon` command).
+pub fn run_blocking(config: Config) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(config.daemon.max_parallel + 2)
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(run(config, std::future::pending()))
+}

@@ -1,0 +1,457 @@
+//! `type = "process"`: one task per queue. It runs the same processing loop
+//! as `queue-process` (fspl_queue::process), on a blocking thread, when
+//! jobs arrive (filesystem events), on a timer (polling, and a periodic
+//! safety rescan), and backs off after failures until an error state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fspl_queue::Queue;
+use fspl_queue::decoder::Decoder;
+use fspl_queue::exec::Outcome;
+use fspl_queue::process::{
+    JobReport, Observer, ProcessError, ProcessOptions, StopReason, Summary, process,
+};
+use fspl_queue::status::State;
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::config::ProcessJob;
+use crate::state::{JobState, JobStatus, Registry, now_rfc3339};
+
+/// What every task shares with the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: Registry,
+    pub semaphore: Arc<Semaphore>,
+    /// Set once on shutdown: running loops stop between jobs.
+    pub shutting_down: Arc<AtomicBool>,
+    /// Commands running now, by job name (killed after the shutdown grace).
+    pub running: Arc<Mutex<HashMap<String, u32>>>,
+    pub rescan_interval: Duration,
+}
+
+/// How the daemon controls one task.
+pub struct TaskHandle {
+    pub stop: watch::Sender<bool>,
+    pub stop_flag: Arc<AtomicBool>,
+    pub clear: Arc<Notify>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+struct DaemonObserver {
+    name: String,
+    shared: Shared,
+    stop_flag: Arc<AtomicBool>,
+    seq_span: Option<tracing::span::EnteredSpan>,
+}
+
+impl Observer for DaemonObserver {
+    fn planned(&mut self, ready: u64) {
+        self.shared.registry.update(&self.name, |s| {
+            s.queued = Some(ready.max(s.queued.unwrap_or(0)))
+        });
+    }
+
+    fn started(&mut self, job: &JobReport<'_>) {
+        self.seq_span = Some(info_span!("seq", seq = job.seq).entered());
+        debug!(file = ?job.name, "job started");
+        let since = now_rfc3339();
+        self.shared.registry.update(&self.name, |s| {
+            s.state = JobState::Running {
+                seq: job.seq,
+                since,
+            };
+            s.next_seq = Some(job.seq);
+        });
+    }
+
+    fn spawned(&mut self, pid: u32) {
+        if let Ok(mut r) = self.shared.running.lock() {
+            r.insert(self.name.clone(), pid);
+        }
+    }
+
+    fn finished(&mut self, job: &JobReport<'_>, outcome: &Outcome, elapsed: Duration) {
+        if let Ok(mut r) = self.shared.running.lock() {
+            r.remove(&self.name);
+        }
+        let ms = elapsed.as_millis() as u64;
+        metrics::counter!("fspl_jobs_processed_total", "job" => self.name.clone(), "result" => outcome.label())
+            .increment(1);
+        metrics::histogram!("fspl_job_duration_seconds", "job" => self.name.clone())
+            .record(elapsed.as_secs_f64());
+        if outcome.is_success() {
+            info!(duration_ms = ms, "job succeeded");
+            let now = now_rfc3339();
+            metrics::gauge!("fspl_last_success_timestamp_seconds", "job" => self.name.clone())
+                .set(unix_now() as f64);
+            self.shared.registry.update(&self.name, |s| {
+                s.last_success = Some(now);
+                s.jobs_succeeded += 1;
+                s.next_seq = Some(job.seq.saturating_add(1));
+                s.queued = s.queued.map(|q| q.saturating_sub(1));
+            });
+        } else {
+            warn!(
+                duration_ms = ms,
+                outcome = outcome.label(),
+                "job failed: {outcome}"
+            );
+            self.shared
+                .registry
+                .update(&self.name, |s| s.jobs_failed += 1);
+        }
+        self.seq_span = None;
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst) || self.stop_flag.load(Ordering::SeqCst)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The options of one run, built once (trust file and identities loaded).
+struct Prepared {
+    queue: Queue,
+    opts: ProcessOptions,
+}
+
+fn prepare(cfg: &ProcessJob) -> Result<Prepared, String> {
+    let identities = if cfg.identity.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            fspl_trust::crypt::Identities::load(&cfg.identity)
+                .map_err(|e| fspl_queue::display_chain(&e))?,
+        ))
+    };
+    let trust = match &cfg.trust {
+        None => None,
+        Some(p) => Some(Arc::new(
+            fspl_trust::TrustFile::load(p).map_err(|e| fspl_queue::display_chain(&e))?,
+        )),
+    };
+    let queue = Queue::new(&cfg.queue).with_identities(identities);
+    queue.lock().map(drop).or_else(|e| match e {
+        fspl_queue::QueueError::Locked { .. } => Ok(()),
+        e => Err(fspl_queue::display_chain(&e)),
+    })?;
+    Ok(Prepared {
+        queue,
+        opts: ProcessOptions {
+            command: cfg.command.clone(),
+            args: cfg.args.clone(),
+            decoder: cfg.decoder.clone().map(Decoder::new),
+            order_by: cfg.order_by,
+            on_error: cfg.on_error,
+            never_delete: cfg.never_delete,
+            maxjobs: None,
+            output_to: cfg.output_to,
+            allow_job_params: cfg.allow_job_params,
+            ignore_payload: cfg.ignore_payload,
+            timeout: cfg.timeout,
+            trust,
+        },
+    })
+}
+
+/// The result of one run, with the queue's state afterwards.
+struct RunResult {
+    result: Result<Summary, ProcessError>,
+    next_seq: Option<u64>,
+    queued: Option<u64>,
+    waiting: Option<(u64, String)>,
+}
+
+fn run_once(name: &str, p: &Prepared, shared: &Shared, stop_flag: &Arc<AtomicBool>) -> RunResult {
+    let span = info_span!("job", job = name, queue = %p.queue.dir().display());
+    let _e = span.enter();
+    let mut obs = DaemonObserver {
+        name: name.to_string(),
+        shared: shared.clone(),
+        stop_flag: stop_flag.clone(),
+        seq_span: None,
+    };
+    let result = process(&p.queue, &p.opts, &mut obs);
+    drop(obs);
+    // What the queue looks like now, for `fspl status` and the metrics.
+    let st =
+        fspl_queue::status::status(&p.queue, p.opts.decoder.as_ref(), p.opts.trust.as_deref()).ok();
+    let next_seq = st.as_ref().and_then(|s| s.nextseq);
+    let queued = st.as_ref().map(|s| s.jobs - s.below_next);
+    let waiting = match (&result, &st) {
+        (
+            Ok(Summary {
+                stop: StopReason::Gap { waiting_for, .. },
+                ..
+            }),
+            Some(s),
+        ) => Some((
+            *waiting_for,
+            match &s.state {
+                State::Blocked { reason } => reason.clone(),
+                _ => String::new(),
+            },
+        )),
+        _ => None,
+    };
+    RunResult {
+        result,
+        next_seq,
+        queued,
+        waiting,
+    }
+}
+
+/// Start the task for a process job.
+pub fn spawn(
+    name: String,
+    cfg: ProcessJob,
+    enabled: bool,
+    shared: Shared,
+    watched: bool,
+    wake: Arc<Notify>,
+) -> TaskHandle {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let clear = Arc::new(Notify::new());
+    shared.registry.set(JobStatus {
+        name: name.clone(),
+        kind: "process".into(),
+        queue: cfg.queue.display().to_string(),
+        state: if enabled {
+            JobState::Idle
+        } else {
+            JobState::Disabled
+        },
+        next_seq: None,
+        queued: None,
+        last_success: None,
+        consecutive_failures: 0,
+        jobs_succeeded: 0,
+        jobs_failed: 0,
+    });
+    let join = if enabled {
+        tokio::spawn(task(
+            name,
+            cfg,
+            shared,
+            watched,
+            wake.clone(),
+            stop_rx,
+            stop_flag.clone(),
+            clear.clone(),
+        ))
+    } else {
+        tokio::spawn(async {})
+    };
+    TaskHandle {
+        stop: stop_tx,
+        stop_flag,
+        clear,
+        join,
+    }
+}
+
+fn set_gauges(name: &str, queued: Option<u64>, blocked: bool, error: bool) {
+    if let Some(q) = queued {
+        metrics::gauge!("fspl_queue_jobs", "job" => name.to_string()).set(q as f64);
+    }
+    metrics::gauge!("fspl_queue_blocked", "job" => name.to_string()).set(if blocked {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("fspl_queue_error", "job" => name.to_string()).set(if error {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn task(
+    name: String,
+    cfg: ProcessJob,
+    shared: Shared,
+    watched: bool,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    stop_flag: Arc<AtomicBool>,
+    clear: Arc<Notify>,
+) {
+    let span = info_span!("job", job = %name, queue = %cfg.queue.display());
+    let polling = cfg.poll || !watched;
+    let mut interval = cfg.poll_min;
+    let mut failures: u32 = 0;
+    let mut next_run = Instant::now();
+    let mut backing_off = false;
+    let mut prepared: Option<Arc<Prepared>> = None;
+    loop {
+        let sleep = tokio::time::sleep_until(next_run.into());
+        tokio::select! {
+            _ = sleep => {}
+            _ = wake.notified(), if !backing_off => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let p = match &prepared {
+            Some(p) => p.clone(),
+            None => match prepare(&cfg) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    prepared = Some(p.clone());
+                    p
+                }
+                Err(message) => {
+                    {
+                        let _e = span.enter();
+                        error!(
+                            "cannot start processing: {message}; fix it, then `fspl status --clear {name}` or reload"
+                        );
+                    }
+                    shared.registry.update(&name, |s| {
+                        s.state = JobState::Error {
+                            message: message.clone(),
+                        }
+                    });
+                    set_gauges(&name, None, false, true);
+                    tokio::select! {
+                        _ = clear.notified() => { next_run = Instant::now(); continue; }
+                        _ = stop.changed() => return,
+                    }
+                }
+            },
+        };
+        let permit = tokio::select! {
+            p = shared.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (n, sh, sf, pp) = (name.clone(), shared.clone(), stop_flag.clone(), p.clone());
+        let r = tokio::task::spawn_blocking(move || run_once(&n, &pp, &sh, &sf)).await;
+        drop(permit);
+        let Ok(r) = r else {
+            return;
+        };
+        let _e = span.enter();
+        match r.result {
+            Ok(summary) => {
+                failures = 0;
+                backing_off = false;
+                if summary.processed > 0 {
+                    interval = cfg.poll_min;
+                } else {
+                    interval = interval.mul_f64(1.3).min(cfg.poll_max);
+                }
+                let state = match r.waiting {
+                    Some((seq, detail)) => JobState::Waiting { seq, detail },
+                    None => JobState::Idle,
+                };
+                let blocked = matches!(state, JobState::Waiting { .. });
+                shared.registry.update(&name, |s| {
+                    s.state = state;
+                    s.next_seq = r.next_seq;
+                    s.queued = r.queued;
+                    s.consecutive_failures = 0;
+                });
+                set_gauges(&name, r.queued, blocked, false);
+                next_run = Instant::now()
+                    + if polling {
+                        interval
+                    } else {
+                        shared.rescan_interval
+                    };
+            }
+            Err(ProcessError::Queue(fspl_queue::QueueError::Locked { holder, .. })) => {
+                debug!(
+                    ?holder,
+                    "queue locked by another process; trying again shortly"
+                );
+                shared
+                    .registry
+                    .update(&name, |s| s.state = JobState::Locked { pid: holder });
+                next_run = Instant::now() + Duration::from_secs(1);
+            }
+            Err(e) => {
+                failures += 1;
+                let message = fspl_queue::display_chain(&e);
+                shared.registry.update(&name, |s| {
+                    s.consecutive_failures = failures;
+                    s.next_seq = r.next_seq;
+                    s.queued = r.queued;
+                });
+                if failures >= cfg.max_failures {
+                    error!(
+                        failures,
+                        "stopped after {failures} failures in a row: {message}; `fspl status --clear {name}` resumes"
+                    );
+                    shared.registry.update(&name, |s| {
+                        s.state = JobState::Error {
+                            message: message.clone(),
+                        }
+                    });
+                    set_gauges(&name, r.queued, true, true);
+                    tokio::select! {
+                        _ = clear.notified() => {
+                            info!("error cleared; resuming");
+                            failures = 0;
+                            backing_off = false;
+                            interval = cfg.poll_min;
+                            shared.registry.update(&name, |s| { s.state = JobState::Idle; s.consecutive_failures = 0; });
+                            set_gauges(&name, r.queued, false, false);
+                            next_run = Instant::now();
+                        }
+                        _ = stop.changed() => return,
+                    }
+                } else {
+                    interval = interval.mul_f64(1.5).min(cfg.poll_max.max(interval));
+                    let delay = cfg
+                        .poll_min
+                        .mul_f64(1.5f64.powi(failures as i32 - 1))
+                        .min(cfg.poll_max.max(cfg.poll_min));
+                    warn!(
+                        failures,
+                        retry_in_s = delay.as_secs_f64(),
+                        "run failed: {message}"
+                    );
+                    let retry_at = fspl_format::rfc3339_utc(fspl_format::Ctime {
+                        secs: unix_now() + delay.as_secs() as i64,
+                        nanos: 0,
+                    });
+                    shared.registry.update(&name, |s| {
+                        s.state = JobState::Retrying {
+                            message: message.clone(),
+                            failures,
+                            retry_at,
+                        }
+                    });
+                    set_gauges(&name, r.queued, true, false);
+                    backing_off = true;
+                    next_run = Instant::now() + delay;
+                }
+            }
+        }
+    }
+}
+
+/// The jobs dir a task watches.
+pub fn jobs_dir(cfg: &ProcessJob) -> std::path::PathBuf {
+    Queue::new(&cfg.queue).jobs_dir().to_path_buf()
+}
+
+/// Whether a job can start: queue present and processable, trust file and
+/// identities load (for `daemon --check`).
+pub fn check(cfg: &ProcessJob) -> Result<(), String> {
+    prepare(cfg).map(drop)
+}
