@@ -156,9 +156,20 @@ fn sd_notify(state: &str) {
     }
 }
 
-/// Run the daemon until `shutdown` completes or SIGTERM/SIGINT arrives.
-/// SIGHUP reloads the configuration from `config.path`.
+/// Run the daemon until `shutdown` completes. Installs no signal handlers
+/// (tests run it in-process); see [`run_blocking`] for the real thing.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    run_inner(config, shutdown, false).await
+}
+
+/// Run until `shutdown` completes or, with `signals`, SIGTERM/SIGINT
+/// arrives; with `signals`, SIGHUP reloads the configuration from
+/// `config.path`.
+async fn run_inner(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    signals: bool,
+) -> Result<(), DaemonError> {
     if let Some(addr) = config.daemon.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -223,17 +234,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     sd_notify("READY=1");
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let sig = |k: SignalKind| -> Result<Option<Signal>, DaemonError> {
+        if signals {
+            signal(k).map(Some).map_err(DaemonError::Signals)
+        } else {
+            Ok(None)
+        }
+    };
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
+    async fn recv(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => {
+            _ = recv(&mut term) => { info!("SIGTERM: shutting down"); break; }
+            _ = recv(&mut int) => { info!("SIGINT: shutting down"); break; }
+            _ = recv(&mut hup) => {
                 sd_notify("RELOADING=1");
                 let path = running.lock().await.config.path.clone();
                 match Config::load(&path) {
@@ -301,5 +329,5 @@ pub fn run_blocking(config: Config) -> Result<(), DaemonError> {
         .max_blocking_threads(config.daemon.max_parallel + 2)
         .build()
         .map_err(DaemonError::Runtime)?;
-    rt.block_on(run(config, std::future::pending()))
+    rt.block_on(run_inner(config, std::future::pending(), true))
 }
