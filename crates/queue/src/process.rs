@@ -87,6 +87,8 @@ pub struct JobReport<'a> {
     pub seq: u64,
     pub name: &'a OsStr,
     pub header: &'a JobHeader,
+    /// Payload size when known (the header says, or the stored file tells).
+    pub payload_bytes: Option<u64>,
 }
 
 /// Hooks for progress displays, logs and metrics. All optional.
@@ -661,10 +663,18 @@ impl Run<'_> {
         let seq = job.header.seq;
         let path = self.queue.job_path(name);
         let report_header = job.header.clone();
+        let payload_bytes = job.ext.payload_len.or_else(|| match &job.payload {
+            Payload::File(f) => f
+                .metadata()
+                .ok()
+                .map(|m| m.len().saturating_sub(job.header_len)),
+            _ => None,
+        });
         let report = JobReport {
             seq,
             name,
             header: &report_header,
+            payload_bytes,
         };
         if !self.opts.allow_job_params && !self.warned_params && !job.header.params().is_empty() {
             self.warned_params = true;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fspl_format::{DigestAlg, Extension};
 use fspl_queue::process::{
-    self, NoObserver, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
+    self, JobReport, Observer, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
 };
 use fspl_queue::verify;
 use fspl_queue::{Payload, PayloadFinish, Queue, StreamPayload};
@@ -44,7 +44,10 @@ pub fn queue_process(a: QueueProcessArgs) -> anyhow::Result<ExitCode> {
         ignore_payload: a.run.ignore_payload,
         timeout: a.run.timeout.map(Duration::from_secs),
     };
-    let summary = match process::process(&q, &opts, &mut NoObserver) {
+    let mut progress = Progress::new();
+    let result = process::process(&q, &opts, &mut progress);
+    progress.done();
+    let summary = match result {
         Ok(s) => s,
         Err(ProcessError::JobFailed {
             seq, path, outcome, ..
@@ -185,4 +188,70 @@ fn checked_payload(payload: StreamPayload<RawStdin>, ext: &Extension) -> anyhow:
         .seek(SeekFrom::Start(0))
         .context("cannot rewind the temporary payload copy")?;
     Ok(spool)
+}
+
+/// A progress bar on stderr when it is a terminal: jobs done of those ready,
+/// the current seq, payload bytes. Nothing at all otherwise (cron, pipes).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    bytes: u64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr_with_hz(4),
+            );
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} jobs  {msg}  {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b
+        });
+        Progress { bar, bytes: 0 }
+    }
+
+    fn done(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn planned(&mut self, ready: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(ready);
+        }
+    }
+
+    fn started(&mut self, job: &JobReport<'_>) {
+        if let Some(b) = &self.bar {
+            if b.position() >= b.length().unwrap_or(0) {
+                b.inc_length(1);
+            }
+            b.set_message(format!(
+                "seq {}  {} payload",
+                job.seq,
+                indicatif::BinaryBytes(self.bytes + job.payload_bytes.unwrap_or(0))
+            ));
+        }
+    }
+
+    fn finished(
+        &mut self,
+        job: &JobReport<'_>,
+        _outcome: &fspl_queue::exec::Outcome,
+        _elapsed: Duration,
+    ) {
+        self.bytes += job.payload_bytes.unwrap_or(0);
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
 }
