@@ -62,11 +62,13 @@ fn vet(q: &Queue, trust: &TrustFile, d: &fspl_format::Decoded) -> Result<String,
     }
 }
 
+/// An age-encrypted file that we have no identity for, or none that fits:
+/// listed as "(encrypted)", not silently left out.
 fn is_encrypted(e: &fspl_queue::QueueError) -> bool {
     matches!(
         e,
         fspl_queue::QueueError::BadJob {
-            source: fspl_format::HeaderError::Encrypted,
+            source: fspl_format::HeaderError::Encrypted | fspl_format::HeaderError::Decrypt(_),
             ..
         }
     )

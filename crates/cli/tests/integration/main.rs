@@ -13,5 +13,6 @@ mod cli_compat;
 mod crash;
 mod interop;
 mod process_options;
+mod security;
 mod tutorial;
 mod vectors;
