@@ -14,5 +14,6 @@ mod crash;
 mod interop;
 mod process_options;
 mod security;
+mod security_sweep;
 mod tutorial;
 mod vectors;
