@@ -130,6 +130,25 @@ pub enum Cmd {
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Read every job completely (header, codec, digest, signature) and
+    /// report bad files, stale temporaries, duplicates, jobs below nextseq
+    /// and what blocks processing; --repair moves bad files to DIR/corrupt/
+    /// (never deletes) and removes stale temporaries (fspl extension; exit 0
+    /// = clean, 1 = problems or blocked, 2 = error)
+    QueueCheck {
+        #[command(flatten)]
+        q: QueueArg,
+        #[command(flatten)]
+        d: DecoderArg,
+        /// Move bad job files to DIR/corrupt/ and remove stale temporaries
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
     /// Print the queue's next sequence number
     QueueGetNext {
         #[command(flatten)]

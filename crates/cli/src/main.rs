@@ -33,6 +33,8 @@ fn main() -> ExitCode {
     if !own_logging {
         logging::init(cli.log_level);
     }
+    // Fault injection (reliability tests; a no-op without the feature).
+    let _failpoints = fspl_queue::failpoint::setup();
     match cmd::run(cli.command, cli.log_level) {
         Ok(code) => code,
         Err(e) => {

@@ -9,6 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{QueueError, Result};
+use crate::failpoint::hit;
 
 /// fsync a directory, making renames and unlinks in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -38,8 +39,10 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
         .map_err(QueueError::io("create", &tmp))?;
     f.write_all(contents)
         .map_err(QueueError::io("write", &tmp))?;
+    hit("replace:after-write").map_err(QueueError::io("sync", &tmp))?;
     f.sync_all().map_err(QueueError::io("sync", &tmp))?;
     drop(f);
+    hit("replace:before-rename").map_err(QueueError::io("rename into place", path))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         QueueError::Io {
@@ -48,6 +51,7 @@ pub fn replace_file(path: &Path, contents: &[u8]) -> Result<()> {
             source: e,
         }
     })?;
+    hit("replace:before-dirsync").map_err(QueueError::io("sync directory", parent_dir(path)))?;
     sync_dir(parent_dir(path))
 }
 

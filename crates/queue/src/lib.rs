@@ -2,10 +2,12 @@
 //! scanning, locking and the processing loop. Synchronous by design: the
 //! plain CLI starts in about a millisecond.
 
+pub mod check;
 pub mod decoder;
 pub mod durable;
 mod error;
 pub mod exec;
+pub mod failpoint;
 pub mod lock;
 pub mod nextseq;
 pub mod process;

@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{QueueError, Result};
+use crate::failpoint::hit;
 use crate::seqnum;
 
 #[derive(Debug)]
@@ -79,12 +80,15 @@ impl NextSeq {
     pub fn set(&mut self, value: u64) -> Result<()> {
         let line = format!("{value}\n");
         if line.len() as u64 >= self.len {
+            hit("nextseq:before-write").map_err(QueueError::io("write", &self.path))?;
             self.file
                 .write_all_at(line.as_bytes(), 0)
                 .map_err(QueueError::io("write", &self.path))?;
+            hit("nextseq:before-sync").map_err(QueueError::io("sync", &self.path))?;
             self.file
                 .sync_data()
                 .map_err(QueueError::io("sync", &self.path))?;
+            hit("nextseq:after-sync").map_err(QueueError::io("sync", &self.path))?;
             self.len = line.len() as u64;
         } else {
             seqnum::write(&self.path, value)?;

@@ -36,6 +36,7 @@ use tracing::{debug, warn};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::exec::{self, Outcome, Output, RunSpec, SpawnError};
+use crate::failpoint::hit;
 use crate::nextseq::NextSeq;
 use crate::queue::{OpenedJob, Payload, PayloadFinish, Queue};
 use crate::scan::{self, JobEntry};
@@ -281,6 +282,7 @@ impl Run<'_> {
         let mut index = Index::default();
         let (_, unreadable) = index.refresh(self.queue, decoder, true)?;
         self.refuse_unreadable(unreadable)?;
+        hit("process:after-scan").map_err(QueueError::io("scan", self.queue.jobs_dir()))?;
         self.obs.planned(index.ready_from(nextseq.value()));
         loop {
             if self.limit_reached() {
@@ -342,6 +344,8 @@ impl Run<'_> {
                 }
                 .into());
             };
+            let path = self.queue.job_path(&name);
+            hit("process:before-run").map_err(QueueError::io("run", &path))?;
             let outcome = match self.verify_payload(&name, job)? {
                 Verdict::Run(job) => self.run_job(&name, *job)?,
                 Verdict::Fail(outcome) => self.count(seq, &name, outcome),
@@ -350,6 +354,7 @@ impl Run<'_> {
                     continue;
                 }
             };
+            hit("process:after-run").map_err(QueueError::io("record the outcome of", &path))?;
             let ok = outcome.is_success();
             if !ok && self.obs.should_stop() {
                 // Killed (or failed) while shutting down: leave job and
@@ -360,12 +365,14 @@ impl Run<'_> {
                 return Err(self.failed_error(seq, &name, outcome));
             }
             nextseq.set(next)?;
+            hit("process:after-advance").map_err(QueueError::io("delete", &path))?;
             if self.should_delete(ok) {
                 self.delete(&name);
                 for d in &duplicates {
                     self.delete(d);
                 }
             }
+            hit("process:after-delete").map_err(QueueError::io("continue after", &path))?;
         }
     }
 
@@ -527,7 +534,21 @@ impl Run<'_> {
         let (len, digest) = match hashed {
             Ok(v) => v,
             Err(e) => {
+                let decoded = !matches!(job.payload, Payload::File(_));
                 job.payload.close();
+                if decoded {
+                    // A compressed or encrypted payload that cannot be
+                    // decoded to the end (cut short, corrupt) is refused like
+                    // one whose length or digest does not match; failing it
+                    // would let --on-error delete move past the genuine
+                    // job's seq.
+                    return Ok(Verdict::Refuse(Refusal {
+                        reason: format!(
+                            "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
+                        ),
+                        sender: self.signer_name(&ext),
+                    }));
+                }
                 return Ok(Verdict::Fail(Outcome::PayloadError(e.to_string())));
             }
         };

@@ -2,7 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Read};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use fspl_trust::crypt::{Identities, decrypt, is_age};
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{QueueError, Result};
+use crate::failpoint::hit;
 use crate::lock::FileLock;
 use crate::pump::Pump;
 use crate::seqnum;
@@ -385,6 +386,17 @@ impl Queue {
             .map_err(QueueError::io("create", &tmp))?;
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
+            hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
+            // Part of the job first, so that a fault can hit mid-copy.
+            let mut head = [0u8; 4096];
+            let n = fspl_format::read_full(input, &mut head).map_err(|source| QueueError::Io {
+                action: "read job from",
+                path: PathBuf::from("stdin"),
+                source,
+            })?;
+            f.write_all(&head[..n])
+                .map_err(QueueError::io("write", &tmp))?;
+            hit("write:mid-copy").map_err(QueueError::io("write", &tmp))?;
             copy_stream(input, &mut f).map_err(|e| match e {
                 CopyError::Read(source) => QueueError::Io {
                     action: "read job from",
@@ -397,10 +409,14 @@ impl Queue {
                     source,
                 },
             })?;
+            hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
             f.sync_all().map_err(QueueError::io("sync", &tmp))?;
             let dest = self.jobs.join(&name);
+            hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
-            sync_dir(&self.jobs)
+            hit("write:before-dirsync").map_err(QueueError::io("sync directory", &self.jobs))?;
+            sync_dir(&self.jobs)?;
+            hit("write:after-dirsync").map_err(QueueError::io("sync directory", &self.jobs))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

@@ -194,8 +194,11 @@ pub fn reject(queue: &Queue, name: &OsStr, seq: Option<u64>, refusal: &Refusal) 
     line.push('\n');
     crate::durable::replace_file(&reason_path, line.as_bytes())?;
     let to = dir.join(name);
+    crate::failpoint::hit("reject:before-move")
+        .map_err(QueueError::io("move refused job to", &to))?;
     std::fs::rename(queue.job_path(name), &to)
         .map_err(QueueError::io("move refused job to", &to))?;
+    crate::failpoint::hit("reject:after-move").map_err(QueueError::io("sync directory", &dir))?;
     sync_dir(&dir)?;
     sync_dir(queue.jobs_dir())?;
     let _ = std::io::stderr().flush();

@@ -59,6 +59,13 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::QueuePayload { q, d, job, ids } => {
             queue::payload(&q.queuedir, d.decoder.as_deref(), job, &ids)
         }
+        Cmd::QueueCheck {
+            q,
+            d,
+            repair,
+            json,
+            keys,
+        } => status::check(&q.queuedir, d.decoder.as_deref(), repair, json, &keys),
         Cmd::QueueGetNext { q } => queue::get_next(&q.queuedir),
         Cmd::QueueSetNext { q, id } => queue::set_next(&q.queuedir, id),
         Cmd::QueueStatus { q, d, json, keys } => {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use fspl_format::DigestAlg;
 use fspl_format::{CmdType, Command, Ctime, Extension, JobHeader, SET_PREFIX};
+use fspl_queue::failpoint;
 use fspl_queue::seqfile::SenderSeq;
 use fspl_queue::{CopyError, copy_stream};
 use fspl_trust::SecretKey;
@@ -212,6 +213,7 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         (None, Some(s)) => s.next()?,
         (None, None) => 1,
     };
+    failpoint::hit("prepare:after-lock").context("cannot take a sequence number")?;
     let header = JobHeader {
         seq: number,
         ctime: Ctime::now(),
@@ -235,6 +237,7 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
             "cannot write job {number} to stdout (no sequence number was used; the next is still {number})"
         ))
     })?;
+    failpoint::hit("prepare:after-header").context("cannot commit the sequence number")?;
     if let Some(s) = &sender {
         s.commit(number).with_context(|| {
             format!(
@@ -245,11 +248,17 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         })?;
     }
     drop(sender);
+    failpoint::hit("prepare:after-commit").context("cannot send the payload")?;
 
-    let copied = match &mut input {
-        Input::Empty => Ok(0),
-        Input::Stdin => copy_stream(&mut *raw_stdin() as &mut dyn Read, &mut out),
-        Input::File(f, _) | Input::Stream(f, _) => copy_stream(f, &mut out),
+    let mut stdin = raw_stdin();
+    let reader: Option<&mut dyn Read> = match &mut input {
+        Input::Empty => None,
+        Input::Stdin => Some(&mut *stdin),
+        Input::File(f, _) | Input::Stream(f, _) => Some(f),
+    };
+    let copied = match reader {
+        None => Ok(0),
+        Some(r) => copy_with_failpoint(r, &mut out),
     }
     .and_then(|n| {
         if let (Some(g), Input::File(f, _)) = (&guard, &input)
@@ -273,6 +282,16 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         )));
     }
     Ok(())
+}
+
+/// Copy the payload; the `prepare:mid-payload` failpoint sits after the
+/// first block.
+fn copy_with_failpoint(r: &mut dyn Read, out: &mut dyn Write) -> Result<u64, CopyError> {
+    let mut head = [0u8; 4096];
+    let n = fspl_format::read_full(r, &mut head).map_err(CopyError::Read)?;
+    out.write_all(&head[..n]).map_err(CopyError::Write)?;
+    failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
+    Ok(n as u64 + copy_stream(r, out)?)
 }
 
 /// `--encrypt-to` values: a recipient, or `@FILE` with one per line.

@@ -267,3 +267,121 @@ fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
     s.push('\n');
     Ok(s)
 }
+
+#[derive(Serialize)]
+struct CheckJson {
+    queue: String,
+    good: u64,
+    payload_bytes: u64,
+    bad: Vec<JsonRefusal>,
+    foreign: Vec<String>,
+    stale_temps: Vec<String>,
+    problems: usize,
+    blocked: bool,
+    status: serde_json::Value,
+    repaired: Option<RepairJson>,
+}
+
+#[derive(Serialize)]
+struct RepairJson {
+    moved_to_corrupt: Vec<String>,
+    removed_temps: Vec<String>,
+}
+
+/// `queue-check`: 0 clean, 1 problems or blocked, 2 error.
+pub fn check(
+    dir: &OsStr,
+    d: Option<&OsStr>,
+    repair: bool,
+    json: bool,
+    keys: &KeyArgs,
+) -> anyhow::Result<ExitCode> {
+    let run = || -> anyhow::Result<(fspl_queue::check::CheckReport, Option<fspl_queue::check::Repaired>)> {
+        let ids = super::keys::identities(&keys.ids)?;
+        let trust = super::keys::trust(keys)?;
+        let q = Queue::new(dir).with_identities(ids);
+        let dec = super::queue::decoder(d);
+        let report = fspl_queue::check::check(&q, dec.as_ref(), trust.as_deref())?;
+        if !repair {
+            return Ok((report, None));
+        }
+        let done = fspl_queue::check::repair(&q, &report)?;
+        // Look again after repairing.
+        let after = fspl_queue::check::check(&q, dec.as_ref(), trust.as_deref())?;
+        Ok((after, Some(done)))
+    };
+    let (report, repaired) = match run() {
+        Ok(r) => r,
+        Err(e) => {
+            print_error(&e);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let out = if json {
+        let doc = CheckJson {
+            queue: dir.to_string_lossy().into_owned(),
+            good: report.good,
+            payload_bytes: report.bytes,
+            bad: report
+                .bad
+                .iter()
+                .map(|b| JsonRefusal {
+                    seq: b.seq.unwrap_or(0),
+                    filename: lossy(&b.name),
+                    reason: b.reason.clone(),
+                })
+                .collect(),
+            foreign: report.foreign.iter().map(|f| lossy(f)).collect(),
+            stale_temps: report.stale_temps.iter().map(|f| lossy(f)).collect(),
+            problems: report.problems(),
+            blocked: report.blocked(),
+            status: serde_json::from_str(&to_json(&report.status)?)?,
+            repaired: repaired.as_ref().map(|r| RepairJson {
+                moved_to_corrupt: r.moved.iter().map(|f| lossy(f)).collect(),
+                removed_temps: r.removed_temps.iter().map(|f| lossy(f)).collect(),
+            }),
+        };
+        let mut s = serde_json::to_string_pretty(&doc)?;
+        s.push('\n');
+        s
+    } else {
+        let mut o = String::new();
+        if let Some(r) = &repaired {
+            let _ = writeln!(
+                o,
+                "repaired:    moved {} bad file(s) to {}/corrupt/, removed {} stale temporary file(s)",
+                r.moved.len(),
+                dir.to_string_lossy(),
+                r.removed_temps.len()
+            );
+        }
+        let _ = writeln!(
+            o,
+            "checked:     {} job(s) read completely ({} payload bytes){}",
+            report.good,
+            report.bytes,
+            if report.problems() == 0 {
+                ", no problems"
+            } else {
+                ""
+            }
+        );
+        for b in &report.bad {
+            match b.seq {
+                Some(s) => {
+                    let _ = writeln!(o, "bad:         {} (seq {s}): {}", lossy(&b.name), b.reason);
+                }
+                None => {
+                    let _ = writeln!(o, "bad:         {}: {}", lossy(&b.name), b.reason);
+                }
+            }
+        }
+        for f in &report.foreign {
+            let _ = writeln!(o, "foreign:     {} (not a job, ignored)", lossy(f));
+        }
+        o.push_str(&to_text(&report.status));
+        o
+    };
+    write_stdout(out.as_bytes())?;
+    Ok(ExitCode::from(report.exit_code()))
+}
