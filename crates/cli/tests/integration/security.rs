@@ -954,6 +954,58 @@ fn regression_payload_refusal_of_a_signed_job_did_not_name_its_sender() {
     assert_refused(&t.q, &out, &f, Some(1), Some("laptop"), "the header says");
 }
 
+/// Regression: a compressed or encrypted job carrying a length and digest
+/// whose payload could not be decoded to the end (cut short, corrupt)
+/// counted as a failed job, not a refusal, so `--on-error delete` deleted
+/// it and advanced nextseq past the genuine job's seq.
+#[test]
+fn regression_a_cut_short_compressed_or_encrypted_job_advanced_nextseq_under_on_error_delete() {
+    let t = Setup::new();
+    let (id, recipient) = age_keygen(&t.s, "receiver.age");
+    let big: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&t.payload, &big).unwrap();
+    let id_arg = id.to_str().unwrap();
+    for (seq, (extra, trust)) in [
+        (&["--compress", "zstd"][..], true),
+        (&["--compress", "gzip"][..], false),
+        (&["--encrypt-to", &recipient][..], true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seq = seq as u64 + 1;
+        let job = t.prepare(
+            seq,
+            Some(&t.laptop.secret),
+            Some(QUEUE_NAME),
+            extra,
+            &["backup", "db"],
+        );
+        let f = t.write(&t.q, &job[..job.len() / 2]);
+        let trust_file = trust.then_some(t.trust.as_path());
+        let out = t.process_with(
+            &t.q,
+            trust_file,
+            &["--on-error", "delete", "--identity", id_arg],
+        );
+        t.not_run(seq);
+        assert_refused(
+            &t.q,
+            &out,
+            &f,
+            Some(seq),
+            trust.then_some("laptop"),
+            "payload cannot be read to the end",
+        );
+        assert_eq!(nextseq(&t.q), seq, "{extra:?}");
+        t.write(&t.q, &job);
+        ok(t.process_with(&t.q, trust_file, &["--identity", id_arg]));
+        assert_eq!(std::fs::read(t.marker(seq)).unwrap(), big, "{extra:?}");
+    }
+}
+
 // ---- stdin-process ----
 
 #[test]
