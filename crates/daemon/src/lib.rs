@@ -121,7 +121,7 @@ impl Running {
         }
         for j in &new.jobs {
             match self.tasks.get(&j.name) {
-                Some((_, h, _)) => h.clear.notify_one(),
+                Some((_, h, _)) => h.clear.notify_waiters(),
                 None => self.start_job(j.clone()),
             }
         }
@@ -219,7 +219,7 @@ async fn run_inner(
         },
         Request::Clear { job } => match cl.lock().ok().and_then(|m| m.get(&job).cloned()) {
             Some(n) => {
-                n.notify_one();
+                n.notify_waiters();
                 Response::Cleared { job }
             }
             None => Response::Error {

@@ -37,6 +37,9 @@ pub struct Shared {
 pub struct TaskHandle {
     pub stop: watch::Sender<bool>,
     pub stop_flag: Arc<AtomicBool>,
+    /// Wakes the task out of its error state or backoff; only a task
+    /// waiting for it is woken (`notify_waiters`), so a clear sent while
+    /// the job is healthy is not kept for later.
     pub clear: Arc<Notify>,
     pub join: tokio::task::JoinHandle<()>,
 }
@@ -301,6 +304,14 @@ async fn task(
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified(), if !backing_off => {}
+            // A clear while backing off retries at once, from zero failures.
+            _ = clear.notified(), if backing_off => {
+                let _e = span.enter();
+                info!("cleared; retrying now");
+                failures = 0;
+                backing_off = false;
+                interval = cfg.poll_min;
+            }
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
@@ -315,6 +326,11 @@ async fn task(
                     p
                 }
                 Err(message) => {
+                    // Listen for a clear before the error state shows: a
+                    // clear only wakes a job that is waiting for one.
+                    let cleared = clear.notified();
+                    tokio::pin!(cleared);
+                    cleared.as_mut().enable();
                     {
                         let _e = span.enter();
                         error!(
@@ -328,7 +344,7 @@ async fn task(
                     });
                     set_gauges(&name, None, false, true);
                     tokio::select! {
-                        _ = clear.notified() => { next_run = Instant::now(); continue; }
+                        _ = cleared => { next_run = Instant::now(); continue; }
                         _ = stop.changed() => return,
                     }
                 }
@@ -392,6 +408,9 @@ async fn task(
                     s.queued = r.queued;
                 });
                 if failures >= cfg.max_failures {
+                    let cleared = clear.notified();
+                    tokio::pin!(cleared);
+                    cleared.as_mut().enable();
                     error!(
                         failures,
                         "stopped after {failures} failures in a row: {message}; `fspl status --clear {name}` resumes"
@@ -403,7 +422,7 @@ async fn task(
                     });
                     set_gauges(&name, r.queued, true, true);
                     tokio::select! {
-                        _ = clear.notified() => {
+                        _ = cleared => {
                             info!("error cleared; resuming");
                             failures = 0;
                             backing_off = false;

@@ -1,0 +1,267 @@
+//! Fixtures for the in-process daemon tests: queues and jobs made through
+//! the library, a daemon started with `fspl_daemon::run` on a tokio runtime
+//! of its own, and its control socket.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fspl_daemon::control::{Request, Response, request};
+use fspl_daemon::state::{JobState, JobStatus};
+use fspl_daemon::{Config, DaemonError};
+use fspl_format::{CmdType, Ctime, JobHeader};
+use fspl_queue::Queue;
+
+/// A generous upper bound for anything the daemon should do "soon": only
+/// ever used as a deadline, never as a measurement.
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// A temporary directory for queues, logs, the config and the socket.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("fspl-daemon-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A fresh queue (nextseq 1).
+    pub fn queue(&self, name: &str) -> PathBuf {
+        let q = self.path(name);
+        Queue::init(&q, false).unwrap();
+        q
+    }
+
+    /// The control socket every config of this sandbox uses.
+    pub fn socket(&self) -> PathBuf {
+        self.path("d.sock")
+    }
+
+    /// A config text: a `[daemon]` section (socket in the sandbox, events
+    /// only: the safety rescan an hour away; short shutdown grace) plus
+    /// `daemon_extra` lines, then the job tables.
+    pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
+        let mut t = format!(
+            "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n{daemon_extra}\n",
+            q(self.socket())
+        );
+        for j in jobs {
+            t.push('\n');
+            t.push_str(j);
+        }
+        t
+    }
+}
+
+/// A TOML basic string (paths in tests are ASCII).
+pub fn q(s: impl AsRef<std::ffi::OsStr>) -> String {
+    format!("{:?}", s.as_ref().to_str().unwrap())
+}
+
+/// A `[[job]]` table of type process; `command` is the argv; `extra` adds
+/// key lines.
+pub fn process_job<S: AsRef<str>>(name: &str, queue: &Path, command: &[S], extra: &str) -> String {
+    let argv: Vec<String> = command.iter().map(|s| q(s.as_ref())).collect();
+    format!(
+        "[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\n{extra}\n",
+        q(name),
+        q(queue),
+        argv.join(", ")
+    )
+}
+
+/// A shell command that appends "SEQ PAYLOAD" to `log`, then runs `then`
+/// (more shell, e.g. `exec sleep 30`).
+pub fn recorder(log: &Path, then: &str) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("p=$(cat); echo \"$FSPL_SEQ $p\" >> \"$1\"; {then}"),
+        "sh".into(),
+        log.to_str().unwrap().into(),
+    ]
+}
+
+/// A Command job with this seq and payload.
+pub fn job(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let h = JobHeader {
+        seq,
+        ctime: Ctime::now(),
+        cmd_type: CmdType::Command(Default::default()),
+    };
+    let mut b = h.encode().unwrap();
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Store a job the way `queue-write` does (temporary name, then rename).
+pub fn write_job(queue: &Path, seq: u64, payload: &str) {
+    Queue::new(queue)
+        .write_job(&mut &job(seq, payload.as_bytes())[..])
+        .unwrap();
+}
+
+/// The queue's nextseq.
+pub fn nextseq(queue: &Path) -> u64 {
+    std::fs::read_to_string(queue.join("nextseq"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Job files in the queue.
+pub fn job_files(queue: &Path) -> usize {
+    std::fs::read_dir(queue.join("jobs"))
+        .unwrap()
+        .filter(|e| {
+            let n = e.as_ref().unwrap().file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("fspl-") && n.ends_with(".fspl")
+        })
+        .count()
+}
+
+/// Lines of a file; none when it does not exist yet.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Poll `f` until it holds; panic after `timeout` naming `what`.
+#[track_caller]
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A daemon running in this process, on a thread with its own runtime.
+pub struct Daemon {
+    pub socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Daemon {
+    /// Write the config to `sb/daemon.toml`, parse it and start the daemon;
+    /// returns once the control socket answers.
+    pub fn start(sb: &Sandbox, text: &str) -> Daemon {
+        let path = sb.path("daemon.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let d = Daemon::spawn(config);
+        let socket = d.socket.clone();
+        let mut d = Some(d);
+        wait_for("the control socket", SOON, || {
+            if let Some(t) = d.as_ref().and_then(|d| d.thread.as_ref())
+                && t.is_finished()
+            {
+                let r = d.take().unwrap().thread.take().unwrap().join().unwrap();
+                panic!("daemon ended at start: {r:?}");
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        d.unwrap()
+    }
+
+    /// Start without waiting for anything.
+    pub fn spawn(config: Config) -> Daemon {
+        let socket = config.daemon.socket.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(fspl_daemon::run(config, async {
+                let _ = rx.await;
+            }))
+        });
+        Daemon {
+            socket,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Every job's status.
+    pub fn status(&self) -> Vec<JobStatus> {
+        match request(&self.socket, &Request::Status).unwrap() {
+            Response::Status { jobs } => jobs,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// One job's status.
+    pub fn job(&self, name: &str) -> JobStatus {
+        self.status()
+            .into_iter()
+            .find(|j| j.name == name)
+            .unwrap_or_else(|| panic!("no job {name} in the status"))
+    }
+
+    pub fn state(&self, name: &str) -> JobState {
+        self.job(name).state
+    }
+
+    /// `fspl status --clear NAME`.
+    pub fn clear(&self, name: &str) {
+        match request(
+            &self.socket,
+            &Request::Clear {
+                job: name.to_string(),
+            },
+        )
+        .unwrap()
+        {
+            Response::Cleared { job } => assert_eq!(job, name),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Wait until the first run of every job has ended (the status knows
+    /// the queue's nextseq).
+    pub fn settled(&self) {
+        wait_for("the first run of every job", SOON, || {
+            self.status()
+                .iter()
+                .all(|j| j.next_seq.is_some() && !matches!(j.state, JobState::Running { .. }))
+        });
+    }
+
+    /// Shut down and wait; returns what `run` returned and how long it took.
+    pub fn stop(mut self) -> (Result<(), DaemonError>, Duration) {
+        let t0 = Instant::now();
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let r = self.thread.take().unwrap().join().unwrap();
+        (r, t0.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
