@@ -29,6 +29,8 @@ pub enum Response {
 pub enum ControlError {
     #[error("another fspl daemon is already listening on {}", path.display())]
     InUse { path: PathBuf },
+    #[error("control socket path {} exists and is not a socket; not touching it", path.display())]
+    NotASocket { path: PathBuf },
     #[error("cannot listen on control socket {}", path.display())]
     Bind {
         path: PathBuf,
@@ -46,14 +48,26 @@ pub enum ControlError {
 }
 
 /// Bind the control socket, refusing to take over one that a live daemon
-/// answers on, and removing a stale one left by a dead daemon.
+/// answers on, and removing a stale one left by a dead daemon (only a
+/// socket: any other file at that path is an error, never removed).
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::FileTypeExt;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(ControlError::InUse {
             path: path.to_path_buf(),
         });
     }
-    let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(_) => {
+            return Err(ControlError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(_) => {}
+    }
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {

@@ -414,3 +414,30 @@ fn clear_during_backoff_retries_at_once() {
     wait_for("idle", SOON, || d.state("q") == JobState::Idle);
     assert_eq!(d.job("q").consecutive_failures, 0);
 }
+
+/// Regression: a `socket` path naming a file that is not a socket (a typo,
+/// or a file of something else) was deleted at start. Now the daemon
+/// refuses to start and leaves it alone; a stale socket is still replaced.
+#[test]
+fn a_socket_path_that_is_not_a_socket_is_left_alone() {
+    let sb = Sandbox::new();
+    let q = sb.queue("q");
+    std::fs::write(sb.socket(), "precious").unwrap();
+    let path = sb.path("daemon.toml");
+    std::fs::write(
+        &path,
+        sb.config("", &[process_job("q", &q, &["/bin/true"], "")]),
+    )
+    .unwrap();
+    let d = Daemon::spawn(fspl_daemon::Config::load(&path).unwrap());
+    let (r, _) = d.stop();
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(sb.socket()).unwrap(), "precious");
+
+    // A stale socket (its daemon gone) is replaced.
+    std::fs::remove_file(sb.socket()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(sb.socket()).unwrap());
+    let d = Daemon::start(&sb, &std::fs::read_to_string(&path).unwrap());
+    d.settled();
+}
