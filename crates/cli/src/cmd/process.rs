@@ -105,16 +105,19 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
         .map_err(|r| anyhow::anyhow!("job {seq} (stdin) refused: {}", r.reason))?;
     }
     let (stdin, finish) = match payload {
-        // As in Filespooler, --ignore-payload leaves the command's stdin
-        // alone: it inherits ours (positioned after the header).
-        _ if a.run.ignore_payload => (Stdio::inherit(), PayloadFinish::Nothing),
+        // The whole payload is checked before the command sees a byte: a
+        // regular file is read twice, anything else spooled. Also with
+        // --ignore-payload, where the command inherits our stdin and so
+        // could read it: it then gets the checked copy (or our stdin itself,
+        // rewound to the payload).
         payload if d.ext.payload_len.is_some() || d.ext.digest.is_some() => {
-            // The whole payload is checked before the command sees a byte:
-            // a regular file is read twice, anything else spooled.
             let file = checked_payload(payload, &d.ext)
                 .map_err(|e| anyhow::anyhow!("job {seq} (stdin) refused: {e}"))?;
             (Stdio::from(file), PayloadFinish::Nothing)
         }
+        // As in Filespooler, --ignore-payload leaves the command's stdin
+        // alone: it inherits ours (positioned after the header).
+        _ if a.run.ignore_payload => (Stdio::inherit(), PayloadFinish::Nothing),
         // Our stdin is positioned at the payload: the command inherits it.
         StreamPayload::Plain(_) => (Stdio::inherit(), PayloadFinish::Nothing),
         StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what }

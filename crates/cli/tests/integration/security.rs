@@ -1058,6 +1058,55 @@ fn stdin_process_refuses_before_running_and_checks_only_the_senders_queues() {
     }
 }
 
+/// Regression: `stdin-process --trust --ignore-payload` did not check the
+/// payload, so a signed job with a changed payload ran, and its command
+/// could read that payload from the stdin it inherits.
+#[test]
+fn regression_stdin_process_ignore_payload_ran_a_job_with_a_changed_payload() {
+    let t = Setup::new();
+    let trust = t.trust.to_str().unwrap().to_string();
+    let genuine = t.genuine(1);
+    let mut changed = genuine.clone();
+    let n = changed.len();
+    changed[n - 2] ^= 0x01;
+    let file = t.s.path("changed.fspl");
+    std::fs::write(&file, &changed).unwrap();
+    let cmd = || {
+        let mut c = fs([
+            "stdin-process",
+            "--trust",
+            &trust,
+            "--ignore-payload",
+            "sh",
+            "--",
+            "-c",
+            SCRIPT,
+        ]);
+        c.arg(&t.marks);
+        c
+    };
+    // From a pipe and from a regular file.
+    let line = one_line_error(run_with_input(cmd(), &changed));
+    assert!(
+        line.contains("refused") && line.contains("does not match"),
+        "{line}"
+    );
+    let line = one_line_error(run_with_file(cmd(), &file));
+    assert!(
+        line.contains("refused") && line.contains("does not match"),
+        "{line}"
+    );
+    t.not_run(1);
+    // The genuine job runs; what the command can read from the stdin it
+    // inherits is still the (checked) payload, as with Filespooler.
+    ok(run_with_input(cmd(), &genuine));
+    assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
+    std::fs::remove_file(t.marker(1)).unwrap();
+    std::fs::write(&file, &genuine).unwrap();
+    ok(run_with_file(cmd(), &file));
+    assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
+}
+
 // ---- replay ----
 
 #[test]
