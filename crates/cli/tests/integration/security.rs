@@ -1056,6 +1056,92 @@ fn stdin_process_refuses_before_running_and_checks_only_the_senders_queues() {
         ));
         assert_eq!(std::fs::read(t.marker(seq)).unwrap(), PAYLOAD);
     }
+    // Params are checked when --allow-job-params would append them.
+    let job = t.prepare(3, key, None, &[], &["rm", "-rf", "/"]);
+    let mut c = fs([
+        "stdin-process",
+        "--trust",
+        &trust,
+        "--allow-job-params",
+        "sh",
+        "--",
+        "-c",
+        SCRIPT,
+    ]);
+    c.arg(&t.marks);
+    let line = one_line_error(run_with_input(c, &job));
+    assert!(
+        line.contains("are not allowed for sender \"laptop\""),
+        "{line}"
+    );
+    t.not_run(3);
+    let mut c = fs(["stdin-process", "--trust", &trust, "sh", "--", "-c", SCRIPT]);
+    c.arg(&t.marks);
+    ok(run_with_input(c, &job));
+    assert!(t.args_of(3).is_empty());
+}
+
+/// Signed NOP and Fail jobs (prepare-nop, prepare-fail --sign) pass a trust
+/// file like any other: a NOP fills a gap, a Fail job fails (it is not
+/// refused); unsigned ones are refused.
+#[test]
+fn signed_nop_and_fail_jobs_are_accepted_and_unsigned_ones_refused() {
+    let t = Setup::new();
+    let special = |kind: &str, seq: u64, sign: bool| {
+        let mut c = fs([kind, "--seq", &seq.to_string(), "--to", QUEUE_NAME]);
+        if sign {
+            c.arg("--sign").arg(&t.laptop.secret);
+        }
+        must(c)
+    };
+    let f = t.write(&t.q, &special("prepare-nop", 1, false));
+    let out = t.process(&t.q, &[]);
+    assert_refused(&t.q, &out, &f, Some(1), None, "unsigned job");
+    t.write(&t.q, &special("prepare-nop", 1, true));
+    let f = t.write(&t.q, &special("prepare-fail", 2, false));
+    let out = t.process(&t.q, &[]);
+    assert_refused(&t.q, &out, &f, Some(2), None, "unsigned job");
+    assert_eq!(nextseq(&t.q), 2, "the signed NOP ran");
+    t.write(&t.q, &special("prepare-fail", 2, true));
+    let line = one_line_error(t.process(&t.q, &[]));
+    assert!(line.contains("Fail job"), "{line}");
+    assert_eq!(nextseq(&t.q), 2);
+    ok(t.process(&t.q, &["--on-error", "delete"]));
+    t.genuine_runs(3);
+}
+
+/// Everything at once: signed, addressed, compressed and encrypted to two
+/// recipients; each recipient's identity reads it.
+#[test]
+fn a_signed_compressed_job_encrypted_to_two_recipients_runs_for_either() {
+    let t = Setup::new();
+    let (a_id, a) = age_keygen(&t.s, "a.age");
+    let ssh = ssh_keygen(&t.s, "id_ed25519");
+    let job = t.prepare(
+        1,
+        Some(&t.laptop.secret),
+        Some(QUEUE_NAME),
+        &[
+            "--compress",
+            "xz",
+            "--encrypt-to",
+            &a,
+            "--encrypt-to",
+            &ssh.public,
+        ],
+        &["backup", "db"],
+    );
+    for (seq, id) in [(1u64, &a_id), (2, &ssh.secret)] {
+        let q = t.queue(&format!("q{seq}"), Some(QUEUE_NAME));
+        t.write(&q, &job);
+        ok(t.process(
+            &q,
+            &["--allow-job-params", "--identity", id.to_str().unwrap()],
+        ));
+        assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
+        assert_eq!(t.args_of(1), ["backup", "db"]);
+        std::fs::remove_file(t.marker(1)).unwrap();
+    }
 }
 
 /// Regression: `stdin-process --trust --ignore-payload` did not check the
