@@ -102,8 +102,9 @@ impl Running {
     }
 
     /// Apply a new configuration: removed and changed jobs stop (after the
-    /// job they are running), added and changed ones start; every job in an
-    /// error state gets a fresh start.
+    /// job they are running), added and changed ones start; unchanged ones
+    /// read their trust files and identities again before their next run;
+    /// every job in an error state gets a fresh start.
     async fn reload(&mut self, new: Config) {
         let mut waits = Vec::new();
         let old_names: Vec<String> = self.tasks.keys().cloned().collect();
@@ -121,7 +122,12 @@ impl Running {
         }
         for j in &new.jobs {
             match self.tasks.get(&j.name) {
-                Some((_, h, _)) => h.clear.notify_waiters(),
+                Some((_, h, _)) => {
+                    // Unchanged job: reread its trust file and identities
+                    // before its next run, and end its error state.
+                    h.refresh.store(true, Ordering::SeqCst);
+                    h.clear.notify_waiters();
+                }
                 None => self.start_job(j.clone()),
             }
         }

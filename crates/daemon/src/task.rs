@@ -41,6 +41,9 @@ pub struct TaskHandle {
     /// waiting for it is woken (`notify_waiters`), so a clear sent while
     /// the job is healthy is not kept for later.
     pub clear: Arc<Notify>,
+    /// Set on reload: build the run's options again (trust file and
+    /// identities read anew) before the next run.
+    pub refresh: Arc<AtomicBool>,
     pub join: tokio::task::JoinHandle<()>,
 }
 
@@ -227,6 +230,7 @@ pub fn spawn(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_flag = Arc::new(AtomicBool::new(false));
     let clear = Arc::new(Notify::new());
+    let refresh = Arc::new(AtomicBool::new(false));
     shared.registry.set(JobStatus {
         name: name.clone(),
         kind: "process".into(),
@@ -253,6 +257,7 @@ pub fn spawn(
             stop_rx,
             stop_flag.clone(),
             clear.clone(),
+            refresh.clone(),
         ))
     } else {
         tokio::spawn(async {})
@@ -261,6 +266,7 @@ pub fn spawn(
         stop: stop_tx,
         stop_flag,
         clear,
+        refresh,
         join,
     }
 }
@@ -291,6 +297,7 @@ async fn task(
     mut stop: watch::Receiver<bool>,
     stop_flag: Arc<AtomicBool>,
     clear: Arc<Notify>,
+    refresh: Arc<AtomicBool>,
 ) {
     let span = info_span!("job", job = %name, queue = %cfg.queue.display());
     let polling = cfg.poll || !watched;
@@ -316,6 +323,9 @@ async fn task(
         }
         if *stop.borrow() {
             return;
+        }
+        if refresh.swap(false, Ordering::SeqCst) {
+            prepared = None;
         }
         let p = match &prepared {
             Some(p) => p.clone(),

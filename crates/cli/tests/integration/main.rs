@@ -11,6 +11,7 @@ mod bad_input;
 mod both;
 mod cli_compat;
 mod crash;
+mod daemon;
 mod interop;
 mod process_options;
 mod security;
