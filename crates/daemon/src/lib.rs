@@ -69,10 +69,15 @@ struct Running {
     tasks: HashMap<String, (JobConfig, TaskHandle, Option<PathBuf>)>,
     watcher: Watcher,
     shared: Shared,
+    /// Tasks of removed jobs still finishing their current command (shutdown
+    /// waits for them, and kills their commands after the grace).
+    retiring: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    fn start_job(&mut self, j: JobConfig) {
+    /// Start a job's task; `after`: the task of its previous configuration,
+    /// still finishing its command (the new one waits for it).
+    fn start_job(&mut self, j: JobConfig, after: Option<tokio::task::JoinHandle<()>>) {
         let JobKind::Process(p) = &j.kind;
         let wake = Arc::new(Notify::new());
         let dir = task::jobs_dir(p);
@@ -84,6 +89,7 @@ impl Running {
             self.shared.clone(),
             watched,
             wake,
+            after,
         );
         self.tasks
             .insert(j.name.clone(), (j, handle, watched.then_some(dir)));
@@ -101,12 +107,15 @@ impl Running {
         Some(handle.join)
     }
 
-    /// Apply a new configuration: removed and changed jobs stop (after the
-    /// job they are running), added and changed ones start; unchanged ones
-    /// read their trust files and identities again before their next run;
-    /// every job in an error state gets a fresh start.
-    async fn reload(&mut self, new: Config) {
-        let mut waits = Vec::new();
+    /// Apply a new configuration at once: removed and changed jobs stop
+    /// after the command they are running (never waited for here: a long
+    /// command must not hold up the reload or a SIGTERM), added ones start,
+    /// changed ones start once their old task has ended; unchanged ones read
+    /// their trust files and identities again before their next run; every
+    /// job in an error state gets a fresh start.
+    fn reload(&mut self, new: Config) {
+        self.retiring.retain(|h| !h.is_finished());
+        let mut stopped = HashMap::new();
         let old_names: Vec<String> = self.tasks.keys().cloned().collect();
         for name in old_names {
             let keep = new
@@ -114,11 +123,8 @@ impl Running {
                 .iter()
                 .any(|j| j.name == name && self.tasks.get(&name).is_some_and(|t| t.0 == *j));
             if !keep && let Some(h) = self.stop_job(&name) {
-                waits.push(h);
+                stopped.insert(name, h);
             }
-        }
-        for h in waits {
-            let _ = h.await;
         }
         for j in &new.jobs {
             match self.tasks.get(&j.name) {
@@ -128,9 +134,13 @@ impl Running {
                     h.refresh.store(true, Ordering::SeqCst);
                     h.clear.notify_waiters();
                 }
-                None => self.start_job(j.clone()),
+                None => {
+                    let after = stopped.remove(&j.name);
+                    self.start_job(j.clone(), after);
+                }
             }
         }
+        self.retiring.extend(stopped.into_values());
         self.config = new;
     }
 }
@@ -199,11 +209,12 @@ async fn run_inner(
         tasks: HashMap::new(),
         watcher: Watcher::new(),
         shared: shared.clone(),
+        retiring: Vec::new(),
     }));
     {
         let mut r = running.lock().await;
         for j in config.jobs.clone() {
-            r.start_job(j);
+            r.start_job(j, None);
         }
     }
     // Control socket.
@@ -273,7 +284,7 @@ async fn run_inner(
                 match Config::load(&path) {
                     Ok(new) => {
                         let mut r = running.lock().await;
-                        r.reload(new).await;
+                        r.reload(new);
                         refresh_clears(&r, &clears);
                         info!(jobs = r.config.jobs.len(), "configuration reloaded");
                     }
@@ -298,6 +309,7 @@ async fn run_inner(
                 joins.push(j);
             }
         }
+        joins.append(&mut r.retiring);
     }
     let all = futures_join(joins);
     tokio::pin!(all);

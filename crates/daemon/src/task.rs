@@ -218,7 +218,10 @@ fn run_once(name: &str, p: &Prepared, shared: &Shared, stop_flag: &Arc<AtomicBoo
     }
 }
 
-/// Start the task for a process job.
+/// Start the task for a process job. With `after` (the task of the job's
+/// previous configuration, told to stop), it begins once that one has
+/// ended, so the two never run the queue at once and the daemon need not
+/// wait for a long command to apply a reload.
 pub fn spawn(
     name: String,
     cfg: ProcessJob,
@@ -226,6 +229,7 @@ pub fn spawn(
     shared: Shared,
     watched: bool,
     wake: Arc<Notify>,
+    after: Option<tokio::task::JoinHandle<()>>,
 ) -> TaskHandle {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_flag = Arc::new(AtomicBool::new(false));
@@ -247,8 +251,8 @@ pub fn spawn(
         jobs_succeeded: 0,
         jobs_failed: 0,
     });
-    let join = if enabled {
-        tokio::spawn(task(
+    let run = enabled.then(|| {
+        task(
             name,
             cfg,
             shared,
@@ -258,10 +262,16 @@ pub fn spawn(
             stop_flag.clone(),
             clear.clone(),
             refresh.clone(),
-        ))
-    } else {
-        tokio::spawn(async {})
-    };
+        )
+    });
+    let join = tokio::spawn(async move {
+        if let Some(previous) = after {
+            let _ = previous.await;
+        }
+        if let Some(run) = run {
+            run.await;
+        }
+    });
     TaskHandle {
         stop: stop_tx,
         stop_flag,

@@ -1063,3 +1063,49 @@ fn daemon_check_validates_configs() {
     let e = one_line_error(check(&[OsStr::new("--check")]));
     assert!(e.contains(path.to_str().unwrap()), "{e}");
 }
+
+/// Regression: a reload that changed a job busy with a long command waited
+/// for that command inside the signal loop, so the reload (new jobs
+/// included) and a later SIGTERM took effect only once the command ended.
+/// Now the reload is immediate, the changed job takes over when its old
+/// run ends, and SIGTERM still stops within the grace.
+#[test]
+fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
+    let sb = Sandbox::new();
+    let (qa, qb) = (sb.queue("a"), sb.queue("b"));
+    let (la, lb) = (sb.path("a.log"), sb.path("b.log"));
+    let fast = sb.path("fast");
+    let then = format!("test -e {} || exec sleep 120", fast.display());
+    let job_a = |extra: &str| process_job("a", &qa, &recorder(&la, &then), extra);
+    let job_b = process_job("b", &qb, &recorder(&lb, ""), "");
+    let d = Daemon::start(&sb, &config(&sb, "", &[job_a("")]), "logfmt");
+    send(&qa, 1, "x", &[]);
+    wait_for("a's long command", || {
+        d.state("a") == "running" && lines(&la).len() == 1
+    });
+    // Change a (and add b) while a's command runs.
+    std::fs::write(
+        &d.config,
+        config(&sb, "", &[job_a("poll_min = 5"), job_b.clone()]),
+    )
+    .unwrap();
+    signal(d.pid(), libc::SIGHUP);
+    d.wait_log("configuration reloaded");
+    send(&qb, 1, "y", &[]);
+    wait_for("b to run meanwhile", || lines(&lb).len() == 1);
+    assert_eq!(lines(&la).len(), 1, "a ran twice at once");
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("killing the running command"), "{log}");
+    assert_eq!(nextseq(&qa), 1);
+
+    std::fs::write(&fast, "").unwrap();
+    let d = Daemon::start(
+        &sb,
+        &config(&sb, "", &[job_a("poll_min = 5"), job_b]),
+        "logfmt",
+    );
+    wait_for("a's job to run again", || nextseq(&qa) == 2);
+    assert_eq!(lines(&la), ["1 x", "1 x"]);
+    drop(d);
+}
