@@ -525,16 +525,43 @@ impl Run<'_> {
         mut job: OpenedJob,
     ) -> Result<Verdict, ProcessError> {
         let ext = job.ext.clone();
+        // The header of the file actually opened is what counts: the one
+        // vetted earlier came from another open of the same name, which a
+        // writer could have replaced in between.
+        if self.opts.trust.is_some()
+            && let Err(r) = self.vet_header(&job.header, &ext)
+        {
+            job.payload.close();
+            return Ok(Verdict::Refuse(r));
+        }
         if ext.payload_len.is_none() && ext.digest.is_none() {
             return Ok(Verdict::Run(Box::new(job)));
         }
         let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
         let path = self.queue.job_path(name);
-        let hashed = hash_reader(alg, job.payload.reader());
+        let decoded = !matches!(job.payload, Payload::File(_));
+        // A decoded stream (compressed, encrypted, -d) cannot be rewound, and
+        // decoding it twice would let a swapped file feed the command bytes
+        // that were never checked: keep the checked bytes in an unlinked
+        // temporary file next to the queue and run from that.
+        let mut spool = if decoded {
+            Some(
+                tempfile::tempfile_in(self.queue.jobs_dir()).map_err(|source| QueueError::Io {
+                    action: "create a temporary payload copy in",
+                    path: self.queue.jobs_dir().to_path_buf(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        let hashed = match &mut spool {
+            None => hash_reader(alg, job.payload.reader()),
+            Some(f) => hash_and_copy(alg, job.payload.reader(), f),
+        };
         let (len, digest) = match hashed {
             Ok(v) => v,
             Err(e) => {
-                let decoded = !matches!(job.payload, Payload::File(_));
                 job.payload.close();
                 if decoded {
                     // A compressed or encrypted payload that cannot be
@@ -558,8 +585,8 @@ impl Run<'_> {
             r.sender = self.signer_name(&ext);
             return Ok(Verdict::Refuse(r));
         }
-        match &mut job.payload {
-            Payload::File(f) => {
+        match (spool, &mut job.payload) {
+            (None, Payload::File(f)) => {
                 f.seek(SeekFrom::Start(job.header_len))
                     .map_err(|source| QueueError::Io {
                         action: "seek back to the payload of",
@@ -568,12 +595,29 @@ impl Run<'_> {
                     })?;
                 Ok(Verdict::Run(Box::new(job)))
             }
-            _ => {
-                // A decoded stream cannot be rewound: decode it again.
-                job.payload.close();
-                let again = self.queue.open_job(name, self.opts.decoder.as_ref())?;
-                Ok(Verdict::Run(Box::new(again)))
+            (Some(mut f), _) => {
+                f.seek(SeekFrom::Start(0))
+                    .map_err(|source| QueueError::Io {
+                        action: "rewind the temporary payload copy of",
+                        path,
+                        source,
+                    })?;
+                let OpenedJob {
+                    header,
+                    header_len,
+                    ext,
+                    payload,
+                } = job;
+                payload.close();
+                Ok(Verdict::Run(Box::new(OpenedJob {
+                    header,
+                    header_len,
+                    ext,
+                    payload: Payload::File(f),
+                })))
             }
+            // Only a plain file goes without a spool (see `decoded`).
+            (None, _) => Ok(Verdict::Run(Box::new(job))),
         }
     }
 
@@ -764,13 +808,55 @@ impl Run<'_> {
     }
 }
 
+/// Create or truncate a job's `.out` file. A FIFO, symlink or directory
+/// dropped under that name is refused instead of blocking (opening a FIFO
+/// for writing waits for a reader) or being followed.
 fn open_output(path: &std::path::Path) -> io::Result<File> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // A FIFO nobody reads.
+            Some(libc::ENXIO) => io::Error::new(ErrorKind::InvalidInput, "not a regular file"),
+            _ => e,
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    // The command writes to it: leave it an ordinary blocking descriptor.
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) };
+    Ok(f)
+}
+
+/// Hash a payload while copying it into `out`.
+fn hash_and_copy(
+    alg: DigestAlg,
+    r: &mut dyn std::io::Read,
+    out: &mut File,
+) -> io::Result<(u64, fspl_format::Digest)> {
+    use std::io::Write as _;
+    let mut h = fspl_trust::digest::Hasher::new(alg);
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok((len, h.finish())),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        len += n as u64;
+    }
 }
 
 /// Start a job's command, wait for it, and settle its payload: a command
