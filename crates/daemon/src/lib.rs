@@ -284,6 +284,9 @@ async fn run_inner(
                 match Config::load(&path) {
                     Ok(new) => {
                         let mut r = running.lock().await;
+                        if new.daemon != r.config.daemon {
+                            warn!("[daemon] settings changed; they take effect on restart (the jobs are reloaded now)");
+                        }
                         r.reload(new);
                         refresh_clears(&r, &clears);
                         info!(jobs = r.config.jobs.len(), "configuration reloaded");

@@ -35,6 +35,14 @@ impl JobState {
         match self {
             JobState::Idle => "idle".into(),
             JobState::Running { seq, since } => format!("running seq {seq} since {since}"),
+            // The detail (from queue-status) usually says it all already:
+            // "waiting for seq 5; seqs 6–9 present".
+            JobState::Waiting { detail, .. } if detail.starts_with("waiting for seq") => {
+                detail.clone()
+            }
+            JobState::Waiting { seq, detail } if detail.is_empty() => {
+                format!("waiting for seq {seq}")
+            }
             JobState::Waiting { seq, detail } => format!("waiting for seq {seq} ({detail})"),
             JobState::Retrying {
                 message,
@@ -110,4 +118,26 @@ pub fn now_rfc3339() -> String {
         secs: d.as_secs() as i64,
         nanos: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_is_described_once() {
+        let w = |detail: &str| {
+            JobState::Waiting {
+                seq: 5,
+                detail: detail.into(),
+            }
+            .describe()
+        };
+        assert_eq!(
+            w("waiting for seq 5; seqs 6–9 present"),
+            "waiting for seq 5; seqs 6–9 present"
+        );
+        assert_eq!(w(""), "waiting for seq 5");
+        assert_eq!(w("odd"), "waiting for seq 5 (odd)");
+    }
 }

@@ -480,12 +480,14 @@ fn daemon_reloads_on_sighup_and_refuses_a_bad_config() {
     let names: Vec<Value> = d.status().0.iter().map(|j| j["name"].clone()).collect();
     assert_eq!(names, ["a", "b"]);
 
-    // Removing a job by reload stops it.
-    std::fs::write(&d.config, config(&sb, "", &[job_b])).unwrap();
+    // Removing a job by reload stops it; [daemon] settings wait for a
+    // restart, and the log says so.
+    std::fs::write(&d.config, config(&sb, "max_parallel = 3", &[job_b])).unwrap();
     signal(d.pid(), libc::SIGHUP);
     wait_for("a gone from the status", || {
         d.status().0.iter().all(|j| j["name"] != "a")
     });
+    d.wait_log("take effect on restart");
     let (st, log) = d.stop();
     assert!(st.success(), "{log}");
 }
