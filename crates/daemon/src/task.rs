@@ -16,7 +16,7 @@ use fspl_queue::process::{
 };
 use fspl_queue::status::State;
 use tokio::sync::{Notify, Semaphore, watch};
-use tracing::{debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::ProcessJob;
 use crate::state::{JobState, JobStatus, Registry, now_rfc3339};
@@ -251,6 +251,10 @@ pub fn spawn(
         jobs_succeeded: 0,
         jobs_failed: 0,
     });
+    // The task's log context. Instrumented, not entered: an entered span
+    // held across an await would lend its fields to whatever else runs on
+    // the thread meanwhile.
+    let span = info_span!("job", job = %name, queue = %cfg.queue.display());
     let run = enabled.then(|| {
         task(
             name,
@@ -263,6 +267,7 @@ pub fn spawn(
             clear.clone(),
             refresh.clone(),
         )
+        .instrument(span)
     });
     let join = tokio::spawn(async move {
         if let Some(previous) = after {
@@ -309,7 +314,6 @@ async fn task(
     clear: Arc<Notify>,
     refresh: Arc<AtomicBool>,
 ) {
-    let span = info_span!("job", job = %name, queue = %cfg.queue.display());
     let polling = cfg.poll || !watched;
     let mut interval = cfg.poll_min;
     let mut failures: u32 = 0;
@@ -323,7 +327,6 @@ async fn task(
             _ = wake.notified(), if !backing_off => {}
             // A clear while backing off retries at once, from zero failures.
             _ = clear.notified(), if backing_off => {
-                let _e = span.enter();
                 info!("cleared; retrying now");
                 failures = 0;
                 backing_off = false;
@@ -351,12 +354,9 @@ async fn task(
                     let cleared = clear.notified();
                     tokio::pin!(cleared);
                     cleared.as_mut().enable();
-                    {
-                        let _e = span.enter();
-                        error!(
-                            "cannot start processing: {message}; fix it, then `fspl status --clear {name}` or reload"
-                        );
-                    }
+                    error!(
+                        "cannot start processing: {message}; fix it, then `fspl status --clear {name}` or reload"
+                    );
                     shared.registry.update(&name, |s| {
                         s.state = JobState::Error {
                             message: message.clone(),
@@ -380,7 +380,6 @@ async fn task(
         let Ok(r) = r else {
             return;
         };
-        let _e = span.enter();
         match r.result {
             Ok(summary) => {
                 failures = 0;

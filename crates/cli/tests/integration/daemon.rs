@@ -1111,3 +1111,47 @@ fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
     assert_eq!(lines(&la), ["1 x", "1 x"]);
     drop(d);
 }
+
+/// Regression: a job task kept its log span entered while it awaited a
+/// clear in its error state, so lines logged meanwhile by the daemon itself
+/// (reload, shutdown) carried that job's `job` and `queue` fields.
+#[test]
+fn daemon_log_lines_outside_jobs_carry_no_job_context() {
+    let sb = Sandbox::new();
+    let (qa, qb) = (sb.queue("ok"), sb.queue("bad"));
+    let text = config(
+        &sb,
+        "",
+        &[
+            process_job("ok", &qa, &["/bin/true"], ""),
+            process_job("bad", &qb, &["/bin/false"], "max_failures = 1"),
+        ],
+    );
+    let d = Daemon::start(&sb, &text, "logfmt");
+    send(&qb, 1, "", &[]);
+    wait_for("bad in error", || d.state("bad") == "error");
+    std::fs::write(&d.config, format!("{text}oops\n")).unwrap();
+    signal(d.pid(), libc::SIGHUP);
+    d.wait_log("reload refused");
+    std::fs::write(&d.config, &text).unwrap();
+    signal(d.pid(), libc::SIGHUP);
+    d.wait_log("configuration reloaded");
+    send(&qa, 1, "", &[]);
+    wait_for("ok to run", || nextseq(&qa) == 2);
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
+    for line in log.lines() {
+        let kv = logfmt(line);
+        let msg = &kv.iter().find(|(k, _)| k == "msg").unwrap().1;
+        let job = kv.iter().find(|(k, _)| k == "job").map(|(_, v)| v.as_str());
+        if msg.contains("reload") || msg.contains("SIGTERM") || msg.contains("fspl daemon") {
+            assert_eq!(job, None, "{line}");
+        }
+        if msg == "job succeeded" {
+            assert_eq!(job, Some("ok"), "{line}");
+        }
+        if msg.starts_with("job failed") || msg.starts_with("stopped after") {
+            assert_eq!(job, Some("bad"), "{line}");
+        }
+    }
+}
