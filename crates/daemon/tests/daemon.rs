@@ -441,3 +441,28 @@ fn a_socket_path_that_is_not_a_socket_is_left_alone() {
     let d = Daemon::start(&sb, &std::fs::read_to_string(&path).unwrap());
     d.settled();
 }
+
+/// The example configurations in docs/examples parse, with the values
+/// their comments describe.
+#[test]
+fn example_configs_parse() {
+    use fspl_daemon::config::JobKind;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let c = fspl_daemon::Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!c.jobs.is_empty(), "{}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    let c = fspl_daemon::Config::load(&dir.join("daemon.toml")).unwrap();
+    assert_eq!(c.daemon.max_parallel, 4);
+    assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
+    let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["backups", "deploy"]);
+    let JobKind::Process(deploy) = &c.jobs[1].kind;
+    assert!(deploy.trust.is_some() && deploy.identity.len() == 1 && deploy.poll);
+}
