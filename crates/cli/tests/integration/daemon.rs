@@ -1155,3 +1155,48 @@ fn daemon_log_lines_outside_jobs_carry_no_job_context() {
         }
     }
 }
+
+/// contrib/fspl.service keeps what docs/daemon.md promises about it, and
+/// agrees with the example configuration.
+#[test]
+fn contrib_unit_matches_the_daemon() {
+    let unit = std::fs::read_to_string(root().join("contrib/fspl.service")).unwrap();
+    let value = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing"))
+            .to_string()
+    };
+    assert_eq!(value("Type"), "notify");
+    assert_eq!(value("KillMode"), "mixed");
+    assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(value("NoNewPrivileges"), "yes");
+    assert_eq!(value("ProtectSystem"), "strict");
+    assert_eq!(value("ProtectHome"), "yes");
+    assert_eq!(value("PrivateTmp"), "yes");
+    assert!(!value("ReadWritePaths").is_empty());
+    assert!(value("ExecStart").contains(" daemon -c /etc/fspl/daemon.toml"));
+    assert!(value("ExecStartPre").contains(" daemon --check -c /etc/fspl/daemon.toml"));
+    let example = std::fs::read_to_string(root().join("docs/examples/daemon.toml")).unwrap();
+    let grace: u64 = example
+        .lines()
+        .find_map(|l| l.strip_prefix("shutdown_grace = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stop: u64 = value("TimeoutStopSec")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!(
+        stop > grace,
+        "TimeoutStopSec {stop} <= shutdown_grace {grace}"
+    );
+    // The socket lives in the unit's RuntimeDirectory.
+    let rd = value("RuntimeDirectory");
+    assert!(
+        example.contains(&format!("socket = \"/run/{rd}/daemon.sock\"")),
+        "example socket not in /run/{rd}"
+    );
+    assert!(unit.contains("--socket /run/fspl/daemon.sock"));
+}
