@@ -238,17 +238,40 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         ))
     })?;
     failpoint::hit("prepare:after-header").context("cannot commit the sequence number")?;
-    if let Some(s) = &sender {
-        s.commit(number).with_context(|| {
+    if let Some(s) = &sender
+        && let Err(e) = s.commit(number)
+    {
+        // The rename comes before the directory sync: when only the sync
+        // failed, the file already says number + 1 and the number is used.
+        let used = number
+            .checked_add(1)
+            .is_some_and(|n| s.next().ok() == Some(n));
+        let msg = if used {
+            format!(
+                "job {number} was written to stdout without its payload, and the sequence file {} \
+                 already says {} but could not be made durable; seq {number} is now missing for the \
+                 receiver: resend the job with `fspl prepare --seq {number} ...` (or fill the gap \
+                 with `fspl prepare-nop --seq {number}`)",
+                s.path().display(),
+                number + 1
+            )
+        } else {
             format!(
                 "job {number} was written to stdout but the sequence file {} could not be advanced; \
                  discard that job, or the next prepare will use seq {number} again",
                 s.path().display()
             )
-        })?;
+        };
+        return Err(anyhow::Error::new(e).context(msg));
     }
     drop(sender);
-    failpoint::hit("prepare:after-commit").context("cannot send the payload")?;
+    failpoint::hit("prepare:after-commit").with_context(|| {
+        format!(
+            "cannot send the payload of job {number}; seq {number} is now missing for the receiver: \
+             resend the job with `fspl prepare --seq {number} ...` (or fill the gap with \
+             `fspl prepare-nop --seq {number}`)"
+        )
+    })?;
 
     let mut stdin = raw_stdin();
     let reader: Option<&mut dyn Read> = match &mut input {

@@ -14,6 +14,8 @@ mod crash;
 mod daemon;
 mod interop;
 mod process_options;
+mod reliability_common;
+mod reliability_faults;
 mod security;
 mod security_sweep;
 mod tutorial;
