@@ -16,6 +16,7 @@ mod interop;
 mod process_options;
 mod reliability_common;
 mod reliability_faults;
+mod reliability_strace;
 mod security;
 mod security_sweep;
 mod tutorial;
