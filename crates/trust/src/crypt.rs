@@ -179,11 +179,68 @@ pub fn decrypt<'a, R: Read + Send + 'a>(
     r: R,
 ) -> Result<Box<dyn Read + Send + 'a>, CryptError> {
     let armored = age::armor::ArmoredReader::new(BufReader::new(r));
-    let dec = age::Decryptor::new(armored).map_err(|e| CryptError::Decrypt(e.to_string()))?;
+    let dec = age::Decryptor::new(HeaderLimit::new(armored))
+        .map_err(|e| CryptError::Decrypt(e.to_string()))?;
     let reader = dec
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| CryptError::Decrypt(e.to_string()))?;
     Ok(Box::new(reader))
+}
+
+/// Longest age header we read (about 140 recipients). age re-parses its
+/// header from the start every time it needs more bytes, so reading time
+/// grows with the square of the header's length: a crafted file with a
+/// megabyte-long header would take minutes, one of a few megabytes hours.
+pub const MAX_AGE_HEADER: u64 = 16 * 1024;
+
+/// Passes an age stream through, failing once more than `MAX_AGE_HEADER`
+/// bytes went by without the header's last line (`--- MAC`) ending.
+struct HeaderLimit<R> {
+    inner: R,
+    seen: u64,
+    /// The last four bytes, to spot "\n---".
+    window: u32,
+    in_mac_line: bool,
+    done: bool,
+}
+
+impl<R> HeaderLimit<R> {
+    fn new(inner: R) -> HeaderLimit<R> {
+        HeaderLimit {
+            inner,
+            seen: 0,
+            window: 0,
+            in_mac_line: false,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Read for HeaderLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return self.inner.read(buf);
+        }
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            self.seen += 1;
+            self.window = (self.window << 8) | u32::from(b);
+            if self.in_mac_line && b == b'\n' {
+                self.done = true;
+                return Ok(n);
+            }
+            if self.window == u32::from_be_bytes(*b"\n---") {
+                self.in_mac_line = true;
+            }
+        }
+        if self.seen > MAX_AGE_HEADER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("age header longer than {MAX_AGE_HEADER} bytes"),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +279,55 @@ mod tests {
         let other = dir.path().join("o");
         SecretKey::generate("").write_pair(&other).unwrap();
         assert!(decrypt(&load_identities(&other).unwrap(), &out[..]).is_err());
+    }
+
+    type Ids = Vec<Box<dyn age::Identity + Send + Sync>>;
+    type Recipients = Vec<Box<dyn age::Recipient + Send>>;
+
+    fn x25519_ids(n: usize) -> (Ids, Recipients) {
+        let ids: Vec<age::x25519::Identity> =
+            (0..n).map(|_| age::x25519::Identity::generate()).collect();
+        let recipients = ids
+            .iter()
+            .map(|i| parse_recipient(&i.to_public().to_string()).unwrap())
+            .collect();
+        let ids = ids
+            .into_iter()
+            .map(|i| Box::new(i) as Box<dyn age::Identity + Send + Sync>)
+            .collect();
+        (ids, recipients)
+    }
+
+    #[test]
+    fn regression_a_long_age_header_took_quadratic_time() {
+        // Found by the fuzzer: a 55 KB header line took 48 s in a debug
+        // build (age re-parses the header for every byte it needs).
+        let (ids, recipients) = x25519_ids(1);
+        let mut out = Vec::new();
+        let mut e = encrypt(&recipients, &mut out).unwrap();
+        e.write_all(b"job").unwrap();
+        e.finish().unwrap();
+        let mut hostile = out[..60].to_vec();
+        hostile.extend(std::iter::repeat_n(b'a', 1 << 20));
+        let t0 = std::time::Instant::now();
+        let err = match decrypt(&ids, &hostile[..]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a 1 MiB header decrypted"),
+        };
+        assert!(err.contains("age header longer than 16384 bytes"), "{err}");
+        // Generous: it is a few milliseconds; the bug took hours.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+        // Many recipients (a header of about 12 KB) still decrypt.
+        let (ids, recipients) = x25519_ids(100);
+        let mut out = Vec::new();
+        let mut e = encrypt(&recipients, &mut out).unwrap();
+        e.write_all(b"job").unwrap();
+        e.finish().unwrap();
+        let mut plain = Vec::new();
+        decrypt(&ids[99..], &out[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"job");
     }
 }
