@@ -810,6 +810,8 @@ fn queue_status_temps(q: &Path) -> (Vec<(String, bool)>, u64) {
 
 #[test]
 fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
+    // The reliability report's line (outcome=panicked if an assertion fails).
+    let mut tally = crate::reliability_common::Tally::new("sigkill-random");
     let iterations = env_u64("FSPL_CRASH_ITERATIONS").unwrap_or(DEFAULT_ITERATIONS);
     let seed = env_u64("FSPL_CRASH_SEED").unwrap_or_else(|| {
         SystemTime::now()
@@ -972,4 +974,10 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
         s.temps_removed_as_stale - removed_in_rounds,
         s.live_checks,
     );
+    // runs: rounds; faults: SIGKILLs; states: checks after each round and
+    // at the end, plus the observer's live checks of job files.
+    tally.runs = s.iterations;
+    tally.faults = s.writer_kills + s.processor_kills;
+    tally.states = s.iterations + 1 + s.live_checks;
+    tally.finish();
 }

@@ -15,6 +15,7 @@ mod daemon;
 mod interop;
 mod process_options;
 mod reliability_common;
+mod reliability_disk;
 mod reliability_faults;
 mod reliability_strace;
 mod security;

@@ -345,6 +345,12 @@ fn run_case(case: Case, tally: &mut Tally) -> bool {
 
 /// Every failpoint, through every command that reaches it, with `action`.
 fn sweep(test: &str, action: &str) {
+    sweep_only(test, action, &[]);
+}
+
+/// Like `sweep`, over the failpoints whose names start with one of
+/// `prefixes` (all when empty).
+pub fn sweep_only(test: &str, action: &str, prefixes: &[&str]) {
     require_failpoints();
     let mut tally = Tally::new(test);
     let rounds = if long_mode() { 6 } else { 1 };
@@ -354,6 +360,9 @@ fn sweep(test: &str, action: &str) {
         let sizes = sizes(&mut rng, round);
         let jobs = 3 + if round == 0 { 0 } else { rng.below(4) };
         for &point in fspl_queue::failpoint::NAMES {
+            if !prefixes.is_empty() && !prefixes.iter().any(|p| point.starts_with(p)) {
+                continue;
+            }
             for driver in drivers_for(point) {
                 let max_hit = match (per_job(point), long_mode()) {
                     (false, _) => 0,
