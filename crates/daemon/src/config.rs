@@ -259,6 +259,8 @@ impl Config {
             rescan_interval: Duration::from_secs(d.rescan_interval.unwrap_or(60).max(1)),
         };
         let mut names = HashSet::new();
+        let mut queues: std::collections::HashMap<PathBuf, String> =
+            std::collections::HashMap::new();
         let mut jobs = Vec::new();
         for sj in raw.job {
             let span = sj.span();
@@ -324,6 +326,16 @@ impl Config {
                     }
                     if !names.insert(name.clone()) {
                         return Err(err("name", format!("job name {name:?} is used twice")));
+                    }
+                    let q = p.queue.canonicalize().unwrap_or_else(|_| p.queue.clone());
+                    if let Some(other) = queues.insert(q, name.clone()) {
+                        return Err(err(
+                            "queue",
+                            format!(
+                                "{label}: queue {} is already run by job {other:?}; two jobs on one queue would fight over its lock",
+                                p.queue.display()
+                            ),
+                        ));
                     }
                     if p.command.is_empty() || p.command[0].is_empty() {
                         return Err(err(
@@ -456,5 +468,10 @@ mod tests {
         let e = parse("[[job]]\nname=\"a\"\ntype=\"process\"\nqueue=\"/q\"\ncommand=[\"x\"]\n[[job]]\nname=\"a\"\ntype=\"process\"\nqueue=\"/r\"\ncommand=[\"x\"]\n").unwrap_err().to_string();
         assert!(e.contains("line 7") && e.contains("twice"), "{e}");
         assert!(!e.contains('\n'));
+        let e = parse("[[job]]\nname=\"a\"\ntype=\"process\"\nqueue=\"/q\"\ncommand=[\"x\"]\n[[job]]\nname=\"b\"\ntype=\"process\"\nqueue=\"/q\"\ncommand=[\"x\"]\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 9") && e.contains("already run by job \"a\""),
+            "{e}"
+        );
     }
 }

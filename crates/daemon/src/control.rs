@@ -73,7 +73,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     {
         let _ = std::fs::create_dir_all(dir);
     }
-    let l = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    // Bind under umask 077 so the socket is never, even briefly, open to
+    // others; then set 0600 explicitly.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old_mask) };
+    let l = bound.map_err(|source| ControlError::Bind {
         path: path.to_path_buf(),
         source,
     })?;

@@ -113,6 +113,10 @@ impl Observer for DaemonObserver {
         self.seq_span = None;
     }
 
+    fn refused(&mut self, _seq: Option<u64>, _name: &std::ffi::OsStr, _reason: &str) {
+        metrics::counter!("fspl_jobs_refused_total", "job" => self.name.clone()).increment(1);
+    }
+
     fn should_stop(&mut self) -> bool {
         self.shared.shutting_down.load(Ordering::SeqCst) || self.stop_flag.load(Ordering::SeqCst)
     }

@@ -106,6 +106,9 @@ pub trait Observer {
     fn should_stop(&mut self) -> bool {
         false
     }
+    /// A job was refused (moved to `rejected/`) without running; `seq` is
+    /// unknown for a file whose header cannot be read.
+    fn refused(&mut self, _seq: Option<u64>, _name: &OsStr, _reason: &str) {}
 }
 
 /// An observer that does nothing.
@@ -346,9 +349,10 @@ impl Run<'_> {
             };
             let path = self.queue.job_path(&name);
             hit("process:before-run").map_err(QueueError::io("run", &path))?;
+            let header = job.header.clone();
             let outcome = match self.verify_payload(&name, job)? {
                 Verdict::Run(job) => self.run_job(&name, *job)?,
-                Verdict::Fail(outcome) => self.count(seq, &name, outcome),
+                Verdict::Fail(outcome) => self.count(&header, &name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&name, Some(seq), &r)?;
                     continue;
@@ -404,9 +408,10 @@ impl Run<'_> {
                 self.refuse(&entry.name, Some(seq), &r)?;
                 continue;
             }
+            let header = job.header.clone();
             let outcome = match self.verify_payload(&entry.name, job)? {
                 Verdict::Run(job) => self.run_job(&entry.name, *job)?,
-                Verdict::Fail(outcome) => self.count(seq, &entry.name, outcome),
+                Verdict::Fail(outcome) => self.count(&header, &entry.name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&entry.name, Some(seq), &r)?;
                     continue;
@@ -653,6 +658,7 @@ impl Run<'_> {
     fn refuse(&mut self, name: &OsStr, seq: Option<u64>, r: &Refusal) -> Result<(), ProcessError> {
         let to = verify::reject(self.queue, name, seq, r)?;
         self.refused += 1;
+        self.obs.refused(seq, name, &r.reason);
         // The seq of a file that cannot be read is unknown: "-", not 0.
         let seq_field = seq.map_or_else(|| "-".to_string(), |s| s.to_string());
         warn!(
@@ -667,7 +673,17 @@ impl Run<'_> {
     }
 
     /// Record an outcome reached without running the command.
-    fn count(&mut self, seq: u64, name: &OsStr, outcome: Outcome) -> Outcome {
+    fn count(&mut self, header: &JobHeader, name: &OsStr, outcome: Outcome) -> Outcome {
+        let seq = header.seq;
+        let report = JobReport {
+            seq,
+            name,
+            header,
+            payload_bytes: None,
+        };
+        // Observers see it like any other job: started, then failed.
+        self.obs.started(&report);
+        self.obs.finished(&report, &outcome, Duration::ZERO);
         self.processed += 1;
         self.failed += 1;
         if self.opts.on_error != OnError::Retry {
