@@ -379,9 +379,14 @@ impl Lab {
         text(&raw).trim().parse().ok()
     }
 
-    /// Allow the job in flight now (nextseq) one more run.
+    /// After a fault in queue-process: the job that ran but whose run was
+    /// not recorded (the last run is of seq == nextseq) may run once more;
+    /// no other job may.
     pub fn allow_repeat_of_in_flight(&mut self) {
-        if let Some(n) = self.nextseq() {
+        let last = self.runs().last().map(|r| r.0);
+        if let Some(n) = self.nextseq()
+            && last == Some(n)
+        {
             *self.repeat_budget.entry(n).or_default() += 1;
         }
     }
