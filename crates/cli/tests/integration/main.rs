@@ -17,6 +17,8 @@ mod process_options;
 mod reliability_common;
 mod reliability_disk;
 mod reliability_faults;
+mod reliability_hostile;
+mod reliability_procs;
 mod reliability_strace;
 mod security;
 mod security_sweep;
