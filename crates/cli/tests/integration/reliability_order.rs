@@ -63,7 +63,7 @@ pub fn order_job(seq: u64, variant: &str) -> Vec<u8> {
             env: vec![],
         }),
     };
-    let ext = if seq % 3 == 0 {
+    let ext = if seq.is_multiple_of(3) {
         let mut hasher = fspl_trust::digest::Hasher::new(DigestAlg::Blake3);
         hasher.update(&payload);
         let d: Digest = hasher.finish();
