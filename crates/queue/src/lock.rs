@@ -20,21 +20,36 @@ impl FileLock {
     /// another process has it. `create` makes the lock file when missing.
     pub fn try_acquire(path: &Path, create: bool) -> Result<FileLock> {
         let file = open_lock_file(path, create)?;
-        match file.try_lock() {
-            Ok(()) => Ok(FileLock {
-                file,
-                path: path.to_path_buf(),
-            }),
-            Err(TryLockError::WouldBlock) => Err(QueueError::Locked {
-                path: path.to_path_buf(),
-                holder: lock_holder(&file),
-            }),
-            Err(TryLockError::Error(e)) => Err(QueueError::Io {
-                action: "lock",
-                path: path.to_path_buf(),
-                source: e,
-            }),
+        // When the holder lets go between our attempt and the look at
+        // /proc/locks, nobody is listed: try again then, so that we either
+        // get the lock or can name who has it. (Never waits: a few tries.)
+        for attempt in 0..10 {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(FileLock {
+                        file,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let holder = lock_holder(&file);
+                    if holder.is_some() || attempt == 9 {
+                        return Err(QueueError::Locked {
+                            path: path.to_path_buf(),
+                            holder,
+                        });
+                    }
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(QueueError::Io {
+                        action: "lock",
+                        path: path.to_path_buf(),
+                        source: e,
+                    });
+                }
+            }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Take the lock, waiting up to `patience` for another holder to let go.
@@ -173,5 +188,47 @@ mod tests {
         }
         drop(held);
         FileLock::try_acquire(&p, false).unwrap();
+    }
+
+    #[test]
+    fn regression_a_lock_released_while_it_was_reported_lost_the_holder_pid() {
+        // A holder that lets go between our failed attempt and the look at
+        // /proc/locks left "locked by another process" without a pid (seen
+        // when a manual queue-process competed with the daemon).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.lock");
+        FileLock::try_acquire(&p, true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flapper = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Runs of a few hundred microseconds, as a daemon
+                    // run with nothing to do takes.
+                    if let Ok(l) = FileLock::try_acquire(&p, false) {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        drop(l);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            })
+        };
+        let mut without_pid = 0;
+        let mut contended = 0;
+        for _ in 0..5_000 {
+            if let Err(QueueError::Locked { holder, .. }) = FileLock::try_acquire(&p, false) {
+                contended += 1;
+                if holder.is_none() {
+                    without_pid += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        flapper.join().unwrap();
+        assert!(contended > 0, "no contention arose");
+        assert_eq!(
+            without_pid, 0,
+            "{without_pid} of {contended} refusals named no holder"
+        );
     }
 }

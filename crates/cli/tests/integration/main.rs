@@ -18,6 +18,7 @@ mod reliability_common;
 mod reliability_disk;
 mod reliability_faults;
 mod reliability_hostile;
+mod reliability_load;
 mod reliability_order;
 mod reliability_procs;
 mod reliability_strace;
