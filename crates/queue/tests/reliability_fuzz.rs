@@ -189,9 +189,12 @@ fn watchdog(w: Arc<Watch>, limit: Duration) -> std::thread::JoinHandle<()> {
                     let data = w.current[i].lock().map(|d| d.clone()).unwrap_or_default();
                     let p = save_failure("hang", &data);
                     eprintln!(
-                        "RELIABILITY|fuzz_parser_mutation|runs=0|faults=1|states=0|outcome=hang ({} s on {})",
+                        "fuzz: an input ran for over {} s (hang), saved to {}",
                         limit.as_secs(),
                         p.display()
+                    );
+                    eprintln!(
+                        "RELIABILITY|fuzz_parser_mutation|runs=0|faults=1|states=0|outcome=failed:1"
                     );
                     std::process::abort();
                 }
