@@ -828,10 +828,11 @@ impl Run<'_> {
 /// dropped under that name is refused instead of blocking (opening a FIFO
 /// for writing waits for a reader) or being followed.
 fn open_output(path: &std::path::Path) -> io::Result<File> {
+    // Truncated below, once we know it is ours alone.
+    #[allow(clippy::suspicious_open_options)]
     let f = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
@@ -839,12 +840,23 @@ fn open_output(path: &std::path::Path) -> io::Result<File> {
             Some(libc::ENXIO) => io::Error::new(ErrorKind::InvalidInput, "not a regular file"),
             _ => e,
         })?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
+    // A hard link dropped under this name would make us overwrite a file
+    // elsewhere (outside the queue).
+    use std::os::unix::fs::MetadataExt;
+    if meta.nlink() > 1 {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "has other hard links; not overwritten",
+        ));
+    }
+    f.set_len(0)?;
     // The command writes to it: leave it an ordinary blocking descriptor.
     use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own.

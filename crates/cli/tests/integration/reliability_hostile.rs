@@ -598,6 +598,7 @@ fn reliability_hostile_sparse_4gib_payload() {
 
 #[test]
 fn regression_a_fifo_named_like_a_jobs_output_file_hung_queue_process() {
+    // (Also: a symlink or hard link under that name wrote outside the queue.)
     // `--output-to saveboth` opened jobs/NAME.out for writing, which on a
     // FIFO waits for a reader: forever.
     let sb = Sandbox::new();
@@ -632,6 +633,21 @@ fn regression_a_fifo_named_like_a_jobs_output_file_hung_queue_process() {
     assert!(f.stderr.contains("fspl-2.fspl.out"), "{}", f.stderr);
     assert_eq!(file_lines(&log), ["1 fspl-1.fspl"]);
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd);
+    // A hard link to a file outside the queue is not overwritten either.
+    std::fs::remove_file(q.join("jobs/fspl-2.fspl.out")).unwrap();
+    let outside = sb.path("precious");
+    std::fs::write(&outside, b"keep me").unwrap();
+    std::fs::write(q.join("jobs/fspl-3.fspl"), job(3, command(&[], &[]), b"")).unwrap();
+    std::fs::hard_link(&outside, q.join("jobs/fspl-3.fspl.out")).unwrap();
+    let f = fspl_bounded(&args, None, Duration::from_secs(60));
+    assert_eq!(f.code, Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("fspl-3.fspl.out: has other hard links"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+    assert_eq!(file_lines(&log), ["1 fspl-1.fspl", "2 fspl-2.fspl"]);
 }
 
 /// Every path under `root` except those under `allowed`.
