@@ -21,8 +21,8 @@ pub mod verify;
 
 pub use error::{QueueError, Result};
 pub use queue::{
-    CopyError, EntryKind, OpenedJob, Payload, PayloadFinish, Queue, REFERENCE_TEMP_PREFIX,
-    StreamPayload, TEMP_PREFIX, classify, copy_stream, open_stream,
+    CopyError, EntryKind, JobSource, OpenedJob, Payload, PayloadFinish, Queue,
+    REFERENCE_TEMP_PREFIX, StreamPayload, TEMP_PREFIX, classify, copy_stream, open_stream,
 };
 
 /// An error and its causes on one line, `a: b: c`. A cause whose text the

@@ -373,7 +373,7 @@ impl Queue {
     /// `fspl-<uuid>.fspl` name: stream into a temporary name (locked, so a
     /// cleaner can tell a live writer from a dead one), fsync, rename, fsync
     /// the directory. Returns the new name once all of that is done.
-    pub fn write_job(&self, input: &mut dyn Read) -> Result<OsString> {
+    pub fn write_job(&self, input: &mut dyn JobSource) -> Result<OsString> {
         self.check_exists()?;
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
@@ -397,18 +397,32 @@ impl Queue {
             f.write_all(&head[..n])
                 .map_err(QueueError::io("write", &tmp))?;
             hit("write:mid-copy").map_err(QueueError::io("write", &tmp))?;
-            copy_stream(input, &mut f).map_err(|e| match e {
-                CopyError::Read(source) => QueueError::Io {
-                    action: "read job from",
-                    path: PathBuf::from("stdin"),
-                    source,
-                },
-                CopyError::Write(source) => QueueError::Io {
-                    action: "write",
-                    path: tmp.clone(),
-                    source,
-                },
-            })?;
+            match input.as_file() {
+                // From a file or pipe the kernel copies (copy_file_range,
+                // splice): no pass through user space.
+                Some(src) => {
+                    let mut src: &File = src;
+                    std::io::copy(&mut src, &mut f).map_err(|source| QueueError::Io {
+                        action: "copy the job from stdin into",
+                        path: tmp.clone(),
+                        source,
+                    })?;
+                }
+                None => {
+                    copy_stream(input, &mut f).map_err(|e| match e {
+                        CopyError::Read(source) => QueueError::Io {
+                            action: "read job from",
+                            path: PathBuf::from("stdin"),
+                            source,
+                        },
+                        CopyError::Write(source) => QueueError::Io {
+                            action: "write",
+                            path: tmp.clone(),
+                            source,
+                        },
+                    })?;
+                }
+            }
             hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
             f.sync_all().map_err(QueueError::io("sync", &tmp))?;
             let dest = self.jobs.join(&name);
@@ -552,6 +566,22 @@ pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
         },
     }
 }
+
+/// What `write_job` reads from: any reader, and when it is a file (stdin
+/// is one, even when it is a pipe) the kernel can copy it directly.
+pub trait JobSource: Read {
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+impl JobSource for File {
+    fn as_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+impl JobSource for &[u8] {}
 
 /// Which side of a copy failed.
 #[derive(Debug)]

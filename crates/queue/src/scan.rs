@@ -23,7 +23,18 @@ pub struct JobEntry {
     pub name: OsString,
     pub header: JobHeader,
     pub header_len: u64,
-    pub ext: Extension,
+    /// fspl's extension metadata, `None` when empty (most jobs): a listing
+    /// keeps every entry in memory. See `ext()`.
+    pub ext_box: Option<Box<Extension>>,
+}
+
+impl JobEntry {
+    pub fn ext(&self) -> &Extension {
+        static EMPTY: std::sync::OnceLock<Extension> = std::sync::OnceLock::new();
+        self.ext_box
+            .as_deref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Extension::default))
+    }
 }
 
 /// A file named like a job that could not be read as one.
@@ -122,7 +133,7 @@ pub fn scan(
                 name,
                 header: d.header,
                 header_len: d.header_len,
-                ext: d.ext,
+                ext_box: (!d.ext.is_empty()).then(|| Box::new(d.ext)),
             }),
             Err(error) => {
                 debug!(file = ?name, error = %crate::display_chain(&error), "skipping unreadable job file");

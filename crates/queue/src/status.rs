@@ -189,7 +189,7 @@ pub fn status(
             }
             if let Err(r) = crate::verify::check_header(
                 &j.header,
-                &j.ext,
+                j.ext(),
                 Some(t),
                 queue_name.as_deref(),
                 false,

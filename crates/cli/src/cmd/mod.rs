@@ -14,6 +14,7 @@ mod process;
 mod queue;
 mod status;
 
+#[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
 pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
     match cmd {
         #[cfg(feature = "daemon")]

@@ -2,7 +2,7 @@
 //! `queue-get-next`, `queue-set-next`.
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -76,7 +76,7 @@ fn is_encrypted(e: &fspl_queue::QueueError) -> bool {
 
 pub fn write(dir: &OsStr) -> anyhow::Result<ExitCode> {
     let q = Queue::new(dir);
-    let name = q.write_job(&mut *raw_stdin() as &mut dyn Read)?;
+    let name = q.write_job(&mut *raw_stdin())?;
     tracing::debug!(file = %q.job_path(&name).display(), "job stored");
     Ok(ExitCode::SUCCESS)
 }
@@ -133,13 +133,14 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                     &fspl_format::Decoded {
                         header: j.header.clone(),
                         header_len: j.header_len,
-                        ext: j.ext.clone(),
+                        ext: j.ext().clone(),
                     },
                 )
             })
         })
         .collect();
-    let mut out = Vec::with_capacity(64 + s.jobs.len() * 100);
+    // Streamed: a listing of 100,000 jobs is not built in memory first.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, Stdout);
     if json {
         let doc = LsJson {
             queue: dir.to_string_lossy().into_owned(),
@@ -172,7 +173,7 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                 .collect(),
         };
         serde_json::to_writer_pretty(&mut out, &doc)?;
-        out.push(b'\n');
+        out.write_all(b"\n")?;
     } else {
         if trust.is_some() {
             writeln!(
@@ -191,30 +192,27 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                 rfc3339_local(j.header.ctime)
             )?;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(j.name.as_os_str());
-            out.extend_from_slice(name);
+            out.write_all(name)?;
             match v {
                 None => {}
                 Some(r) => {
-                    out.extend(std::iter::repeat_n(
-                        b' ',
-                        46usize.saturating_sub(name.len()) + 1,
-                    ));
+                    out.write_all(&vec![b' '; 46usize.saturating_sub(name.len()) + 1])?;
                     match r {
-                        Ok(sender) => out.extend_from_slice(sender.as_bytes()),
+                        Ok(sender) => out.write_all(sender.as_bytes())?,
                         Err(why) => write!(out, "REFUSED: {why}")?,
                     }
                 }
             }
-            out.push(b'\n');
+            out.write_all(b"\n")?;
         }
         // Jobs we cannot decrypt are shown, not silently skipped.
         for e in &encrypted {
             write!(out, "{:<20} {:<27} ", "?", "(encrypted)")?;
-            out.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str()));
-            out.push(b'\n');
+            out.write_all(std::os::unix::ffi::OsStrExt::as_bytes(e.name.as_os_str()))?;
+            out.write_all(b"\n")?;
         }
     }
-    write_stdout(&out)?;
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -246,7 +244,7 @@ pub fn info(
         let d = fspl_format::Decoded {
             header: job.header.clone(),
             header_len: job.header_len,
-            ext: job.ext.clone(),
+            ext: job.ext().clone(),
         };
         if let Err(why) = vet(&q, t, &d) {
             anyhow::bail!(
@@ -331,4 +329,16 @@ pub fn set_next(dir: &OsStr, id: u64) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot set the next seq of {}", q.dir().display()))?;
     let _ = std::io::stdout().flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unbuffered stdout (fd 1) as a writer, for a BufWriter in front of it.
+struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        raw_stdout().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
