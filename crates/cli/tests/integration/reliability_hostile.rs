@@ -73,6 +73,9 @@ fn frame(meta: &[u8], len: u64) -> Vec<u8> {
     out
 }
 
+/// The largest peak RSS of a reader in the hostile-contents test, KiB.
+static PEAK_RSS_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// CRC-32 (IEEE), table-driven (megabytes of metadata in a debug build).
 fn crc32(data: &[u8]) -> u32 {
     let table: Vec<u32> = (0..256u32)
@@ -289,6 +292,7 @@ fn hostile_queue() -> Hostile {
 /// Count a run and collect what went wrong with it, peak RSS included.
 fn check(f: &Finished, t: &mut Tally, problems: &mut Vec<String>) {
     t.runs += 1;
+    PEAK_RSS_KB.fetch_max(f.maxrss_kb, std::sync::atomic::Ordering::SeqCst);
     problems.extend(f.problems());
     if f.maxrss_kb > RSS_LIMIT_KB {
         problems.push(format!("{}: peak RSS {} KiB", f.what, f.maxrss_kb));
@@ -537,6 +541,10 @@ fn reliability_hostile_queue_contents() {
     if remaining.iter().filter(|l| l.starts_with("6 ")).count() != 1 {
         problems.push(format!("job 6 did not run exactly once: {remaining:?}"));
     }
+    eprintln!(
+        "hostile_queue_contents: largest peak RSS of a reader {} KiB (limit {RSS_LIMIT_KB})",
+        PEAK_RSS_KB.load(std::sync::atomic::Ordering::SeqCst)
+    );
     t.faults = 24; // hostile entries in the queue
     t.states = 4; // listing, tracing, processing, daemon
     t.problems("hostile queue", problems);
@@ -578,11 +586,13 @@ fn reliability_hostile_sparse_4gib_payload() {
     let mut process: Vec<OsString> = vec!["queue-process".into(), "-q".into(), qa.clone()];
     process.extend(recorder(&log));
     runs.push(process);
+    let mut peak = 0;
     for args in runs {
         let f = fspl_bounded(&args, None, LIMIT);
         t.runs += 1;
         problems.extend(f.problems());
         // Far below what reading the payload into memory would take.
+        peak = peak.max(f.maxrss_kb);
         if f.maxrss_kb > 64 * 1024 {
             problems.push(format!("{}: peak RSS {} KiB", f.what, f.maxrss_kb));
         }
@@ -590,6 +600,7 @@ fn reliability_hostile_sparse_4gib_payload() {
     if file_lines(&log) != ["1 fspl-1.fspl", "2 fspl-2.fspl", "3 fspl-3.fspl"] {
         problems.push(format!("ran {:?}", file_lines(&log)));
     }
+    eprintln!("hostile_sparse_4gib_payload: largest peak RSS {peak} KiB");
     t.faults = 2;
     t.states = 4;
     t.problems("sparse payload", problems);
