@@ -153,10 +153,10 @@ p(f"| reference | {env['ref'].split(' (')[0]} |")
 p(f"| tools | {env['hyperfine']}, {env['rustc']} |")
 p("")
 
-busy = max(float(ls_[0]), float(le_[0]))
-if busy >= 1.0:
-    p(f"**The machine was busy during this run** (1-minute load average {ls_[0]} at the start, "
-      f"{le_[0]} at the end, on {env['cores']} cores): other processes competed for the CPU and, "
+if float(ls_[0]) >= 1.0:
+    p(f"**The machine was busy when this run started** (1-minute load average {ls_[0]}, on "
+      f"{env['cores']} cores; the load at the end, {le_[0]}, includes the benchmark's own): other "
+      "processes competed for the CPU and, "
       "worse, for the disk, so the flush-bound rows (B1, B2, B5 write, B7) carry their noise; "
       "see the min … max spread under \"All measurements\".\n")
 p("## Results\n")
