@@ -14,40 +14,53 @@ and then `fsync`s its directory, and `queue-write` `fsync`s the new job and
 then its directory (syscall table: B1 ours 2 `fsync`, ref 1, for
 `queue-write` alone). The directory flushes are what makes an acknowledged
 job and a used sequence number survive a power cut (docs/durability.md);
-Filespooler skips them and can lose both. On this disk a create + `fsync` +
-directory `fsync` costs {c['create_ms']} ms against {c['fdatasync_ms']} ms
-for an in-place `fdatasync`, so the flushes, not CPU, set the per-job time
-(ours {c['b1_ours_ms']} ms, ref {c['b1_ref_ms']} ms per job). We do not drop
-them to meet the goal. What could be gained without weakening anything:
-`prepare -s` could advance the sequence file in place (`pwrite` +
-`fdatasync`, one flush, as `queue-process` already does for nextseq, with
-the same argument: numbers only grow) instead of the replace protocol (two
-journal commits).
+Filespooler skips them and can lose both, so we keep them. On this disk a
+create + `fsync` + directory `fsync` costs {c['create_ms']} ms, an in-place
+`fdatasync` {c['fdatasync_ms']} ms; per job fspl takes {c['b1_ours_ms']} ms
+and Filespooler {c['b1_ref_ms']} ms. Measured alone (B0 under "All
+measurements"): `prepare -s SEQ` {c['prepseq_ours']} against
+{c['prepseq_ref']}, the same without a sequence file (`-s -`, no flush)
+{c['prep_ours']} against {c['prep_ref']}, one `queue-write` {c['qw_ours']}
+against {c['qw_ref']}, and `--version` {c['start_ours']} against
+{c['start_ref']}. So the gap is part flushes and part process start; fspl's binary is larger (text {c['text_ours']} against
+{c['text_ref']}: zstd, xz, gzip, lz4, BLAKE3, signatures and encryption) and, in a VM, its CPU feature
+probes trap to the hypervisor (a `perf` profile of 300 tiny `prepare`s
+puts about 8 % of fspl's samples in `std_detect`, BLAKE3's AVX-512 probe,
+libgcc's `__cpu_indicator_init` and ld.so's `init_cpu_features`).
+What could be gained without weakening anything: `prepare -s` could
+advance the sequence file in place (`pwrite` + `fdatasync`, one flush, as
+`queue-process` already does for nextseq, by the same argument: numbers
+only grow) instead of the replace protocol (two journal commits).
 """,
         "B2": f"""
-Per job fspl runs the command ({c['b2_raw_ms']} ms for `xargs -n1 true`
-alone), then makes the advance durable (`pwrite` + `fdatasync` of nextseq,
-{c['fdatasync_ms']} ms measured on this disk) and unlinks the job file
-(about 0.15 ms on ext4 here, `strace -c -w`): ours {c['b2_ours_ms']} ms per
-job. The syscall table shows nothing else per job (one `openat`, one header
-`read`, two `statx`, the spawn, `fdatasync`, `unlink`; the payload is handed
-to the command as the open file, no copy). The fdatasync is the crash-safety
-guarantee (docs/durability.md) and stays; Filespooler pays more for its
-advance (`fsync` + `rename`, no directory flush, so it is not even durable),
-which is why ours is still below ref. The 1.15× raw goal holds only where a
-flush costs well under a tenth of a process start; timing noise from other
-processes' disk writes also lands on the flushes (see the spread under
-"All measurements").
+Per job: fspl {c['b2_ours_ms']} ms, Filespooler {c['b2_ref_ms']} ms, plain
+`xargs -n1 true` {c['b2_raw_ms']} ms, so nearly all of it is starting the
+command. On top of that fspl makes the advance durable (`pwrite` +
+`fdatasync` of nextseq, {c['fdatasync_ms']} ms on this disk) and unlinks the
+job file; the syscall table shows nothing else per job (`openat` and one
+header `read`, a few `statx`, the spawn, `fdatasync`, `unlink`; the payload
+file itself is handed to the command, no copy). Filespooler's advance
+(write `nextseq.temp`, `fsync`, `rename`, and no directory flush, so it is
+not durable) costs a little more than ours. Both ratios sit close to their
+goals and move with the disk's flush latency: over three consecutive quiet
+full runs on this machine ours/raw was 0.96×, 1.00× and 1.22×, ours/ref
+0.81×, 0.90× and 0.80×. The `fdatasync` is the crash-safety guarantee
+(docs/durability.md) and stays; what is left to trim is per-job `statx`
+calls.
 """,
         "B3": f"""
 Both implementations do the same work per file: open, read the header,
 close (fspl: one `read` and a `statx` to refuse FIFOs and other non-regular
 files; Filespooler: two `read`s). Time is almost all kernel path lookup and
-page-cache copies (perf: `__d_lookup_rcu`, `link_path_walk`, `may_open`,
-`_copy_to_iter`), so the two are at parity within noise. Possible gains:
-open each file relative to a directory fd (`openat(dirfd, name)`) instead of
-by its full path, and trust `d_type == DT_REG` from `getdents64` to skip the
-`statx`.
+page-cache copies (perf of a 100k listing: `__d_lookup_rcu`,
+`link_path_walk`, `may_open`, `_copy_to_iter`), so the two are at parity
+within noise: over three consecutive quiet full runs the 2000-job listing
+was 0.98×, 0.95× and 1.12× ref and the 100,000-job listing 0.97×, 0.95×
+and 0.91×. A 2000-job listing takes about 15 ms, of which fspl's larger
+start-up (B0: `--version` {c['start_ours']} against {c['start_ref']}) is a
+visible part. Possible gains: open each file relative to a directory fd
+(`openat(dirfd, name)`) instead of by its full path, and trust
+`d_type == DT_REG` from `getdents64` to skip the `statx`.
 """,
         "B4": f"""
 A compressed job costs fspl two fresh zstd decoder contexts (one to read the
@@ -77,21 +90,30 @@ ref). Dropping the check is not an option (it is a safety feature), but it
 can be cheaper: hash through `mmap` instead of `read` (no copy) and with
 BLAKE3's multi-threaded mode (`Hasher::update_mmap_rayon`), which on this
 2-core machine would roughly halve the hashing time. `queue-write` does no
-hashing: it copies stdin to the new file in 128 KiB `read`/`write` pairs
-and then flushes file and directory, against `dd`'s 1 MiB blocks and one
-flush; `copy_file_range` when stdin is a regular file (as here) would save
-the user-space copy.
+hashing: it hands the copy to the kernel (`copy_file_range`, two calls for
+the whole GiB) and flushes file and directory. On ext4, which cannot
+reflink, `copy_file_range` falls back to an in-kernel splice through the
+page cache, and on this machine that copy was slower than `dd`'s 1 MiB
+`read`/`write` loop: a Python `os.copy_file_range` loop over the same file
+took 0.37-0.50 s against 0.31-0.33 s for `dd bs=1M` without the flush,
+the flush itself being the same (0.35-0.40 s), and `perf` shows the
+splice path's `__pi_memcpy` plus page-cache locking. Trying a plain
+1 MiB `read`/`write` loop for regular-file input (and keeping splice for
+pipes) should close most of the gap; the directory `fsync` costs well
+under a millisecond.
 """,
         "B6": f"""
 Peak RSS is dominated by the binary itself: even `--version` peaks at
 {c['floor_ours']} for fspl against {c['floor_ref']} for Filespooler (fspl
 links zstd, xz, gzip, lz4, BLAKE3 and the signature/encryption code; text
-{c['text_ours']} against {c['text_ref']}). Beyond that floor, listing grows by
-about {c['b3_bytes_ours']} bytes per job in fspl against
-{c['b3_bytes_ref']} in Filespooler (B3: the scan keeps every decoded header,
-its path and metadata for sorting and duplicate checks). Neither is a leak,
-but the per-job figure can be cut by keeping only seq, ctime and the file
-name per entry.
+{c['text_ours']} against {c['text_ref']}), and that floor is what misses
+the goal. Beyond it, a listing grows by about {c['b3_bytes_ours']} bytes per
+job in fspl against {c['b3_bytes_ref']} in Filespooler (B3, 2000 to 100,000
+jobs), and the 1 GiB commands stay at the floor plus their buffers
+(streaming, no payload held in memory). Getting under Filespooler's floor
+would take a smaller binary (the release profile already uses fat LTO and
+`panic = "abort"`): codecs and crypto behind cargo features, or
+`opt-level = "s"`, and fewer relocations touched at start-up.
 """,
         "B7": """
 The per-job cost of a NOP job is one `fdatasync` and one `unlink`; a rise
