@@ -30,6 +30,8 @@ N1, N2, N3S, N3L, N4 = (int(sizes[k]) for k in ("N1", "N2", "N3S", "N3L", "N4"))
 BIG = int(sizes["BIG_MIB"])
 B7_NOP = [int(x) for x in sizes["B7_NOP"].split()]
 B7_TRUE = [int(x) for x in sizes["B7_TRUE"].split()]
+NS1 = int(sizes.get("NS1", 0))
+D3N = int(sizes.get("D3N", 0))
 
 bench = {}
 for path in sorted(glob.glob(os.path.join(res, "*.json"))):
@@ -68,6 +70,17 @@ def row(rid, what, ours, base, goal, fmt=fmt_t):
         missed.append(rid)
 
 
+def row_abs(rid, what, value, base, shown, goal, met):
+    """A row whose goal is an absolute bound rather than a ratio."""
+    rows.append((rid, what, value, base, shown, goal, "met" if met else "**MISSED**"))
+    if not met:
+        missed.append(rid)
+
+
+def has(name, cmd="ours"):
+    return (name, cmd) in bench
+
+
 # B1
 row("B1", f"prepare \\| queue-write, {N1} tiny jobs: ours / ref", med("B1"), med("B1", "ref"), 0.8)
 # B2
@@ -99,7 +112,7 @@ with open(os.path.join(res, "rss.tsv")) as f:
         k, v = line.rstrip("\n").split("\t")
         rss[k] = int(v)
 for k in rss:
-    if not k.endswith(" ref"):
+    if not k.endswith(" ref") and k + " ref" in rss:
         row("B6", f"peak RSS, {k}: ours / ref", rss[k], rss[k + " ref"], 1, fmt_kib)
 floor = {}
 fp = os.path.join(res, "rss-floor.tsv")
@@ -120,6 +133,43 @@ if len(B7_TRUE) > 1:
     for n in B7_TRUE:
         if n != lo_t:
             row("B7", f"queue-process per `true` job: {n} / {lo_t}", pjt[n], pjt[lo_t], 1.2)
+
+# S1-S3: signing, verifying, digest, encryption
+if has("S1-sign", "ours-signed"):
+    row("S1", f"prepare, {NS1} tiny jobs: signed (`--sign`) / unsigned",
+        med("S1-sign", "ours-signed"), med("S1-sign", "ours-unsigned"), 1.1)
+    row("S1", f"queue-process, {NS1} jobs running `true`: signed with `--trust` / unsigned",
+        med("S1-verify", "ours-signed"), med("S1-verify", "ours-unsigned"), 1.1)
+if has("B5-process", "ours-true"):
+    t = med("B5-process", "ours-true")
+    gbs = BIG * 2**20 / t / 1e9
+    row_abs("S2", f"payload digest check, {big} job: queue-process running `true` (reads nothing; "
+            "the time is the BLAKE3 pre-check), bytes / time",
+            f"{gbs:.2f} GB/s", fmt_t(t), f"{gbs:.2f} GB/s", "≥ 1 GB/s", gbs >= 1.0)
+if has("S3", "ours-encrypted"):
+    row("S3", f"queue-process, {big} job into `sh -c 'cat >/dev/null'`: encrypted (`--identity`) / plaintext",
+        med("S3", "ours-encrypted"), med("S3", "ours-plain"), 1.5)
+
+# D1-D3: the daemon
+d1 = d2 = None
+if os.path.exists(os.path.join(res, "D1.result")):
+    d1 = json.load(open(os.path.join(res, "D1.result")))
+    row_abs("D1", f"arrival → start, {d1['count']} jobs written by `queue-write` at random intervals "
+            f"(mean {d1['mean_interval_ms']:g} ms): p99 (p50)",
+            f"{d1['p99_ms']:.1f} ms", f"p50 {d1['p50_ms']:.1f} ms", f"{d1['p99_ms']:.1f} ms",
+            "p99 < 20 ms", d1["p99_ms"] < 20)
+if os.path.exists(os.path.join(res, "D2.result")):
+    d2 = json.load(open(os.path.join(res, "D2.result")))
+    row_abs("D2", f"daemon watching {d2['queues']} idle queues: peak RSS (VmHWM)",
+            fmt_kib(d2["hwm_kib"]), f"now {fmt_kib(d2['rss_kib'])}", fmt_kib(d2["hwm_kib"]),
+            "< 20 MB", d2["hwm_kib"] * 1024 < 20e6)
+    row_abs("D2", f"daemon watching {d2['queues']} idle queues: CPU over {d2['seconds']:.0f} s",
+            f"{d2['cpu_percent']:.2f} %", f"{d2['cpu_s']:.2f} s CPU", f"{d2['cpu_percent']:.2f} %",
+            "< 1 % of a core", d2["cpu_percent"] < 1)
+if D3N and has(f"B7-true-{D3N}", "daemon"):
+    row("D3", f"{D3N} `true` jobs: through the daemon (start to drained, start-up and shut-down "
+        "included) / `queue-process`",
+        med(f"B7-true-{D3N}", "daemon"), med(f"B7-true-{D3N}"), 1.1)
 
 # ---------------------------------------------------------------- output
 out = []
@@ -182,6 +232,19 @@ if "B5-prepare" in {k[0] for k in bench} and ("B5-prepare", "cat") in bench:
     p(f"For scale, `cat BIG >/dev/null` (the payload read once from the page cache): "
       f"{fmt_t(med('B5-prepare', 'cat'))}.\n")
 p(f"B2's queue holds {env.get('t2_from', 'generated jobs')}.\n")
+if has("S3", "age"):
+    p(f"S3 for scale: `age -d` (Debian's age, Go) decrypting the same job to /dev/null takes "
+      f"{fmt_t(med('S3', 'age'))}; fspl's encrypted run is {med('S3', 'ours-encrypted') / med('S3', 'age'):.2f}× that.\n")
+if d1:
+    p(f"D1 in full: p50 {d1['p50_ms']:.2f} ms, p90 {d1['p90_ms']:.2f} ms, p99 {d1['p99_ms']:.2f} ms, "
+      f"max {d1['max_ms']:.2f} ms, min {d1['min_ms']:.2f} ms; {d1['before_exit']} of {d1['count']} "
+      "commands started before the `queue-write` that delivered their job had exited (the daemon "
+      "sees the rename into `jobs/` while the writer still flushes the directory), which shows as a "
+      "negative latency. The command is bench/stamp.c, which records the wall clock first thing.\n")
+if d2:
+    p(f"D2 in full: {d2['queues']} queues, {d2['threads']} threads, RSS {fmt_kib(d2['rss_kib'])} "
+      f"(anonymous {fmt_kib(d2['anon_kib'])}, file-backed {fmt_kib(d2['file_kib'])}), "
+      f"CPU {d2['cpu_s']:.2f} s in {d2['seconds']:.0f} s.\n")
 p("B7 uses NOP jobs (`fspl prepare-nop`, generated): each job is pure queue machinery "
   "(find the file, read its header, durable nextseq advance with `pwrite` + `fdatasync`, "
   "unlink) and no command is spawned, so the per-job cost isolates how the queue scales. "

@@ -186,6 +186,7 @@ pub fn process(
         refused: 0,
         warned_params: false,
         queue_name: queue.name()?,
+        sig_memo: verify::SignatureMemo::default(),
     };
     match opts.order_by {
         OrderBy::Sequence => run.sequence(),
@@ -203,6 +204,7 @@ struct Run<'a> {
     refused: u64,
     warned_params: bool,
     queue_name: Option<String>,
+    sig_memo: verify::SignatureMemo,
 }
 
 /// What vetting a job's payload decided.
@@ -440,13 +442,14 @@ impl Run<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        verify::check_header(
+        verify::check_header_memo(
             header,
             ext,
             self.opts.trust.as_deref(),
             self.queue_name.as_deref(),
             self.opts.allow_job_params,
             now,
+            &self.sig_memo,
         )
     }
 

@@ -45,6 +45,36 @@ pub struct Vetted {
     pub sender: Option<String>,
 }
 
+/// The last signature that verified: `queue-process` vets a job's header
+/// up to three times (when choosing among candidates for a seq, after
+/// opening the file, and on the header of the file it actually reads the
+/// payload from), and an ed25519 verification is most of the cost of
+/// vetting. The memo holds the exact bytes (key, signature, signed
+/// message), so a hit means the very same check already passed; anything
+/// that differs in a single byte is verified afresh.
+#[derive(Debug, Default)]
+pub struct SignatureMemo(std::cell::RefCell<Option<Verified>>);
+
+/// Key, signature and signed bytes of a check that passed.
+type Verified = ([u8; 32], [u8; 64], Vec<u8>);
+
+impl SignatureMemo {
+    fn verify(&self, pk: &PublicKey, key: &[u8; 32], signed: &[u8], sig: &[u8; 64]) -> bool {
+        if let Some((k, s, m)) = &*self.0.borrow()
+            && k == key
+            && s == sig
+            && m.as_slice() == signed
+        {
+            return true;
+        }
+        let ok = pk.verify(signed, sig);
+        if ok {
+            *self.0.borrow_mut() = Some((*key, *sig, signed.to_vec()));
+        }
+        ok
+    }
+}
+
 /// Checks on the header alone (cheap; done before the payload is read).
 /// Without a trust file nothing is required of the header.
 pub fn check_header(
@@ -54,6 +84,28 @@ pub fn check_header(
     queue_name: Option<&str>,
     allow_job_params: bool,
     now_secs: i64,
+) -> std::result::Result<Vetted, Refusal> {
+    check_header_memo(
+        header,
+        ext,
+        trust,
+        queue_name,
+        allow_job_params,
+        now_secs,
+        &SignatureMemo::default(),
+    )
+}
+
+/// [`check_header`], skipping the signature verification when `memo`
+/// holds the same key, signature and signed bytes from an earlier pass.
+pub fn check_header_memo(
+    header: &JobHeader,
+    ext: &Extension,
+    trust: Option<&TrustFile>,
+    queue_name: Option<&str>,
+    allow_job_params: bool,
+    now_secs: i64,
+    memo: &SignatureMemo,
 ) -> std::result::Result<Vetted, Refusal> {
     let Some(trust) = trust else {
         return Ok(Vetted::default());
@@ -78,7 +130,7 @@ pub fn check_header(
     let signed = header
         .signed_bytes(ext)
         .map_err(|e| refuse(format!("cannot encode the signed fields: {e}")))?;
-    if !pk.verify(&signed, &sig) {
+    if !memo.verify(&pk, &key, &signed, &sig) {
         return Err(refuse(
             "bad signature: the header or payload digest was changed after signing".into(),
         ));
@@ -307,6 +359,44 @@ mod tests {
         let (h7, e7) = signed(&k, Some("q1"), &["rm", "-rf"], now);
         assert!(r(&h7, &e7, Some("q1")).contains("not allowed"));
         assert!(check_header(&h7, &e7, Some(&t), Some("q1"), false, now).is_ok());
+    }
+
+    #[test]
+    fn signature_memo_only_skips_the_identical_check() {
+        let k = SecretKey::generate("");
+        let t = trust(&k, "queues = [\"q1\"]");
+        let now = 1_800_000_000;
+        let memo = SignatureMemo::default();
+        let check = |h: &JobHeader, e: &Extension| {
+            check_header_memo(h, e, Some(&t), Some("q1"), false, now, &memo)
+        };
+        let (h, e) = signed(&k, Some("q1"), &[], now);
+        assert!(check(&h, &e).is_ok());
+        assert!(
+            memo.0.borrow().is_some(),
+            "a verified signature is remembered"
+        );
+        assert!(check(&h, &e).is_ok());
+        // After a hit for the genuine header, a changed field, a changed
+        // signature or another key's signature over it still fails.
+        let mut h2 = h.clone();
+        h2.seq += 1;
+        assert!(check(&h2, &e).unwrap_err().reason.contains("bad signature"));
+        let mut e2 = e.clone();
+        let mut sig = e2.signature.unwrap();
+        sig[63] ^= 1;
+        e2.signature = Some(sig);
+        assert!(check(&h, &e2).unwrap_err().reason.contains("bad signature"));
+        let mut e3 = e.clone();
+        e3.payload_len = Some(7);
+        assert!(check(&h, &e3).unwrap_err().reason.contains("bad signature"));
+        // Policy is checked every time, memo or not.
+        assert!(
+            check_header_memo(&h, &e, Some(&t), Some("q2"), false, now, &memo)
+                .unwrap_err()
+                .reason
+                .contains("this queue is \"q2\"")
+        );
     }
 
     #[test]
