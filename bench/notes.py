@@ -122,4 +122,51 @@ in a larger directory) and from the scan's memory. See the B7 runs under
 "All measurements" for the spread; disk flushes are shared with every other
 process writing to the same disk.
 """,
+        "S1": f"""
+Signing costs one ed25519 signature per job (tens of microseconds) inside
+a `prepare` that takes about 2 ms to start and write; verifying costs one
+ed25519 verification per job inside `queue-process` (since the signature
+memo, once per job rather than three times). Signed {c['s1_sign']} against
+unsigned {c['s1_unsign']} to sign, {c['s1_ver']} against
+{c['s1_unver']} to run; per job that is {c['s1_ver_us']} µs more to run
+(one verification, the trust-file lookup and the policy checks). Both runs
+are dominated by process starts and disk flushes, whose noise is of the
+same size as the difference (see the min … max spread under "All
+measurements").
+""",
+        "S3": f"""
+The goal is below the cost of decryption itself on this machine: `age -d`
+alone (Debian's Go implementation, assembly ChaCha20-Poly1305), writing
+to /dev/null, takes {c['s3_age_ratio']}× as long as fspl's whole plaintext
+run. fspl's encrypted run does more than decrypt: the job promises a payload
+length and digest, and fspl checks them before the command sees a byte,
+so the decrypted payload is hashed and kept in an unlinked temporary file
+in `jobs/` (a decrypted stream cannot be rewound, and decrypting twice
+would let a rewritten file feed the command bytes that were never checked),
+and the command then reads that file. In the profile of one run (below),
+ChaCha20 and Poly1305 take {c['s3_crypto']} of the samples, BLAKE3
+{c['s3_blake']}, and most of the rest is copying between the page cache
+and user space. What could still be gained: decrypt on one core while the
+other hashes and writes the temporary file (two cores here), and decrypt
+age's independent 64 KiB chunks in parallel; neither gets under the 1.5×
+while the decryption alone costs more than that.
+""",
+        "D1": f"""
+Latency is measured from the exit of the `queue-write` that delivered a
+job to the first instruction of its command. The daemon learns of a new
+job from inotify (the rename into `jobs/`), takes the queue lock, reads
+the header, and spawns; the slow cases are jobs that arrive while the
+previous job's command or its durable `nextseq` advance is still running,
+so they wait their turn in sequence. See "D1 in full" above.
+""",
+        "D2": f"""
+See "D2 in full" above for the split between anonymous memory and the
+binary's own pages.
+""",
+        "D3": f"""
+The daemon runs the same processing loop as `queue-process` (shared code);
+what it adds is its start-up (configuration, control socket, inotify
+watch), the wake-up after each run, and the shut-down, which this
+measurement includes.
+""",
     }

@@ -259,7 +259,8 @@ def perf_share(name, sym):
     path = os.path.join(res, f"perf-{name}.txt")
     if not os.path.exists(path):
         return "n/a"
-    tot = sum(float(l.split("%")[0]) for l in open(path) if sym in l)
+    syms = sym if isinstance(sym, tuple) else (sym,)
+    tot = sum(float(l.split("%")[0]) for l in open(path) if any(x in l for x in syms))
     return f"{tot:.0f} %"
 
 
@@ -298,6 +299,14 @@ ctx = {
     "nd_prepare": f"{med('B5-prepare', 'ours-nodigest') / med('B5-prepare', 'ref'):.2f}" if ("B5-prepare", "ours-nodigest") in bench else "n/a",
     "floor_ours": fmt_kib(floor.get("ours --version", 0)), "floor_ref": fmt_kib(floor.get("ref --version", 0)),
     "text_ours": text_size("ours"), "text_ref": text_size("ref"),
+    "s1_sign": fmt_t(med("S1-sign", "ours-signed")) if has("S1-sign", "ours-signed") else "n/a",
+    "s1_unsign": fmt_t(med("S1-sign", "ours-unsigned")) if has("S1-sign", "ours-unsigned") else "n/a",
+    "s1_ver": fmt_t(med("S1-verify", "ours-signed")) if has("S1-verify", "ours-signed") else "n/a",
+    "s1_unver": fmt_t(med("S1-verify", "ours-unsigned")) if has("S1-verify", "ours-unsigned") else "n/a",
+    "s1_ver_us": f"{(med('S1-verify', 'ours-signed') - med('S1-verify', 'ours-unsigned')) / NS1 * 1e6:.0f}" if has("S1-verify", "ours-signed") else "n/a",
+    "s3_age_ratio": f"{med('S3', 'age') / med('S3', 'ours-plain'):.2f}" if has("S3", "age") else "n/a",
+    "s3_crypto": perf_share("S3", ("chacha20", "poly1305")),
+    "s3_blake": perf_share("S3", "blake3"),
     "b3_bytes_ours": rss_slope(f"B3 queue-ls ({N3S})", f"B3 queue-ls ({N3L})"),
     "b3_bytes_ref": rss_slope(f"B3 queue-ls ({N3S}) ref", f"B3 queue-ls ({N3L}) ref"),
 }
