@@ -52,7 +52,7 @@ pub enum ControlError {
 /// socket: any other file at that path is an error, never removed).
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     use std::os::unix::fs::FileTypeExt;
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    if daemon_answers(path) {
         return Err(ControlError::InUse {
             path: path.to_path_buf(),
         });
@@ -121,15 +121,56 @@ pub async fn serve(
     }
 }
 
+/// Whether a live daemon answers on `path`. A successful `connect` alone
+/// does not say so: the kernel completes a connection for any process that
+/// still holds the listening socket, and right after a daemon was killed
+/// that can be one of its children caught between `fork` and `exec` (it
+/// holds a copy of every descriptor until the `exec` closes them), which
+/// never answers and dies a moment later. So ask for the status, as
+/// `fspl status` would, and count only an answer.
+fn daemon_answers(path: &Path) -> bool {
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        return false;
+    }
+    let mut tries = 0;
+    loop {
+        match request_timeout(path, &Request::Status, std::time::Duration::from_secs(1)) {
+            Ok(_) => return true,
+            // No answer in time: ask once more, in case the holder is a
+            // live daemon that was slow to answer (e.g. under heavy load).
+            Err(ControlError::Connect { source, .. })
+                if tries == 0
+                    && matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                tries += 1
+            }
+            // Refused, reset, closed without an answer, or silent twice:
+            // nobody is serving this socket.
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Ask a running daemon (blocking; used by the `fspl status` command).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    request_timeout(path, req, std::time::Duration::from_secs(10))
+}
+
+fn request_timeout(
+    path: &Path,
+    req: &Request,
+    timeout: std::time::Duration,
+) -> Result<Response, ControlError> {
     use std::io::{BufRead, Write};
     let mut s =
         std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::Connect {
             path: path.to_path_buf(),
             source,
         })?;
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let _ = s.set_read_timeout(Some(timeout));
     let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -151,4 +192,62 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    }
+
+    /// Regression (load_daemon_sigkill, long mode): a daemon restarted
+    /// right after a SIGKILL found its old socket still accepting
+    /// connections, held by a child caught between fork and exec, and
+    /// refused to start with "another fspl daemon is already listening".
+    #[test]
+    fn a_socket_held_by_a_silent_process_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        // Listening, never accepting: what the half-spawned child holds.
+        let _silent = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let rt = runtime();
+        let bound = rt.block_on(async { bind(&path) });
+        assert!(bound.is_ok(), "{:?}", bound.err());
+        // The new listener is the one at the path now.
+        let l = bound.unwrap();
+        rt.block_on(async {
+            let served = tokio::spawn(serve(l, |_| Response::Cleared { job: "x".into() }));
+            let p = path.clone();
+            let answer = tokio::task::spawn_blocking(move || request(&p, &Request::Status))
+                .await
+                .unwrap();
+            assert!(matches!(answer, Ok(Response::Cleared { .. })), "{answer:?}");
+            served.abort();
+        });
+    }
+
+    #[test]
+    fn a_socket_a_daemon_answers_on_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let rt = runtime();
+        rt.block_on(async {
+            let l = bind(&path).unwrap();
+            let served = tokio::spawn(serve(l, |_| Response::Cleared { job: "x".into() }));
+            let p = path.clone();
+            let second = tokio::task::spawn_blocking(move || bind(&p).map(|_| ()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(second, Err(ControlError::InUse { .. })),
+                "{second:?}"
+            );
+            served.abort();
+        });
+    }
 }
