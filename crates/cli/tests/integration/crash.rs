@@ -860,6 +860,18 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
             .set_modified(old)
             .unwrap();
     }
+    // And the others recent, whatever their real age: in long mode the
+    // rounds take minutes, so a temporary left by an early kill is already
+    // older than the staleness age (60 s) by now (regression: the long run
+    // of 2026-11-23 failed here with every early leftover reported stale).
+    for n in &fresh {
+        File::options()
+            .write(true)
+            .open(jobs_dir.join(n))
+            .unwrap()
+            .set_modified(SystemTime::now())
+            .unwrap();
+    }
     let (status_temps, _) = queue_status_temps(&w.q);
     let stale: BTreeSet<&String> = status_temps
         .iter()
