@@ -170,17 +170,7 @@ pub fn repair(queue: &Queue, report: &CheckReport) -> Result<Repaired> {
     let mut done = Repaired::default();
     if !report.bad.is_empty() {
         let dir = queue.dir().join(CORRUPT_DIR);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => sync_dir(queue.dir())?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(QueueError::Io {
-                    action: "create directory",
-                    path: dir,
-                    source: e,
-                });
-            }
-        }
+        crate::durable::ensure_dir(queue.dir(), &dir)?;
         for b in &report.bad {
             let mut reason_name = b.name.clone();
             reason_name.push(".reason");
@@ -202,7 +192,10 @@ pub fn repair(queue: &Queue, report: &CheckReport) -> Result<Repaired> {
                 }
             }
         }
+        // The moves changed both directories: make them durable before
+        // they are reported, as `reject` does.
         sync_dir(&dir)?;
+        sync_dir(queue.jobs_dir())?;
     }
     let now = SystemTime::now();
     for t in &report.status.temps {

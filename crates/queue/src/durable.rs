@@ -18,6 +18,21 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The directory a path lives in ("." for a bare file name).
+/// Create the directory `dir` inside `parent` unless it exists, and make
+/// its creation durable (fsync `parent`). Used for the quarantine
+/// directories (`rejected/`, `corrupt/`) that files are moved into.
+pub fn ensure_dir(parent: &Path, dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(QueueError::Io {
+            action: "create directory",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -221,17 +221,7 @@ pub fn check_payload(
 /// Returns where it went.
 pub fn reject(queue: &Queue, name: &OsStr, seq: Option<u64>, refusal: &Refusal) -> Result<PathBuf> {
     let dir = queue.dir().join(REJECTED_DIR);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => sync_dir(queue.dir())?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(QueueError::Io {
-                action: "create directory",
-                path: dir,
-                source: e,
-            });
-        }
-    }
+    crate::durable::ensure_dir(queue.dir(), &dir)?;
     let mut reason_name = name.to_os_string();
     reason_name.push(".reason");
     let reason_path = dir.join(&reason_name);
