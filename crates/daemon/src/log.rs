@@ -131,16 +131,6 @@ where
     }
 }
 
-fn now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    fspl_format::rfc3339_utc(fspl_format::Ctime {
-        secs: d.as_secs() as i64,
-        nanos: 0,
-    })
-}
-
 fn level_name(l: Level) -> &'static str {
     match l {
         Level::ERROR => "error",
@@ -189,7 +179,7 @@ fn render(
     };
     match format {
         LogFormat::Human => {
-            let mut o = format!("{} {:>5} ", now(), level.as_str());
+            let mut o = format!("{} {:>5} ", crate::state::now_rfc3339(), level.as_str());
             let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| text(v));
             if let Some(j) = get("job") {
                 let _ = write!(o, "[{j}]");
@@ -209,7 +199,11 @@ fn render(
             o
         }
         LogFormat::Logfmt => {
-            let mut o = format!("ts={} level={}", now(), level_name(level));
+            let mut o = format!(
+                "ts={} level={}",
+                crate::state::now_rfc3339(),
+                level_name(level)
+            );
             for (k, v) in fields {
                 let _ = write!(o, " {k}={}", logfmt_value(&text(v)));
             }
@@ -219,7 +213,7 @@ fn render(
         }
         LogFormat::Json => {
             let mut m = serde_json::Map::new();
-            m.insert("ts".into(), now().into());
+            m.insert("ts".into(), crate::state::now_rfc3339().into());
             m.insert("level".into(), level_name(level).into());
             for (k, v) in fields {
                 let jv = match v {
