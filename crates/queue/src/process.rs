@@ -874,20 +874,59 @@ fn hash_and_copy(
     out: &mut File,
 ) -> io::Result<(u64, fspl_format::Digest)> {
     use std::io::Write as _;
-    let mut h = fspl_trust::digest::Hasher::new(alg);
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok((len, h.finish())),
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        len += n as u64;
+    const CHUNK: usize = 256 * 1024;
+    let mut first = vec![0u8; CHUNK];
+    let n = fspl_format::read_full(r, &mut first)?;
+    if n < CHUNK {
+        // All of it in one chunk: no second thread for a small payload.
+        let mut h = fspl_trust::digest::Hasher::new(alg);
+        h.update(&first[..n]);
+        out.write_all(&first[..n])?;
+        return Ok((n as u64, h.finish()));
     }
+    // A large payload: decoding it (decompression, decryption: this
+    // thread) overlaps with hashing it and writing it to the spool file (a
+    // second thread). The chunks go over a bounded channel, so memory stays
+    // at a few chunks, and come back for reuse.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("fspl-spool".into())
+            .spawn_scoped(scope, move || -> io::Result<(u64, fspl_format::Digest)> {
+                let mut h = fspl_trust::digest::Hasher::new(alg);
+                let mut len = 0u64;
+                for buf in rx {
+                    h.update(&buf);
+                    out.write_all(&buf)?;
+                    len += buf.len() as u64;
+                    let _ = back_tx.send(buf);
+                }
+                Ok((len, h.finish()))
+            })?;
+        let mut read_result = Ok(());
+        let mut next = Some(first);
+        while let Some(buf) = next.take() {
+            if tx.send(buf).is_err() {
+                break; // the writer failed: its error is returned below
+            }
+            let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+            buf.resize(CHUNK, 0);
+            match fspl_format::read_full(r, &mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    buf.truncate(n);
+                    next = Some(buf);
+                }
+                Err(e) => read_result = Err(e),
+            }
+        }
+        drop(tx);
+        let written = worker
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the spool thread panicked")));
+        read_result.and(written)
+    })
 }
 
 /// Start a job's command, wait for it, and settle its payload: a command
@@ -966,4 +1005,83 @@ pub fn run_stream_job(
         std::path::Path::new("stdin"),
         &mut |_| {},
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek};
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn expected(alg: DigestAlg, d: &[u8]) -> fspl_format::Digest {
+        fspl_trust::digest::hash_reader(alg, &mut &d[..]).unwrap().1
+    }
+
+    #[test]
+    fn hash_and_copy_small_and_large_payloads_match_a_plain_hash() {
+        // Below, at and above one chunk, and several chunks plus a tail.
+        for n in [
+            0,
+            1,
+            256 * 1024 - 1,
+            256 * 1024,
+            256 * 1024 + 1,
+            3 * 1024 * 1024 + 7,
+        ] {
+            for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
+                let d = data(n);
+                let mut out = tempfile::tempfile().unwrap();
+                let (len, digest) = hash_and_copy(alg, &mut &d[..], &mut out).unwrap();
+                assert_eq!(len, n as u64, "length for {n} bytes");
+                assert_eq!(digest, expected(alg, &d), "digest for {n} bytes");
+                let mut copy = Vec::new();
+                out.rewind().unwrap();
+                out.read_to_end(&mut copy).unwrap();
+                assert!(copy == d, "spooled copy of {n} bytes differs");
+            }
+        }
+    }
+
+    /// A decoder that fails part way (a corrupt or cut-short compressed or
+    /// encrypted payload).
+    struct FailsAfter(usize, usize);
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 >= self.1 {
+                return Err(io::Error::new(ErrorKind::InvalidData, "checksum mismatch"));
+            }
+            let n = buf.len().min(self.1 - self.0).min(10_000);
+            buf[..n].fill(1);
+            self.0 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn hash_and_copy_reports_a_decoder_error_in_the_middle() {
+        for at in [100, 300 * 1024, 2 * 1024 * 1024 + 5] {
+            let mut out = tempfile::tempfile().unwrap();
+            let e = hash_and_copy(DigestAlg::Blake3, &mut FailsAfter(0, at), &mut out).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "failure after {at} bytes");
+        }
+    }
+
+    #[test]
+    fn hash_and_copy_reports_a_spool_write_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ro");
+        std::fs::write(&p, b"").unwrap();
+        // Opened read-only: every write fails (like ENOSPC on the spool).
+        let mut out = File::open(&p).unwrap();
+        for n in [10, 5 * 1024 * 1024] {
+            let d = data(n);
+            assert!(
+                hash_and_copy(DigestAlg::Blake3, &mut &d[..], &mut out).is_err(),
+                "a failing spool write of {n} bytes was not reported"
+            );
+        }
+    }
 }
