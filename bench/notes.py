@@ -146,13 +146,15 @@ length and digest, and fspl checks them before the command sees a byte,
 so the decrypted payload is hashed and kept in an unlinked temporary file
 in `jobs/` (a decrypted stream cannot be rewound, and decrypting twice
 would let a rewritten file feed the command bytes that were never checked),
-and the command then reads that file. In the profile of one run (below),
-ChaCha20 and Poly1305 take {c['s3_crypto']} of the samples, BLAKE3
-{c['s3_blake']}, and most of the rest is copying between the page cache
-and user space. What could still be gained: decrypt on one core while the
-other hashes and writes the temporary file (two cores here), and decrypt
-age's independent 64 KiB chunks in parallel; neither gets under the 1.5×
-while the decryption alone costs more than that.
+and the command then reads that file. Decryption runs on one core while
+a second thread (`fspl-spool`) hashes and writes the temporary file. In
+the profile of one run (below), ChaCha20 and Poly1305 take
+{c['s3_crypto']} of the samples, BLAKE3 {c['s3_blake']}, and the largest
+single item is the kernel copying the decrypted GiB into the temporary
+file's page cache (`copy_folio_from_iter_atomic`, in `fspl-spool`). What
+could still be gained: decrypting age's independent 64 KiB chunks in
+parallel; it cannot get under the 1.5× while the decryption alone costs
+more than that.
 """,
         "D1": f"""
 Latency is measured from the exit of the `queue-write` that delivered a
