@@ -852,25 +852,23 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
         .unwrap();
     lock_holder.lock().unwrap();
     lock_holder.set_modified(old).unwrap();
-    for n in &backdated_unlocked {
+    let set_mtime = |n: &String, t: SystemTime| {
         File::options()
             .write(true)
             .open(jobs_dir.join(n))
             .unwrap()
-            .set_modified(old)
+            .set_modified(t)
             .unwrap();
+    };
+    for n in &backdated_unlocked {
+        set_mtime(n, old);
     }
     // And the others recent, whatever their real age: in long mode the
     // rounds take minutes, so a temporary left by an early kill is already
     // older than the staleness age (60 s) by now (regression: the long run
     // of 2026-11-23 failed here with every early leftover reported stale).
     for n in &fresh {
-        File::options()
-            .write(true)
-            .open(jobs_dir.join(n))
-            .unwrap()
-            .set_modified(SystemTime::now())
-            .unwrap();
+        set_mtime(n, SystemTime::now());
     }
     let (status_temps, _) = queue_status_temps(&w.q);
     let stale: BTreeSet<&String> = status_temps
@@ -899,12 +897,7 @@ fn sigkill_at_random_instants_never_loses_or_exposes_a_job_and_keeps_order() {
     }
     // Fresh ones stay fresh even if this test has run for over a minute.
     for n in &fresh {
-        File::options()
-            .write(true)
-            .open(jobs_dir.join(n))
-            .unwrap()
-            .set_modified(SystemTime::now())
-            .unwrap();
+        set_mtime(n, SystemTime::now());
         w.temps.insert((*n).clone(), SystemTime::now());
     }
     let mut cmd = ours([OsString::from("queue-process"), "-q".into()]);

@@ -344,16 +344,7 @@ fn reliability_load_daemon_sigkilled_at_random() {
     let (p, repeats) = check_runs(&file_lines(&log), n, "k", done_kills);
     problems.extend(p);
     // Nothing left to run; leftovers only below nextseq.
-    let f = fspl_bounded(
-        [
-            OsStr::new("queue-status"),
-            OsStr::new("-q"),
-            q.as_os_str(),
-            OsStr::new("--json"),
-        ],
-        None,
-        LIMIT,
-    );
+    let f = queue_status_json(&q, LIMIT);
     problems.extend(f.problems());
     let st: serde_json::Value = serde_json::from_slice(&f.stdout).unwrap_or_default();
     if st["state"] != "empty" {

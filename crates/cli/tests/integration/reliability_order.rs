@@ -114,16 +114,7 @@ fn process(q: &Path, log: &Path, extra: &[&str]) -> Finished {
 }
 
 fn status_json(q: &Path) -> (Option<i32>, Value) {
-    let f = fspl_bounded(
-        [
-            OsStr::new("queue-status"),
-            OsStr::new("-q"),
-            q.as_os_str(),
-            OsStr::new("--json"),
-        ],
-        None,
-        LIMIT,
-    );
+    let f = queue_status_json(q, LIMIT);
     assert!(f.problems().is_empty(), "{:?}", f.problems());
     (f.code, serde_json::from_slice(&f.stdout).unwrap())
 }

@@ -175,6 +175,20 @@ pub fn run_bounded(
 /// `/usr/bin/time` measures peak RSS (scripts/test installs it).
 pub const TIME: &str = "/usr/bin/time";
 
+/// `fspl queue-status -q Q --json` under a deadline.
+pub fn queue_status_json(q: &Path, limit: Duration) -> Finished {
+    fspl_bounded(
+        [
+            OsStr::new("queue-status"),
+            OsStr::new("-q"),
+            q.as_os_str(),
+            OsStr::new("--json"),
+        ],
+        None,
+        limit,
+    )
+}
+
 /// `fspl ARGS` (clean environment) under a deadline.
 pub fn fspl_bounded<I, S>(args: I, input: Option<&[u8]>, limit: Duration) -> Finished
 where
