@@ -143,6 +143,36 @@ fn weak_trust_key_allowing_keyless_forgery_is_refused() {
     t.genuine_runs(1);
 }
 
+/// `--encrypt-to` a small-order key: an `age1` one made age panic inside
+/// `prepare`; an `ssh-ed25519` one was accepted, and what was encrypted
+/// to it anyone could decrypt.
+#[test]
+fn weak_encrypt_to_recipient_crashed_prepare_or_was_accepted() {
+    let s = Sandbox::new();
+    let payload = s.path("payload");
+    std::fs::write(&payload, PAYLOAD).unwrap();
+    let seqfile = s.path("seq");
+    std::fs::write(&seqfile, "5\n").unwrap();
+    for weak in [
+        // The all-zero X25519 point.
+        "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq5cu47z".to_string(),
+        ssh_line(&IDENTITY, "evil"),
+    ] {
+        let mut c = fs([OsStr::new("prepare"), OsStr::new("-s")]);
+        c.arg(&seqfile)
+            .arg("-i")
+            .arg(&payload)
+            .args(["--encrypt-to", &weak]);
+        let line = one_line_error(run(c));
+        assert!(line.contains("weak (small-order) key"), "{line}");
+        assert_eq!(
+            std::fs::read_to_string(&seqfile).unwrap(),
+            "5\n",
+            "a sequence number was used"
+        );
+    }
+}
+
 // ---- quarantine never replaces ----
 
 /// Every (file, bytes, reason) in `dir`, file names with a `.reason` beside
