@@ -1,4 +1,7 @@
-//! Log lines on stderr: `fspl: warning: message key=value ...`.
+//! Log lines on stderr: `fspl: warning: message key=value ...`. Each event
+//! is exactly one line: control characters in the message or the fields
+//! (a file name with a newline or an escape sequence in it, text from a
+//! job) are shown escaped (`\n`, `\x1b`), so no job can forge a line.
 
 use std::fmt;
 
@@ -27,9 +30,9 @@ where
             Level::DEBUG => "debug",
             Level::TRACE => "trace",
         };
-        write!(w, "fspl: {level}: ")?;
-        ctx.format_fields(w.by_ref(), event)?;
-        writeln!(w)
+        let mut text = String::new();
+        ctx.format_fields(Writer::new(&mut text), event)?;
+        writeln!(w, "fspl: {level}: {}", fspl_queue::escape_controls(&text))
     }
 }
 

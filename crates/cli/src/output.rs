@@ -7,10 +7,14 @@ use std::os::fd::FromRawFd;
 
 /// Print an error and its causes on one line: `fspl: error: a: b: c`.
 pub fn print_error(e: &anyhow::Error) {
-    let mut line = format!("fspl: error: {}", fspl_queue::display_chain(e.as_ref()));
-    // One line, whatever the messages contain.
-    line = line.replace('\n', " ");
-    let _ = writeln!(io::stderr().lock(), "{line}");
+    // One line, whatever the messages contain (file names, job data):
+    // control characters are shown escaped.
+    let chain = fspl_queue::display_chain(e.as_ref());
+    let _ = writeln!(
+        io::stderr().lock(),
+        "fspl: error: {}",
+        fspl_queue::escape_controls(&chain)
+    );
 }
 
 /// True when the error comes from writing to a closed stdout pipe.

@@ -156,7 +156,7 @@ fn logfmt_value(s: &str) -> String {
                 '\n' => o.push_str("\\n"),
                 '\r' => o.push_str("\\r"),
                 '\t' => o.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
+                c if c.is_control() => {
                     let _ = write!(o, "\\u{:04x}", c as u32);
                 }
                 c => o.push(c),
@@ -181,14 +181,19 @@ fn render(
         LogFormat::Human => {
             let mut o = format!("{} {:>5} ", crate::state::now_rfc3339(), level.as_str());
             let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| text(v));
+            // The message and the prefix may carry file names and job
+            // data: control characters are shown escaped, so every event
+            // stays one line and no job can forge one (fields are quoted
+            // and escaped by logfmt_value).
+            let esc = |s: &str| fspl_queue::escape_controls(s).into_owned();
             if let Some(j) = get("job") {
-                let _ = write!(o, "[{j}]");
+                let _ = write!(o, "[{}]", esc(&j));
                 if let Some(s) = get("seq") {
-                    let _ = write!(o, "[{s}]");
+                    let _ = write!(o, "[{}]", esc(&s));
                 }
                 o.push(' ');
             }
-            o.push_str(&message.replace('\n', " "));
+            o.push_str(&esc(message));
             for (k, v) in fields {
                 if matches!(*k, "job" | "seq" | "queue") {
                     continue;
@@ -249,7 +254,7 @@ mod tests {
             ("ok", Value::Bool(true)),
         ];
         let h = render(LogFormat::Human, Level::INFO, "job\nsucceeded", &fields);
-        assert!(h.contains(" [backups][7] job succeeded ok=true\n"), "{h}");
+        assert!(h.contains(" [backups][7] job\\nsucceeded ok=true\n"), "{h}");
         assert_eq!(h.lines().count(), 1);
         let l = render(LogFormat::Logfmt, Level::WARN, "say \"hi\"", &fields);
         assert!(
@@ -257,6 +262,20 @@ mod tests {
                 " level=warn job=backups queue=\"/srv/q x\" seq=7 ok=true msg=\"say \\\"hi\\\"\""
             ),
             "{l}"
+        );
+        let h = render(
+            LogFormat::Human,
+            Level::WARN,
+            "moved to /q/rejected/fspl-x\nfspl: FORGED \x1b[2J\x7f.fspl",
+            &[("file", Value::Str("/q/jobs/fspl-x\n\x1b\u{85}".into()))],
+        );
+        assert_eq!(h.lines().count(), 1, "{h}");
+        assert!(!h.trim_end().chars().any(char::is_control), "{h:?}");
+        assert!(
+            h.contains(
+                r#"fspl-x\nfspl: FORGED \x1b[2J\x7f.fspl file="/q/jobs/fspl-x\n\u001b\u0085""#
+            ),
+            "{h}"
         );
         let j = render(LogFormat::Json, Level::ERROR, "boom", &fields);
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();

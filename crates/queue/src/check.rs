@@ -165,37 +165,27 @@ pub struct Repaired {
 }
 
 /// Move every bad job file to `DIR/corrupt/` (with a `.reason` beside it)
-/// and remove stale temporaries. Never deletes a job.
+/// and remove stale temporaries. Never deletes a job, and never replaces a
+/// file already in `corrupt/` (see [`crate::quarantine`]); `moved` names
+/// the files as they are called there.
 pub fn repair(queue: &Queue, report: &CheckReport) -> Result<Repaired> {
     let mut done = Repaired::default();
-    if !report.bad.is_empty() {
-        let dir = queue.dir().join(CORRUPT_DIR);
-        crate::durable::ensure_dir(queue.dir(), &dir)?;
-        for b in &report.bad {
-            let mut reason_name = b.name.clone();
-            reason_name.push(".reason");
-            let line = match b.seq {
-                Some(s) => format!("seq {s}: {}\n", b.reason),
-                None => format!("{}\n", b.reason),
-            };
-            crate::durable::replace_file(&dir.join(&reason_name), line.as_bytes())?;
-            let to = dir.join(&b.name);
-            match std::fs::rename(queue.job_path(&b.name), &to) {
-                Ok(()) => done.moved.push(b.name.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(QueueError::Io {
-                        action: "move bad job to",
-                        path: to,
-                        source: e,
-                    });
-                }
-            }
+    // Each move is made durable (both directories fsynced) before the next
+    // one, as `reject` does; a name already in corrupt/ gets a suffix.
+    for b in &report.bad {
+        let line = match b.seq {
+            Some(s) => format!("seq {s}: {}", b.reason),
+            None => b.reason.clone(),
+        };
+        if let Some(to) = crate::quarantine::quarantine(
+            queue,
+            crate::quarantine::Quarantine::Corrupt,
+            &b.name,
+            &line,
+        )? && let Some(n) = to.file_name()
+        {
+            done.moved.push(n.to_os_string());
         }
-        // The moves changed both directories: make them durable before
-        // they are reported, as `reject` does.
-        sync_dir(&dir)?;
-        sync_dir(queue.jobs_dir())?;
     }
     let now = SystemTime::now();
     for t in &report.status.temps {

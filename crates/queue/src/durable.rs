@@ -17,22 +17,46 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     d.sync_all().map_err(QueueError::io("sync directory", dir))
 }
 
-/// The directory a path lives in ("." for a bare file name).
-/// Create the directory `dir` inside `parent` unless it exists, and make
-/// its creation durable (fsync `parent`). Used for the quarantine
-/// directories (`rejected/`, `corrupt/`) that files are moved into.
-pub fn ensure_dir(parent: &Path, dir: &Path) -> Result<()> {
+/// Create the directory `dir` inside `parent` unless it exists, make its
+/// creation durable (fsync `parent`), and open it. Used for the quarantine
+/// directories (`rejected/`, `corrupt/`) that files are moved into: one
+/// that is a symbolic link (or not a directory) is refused
+/// (`O_NOFOLLOW`), and the handle returned is the directory that was
+/// checked, for `*at` calls that cannot be redirected afterwards.
+pub fn ensure_dir(parent: &Path, dir: &Path) -> Result<File> {
     match std::fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(QueueError::Io {
-            action: "create directory",
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Ok(()) => sync_dir(parent)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(QueueError::Io {
+                action: "create directory",
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
     }
+    open_dir(dir)
 }
 
+/// Open a directory for `*at` calls and fsync, refusing a symbolic link.
+pub fn open_dir(dir: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR) => QueueError::NotADirectory {
+                path: dir.to_path_buf(),
+            },
+            _ => QueueError::Io {
+                action: "open directory",
+                path: dir.to_path_buf(),
+                source,
+            },
+        })
+}
+
+/// The directory a path lives in ("." for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -160,6 +184,29 @@ mod tests {
         );
         assert!(p.join("inside").exists());
         assert!(!sibling(&p, ".tmp").exists());
+    }
+
+    #[test]
+    fn ensure_dir_creates_opens_and_refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("rejected");
+        ensure_dir(dir.path(), &d).unwrap();
+        assert!(d.is_dir());
+        ensure_dir(dir.path(), &d).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = dir.path().join("corrupt");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = ensure_dir(dir.path(), &link).unwrap_err();
+        assert!(
+            matches!(&e, QueueError::NotADirectory { path } if *path == link),
+            "{e:?}"
+        );
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(matches!(
+            ensure_dir(dir.path(), &dir.path().join("file")),
+            Err(QueueError::NotADirectory { .. })
+        ));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum QueueError {
         #[source]
         source: io::Error,
     },
+    #[error("{}: not a real directory (a symbolic link or another kind of file is in its place); refusing to move anything into it", path.display())]
+    NotADirectory { path: PathBuf },
     #[error("{}: queue directory already exists", dir.display())]
     AlreadyExists { dir: PathBuf },
 }

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod nextseq;
 pub mod process;
 pub mod pump;
+pub mod quarantine;
 mod queue;
 pub mod scan;
 pub mod seqfile;
@@ -42,4 +43,61 @@ pub fn display_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// `s` made safe for a one-line log message or reason: control characters
+/// (C0, DEL, C1) are shown as escapes (`\n`, `\r`, `\t`, `\x1b`...), and
+/// characters that reorder or break lines on a terminal (bidirectional
+/// overrides and isolates, line and paragraph separators) as `\u{...}`. A
+/// file name or any other text a job controls cannot start a line of its
+/// own, forge one, or send escape sequences to the terminal. Everything
+/// else, including backslashes and non-ASCII text, is kept as it is.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escape_controls("plain /q/jobs/fspl-1.fspl ü \\n"),
+            "plain /q/jobs/fspl-1.fspl ü \\n"
+        );
+        assert_eq!(
+            escape_controls("a\nfspl: info: x\r\t\x1b[2J\x07\x7f\u{85}b"),
+            "a\\nfspl: info: x\\r\\t\\x1b[2J\\x07\\x7f\\x85b"
+        );
+        assert_eq!(
+            escape_controls("x\u{202e}y\u{2028}"),
+            "x\\u{202e}y\\u{2028}"
+        );
+        assert!(
+            !escape_controls("\u{0}\u{1f}\u{9f}")
+                .chars()
+                .any(char::is_control)
+        );
+    }
 }

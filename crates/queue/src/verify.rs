@@ -15,7 +15,6 @@ use fspl_format::{Digest, Extension, JobHeader, rfc3339_utc};
 use fspl_trust::digest::hex;
 use fspl_trust::{PublicKey, TrustFile};
 
-use crate::durable::sync_dir;
 use crate::error::{QueueError, Result};
 use crate::queue::Queue;
 
@@ -115,8 +114,12 @@ pub fn check_header_memo(
             "unsigned job, and a trust file requires every job to be signed",
         ));
     };
-    let pk = PublicKey::from_bytes(&key)
-        .map_err(|_| Refusal::new("signer key is not a valid ed25519 key"))?;
+    let pk = PublicKey::from_bytes(&key).map_err(|e| match e {
+        fspl_trust::KeyError::WeakPublic => Refusal::new(
+            "signer key is a weak (small-order) ed25519 key, for which signatures can be forged",
+        ),
+        _ => Refusal::new("signer key is not a valid ed25519 key"),
+    })?;
     let Some(sender) = trust.sender(&key) else {
         return Err(Refusal::new(format!(
             "signed by a key that is not in the trust file ({})",
@@ -164,7 +167,17 @@ pub fn check_header_memo(
                 "addressed to queue {to:?}, but this queue has no name (see queue-init --name)"
             )));
         }
-        (None, None) => {}
+        // No queue name and no destination: an unnamed queue, or
+        // `stdin-process` with a job not sent --to anywhere. A sender
+        // limited to some queues may only reach those, by name.
+        (None, None) => {
+            if let Some(allowed) = sender.queue_patterns() {
+                return Err(refuse(format!(
+                    "sender {:?} may only address the queues it is allowed ({allowed:?}), but this job is not addressed to one (prepare it with --to NAME)",
+                    sender.name
+                )));
+            }
+        }
     }
     let skew = i64::try_from(trust.max_future_skew).unwrap_or(i64::MAX);
     if header.ctime.secs > now_secs.saturating_add(skew) {
@@ -217,14 +230,12 @@ pub fn check_payload(
     Ok(())
 }
 
-/// Move a refused job to `DIR/rejected/` with its reason in `NAME.reason`.
-/// Returns where it went.
+/// Move a refused job to `DIR/rejected/` with its reason in `NAME.reason`
+/// (one line; control characters escaped). A name already taken there
+/// gets a suffix (`fspl-ID.1.fspl`): nothing in `rejected/` is ever
+/// replaced, and a `rejected/` that is not a real directory (a symbolic
+/// link) is refused. Returns where the job went.
 pub fn reject(queue: &Queue, name: &OsStr, seq: Option<u64>, refusal: &Refusal) -> Result<PathBuf> {
-    let dir = queue.dir().join(REJECTED_DIR);
-    crate::durable::ensure_dir(queue.dir(), &dir)?;
-    let mut reason_name = name.to_os_string();
-    reason_name.push(".reason");
-    let reason_path = dir.join(&reason_name);
     let mut line = String::new();
     if let Some(s) = seq {
         line.push_str(&format!("seq {s}: "));
@@ -232,17 +243,14 @@ pub fn reject(queue: &Queue, name: &OsStr, seq: Option<u64>, refusal: &Refusal) 
     if let Some(s) = &refusal.sender {
         line.push_str(&format!("sender {s:?}: "));
     }
-    line.push_str(&refusal.reason.replace('\n', " "));
-    line.push('\n');
-    crate::durable::replace_file(&reason_path, line.as_bytes())?;
-    let to = dir.join(name);
-    crate::failpoint::hit("reject:before-move")
-        .map_err(QueueError::io("move refused job to", &to))?;
-    std::fs::rename(queue.job_path(name), &to)
-        .map_err(QueueError::io("move refused job to", &to))?;
-    crate::failpoint::hit("reject:after-move").map_err(QueueError::io("sync directory", &dir))?;
-    sync_dir(&dir)?;
-    sync_dir(queue.jobs_dir())?;
+    line.push_str(&refusal.reason);
+    let to =
+        crate::quarantine::quarantine(queue, crate::quarantine::Quarantine::Rejected, name, &line)?
+            .ok_or_else(|| QueueError::Io {
+                action: "move refused job",
+                path: queue.job_path(name),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            })?;
     let _ = std::io::stderr().flush();
     Ok(to)
 }
@@ -342,6 +350,17 @@ mod tests {
         assert!(r(&h4, &e4, Some("q1")).contains("not addressed"));
         let (h5, e5) = signed(&k, Some("q9"), &["ok"], now);
         assert!(r(&h5, &e5, Some("q9")).contains("may not address"));
+        // A sender limited to some queues reaches no unnamed queue (or
+        // stdin-process) without `to`; one without a list does.
+        assert!(r(&h4, &e4, None).contains("may only address the queues it is allowed"));
+        let free = trust(&k, "");
+        assert!(check_header(&h4, &e4, Some(&free), None, false, now).is_ok());
+        // A weak signer key is named as such.
+        let mut weak = e.clone();
+        let mut id = [0u8; 32];
+        id[0] = 1;
+        weak.signer = Some(id);
+        assert!(r(&h, &weak, Some("q1")).contains("weak (small-order)"));
         // clock
         let (h6, e6) = signed(&k, Some("q1"), &["ok"], now + 3600);
         assert!(r(&h6, &e6, Some("q1")).contains("in the future"));

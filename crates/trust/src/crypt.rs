@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 pub enum CryptError {
     #[error("invalid recipient {0:?}: expected an age1... key or an ssh-ed25519 public key line")]
     Recipient(String),
+    #[error(
+        "recipient {0:?} is a weak (small-order) key: anyone could decrypt what is encrypted to it; refusing it"
+    )]
+    WeakRecipient(String),
     #[error("cannot read identity file {}", path.display())]
     Io {
         path: PathBuf,
@@ -62,22 +66,50 @@ impl Identities {
     }
 }
 
-/// One recipient.
+/// One recipient. A weak (small-order) key is refused: the file key
+/// wrapped for it could be unwrapped by anyone (and age itself panics on
+/// an `age1` key of small order).
 pub fn parse_recipient(s: &str) -> Result<Box<dyn age::Recipient + Send>, CryptError> {
     let t = s.trim();
     if t.starts_with("age1") {
-        return t
+        let r = t
             .parse::<age::x25519::Recipient>()
-            .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
-            .map_err(|_| CryptError::Recipient(t.to_string()));
+            .map_err(|_| CryptError::Recipient(t.to_string()))?;
+        if age1_is_weak(t) {
+            return Err(CryptError::WeakRecipient(t.to_string()));
+        }
+        return Ok(Box::new(r));
     }
     if t.starts_with("ssh-ed25519 ") {
+        if let Err(crate::KeyError::WeakPublic) = crate::PublicKey::parse(t) {
+            return Err(CryptError::WeakRecipient(t.to_string()));
+        }
         return t
             .parse::<age::ssh::Recipient>()
             .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
             .map_err(|_| CryptError::Recipient(t.to_string()));
     }
     Err(CryptError::Recipient(t.to_string()))
+}
+
+/// Whether an `age1...` recipient (already parsed by age, so well formed)
+/// is an X25519 point of small order: a clamped scalar (a multiple of the
+/// cofactor 8) times it is then the all-zero point.
+fn age1_is_weak(t: &str) -> bool {
+    use bech32::FromBase32;
+    let Ok((_, data, _)) = bech32::decode(t) else {
+        return false;
+    };
+    let Ok(bytes) = Vec::<u8>::from_base32(&data) else {
+        return false;
+    };
+    let Ok(u) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        return false;
+    };
+    curve25519_dalek::montgomery::MontgomeryPoint(u)
+        .mul_clamped([0x5a; 32])
+        .to_bytes()
+        == [0u8; 32]
 }
 
 /// Identities from a file: an age identity file (`AGE-SECRET-KEY-1...`
@@ -247,6 +279,43 @@ impl<R: Read> Read for HeaderLimit<R> {
 mod tests {
     use super::*;
     use crate::keys::SecretKey;
+
+    #[test]
+    fn weak_recipients_are_refused_and_good_ones_kept() {
+        use bech32::ToBase32;
+        // Small-order X25519 u-coordinates: 0, 1, p-1, and the two points
+        // of order 8.
+        let weak = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        ];
+        for h in weak {
+            let bytes: Vec<u8> = (0..32)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let r = bech32::encode("age", bytes.to_base32(), bech32::Variant::Bech32).unwrap();
+            let e = parse_recipient(&r)
+                .err()
+                .expect("a weak age1 key is refused");
+            assert!(matches!(e, CryptError::WeakRecipient(_)), "{r}: {e}");
+        }
+        let mut id = [0u8; 32];
+        id[0] = 1;
+        let line = ssh_key::PublicKey::from(ssh_key::public::Ed25519PublicKey(id))
+            .to_openssh()
+            .unwrap();
+        assert!(matches!(
+            parse_recipient(&line).err(),
+            Some(CryptError::WeakRecipient(_))
+        ));
+        let good = age::x25519::Identity::generate().to_public().to_string();
+        assert!(parse_recipient(&good).is_ok());
+        let k = SecretKey::generate("");
+        assert!(parse_recipient(&k.public().to_openssh("c")).is_ok());
+    }
 
     #[test]
     fn an_fspl_key_pair_encrypts_and_decrypts_and_detection_works() {

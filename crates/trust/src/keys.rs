@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ssh_key::private::{Ed25519Keypair, Ed25519PrivateKey};
 use ssh_key::public::Ed25519PublicKey;
 use ssh_key::{HashAlg, LineEnding};
@@ -39,6 +39,12 @@ pub enum KeyError {
         "not a public key: {reason} (expected \"ssh-ed25519 AAAA...\" or a base58 ed25519 key)"
     )]
     BadPublic { reason: String },
+    #[error(
+        "weak ed25519 key: a small-order point, for which signatures can be forged without any secret key; refusing it"
+    )]
+    WeakPublic,
+    #[error("{}: the key's public half is a weak (small-order) ed25519 key; refusing it", path.display())]
+    WeakSecret { path: PathBuf },
     #[error("{} already exists; not overwriting a key", path.display())]
     Exists { path: PathBuf },
     #[error("cannot encode the key")]
@@ -106,6 +112,18 @@ impl SecretKey {
         Self::parse(path, &text)
     }
 
+    /// A key whose public half is weak is refused. (It cannot happen for a
+    /// public half derived from a seed, and files that carry a public half
+    /// are checked against the seed; this keeps the promise explicit.)
+    fn checked(self, path: &Path) -> Result<SecretKey, KeyError> {
+        if self.signing.verifying_key().is_weak() {
+            return Err(KeyError::WeakSecret {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(self)
+    }
+
     fn parse(path: &Path, text: &str) -> Result<SecretKey, KeyError> {
         let trimmed = text.trim();
         if trimmed.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----") {
@@ -125,10 +143,12 @@ impl SecretKey {
                     found: key.algorithm().to_string(),
                 });
             };
-            return Ok(SecretKey {
+            // ssh-key checks the file's public half against the seed.
+            return SecretKey {
                 signing: SigningKey::from_bytes(&pair.private.to_bytes()),
                 comment: key.comment().to_string(),
-            });
+            }
+            .checked(path);
         }
         // remaphore: base58 of seed || public key (64 bytes), or a bare seed.
         if let Ok(bytes) = bs58::decode(trimmed).into_vec() {
@@ -140,11 +160,13 @@ impl SecretKey {
             if let Some(seed) = seed {
                 let key = SecretKey::from_seed(seed);
                 if bytes.len() == 64 && key.public().bytes()[..] != bytes[32..] {
+                    // A public half that is not the seed's (a weak one
+                    // among them) is refused.
                     return Err(KeyError::UnreadableSecret {
                         path: path.to_path_buf(),
                     });
                 }
-                return Ok(key);
+                return key.checked(path);
             }
         }
         Err(KeyError::UnreadableSecret {
@@ -238,12 +260,17 @@ impl SecretKey {
 }
 
 impl PublicKey {
+    /// A valid ed25519 point that is not of small order: the identity and
+    /// the other seven small-order points ("weak keys") are refused, since
+    /// a signature under them can be made without any secret key.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, KeyError> {
-        VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
-            .map_err(|e| KeyError::BadPublic {
-                reason: e.to_string(),
-            })
+        let key = VerifyingKey::from_bytes(bytes).map_err(|e| KeyError::BadPublic {
+            reason: e.to_string(),
+        })?;
+        if key.is_weak() {
+            return Err(KeyError::WeakPublic);
+        }
+        Ok(PublicKey(key))
     }
 
     /// Parse `ssh-ed25519 AAAA... [comment]` or a base58 key.
@@ -281,9 +308,12 @@ impl PublicKey {
         self.0.to_bytes()
     }
 
+    /// Strict verification (ed25519-dalek's `verify_strict`): canonical S,
+    /// no small-order R or key, and the cofactorless equation, so a
+    /// signature verifies only if it was made with the secret key.
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         self.0
-            .verify(message, &Signature::from_bytes(signature))
+            .verify_strict(message, &Signature::from_bytes(signature))
             .is_ok()
     }
 
@@ -347,6 +377,77 @@ mod tests {
         assert!(k.public().verify(b"hello", &sig));
         assert!(!k.public().verify(b"hellp", &sig));
         assert!(!other.public().verify(b"hello", &sig));
+    }
+
+    /// Every small-order point: the identity, the point of order 2, and
+    /// the points of order 4 and 8 (with their sign-bit variants).
+    fn small_order_points() -> Vec<[u8; 32]> {
+        let hex = [
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000080",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+            "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        ];
+        hex.iter()
+            .map(|h| {
+                let mut b = [0u8; 32];
+                for (i, byte) in b.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+                }
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weak_public_keys_are_refused_in_every_form() {
+        for p in small_order_points() {
+            assert!(VerifyingKey::from_bytes(&p).unwrap().is_weak());
+            assert!(matches!(
+                PublicKey::from_bytes(&p),
+                Err(KeyError::WeakPublic)
+            ));
+            let b58 = bs58::encode(p).into_string();
+            let e = PublicKey::parse(&b58).unwrap_err();
+            assert!(e.to_string().contains("weak"), "{e}");
+            let line = ssh_key::PublicKey::from(Ed25519PublicKey(p))
+                .to_openssh()
+                .unwrap();
+            let e = PublicKey::parse(&line).unwrap_err();
+            assert!(e.to_string().contains("weak"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_keyless_signature_under_a_weak_key_does_not_verify() {
+        // R = identity, s = 0 satisfies the cofactored and the plain
+        // equation for the identity key and any message; only strict
+        // verification refuses it.
+        let identity = small_order_points()[0];
+        let key = PublicKey(VerifyingKey::from_bytes(&identity).unwrap());
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&identity);
+        assert!(!key.verify(b"any job header", &sig));
+        // A small-order R with a genuine key is refused too.
+        let k = SecretKey::generate("");
+        let mut good = k.sign(b"m");
+        assert!(k.public().verify(b"m", &good));
+        good[..32].copy_from_slice(&identity);
+        assert!(!k.public().verify(b"m", &good));
+    }
+
+    #[test]
+    fn a_base58_secret_whose_public_half_is_weak_is_refused() {
+        let k = SecretKey::generate("");
+        let mut bytes = k.seed().to_vec();
+        bytes.extend_from_slice(&small_order_points()[0]);
+        let text = bs58::encode(&bytes).into_string();
+        let e = SecretKey::parse(Path::new("r.conf"), &text).unwrap_err();
+        assert!(e.to_string().contains("r.conf"), "{e}");
     }
 
     #[test]

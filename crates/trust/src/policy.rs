@@ -223,6 +223,13 @@ impl Sender {
         self.params.iter().map(|p| p.text.as_str()).collect()
     }
 
+    /// The queue names (globs) this sender may address; `None`: any.
+    pub fn queue_patterns(&self) -> Option<Vec<&str>> {
+        self.queues
+            .as_ref()
+            .map(|list| list.iter().map(|(q, _)| q.as_str()).collect())
+    }
+
     /// May this sender address a queue with this name?
     pub fn allows_queue(&self, name: &str) -> bool {
         match &self.queues {
@@ -275,10 +282,12 @@ mod tests {
         assert!(s.allows_params(&v(&[])));
         assert!(!s.allows_params(&v(&["anything"])));
         assert!(s.allows_queue("whatever"));
+        assert_eq!(s.queue_patterns(), None);
         let (t, k) = file(r#"queues = ["backups", "db-*"]"#);
         let s = t.sender(&k.public().bytes()).unwrap();
         assert!(s.allows_queue("backups") && s.allows_queue("db-main"));
         assert!(!s.allows_queue("other"));
+        assert_eq!(s.queue_patterns(), Some(vec!["backups", "db-*"]));
     }
 
     #[test]
@@ -288,6 +297,17 @@ mod tests {
         assert!(
             e.to_string().contains("t.toml") && e.to_string().contains("\"a\""),
             "{e}"
+        );
+        // A weak (small-order) key: the identity point, as a base58 key.
+        let e = TrustFile::parse(
+            Path::new("t.toml"),
+            "[[sender]]\nname=\"evil\"\nkey=\"4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM\"\n",
+        )
+        .unwrap_err();
+        let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+        assert!(
+            chain.starts_with("trust file t.toml: sender \"evil\": key: weak ed25519 key"),
+            "{chain}"
         );
         let e = TrustFile::parse(Path::new("t.toml"), "typo = 1\n").unwrap_err();
         assert!(matches!(e, TrustFileError::Syntax { .. }), "{e}");

@@ -21,7 +21,7 @@ pub fn daemon(
         let problems = fspl_daemon::check(&cfg);
         if let Some(first) = problems.first() {
             for p in &problems[1..] {
-                eprintln!("fspl: error: {p}");
+                eprintln!("fspl: error: {}", fspl_queue::escape_controls(p));
             }
             anyhow::bail!("{first}");
         }

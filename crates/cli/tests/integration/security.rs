@@ -1045,19 +1045,26 @@ fn stdin_process_refuses_before_running_and_checks_only_the_senders_queues() {
         assert!(line.contains(reason), "{line} does not say {reason:?}");
         t.not_run(1);
     }
-    // A job addressed to an allowed queue (there is no queue here), and
-    // one addressed to none, run.
-    for (seq, to) in [(1, Some("db-main")), (2, None)] {
-        let mut c = fs(["stdin-process", "--trust", &trust, "sh", "--", "-c", SCRIPT]);
-        c.arg(&t.marks);
-        ok(run_with_input(
-            c,
-            &t.prepare(seq, key, to, &[], &["backup", "x"]),
-        ));
-        assert_eq!(std::fs::read(t.marker(seq)).unwrap(), PAYLOAD);
-    }
+    // A job addressed to an allowed queue (there is no queue here) runs;
+    // one addressed to none does not: laptop has a `queues` list, so it
+    // may only reach the queues in it, by name.
+    let mut c = fs(["stdin-process", "--trust", &trust, "sh", "--", "-c", SCRIPT]);
+    c.arg(&t.marks);
+    ok(run_with_input(
+        c,
+        &t.prepare(1, key, Some("db-main"), &[], &["backup", "x"]),
+    ));
+    assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
+    let mut c = fs(["stdin-process", "--trust", &trust, "sh", "--", "-c", SCRIPT]);
+    c.arg(&t.marks);
+    let line = one_line_error(run_with_input(c, &t.prepare(2, key, None, &[], &[])));
+    assert!(
+        line.contains("job 2 (stdin) refused: sender \"laptop\" may only address"),
+        "{line}"
+    );
+    t.not_run(2);
     // Params are checked when --allow-job-params would append them.
-    let job = t.prepare(3, key, None, &[], &["rm", "-rf", "/"]);
+    let job = t.prepare(3, key, Some("db-main"), &[], &["rm", "-rf", "/"]);
     let mut c = fs([
         "stdin-process",
         "--trust",
