@@ -27,9 +27,11 @@ where
             Level::DEBUG => "debug",
             Level::TRACE => "trace",
         };
-        write!(w, "fspl: {level}: ")?;
-        ctx.format_fields(w.by_ref(), event)?;
-        writeln!(w)
+        // The fields are formatted first so that the ` (os error N)` of
+        // system errors can be left out, as in error lines.
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        writeln!(w, "fspl: {level}: {}", fspl_queue::strip_os_errors(&fields))
     }
 }
 

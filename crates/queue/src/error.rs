@@ -16,6 +16,8 @@ pub enum QueueError {
     },
     #[error("{}: not a queue (no jobs/ directory); create one with `fspl queue-init -q {}`", dir.display(), dir.display())]
     NotAQueue { dir: PathBuf },
+    #[error("{}: no such queue directory; create one with `fspl queue-init -q {}`", dir.display(), dir.display())]
+    NoSuchQueue { dir: PathBuf },
     #[error("{}: no nextseq.lock; this may be an append-only queue, which can be written and listed but not processed", dir.display())]
     AppendOnly { dir: PathBuf },
     #[error("{}: {}", path.display(), match holder { Some(pid) => format!("locked by another process (pid {pid})"), None => "locked by another process".to_string() })]

@@ -13,6 +13,7 @@ mod cli_compat;
 mod crash;
 mod daemon;
 mod interop;
+mod newcomer;
 mod process_options;
 mod reliability_common;
 mod reliability_disk;
