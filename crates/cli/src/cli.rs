@@ -43,7 +43,7 @@ pub enum Cmd {
     /// The job is binary: redirect it to a file or a pipe (prepare refuses to
     /// write it to a terminal).
     #[command(after_help = "Examples:\n  \
-        tar czf - -C ~ Documents | fspl prepare -s ~/fspl.seq -i - -- docs-backup > sync/$(fspl gen-filename)\n  \
+        tar czf - Documents | fspl prepare -s ~/fspl.seq -i - -- docs-backup > sync/$(fspl gen-filename)\n  \
         FSPL_SET_REASON=nightly fspl prepare -s ~/fspl.seq -i db.dump -- db | base64 > job.b64")]
     Prepare {
         #[command(flatten)]

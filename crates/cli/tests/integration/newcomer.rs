@@ -105,6 +105,10 @@ fn promises(body: &str) -> (Vec<String>, Vec<(String, i32)>) {
             continue;
         };
         let comment = comment.trim();
+        assert!(
+            comment.starts_with("prints: ") || !comment.starts_with("print"),
+            "a promise the runner cannot read (write `# prints: TEXT`): {line}"
+        );
         if let Some(text) = comment.strip_prefix("prints: ") {
             prints.push(text.to_string());
         } else if let Some(rest) = comment.strip_prefix("exit status ") {
