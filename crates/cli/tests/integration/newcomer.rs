@@ -1043,6 +1043,7 @@ fn build_scripts_show_progress_instead_of_building_silently() {
     assert_eq!(code, 0, "{out}");
     let calls = std::fs::read_to_string(&log).unwrap();
     assert!(calls.starts_with("cargo build --release"), "{calls}");
+    assert!(!calls.contains("--quiet"), "{calls}");
     let lines: Vec<&str> = out.lines().collect();
     let announce = lines
         .iter()
