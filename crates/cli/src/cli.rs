@@ -32,10 +32,19 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Print a fresh UUID (version 4)
+    #[command(after_help = "Examples:\n  fspl gen-uuid")]
     GenUuid,
     /// Print a fresh fspl-<uuid>.fspl file name
+    #[command(after_help = "Examples:\n  \
+        fspl prepare -s ~/fspl.seq -i notes.txt > sync/$(fspl gen-filename)")]
     GenFilename,
     /// Write a Command job to stdout (captures every FSPL_SET_* variable)
+    ///
+    /// The job is binary: redirect it to a file or a pipe (prepare refuses to
+    /// write it to a terminal).
+    #[command(after_help = "Examples:\n  \
+        tar czf - Documents | fspl prepare -s ~/fspl.seq -i - -- docs-backup > sync/$(fspl gen-filename)\n  \
+        FSPL_SET_REASON=nightly fspl prepare -s ~/fspl.seq -i db.dump -- db | base64 > job.b64")]
     Prepare {
         #[command(flatten)]
         seq: SeqArgs,
@@ -48,22 +57,31 @@ pub enum Cmd {
         params: Vec<OsString>,
     },
     /// Write a NOP job (always succeeds, runs nothing) to stdout
+    #[command(after_help = "Examples:\n  \
+        fspl prepare-nop --seq 5 > sync/$(fspl gen-filename)    # fill the gap left by job 5")]
     PrepareNop {
         #[command(flatten)]
         seq: SeqArgs,
     },
     /// Write a Fail job (always fails, runs nothing) to stdout
+    #[command(after_help = "Examples:\n  \
+        fspl prepare-fail -s ~/fspl.seq > sync/$(fspl gen-filename)    # a barrier")]
     PrepareFail {
         #[command(flatten)]
         seq: SeqArgs,
     },
     /// Print the sender's next sequence number
+    #[command(after_help = "Examples:\n  fspl prepare-get-next -s ~/fspl.seq")]
     PrepareGetNext {
+        /// The sender's sequence file (created holding 1 if missing); "-"
+        /// for none
         #[arg(short = 's', long = "seqfile", value_name = "FILE")]
         seqfile: OsString,
     },
     /// Set the sender's next sequence number
+    #[command(after_help = "Examples:\n  fspl prepare-set-next -s ~/fspl.seq 10")]
     PrepareSetNext {
+        /// The sender's sequence file (created if missing)
         #[arg(short = 's', long = "seqfile", value_name = "FILE")]
         seqfile: OsString,
         /// The number to set it to
@@ -71,8 +89,14 @@ pub enum Cmd {
         id: u64,
     },
     /// Run the jobs in a queue
+    #[command(after_help = "Examples:\n  \
+        fspl queue-process -q ~/queue --allow-job-params ~/handle-job\n  \
+        fspl queue-process -q ~/queue --on-error delete -n 10 sh -- -c 'cat > ~/out.$FSPL_SEQ'")]
     QueueProcess(QueueProcessArgs),
     /// Create a queue directory
+    #[command(after_help = "Examples:\n  \
+        fspl queue-init -q ~/queue\n  \
+        fspl queue-init -q /srv/fspl/backups --name backups")]
     QueueInit {
         #[command(flatten)]
         q: QueueArg,
@@ -86,6 +110,9 @@ pub enum Cmd {
         name: Option<String>,
     },
     /// Show the environment of one job in a queue
+    #[command(after_help = "Examples:\n  \
+        fspl queue-info -q ~/queue -j 3\n  \
+        fspl queue-info -q ~/queue -j 3 --json")]
     QueueInfo {
         #[command(flatten)]
         q: QueueArg,
@@ -101,11 +128,17 @@ pub enum Cmd {
         keys: KeyArgs,
     },
     /// Store a job read from stdin in a queue (durably, under a fresh name)
+    #[command(after_help = "Examples:\n  \
+        for f in sync/*.fspl; do fspl queue-write -q ~/queue < \"$f\" && rm \"$f\"; done\n  \
+        base64 -d < job.b64 | fspl queue-write -q ~/queue")]
     QueueWrite {
         #[command(flatten)]
         q: QueueArg,
     },
     /// List the jobs in a queue
+    #[command(after_help = "Examples:\n  \
+        fspl queue-ls -q ~/queue\n  \
+        fspl queue-ls -q ~/queue --json")]
     QueueLs {
         #[command(flatten)]
         q: QueueArg,
@@ -117,8 +150,15 @@ pub enum Cmd {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Explain a queue's state: next job, gaps, duplicates, leftovers, lock
-    /// (fspl extension; exit 0 = can progress or empty, 1 = blocked, 2 = error)
+    /// Explain why a queue is or is not moving (fspl extension)
+    ///
+    /// Shows the next job, gaps, duplicates, unreadable and refused jobs,
+    /// leftover temporaries and who holds the lock. Takes no lock. Exit
+    /// status: 0 = processing can go on (or nothing to do), 1 = blocked, 2 =
+    /// the state could not be determined.
+    #[command(after_help = "Examples:\n  \
+        fspl queue-status -q ~/queue\n  \
+        fspl queue-status -q ~/queue --json")]
     QueueStatus {
         #[command(flatten)]
         q: QueueArg,
@@ -130,11 +170,17 @@ pub enum Cmd {
         #[command(flatten)]
         keys: KeyArgs,
     },
-    /// Read every job completely (header, codec, digest, signature) and
-    /// report bad files, stale temporaries, duplicates, jobs below nextseq
-    /// and what blocks processing; --repair moves bad files to DIR/corrupt/
-    /// (never deletes) and removes stale temporaries (fspl extension; exit 0
-    /// = clean, 1 = problems or blocked, 2 = error)
+    /// Check every job file completely (fspl extension)
+    ///
+    /// Checks header, codec, payload digest and (with --trust) signature of
+    /// every job and reports bad files, stale temporaries, duplicates, jobs
+    /// below nextseq and what blocks processing. --repair moves bad files to
+    /// DIR/corrupt/ (never deletes one) and removes stale temporaries. Takes
+    /// no lock. Exit status: 0 = clean, 1 = problems found or blocked, 2 =
+    /// the queue could not be checked.
+    #[command(after_help = "Examples:\n  \
+        fspl queue-check -q ~/queue\n  \
+        fspl queue-check -q ~/queue --repair")]
     QueueCheck {
         #[command(flatten)]
         q: QueueArg,
@@ -150,11 +196,14 @@ pub enum Cmd {
         keys: KeyArgs,
     },
     /// Print the queue's next sequence number
+    #[command(after_help = "Examples:\n  fspl queue-get-next -q ~/queue")]
     QueueGetNext {
         #[command(flatten)]
         q: QueueArg,
     },
     /// Set the queue's next sequence number
+    #[command(after_help = "Examples:\n  \
+        fspl queue-set-next -q ~/queue 6    # give up on job 5: run 6 next")]
     QueueSetNext {
         #[command(flatten)]
         q: QueueArg,
@@ -163,6 +212,7 @@ pub enum Cmd {
         id: u64,
     },
     /// Write the payload of one job in a queue to stdout
+    #[command(after_help = "Examples:\n  fspl queue-payload -q ~/queue -j 3 > payload.tgz")]
     QueuePayload {
         #[command(flatten)]
         q: QueueArg,
@@ -175,22 +225,32 @@ pub enum Cmd {
         ids: IdentityArgs,
     },
     /// Show the environment of the job on stdin
+    #[command(after_help = "Examples:\n  \
+        fspl stdin-info < sync/fspl-4b1e0f8e-5a7d-4f0c-9a51-6f2d1c1e2b3a.fspl\n  \
+        base64 -d < job.b64 | fspl stdin-info")]
     StdinInfo {
         #[command(flatten)]
         ids: IdentityArgs,
     },
     /// Write the payload of the job on stdin to stdout
+    #[command(after_help = "Examples:\n  base64 -d < job.b64 | fspl stdin-payload > payload.tgz")]
     StdinPayload {
         #[command(flatten)]
         ids: IdentityArgs,
     },
     /// Run the job on stdin; exits nonzero when it fails
+    #[command(after_help = "Examples:\n  \
+        base64 -d < job.b64 | fspl stdin-process --allow-job-params ~/handle-job")]
     StdinProcess(StdinProcessArgs),
     /// Show the license
+    #[command(after_help = "Examples:\n  fspl show-license")]
     ShowLicense,
     /// Watch and run many queues as jobs arrive (see docs/daemon.md) (fspl
     /// extension)
     #[cfg(feature = "daemon")]
+    #[command(after_help = "Examples:\n  \
+        fspl daemon --check -c /etc/fspl/daemon.toml\n  \
+        fspl daemon -c /etc/fspl/daemon.toml")]
     Daemon {
         /// The configuration file
         #[arg(short = 'c', long = "config", value_name = "CONFIG")]
@@ -203,9 +263,14 @@ pub enum Cmd {
         #[arg(long = "log-format", value_name = "FORMAT")]
         log_format: Option<fspl_daemon::LogFormat>,
     },
-    /// Show what a running daemon is doing, or clear a job's error state
-    /// (fspl extension)
+    /// Show what a running daemon is doing, or clear an error (fspl extension)
+    ///
+    /// Asks the daemon over its control socket; with --clear NAME, ends job
+    /// NAME's error state (or backoff) so that it runs again at once.
     #[cfg(feature = "daemon")]
+    #[command(after_help = "Examples:\n  \
+        fspl status -c /etc/fspl/daemon.toml\n  \
+        fspl status -c /etc/fspl/daemon.toml --clear home")]
     Status {
         /// The daemon's configuration file (to find its control socket)
         #[arg(
@@ -225,8 +290,12 @@ pub enum Cmd {
         #[arg(long = "clear", value_name = "NAME")]
         clear: Option<String>,
     },
-    /// Make an ed25519 key pair for signing (and age encryption): PATH
-    /// (secret, mode 0600) and PATH.pub (fspl extension)
+    /// Make an ed25519 key pair for signing and encryption (fspl extension)
+    ///
+    /// Writes PATH (the secret key, mode 0600, never overwritten) and
+    /// PATH.pub (the public key line) and prints their paths and the key's
+    /// fingerprint.
+    #[command(after_help = "Examples:\n  fspl keygen -o ~/.config/fspl/laptop.key -C laptop")]
     Keygen {
         /// Where to write the secret key; the public key goes to PATH.pub
         #[arg(short = 'o', long = "output", value_name = "PATH")]
@@ -235,6 +304,49 @@ pub enum Cmd {
         #[arg(short = 'C', long = "comment", value_name = "COMMENT")]
         comment: Option<String>,
     },
+    /// Print a shell completion script (fspl extension)
+    #[command(after_help = "Examples:\n  \
+        fspl completions bash > ~/.local/share/bash-completion/completions/fspl\n  \
+        fspl completions zsh > ~/.zfunc/_fspl    # with fpath+=~/.zfunc before compinit")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages into a directory (fspl extension)
+    ///
+    /// Writes fspl.1 and one fspl-COMMAND.1 per command, and prints their
+    /// paths.
+    #[command(after_help = "Examples:\n  \
+        fspl man --out ~/.local/share/man/man1\n  \
+        sudo fspl man --out /usr/local/share/man/man1")]
+    Man {
+        /// The directory to write them to (created if missing)
+        #[arg(short = 'o', long = "out", value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// Parse the command line. As `Cli::try_parse`, except that when a
+/// mistyped command has several look-alikes, the closest comes first (clap
+/// lists them least similar first) and only the three closest are named.
+pub fn parse() -> Result<Cli, clap::Error> {
+    use clap::error::{ContextKind, ContextValue};
+    let mut e = match Cli::try_parse() {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    for kind in [
+        ContextKind::SuggestedSubcommand,
+        ContextKind::SuggestedArg,
+        ContextKind::SuggestedValue,
+    ] {
+        if let Some(ContextValue::Strings(v)) = e.get(kind) {
+            let best: Vec<String> = v.iter().rev().take(3).cloned().collect();
+            e.insert(kind, ContextValue::Strings(best));
+        }
+    }
+    Err(e)
 }
 
 #[derive(clap::Args, Debug)]

@@ -30,9 +30,16 @@ where
             Level::DEBUG => "debug",
             Level::TRACE => "trace",
         };
-        let mut text = String::new();
-        ctx.format_fields(Writer::new(&mut text), event)?;
-        writeln!(w, "fspl: {level}: {}", fspl_queue::escape_controls(&text))
+        // The fields are formatted first so that the ` (os error N)` of
+        // system errors can be left out, as in error lines, and control
+        // characters (from file names, job data) escaped.
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        writeln!(
+            w,
+            "fspl: {level}: {}",
+            fspl_queue::escape_controls(&fspl_queue::strip_os_errors(&fields))
+        )
     }
 }
 

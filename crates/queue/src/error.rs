@@ -14,8 +14,10 @@ pub enum QueueError {
         #[source]
         source: io::Error,
     },
-    #[error("{}: not a queue (no jobs/ directory); create one with `fspl queue-init -q {}`", dir.display(), dir.display())]
+    #[error("{}: not a queue (no jobs/ directory); create one with `fspl queue-init -q {}`", dir.display(), shell_word(dir))]
     NotAQueue { dir: PathBuf },
+    #[error("{}: no such queue directory; create one with `fspl queue-init -q {}`", dir.display(), shell_word(dir))]
+    NoSuchQueue { dir: PathBuf },
     #[error("{}: no nextseq.lock; this may be an append-only queue, which can be written and listed but not processed", dir.display())]
     AppendOnly { dir: PathBuf },
     #[error("{}: {}", path.display(), match holder { Some(pid) => format!("locked by another process (pid {pid})"), None => "locked by another process".to_string() })]
@@ -56,6 +58,21 @@ pub enum QueueError {
     AlreadyExists { dir: PathBuf },
 }
 
+/// `path` as one shell word, for commands suggested in messages: as is when
+/// it is made of harmless characters, else in single quotes.
+fn shell_word(path: &std::path::Path) -> String {
+    let s = path.to_string_lossy();
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%=~".contains(c))
+        && !s.starts_with('~');
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 impl QueueError {
     pub(crate) fn io(
         action: &'static str,
@@ -71,3 +88,22 @@ impl QueueError {
 }
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_init_hint_quotes_a_path_a_shell_would_split() {
+        let hint = |p: &str| {
+            QueueError::NoSuchQueue {
+                dir: PathBuf::from(p),
+            }
+            .to_string()
+        };
+        assert!(hint("/srv/q-1").ends_with("`fspl queue-init -q /srv/q-1`"));
+        assert!(hint("my queue").ends_with("`fspl queue-init -q 'my queue'`"));
+        assert!(hint("it's").ends_with(r"`fspl queue-init -q 'it'\''s'`"));
+        assert!(hint("~x").ends_with("`fspl queue-init -q '~x'`"));
+    }
+}

@@ -28,13 +28,15 @@ pub use queue::{
 
 /// An error and its causes on one line, `a: b: c`. A cause whose text the
 /// message before it already ends with is not repeated (some errors, such
-/// as rmp-serde's, include their source in their own message).
+/// as rmp-serde's, include their source in their own message). The
+/// ` (os error N)` that std appends to system errors is left out: the text
+/// before it says the same thing in words.
 pub fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut s = strip_os_errors(&e.to_string());
     let mut prev = s.clone();
     let mut cur = e.source();
     while let Some(c) = cur {
-        let msg = c.to_string();
+        let msg = strip_os_errors(&c.to_string());
         if !prev.ends_with(&msg) {
             s.push_str(": ");
             s.push_str(&msg);
@@ -76,9 +78,34 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `text` without the ` (os error N)` markers std's `io::Error` puts after
+/// the system's message (`No such file or directory (os error 2)` becomes
+/// `No such file or directory`), wherever they occur in it.
+pub fn strip_os_errors(text: &str) -> String {
+    const MARK: &str = " (os error ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after
+            .char_indices()
+            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+            .map_or(after.len(), |(i, _)| i);
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + MARK.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape_controls;
+    use super::*;
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {
@@ -99,5 +126,28 @@ mod tests {
                 .chars()
                 .any(char::is_control)
         );
+    }
+
+    #[test]
+    fn os_error_numbers_are_left_out_of_error_lines() {
+        assert_eq!(
+            strip_os_errors("No such file or directory (os error 2)"),
+            "No such file or directory"
+        );
+        assert_eq!(
+            strip_os_errors("read (x (os error 5)) and (os error -28), done"),
+            "read (x) and, done"
+        );
+        // Not an os error marker: left alone.
+        assert_eq!(strip_os_errors("a (os error x)"), "a (os error x)");
+        assert_eq!(strip_os_errors("a (os error 12"), "a (os error 12");
+        assert_eq!(strip_os_errors("a (os error )"), "a (os error )");
+        let e = std::io::Error::from_raw_os_error(28);
+        let chain = display_chain(&QueueError::Io {
+            action: "write",
+            path: "q/nextseq".into(),
+            source: e,
+        });
+        assert_eq!(chain, "cannot write q/nextseq: No space left on device");
     }
 }

@@ -335,12 +335,18 @@ impl Queue {
                 dir: self.dir.clone(),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                if std::fs::metadata(&self.dir).is_err() {
-                    Err(QueueError::Io {
-                        action: "open queue directory",
-                        path: self.dir.clone(),
-                        source: e,
-                    })
+                if let Err(d) = std::fs::metadata(&self.dir) {
+                    if d.kind() == ErrorKind::NotFound {
+                        Err(QueueError::NoSuchQueue {
+                            dir: self.dir.clone(),
+                        })
+                    } else {
+                        Err(QueueError::Io {
+                            action: "open queue directory",
+                            path: self.dir.clone(),
+                            source: d,
+                        })
+                    }
                 } else {
                     Err(QueueError::NotAQueue {
                         dir: self.dir.clone(),

@@ -7,6 +7,7 @@ use crate::cli::Cmd;
 
 #[cfg(feature = "daemon")]
 mod daemon;
+mod docs;
 mod info;
 mod keys;
 mod prepare;
@@ -33,6 +34,8 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::GenUuid => misc_print(&format!("{}\n", uuid::Uuid::new_v4())),
         Cmd::GenFilename => misc_print(&format!("fspl-{}.fspl\n", uuid::Uuid::new_v4())),
         Cmd::ShowLicense => misc_print(LICENSE),
+        Cmd::Completions { shell } => docs::completions(shell),
+        Cmd::Man { out } => docs::man(&out),
         Cmd::Keygen { output, comment } => keys::keygen(&output, comment.as_deref()),
         Cmd::Prepare { seq, input, params } => {
             prepare::prepare(&seq, input.as_deref(), prepare::Kind::Command(params))

@@ -9,7 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::process::ExitCode;
 
@@ -35,15 +35,57 @@ pub enum Kind {
 }
 
 pub fn prepare(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Result<ExitCode> {
+    if std::io::stdout().is_terminal() {
+        // A binary job on a terminal is garbage on the screen and a
+        // sequence number the receiver waits for in vain.
+        print_error(&anyhow!(
+            "refusing to write a binary job to a terminal: redirect stdout to a file or a pipe \
+             (`fspl prepare ... > job.fspl`, `... | base64`); no sequence number was used"
+        ));
+        return Ok(ExitCode::from(crate::EXIT_USAGE));
+    }
+    let no_payload = input.is_none() && matches!(kind, Kind::Command(_));
     // Errors are printed here, not in main: even a closed stdout is worth
     // reporting, because the job did not get through.
     match prepare_inner(seq, input, kind) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        Ok(()) => {
+            if no_payload && stdin_has_data() {
+                tracing::warn!(
+                    "stdin has data, but no -i was given: the job's payload is empty \
+                     (`-i -` sends stdin)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) => {
             print_error(&e);
             Ok(ExitCode::from(crate::EXIT_FAILURE))
         }
     }
+}
+
+/// True when stdin is a regular file with bytes after its offset, or a
+/// pipe or socket with bytes waiting to be read (checked without reading
+/// or waiting: data a writer has not produced yet goes unnoticed).
+fn stdin_has_data() -> bool {
+    let stdin = raw_stdin();
+    let Ok(meta) = stdin.metadata() else {
+        return false;
+    };
+    let ft = meta.file_type();
+    if ft.is_file() {
+        // SAFETY: lseek on fd 0 with SEEK_CUR only reads the offset.
+        let pos = unsafe { libc::lseek(0, 0, libc::SEEK_CUR) };
+        return pos >= 0 && meta.len() > pos as u64;
+    }
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() || ft.is_socket() {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD stores the number of readable bytes in `n`.
+        let rc = unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
+        return rc == 0 && n > 0;
+    }
+    false
 }
 
 enum Input {

@@ -14,6 +14,7 @@ mod crash;
 mod daemon;
 mod hardening_trust;
 mod interop;
+mod newcomer;
 mod process_options;
 mod reliability_common;
 mod reliability_disk;

@@ -105,10 +105,11 @@ fn enospc_error(what: &str, out: &std::process::Output) -> Vec<String> {
     if out.status.code() != Some(1)
         || lines.len() != 1
         || !lines[0].starts_with("fspl: error: ")
-        || !lines[0].contains("os error 28")
+        || !lines[0].contains("No space left on device")
+        || lines[0].contains("(os error")
     {
         return vec![format!(
-            "{what}: expected exit 1 and one `fspl: error: ...No space left on device (os error 28)` line, got {}: {err:?}",
+            "{what}: expected exit 1 and one `fspl: error: ...No space left on device` line, got {}: {err:?}",
             out.status
         )];
     }

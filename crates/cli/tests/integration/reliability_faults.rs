@@ -134,11 +134,12 @@ fn spec(point: &str, action: &str, hit: u64) -> String {
     }
 }
 
-/// The error text of an injected action, as fspl prints it.
+/// The error text of an injected action, as fspl prints it (the system's
+/// message, without std's ` (os error N)`).
 fn errno_text(action: &str) -> &'static str {
     match action {
-        "eio" => "os error 5",
-        "enospc" => "os error 28",
+        "eio" => "Input/output error",
+        "enospc" => "No space left on device",
         _ => "",
     }
 }

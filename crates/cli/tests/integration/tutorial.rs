@@ -4,7 +4,8 @@
 //! blocks the queue until fixed, a job is skipped with queue-set-next, and
 //! a second queue runs in Timestamp order. The same flow is run with every
 //! combination of sender and receiver binaries; everything observable must
-//! be the same.
+//! be the same. (The README's own tutorial is run word for word by
+//! `newcomer::readme_tutorial_runs_verbatim_in_a_fresh_home`.)
 
 use crate::both::*;
 
