@@ -90,16 +90,25 @@ fn to_text(st: &QueueStatus) -> String {
     }
     for d in &st.duplicates {
         let files: Vec<String> = d.files.iter().map(|f| lossy(f)).collect();
+        let refused = d.refused.len();
+        let how = if refused == d.files.len() {
+            "every one would be refused".to_string()
+        } else if !d.identical {
+            "DIFFERENT contents".to_string()
+        } else if d.same_bytes && refused == 0 {
+            "identical (run once)".to_string()
+        } else if d.same_bytes {
+            format!("identical (run once; {refused} other would be refused)")
+        } else if refused == 0 {
+            "one signed job (run once)".to_string()
+        } else {
+            format!("one signed job (run once; {refused} other would be refused)")
+        };
         let _ = writeln!(
             o,
-            "duplicates:  seq {} in {} files, {}: {}",
+            "duplicates:  seq {} in {} files, {how}: {}",
             d.seq,
             d.files.len(),
-            if d.identical {
-                "identical (run once)"
-            } else {
-                "DIFFERENT contents"
-            },
             files.join(", ")
         );
     }
@@ -171,7 +180,11 @@ struct JsonRejected {
 struct JsonDup {
     seq: u64,
     files: Vec<String>,
+    /// One job, run once (byte-identical, or the same signed content).
     identical: bool,
+    same_bytes: bool,
+    /// Copies that would be refused rather than run.
+    refused: Vec<JsonRejected>,
 }
 
 #[derive(Serialize)]
@@ -218,6 +231,15 @@ fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
                 seq: d.seq,
                 files: d.files.iter().map(|f| lossy(f)).collect(),
                 identical: d.identical,
+                same_bytes: d.same_bytes,
+                refused: d
+                    .refused
+                    .iter()
+                    .map(|(n, r)| JsonRejected {
+                        filename: lossy(n),
+                        reason: r.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         unreadable: st
