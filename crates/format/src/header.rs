@@ -486,13 +486,24 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Decoded, HeaderError> 
     let mut prefix_buf = [0u8; PREFIX_LEN];
     let got = read_full(r, &mut prefix_buf).map_err(HeaderError::Io)?;
     let prefix = parse_prefix(&prefix_buf[..got])?;
-    // Grow the buffer as data arrives instead of trusting the stored length
-    // with one allocation.
-    let mut meta = Vec::with_capacity(prefix.metadata_len.min(64 * 1024) as usize);
-    let got = r
-        .take(prefix.metadata_len)
-        .read_to_end(&mut meta)
-        .map_err(HeaderError::Io)? as u64;
+    // Grow the buffer as data arrives (doubling, never beyond the stored
+    // length) instead of trusting the stored length with one allocation.
+    let want = prefix.metadata_len as usize; // <= MAX_METADATA_LEN
+    let mut meta: Vec<u8> = Vec::new();
+    while meta.len() < want {
+        if meta.len() == meta.capacity() {
+            let more = meta.capacity().max(64 * 1024).min(want - meta.len());
+            meta.reserve_exact(more);
+        }
+        let room = meta.capacity().min(want) - meta.len();
+        let n = Read::take(&mut *r, room as u64)
+            .read_to_end(&mut meta)
+            .map_err(HeaderError::Io)?;
+        if n == 0 {
+            break;
+        }
+    }
+    let got = meta.len() as u64;
     if got < prefix.metadata_len {
         return Err(HeaderError::TruncatedMetadata {
             got,
