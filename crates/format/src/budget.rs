@@ -72,7 +72,28 @@ pub(crate) fn charge_bytes<E: de::Error>(bytes: usize) -> Result<(), E> {
     })
 }
 
-/// Charge room for `count` more values of `T`.
-pub(crate) fn charge<T, E: de::Error>(count: usize) -> Result<(), E> {
-    charge_bytes(count.saturating_mul(std::mem::size_of::<T>()))
+/// What a heap block costs beyond the bytes asked for, at most: glibc
+/// rounds a request up to 16 bytes with 8 of its own, 32 at the least.
+/// Counted once per block, so a million one-byte strings are charged what
+/// they really take (56 bytes each with their 24-byte vector entries,
+/// not 25).
+pub(crate) const BLOCK_OVERHEAD: usize = 32;
+
+/// Charge a new block of `bytes` bytes (nothing for none).
+pub(crate) fn charge_block<E: de::Error>(bytes: usize) -> Result<(), E> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    charge_bytes(bytes.saturating_add(BLOCK_OVERHEAD))
+}
+
+/// Charge room for `count` more values of `T` in a vector holding
+/// `capacity` now (a new block when that is 0).
+pub(crate) fn charge_growth<T, E: de::Error>(capacity: usize, count: usize) -> Result<(), E> {
+    let bytes = count.saturating_mul(std::mem::size_of::<T>());
+    if capacity == 0 {
+        charge_block(bytes)
+    } else {
+        charge_bytes(bytes)
+    }
 }

@@ -13,7 +13,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::budget::{charge, charge_bytes};
+use crate::budget::{charge_block, charge_growth};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Bytes(pub(crate) Vec<u8>);
@@ -48,14 +48,14 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-        charge_bytes::<E>(v.len())?;
+        charge_block::<E>(v.len())?;
         Ok(Bytes(v.to_vec()))
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
         // Already allocated by the deserializer (not rmp-serde reading a
         // slice, which borrows): charge it all the same.
-        charge_bytes::<E>(v.capacity())?;
+        charge_block::<E>(v.capacity())?;
         Ok(Bytes(v))
     }
 
@@ -88,7 +88,7 @@ where
                 want = want.min(n);
             }
             let add = want - cap;
-            charge::<U, A::Error>(add)?;
+            charge_growth::<U, A::Error>(cap, add)?;
             out.reserve_exact(add);
         }
         out.push(f(x));
@@ -163,11 +163,11 @@ impl<'de> Deserialize<'de> for Text {
                 f.write_str("a string")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
-                charge_bytes::<E>(v.len())?;
+                charge_block::<E>(v.len())?;
                 Ok(Text(v.to_owned()))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Text, E> {
-                charge_bytes::<E>(v.capacity())?;
+                charge_block::<E>(v.capacity())?;
                 Ok(Text(v))
             }
         }

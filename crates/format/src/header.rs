@@ -18,19 +18,20 @@ pub const PREFIX_LEN: usize = 30;
 /// bytes. Params and env entries come from `prepare`'s own command line and
 /// environment, which Linux caps at 6 MiB together (3/4 of the 8 MiB
 /// `_STK_LIM`, whatever the stack rlimit), and are stored at most two bytes
-/// per byte, so every job `prepare` can make fits, and so does every job
-/// whose params and env a command could be given. Anything larger is
-/// corruption or an attack; refusing it keeps a reader's memory small.
+/// per byte: 12 MiB at the very most. Anything larger is corruption or an
+/// attack; refusing it before reading it keeps a reader's memory small.
 pub const MAX_METADATA_LEN: u64 = 16 * 1024 * 1024;
-/// Most memory a decoded header may take: 16 MiB, counted as the vectors
-/// and byte strings it holds (24 bytes per param or env name or value for
-/// the vector entry, 48 per env pair, plus the bytes themselves). Every
-/// job `prepare` can make fits (its params and env entries take at least
-/// 9 and 19 bytes of the 6 MiB argument space each). Decoding charges each
-/// allocation to this budget before making it and fails as soon as it
-/// would be exceeded, so metadata of any length N costs at most N (the raw
-/// block) plus this much, however it is arranged: 16 MiB of one-byte empty
-/// arrays would otherwise decode to 384 MiB of empty vectors.
+/// Most memory a decoded header may take: 16 MiB, counted as the heap
+/// blocks it holds: 24 bytes per param, env name or value in its vector
+/// (48 per env pair), the bytes of each non-empty string, and 32 bytes of
+/// allocator overhead per block. Real headers take a few hundred bytes;
+/// this admits, say, 16 MiB of param bytes, 690,000 empty params or
+/// 290,000 one-byte ones. Decoding charges every allocation to this budget
+/// before making it and stops as soon as it would be exceeded, so metadata
+/// of any length N costs at most N (the raw block) plus this much, however
+/// it is arranged: 16 MiB of one-byte empty arrays would otherwise decode
+/// to 384 MiB of empty vectors. `encode_with` refuses a header over either
+/// limit, so no fspl writes a job that fspl cannot read.
 pub const MAX_DECODED_SIZE: usize = 16 * 1024 * 1024;
 /// Nesting limit for MessagePack arrays and maps, the metadata map included:
 /// metadata that has this many open at once is refused. A real header
@@ -312,19 +313,25 @@ impl JobHeader {
     /// counts it (see `MAX_DECODED_SIZE`).
     pub fn decoded_size(&self, ext: &Extension) -> usize {
         use std::mem::size_of;
+        let block = |n: usize| if n == 0 { 0 } else { n + crate::budget::BLOCK_OVERHEAD };
         let cmd = match &self.cmd_type {
             CmdType::Command(c) => {
-                c.params.len() * size_of::<Vec<u8>>()
-                    + c.params.iter().map(Vec::len).sum::<usize>()
-                    + c.env.len() * size_of::<(Vec<u8>, Vec<u8>)>()
-                    + c.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                block(c.params.len() * size_of::<Vec<u8>>())
+                    + c.params.iter().map(|p| block(p.len())).sum::<usize>()
+                    + block(c.env.len() * size_of::<(Vec<u8>, Vec<u8>)>())
+                    + c.env
+                        .iter()
+                        .map(|(k, v)| block(k.len()) + block(v.len()))
+                        .sum::<usize>()
             }
             _ => 0,
         };
-        let ext = ext.to.as_ref().map_or(0, String::len)
-            + ext.digest.map_or(0, |d| d.alg.name().len() + d.bytes.len())
-            + ext.signer.map_or(0, |k| k.len())
-            + ext.signature.map_or(0, |s| s.len());
+        let ext = ext.to.as_ref().map_or(0, |t| block(t.len()))
+            + ext
+                .digest
+                .map_or(0, |d| block(d.alg.name().len()) + block(d.bytes.len()))
+            + ext.signer.map_or(0, |k| block(k.len()))
+            + ext.signature.map_or(0, |s| block(s.len()));
         cmd + ext
     }
 

@@ -1296,20 +1296,26 @@ fn a_header_beyond_either_limit_is_not_written() {
         }),
     };
     let none = Extension::default();
-    // Empty params: 24 bytes decoded each, one byte stored.
-    let at_budget = with_params(vec![Vec::new(); MAX_DECODED_SIZE / 24]);
+    // Empty params: 24 bytes decoded each (in one block, 32 bytes of
+    // overhead), one byte stored.
+    let most = (MAX_DECODED_SIZE - 32) / 24;
+    let at_budget = with_params(vec![Vec::new(); most]);
     assert!(at_budget.decoded_size(&none) <= MAX_DECODED_SIZE);
     let bytes = at_budget.encode().unwrap();
     assert_eq!(decode(&bytes).unwrap().header, at_budget);
-    let over = with_params(vec![Vec::new(); MAX_DECODED_SIZE / 24 + 1]);
+    let over = with_params(vec![Vec::new(); most + 1]);
+    assert!(over.decoded_size(&none) > MAX_DECODED_SIZE);
     assert!(matches!(
         over.encode(),
         Err(fspl_format::EncodeError::DecodedTooLarge(_))
     ));
-    // Bytes >= 128 are stored in two bytes each: 9 MiB of them is 18 MiB.
-    let big = with_params(vec![vec![0xff; 9 << 20]]);
+    // A destination one byte longer than the metadata may be.
+    let long = Extension {
+        to: Some("q".repeat(MAX_METADATA_LEN as usize)),
+        ..Extension::default()
+    };
     assert!(matches!(
-        big.encode(),
+        with_params(vec![]).encode_with(&long),
         Err(fspl_format::EncodeError::MetadataTooLarge(_))
     ));
 }
