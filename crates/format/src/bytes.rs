@@ -1,6 +1,6 @@
 //! Byte strings as Filespooler stores them: a MessagePack array with one small
-//! unsigned integer per byte. Readers also accept `bin` and `str`, which other
-//! writers may reasonably produce.
+//! unsigned integer per byte (written as serde writes any `Vec<u8>`). Readers
+//! also accept `bin` and `str`, which other writers may reasonably produce.
 //!
 //! Everything decoded here is charged to the decode budget (see `budget`)
 //! before it is allocated, so a header cannot make a reader allocate more
@@ -10,23 +10,13 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::{self, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::budget::{charge_block, charge_growth};
+use crate::env::EnvVar;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Bytes(pub(crate) Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for b in &self.0 {
-            seq.serialize_element(b)?;
-        }
-        seq.end()
-    }
-}
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -121,9 +111,7 @@ pub(crate) fn de_params<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>,
 }
 
 /// `env`: an array of `[name, value]` byte-string pairs.
-pub(crate) fn de_env<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+pub(crate) fn de_env<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EnvVar>, D::Error> {
     d.deserialize_seq(SeqVisitor(|(k, v): (Bytes, Bytes)| (k.0, v.0), PhantomData))
 }
 

@@ -313,7 +313,13 @@ impl JobHeader {
     /// counts it (see `MAX_DECODED_SIZE`).
     pub fn decoded_size(&self, ext: &Extension) -> usize {
         use std::mem::size_of;
-        let block = |n: usize| if n == 0 { 0 } else { n + crate::budget::BLOCK_OVERHEAD };
+        let block = |n: usize| {
+            if n == 0 {
+                0
+            } else {
+                n + crate::budget::BLOCK_OVERHEAD
+            }
+        };
         let cmd = match &self.cmd_type {
             CmdType::Command(c) => {
                 block(c.params.len() * size_of::<Vec<u8>>())

@@ -14,8 +14,8 @@ use std::cell::Cell;
 
 use fspl_format::{
     CmdType, Command, Ctime, Digest, DigestAlg, EXTENSION_KEY, Extension, HeaderError, JobHeader,
-    MAGIC, MAX_DECODED_SIZE, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, decode, parse_prefix,
-    read_header,
+    MAGIC, MAX_DECODED_SIZE, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, decode,
+    parse_prefix, read_header,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;

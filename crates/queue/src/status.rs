@@ -168,12 +168,9 @@ pub fn status(
             // would (payloads are read only when the copies disagree).
             let pending = nextseq.is_some_and(|n| *seq >= n);
             let vet = vet.as_ref().filter(|_| pending);
-            let c = match scan::judge_copies(queue, decoder, &files, vet, pending) {
-                Ok(c) => c,
-                // A copy removed meanwhile, or unreadable now: compare no
-                // further, call them different.
-                Err(_) => scan::Copies::default(),
-            };
+            // A copy removed meanwhile, or unreadable now: compare no
+            // further, call them different (the default).
+            let c = scan::judge_copies(queue, decoder, &files, vet, pending).unwrap_or_default();
             duplicates.push(Duplicate {
                 seq: *seq,
                 files,

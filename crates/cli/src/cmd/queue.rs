@@ -118,10 +118,10 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
     let dec = decoder(d);
     // Each header is checked while the scan has it in memory; the scan
     // keeps only what the listing shows.
-    let name = q.name().ok().flatten();
+    let queue_name = q.name().ok().flatten();
     let vetting = trust
         .as_deref()
-        .map(|t| scan::Vetting::new(t, name.as_deref()));
+        .map(|t| scan::Vetting::new(t, queue_name.as_deref()));
     let mut s = scan::scan_vetted(&q, dec.as_ref(), None, vetting.as_ref())?;
     let (encrypted, skipped): (Vec<_>, Vec<_>) =
         s.skipped.drain(..).partition(|sk| is_encrypted(&sk.error));
@@ -223,12 +223,6 @@ struct InfoJson {
     env: Vec<[String; 2]>,
 }
 
-/// The job `queue-info` shows.
-struct JobShown {
-    name: std::ffi::OsString,
-    header: fspl_format::JobHeader,
-}
-
 pub fn info(
     dir: &OsStr,
     d: Option<&OsStr>,
@@ -239,31 +233,28 @@ pub fn info(
     let q = open(dir, &keys.ids)?;
     let trust = super::keys::trust(keys)?;
     let dec = decoder(d);
-    let name = q.name().ok().flatten();
+    let queue_name = q.name().ok().flatten();
     let vetting = trust
         .as_deref()
-        .map(|t| scan::Vetting::new(t, name.as_deref()));
+        .map(|t| scan::Vetting::new(t, queue_name.as_deref()));
     let entry = find_job(&q, seq, dec.as_ref(), vetting.as_ref())?;
     // The one file found, read again in full.
     let job = q.read_job_header(&entry.name, dec.as_ref())?;
-    if let Some(t) = trust.as_deref() {
-        if let Err(why) = vet(&q, t, &job) {
-            anyhow::bail!(
-                "job {seq} ({}) would be refused: {why}",
-                q.job_path(&entry.name).display()
-            );
-        }
+    if let Some(t) = trust.as_deref()
+        && let Err(why) = vet(&q, t, &job)
+    {
+        anyhow::bail!(
+            "job {seq} ({}) would be refused: {why}",
+            q.job_path(&entry.name).display()
+        );
     }
-    let job = JobShown {
-        name: entry.name,
-        header: job.header,
-    };
-    let env = job.header.environment(Some(JobLocation {
+    let (name, header) = (entry.name, job.header);
+    let env = header.environment(Some(JobLocation {
         queuedir: dir,
-        filename: &job.name,
+        filename: &name,
     }));
     if json {
-        let params = match &job.header.cmd_type {
+        let params = match &header.cmd_type {
             fspl_format::CmdType::Command(c) => c
                 .params
                 .iter()
@@ -272,11 +263,11 @@ pub fn info(
             _ => vec![],
         };
         let doc = InfoJson {
-            seq: job.header.seq,
-            filename: job.name.to_string_lossy().into_owned(),
-            cmd_type: job.header.cmd_type.name(),
-            ctime_secs: job.header.ctime.secs,
-            ctime_nanos: job.header.ctime.nanos,
+            seq: header.seq,
+            filename: name.to_string_lossy().into_owned(),
+            cmd_type: header.cmd_type.name(),
+            ctime_secs: header.ctime.secs,
+            ctime_nanos: header.ctime.nanos,
             params,
             env: env
                 .iter()

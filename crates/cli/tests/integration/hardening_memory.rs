@@ -22,7 +22,9 @@ use fspl_format::{CmdType, Command as JobCommand, Ctime, JobHeader, PREFIX_LEN};
 
 use crate::helper::*;
 use crate::reliability_common::clean_fspl;
-use crate::reliability_procs::{Finished, TIME, daemon_config, file_lines, run_bounded, wait_until};
+use crate::reliability_procs::{
+    Finished, TIME, daemon_config, file_lines, run_bounded, wait_until,
+};
 use crate::security::{PAYLOAD, QUEUE_NAME, Setup, fs, nextseq, tamper};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -162,7 +164,10 @@ where
             .join(" ")
     );
     let rss = tempfile::NamedTempFile::new().unwrap();
-    assert!(Path::new(TIME).exists(), "{TIME} is missing (package `time`)");
+    assert!(
+        Path::new(TIME).exists(),
+        "{TIME} is missing (package `time`)"
+    );
     let mut c = Command::new(TIME);
     c.args(["-f", "%M", "-o"])
         .arg(rss.path())
@@ -240,9 +245,21 @@ fn check_run(f: &Finished, problems: &mut Vec<String>) {
 /// for a job it would also block the genuine one as a conflicting copy.
 fn hostile_files(jobs: &Path) -> Vec<String> {
     let files = [
-        ("fspl-hostile-empty-params.fspl", Filler::EmptyParams, 16 * MIB),
-        ("fspl-hostile-byte-params.fspl", Filler::OneByteParams, 16 * MIB),
-        ("fspl-hostile-env-pairs.fspl", Filler::EmptyEnvPairs, 16 * MIB),
+        (
+            "fspl-hostile-empty-params.fspl",
+            Filler::EmptyParams,
+            16 * MIB,
+        ),
+        (
+            "fspl-hostile-byte-params.fspl",
+            Filler::OneByteParams,
+            16 * MIB,
+        ),
+        (
+            "fspl-hostile-env-pairs.fspl",
+            Filler::EmptyEnvPairs,
+            16 * MIB,
+        ),
         ("fspl-hostile-64mib.fspl", Filler::EmptyParams, 64 * MIB),
     ];
     for (name, filler, len) in files {
@@ -280,9 +297,13 @@ fn hostile_max_size_headers_exhausted_memory_and_the_genuine_job_never_ran() {
     let f = limited(qarg(&["queue-ls"]));
     check_run(&f, &mut problems);
     peak = peak.max(f.maxrss_kb);
-    let rows: Vec<String> = f.stdout_text().lines().skip(1).map(str::to_string).collect();
-    if rows.len() != 1 || !rows[0].starts_with("1 ") || !rows[0].ends_with("fspl-genuine-1.fspl")
-    {
+    let rows: Vec<String> = f
+        .stdout_text()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    if rows.len() != 1 || !rows[0].starts_with("1 ") || !rows[0].ends_with("fspl-genuine-1.fspl") {
         problems.push(format!("queue-ls listed {rows:?}"));
     }
     let f = limited(qarg(&["queue-ls", "--json"]));
@@ -370,7 +391,12 @@ fn hostile_max_size_headers_exhausted_memory_and_the_genuine_job_never_ran() {
             &socket,
             &[
                 ("hostile".into(), q.clone(), argv(&log), String::new()),
-                ("clean".into(), clean.clone(), argv(&clean_log), String::new()),
+                (
+                    "clean".into(),
+                    clean.clone(),
+                    argv(&clean_log),
+                    String::new(),
+                ),
             ],
         ),
     )
@@ -411,7 +437,9 @@ fn hostile_max_size_headers_exhausted_memory_and_the_genuine_job_never_ran() {
     eprintln!("daemon: peak RSS {hwm:?} KiB");
     match hwm {
         Some(kb) if kb <= RSS_LIMIT_KB => peak = peak.max(kb),
-        other => problems.push(format!("daemon: peak RSS {other:?} KiB (limit {RSS_LIMIT_KB})")),
+        other => problems.push(format!(
+            "daemon: peak RSS {other:?} KiB (limit {RSS_LIMIT_KB})"
+        )),
     }
     if status.code() != Some(0) || dl.contains("panicked") {
         problems.push(format!("daemon exit {status:?}: {dl}"));
@@ -447,7 +475,11 @@ fn with_extra_key(job: &[u8]) -> Vec<u8> {
 /// `queue-process -q Q [--trust TRUST] EXTRA` with a command that records
 /// each run ("SEQ FILENAME" in MARKS/log) and its payload (MARKS/ran-SEQ).
 fn process(t: &Setup, trust: bool, extra: &[&str]) -> std::process::Output {
-    let mut c = fs([OsStr::new("queue-process"), OsStr::new("-q"), t.q.as_os_str()]);
+    let mut c = fs([
+        OsStr::new("queue-process"),
+        OsStr::new("-q"),
+        t.q.as_os_str(),
+    ]);
     if trust {
         c.arg("--trust").arg(&t.trust);
     }
@@ -674,7 +706,10 @@ fn a_tampered_copy_is_refused_and_the_genuine_signed_job_runs_once() {
         .collect();
     assert_eq!(
         bad,
-        ["fspl-0-gzip-changed-payload.fspl", "fspl-1-changed-param.fspl"]
+        [
+            "fspl-0-gzip-changed-payload.fspl",
+            "fspl-1-changed-param.fspl"
+        ]
     );
     assert_eq!(doc["blocked"], false);
 
@@ -686,7 +721,10 @@ fn a_tampered_copy_is_refused_and_the_genuine_signed_job_runs_once() {
     assert_eq!(nextseq(&t.q), 2);
     assert_eq!(
         rejected_in(&t.q),
-        ["fspl-0-gzip-changed-payload.fspl", "fspl-1-changed-param.fspl"]
+        [
+            "fspl-0-gzip-changed-payload.fspl",
+            "fspl-1-changed-param.fspl"
+        ]
     );
     let why = |f: &str| {
         std::fs::read_to_string(t.q.join("rejected").join(format!("{f}.reason"))).unwrap()
