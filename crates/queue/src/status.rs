@@ -40,8 +40,10 @@ pub struct Duplicate {
     pub identical: bool,
     /// The files not set aside are byte-identical.
     pub same_bytes: bool,
-    /// Files that would be refused rather than run (at or after nextseq,
-    /// with a trust file or when the others disagree), with the reasons.
+    /// Files that would be refused rather than run, with the reasons: at
+    /// or after nextseq with a trust file, those whose header does not
+    /// pass; for the next seq, when the others disagree, those whose
+    /// payload does not match their length and digest.
     pub refused: Vec<(OsString, String)>,
 }
 
@@ -164,13 +166,16 @@ pub fn status(
         if files.len() > 1 {
             let mut files = files.clone();
             files.sort();
-            // Only copies that may still run are judged as queue-process
-            // would (payloads are read only when the copies disagree).
+            // Copies that may still run are judged as queue-process would;
+            // payloads are read only for the next seq, and only when its
+            // copies disagree (what decides whether processing is blocked).
             let pending = nextseq.is_some_and(|n| *seq >= n);
             let vet = vet.as_ref().filter(|_| pending);
+            let read_payloads = nextseq == Some(*seq);
             // A copy removed meanwhile, or unreadable now: compare no
             // further, call them different (the default).
-            let c = scan::judge_copies(queue, decoder, &files, vet, pending).unwrap_or_default();
+            let c =
+                scan::judge_copies(queue, decoder, &files, vet, read_payloads).unwrap_or_default();
             duplicates.push(Duplicate {
                 seq: *seq,
                 files,

@@ -91,18 +91,22 @@ fn to_text(st: &QueueStatus) -> String {
     for d in &st.duplicates {
         let files: Vec<String> = d.files.iter().map(|f| lossy(f)).collect();
         let refused = d.refused.len();
-        let how = if refused == d.files.len() {
+        let kept = d.files.len() - refused;
+        let others = match refused {
+            0 => String::new(),
+            1 => "; 1 other would be refused".to_string(),
+            n => format!("; {n} others would be refused"),
+        };
+        let how = if kept == 0 {
             "every one would be refused".to_string()
         } else if !d.identical {
             "DIFFERENT contents".to_string()
-        } else if d.same_bytes && refused == 0 {
-            "identical (run once)".to_string()
+        } else if kept == 1 {
+            format!("1 would run{others}")
         } else if d.same_bytes {
-            format!("identical (run once; {refused} other would be refused)")
-        } else if refused == 0 {
-            "one signed job (run once)".to_string()
+            format!("identical (run once{others})")
         } else {
-            format!("one signed job (run once; {refused} other would be refused)")
+            format!("one signed job (run once{others})")
         };
         let _ = writeln!(
             o,

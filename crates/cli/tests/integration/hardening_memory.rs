@@ -540,20 +540,28 @@ fn a_gzip_zstd_or_extra_key_copy_of_a_signed_job_blocked_the_trusted_queue() {
     for never_delete in [false, true] {
         let t = Setup::new();
         let job = t.genuine(1);
+        // The first copy by name runs: the plain file, or (second round)
+        // the zstd copy, whose payload is decoded and checked.
+        let zstd_name = if never_delete {
+            "fspl-0-zstd.fspl"
+        } else {
+            "fspl-3-zstd.fspl"
+        };
         let files = [
             ("fspl-1-genuine.fspl", job.clone()),
             ("fspl-2-gzip.fspl", compress("gzip", &job)),
-            ("fspl-3-zstd.fspl", compress("zstd", &job)),
+            (zstd_name, compress("zstd", &job)),
             ("fspl-4-extra-key.fspl", with_extra_key(&job)),
         ];
         for (name, bytes) in &files {
             put(&t.q, name, bytes);
         }
-        // The copies really differ in bytes, and each alone is valid.
+        // The copies really differ in bytes.
         for (name, bytes) in &files[1..] {
             assert_ne!(bytes, &job, "{name}");
         }
-        let names: Vec<String> = files.iter().map(|f| f.0.to_string()).collect();
+        let mut names: Vec<String> = files.iter().map(|f| f.0.to_string()).collect();
+        names.sort();
 
         // Without a trust file nothing vouches for the copies: bytes decide.
         let out = process(&t, false, &[]);
@@ -598,7 +606,7 @@ fn a_gzip_zstd_or_extra_key_copy_of_a_signed_job_blocked_the_trusted_queue() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
         assert!(!err.contains("refused"), "{err}");
-        assert_eq!(runs(&t), ["1 fspl-1-genuine.fspl"]);
+        assert_eq!(runs(&t), [format!("1 {}", names[0])]);
         assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
         assert_eq!(nextseq(&t.q), 2);
         assert!(rejected_in(&t.q).is_empty());
@@ -741,4 +749,63 @@ fn a_tampered_copy_is_refused_and_the_genuine_signed_job_runs_once() {
         "{err}"
     );
     assert!(jobs_in(&t.q).is_empty(), "{:?}", jobs_in(&t.q));
+}
+
+/// Regression: beside a job carrying its payload length and digest, a copy
+/// with a changed payload is refused by queue-process, which then runs the
+/// genuine job (with or without a trust file); but queue-status called the
+/// queue blocked ("seq 1 is in 2 files with different contents") and
+/// queue-info and queue-payload -j 1 failed the same way. Now they judge
+/// the copies as queue-process does.
+#[test]
+fn status_info_and_payload_called_a_changed_copy_a_conflict_that_queue_process_resolves() {
+    let t = Setup::new();
+    let job = t.prepare(1, None, None, &[], &["backup", "db"]);
+    let mut changed = job.clone();
+    let n = changed.len();
+    changed[n - 2] ^= 0x01;
+    // The changed copy sorts first: taking the first unchecked would use it.
+    put(&t.q, "fspl-0-changed.fspl", &changed);
+    put(&t.q, "fspl-1-genuine.fspl", &job);
+    let q = t.q.as_os_str();
+    let st = run(fs([OsStr::new("queue-status"), OsStr::new("-q"), q]));
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert_eq!(st.status.code(), Some(0), "{text}");
+    assert!(text.contains("state:       ready: 1 job"), "{text}");
+    assert!(
+        text.contains(
+            "duplicates:  seq 1 in 2 files, 1 would run; 1 other would be refused: \
+             fspl-0-changed.fspl, fspl-1-genuine.fspl"
+        ),
+        "{text}"
+    );
+    let info = String::from_utf8(ok(run(fs([
+        OsStr::new("queue-info"),
+        OsStr::new("-q"),
+        q,
+        OsStr::new("-j"),
+        OsStr::new("1"),
+    ]))))
+    .unwrap();
+    assert!(
+        info.contains("FSPL_JOB_FILENAME=fspl-1-genuine.fspl"),
+        "{info}"
+    );
+    let payload = ok(run(fs([
+        OsStr::new("queue-payload"),
+        OsStr::new("-q"),
+        q,
+        OsStr::new("-j"),
+        OsStr::new("1"),
+    ])));
+    assert_eq!(payload, PAYLOAD);
+    let out = process(&t, false, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runs(&t), ["1 fspl-1-genuine.fspl"]);
+    assert_eq!(rejected_in(&t.q), ["fspl-0-changed.fspl"]);
+    assert_eq!(nextseq(&t.q), 2);
 }
