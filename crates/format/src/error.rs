@@ -1,6 +1,6 @@
 use std::io;
 
-use crate::header::{MAX_METADATA_LEN, PREFIX_LEN};
+use crate::header::{MAX_DECODED_SIZE, MAX_METADATA_LEN, PREFIX_LEN};
 
 /// Why a job header could not be read. The messages name what is wrong; the
 /// caller adds which file (or stdin) it was.
@@ -24,6 +24,8 @@ pub enum HeaderError {
     MetadataCrc { stored: u32, computed: u32 },
     #[error("invalid metadata")]
     Metadata(#[source] rmp_serde::decode::Error),
+    #[error("metadata would take more than {MAX_DECODED_SIZE} bytes of memory decoded")]
+    DecodedTooLarge,
     #[error("invalid fspl extension metadata (x-fspl): {0}")]
     Extension(String),
     #[error("encrypted (age): give --identity to read it")]
@@ -52,6 +54,14 @@ impl HeaderError {
 pub enum EncodeError {
     #[error("cannot encode job metadata")]
     Metadata(#[source] rmp_serde::encode::Error),
+    #[error(
+        "job metadata would be {0} bytes, more than the {MAX_METADATA_LEN} bytes readers accept (params and environment too large)"
+    )]
+    MetadataTooLarge(u64),
+    #[error(
+        "job metadata would take {0} bytes of memory decoded, more than the {MAX_DECODED_SIZE} bytes readers allow (too many params or environment entries)"
+    )]
+    DecodedTooLarge(usize),
     #[error("cannot write job header")]
     Io(#[source] io::Error),
 }

@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bytes::{Bin, Bytes};
+use crate::bytes::{Bin, Text};
 use crate::error::{EncodeError, HeaderError};
 
 /// The 12-byte tag every job file starts with.
@@ -13,11 +13,26 @@ pub const MAGIC: [u8; 12] = *b"*FILESPOOLER";
 pub const FORMAT_VERSION: u16 = 1;
 /// Length of the fixed prefix: tag, version, metadata length, two CRCs.
 pub const PREFIX_LEN: usize = 30;
-/// Largest metadata block we accept. The format allows 2^64 bytes; a real
-/// header is a few hundred bytes (params are stored at up to two bytes per
-/// byte), so anything above this is corruption or an attack, and refusing it
-/// keeps a hostile file from making us allocate without bound.
-pub const MAX_METADATA_LEN: u64 = 64 * 1024 * 1024;
+/// Largest metadata block we accept (and write): 16 MiB. The format allows
+/// 2^64 bytes and Filespooler sets no limit; a real header is a few hundred
+/// bytes. Params and env entries come from `prepare`'s own command line and
+/// environment, which Linux caps at 6 MiB together (3/4 of the 8 MiB
+/// `_STK_LIM`, whatever the stack rlimit), and are stored at most two bytes
+/// per byte: 12 MiB at the very most. Anything larger is corruption or an
+/// attack; refusing it before reading it keeps a reader's memory small.
+pub const MAX_METADATA_LEN: u64 = 16 * 1024 * 1024;
+/// Most memory a decoded header may take: 16 MiB, counted as the heap
+/// blocks it holds: 24 bytes per param, env name or value in its vector
+/// (48 per env pair), the bytes of each non-empty string, and 32 bytes of
+/// allocator overhead per block. Real headers take a few hundred bytes;
+/// this admits, say, 16 MiB of param bytes, 690,000 empty params or
+/// 290,000 one-byte ones. Decoding charges every allocation to this budget
+/// before making it and stops as soon as it would be exceeded, so metadata
+/// of any length N costs at most N (the raw block) plus this much, however
+/// it is arranged: 16 MiB of one-byte empty arrays would otherwise decode
+/// to 384 MiB of empty vectors. `encode_with` refuses a header over either
+/// limit, so no fspl writes a job that fspl cannot read.
+pub const MAX_DECODED_SIZE: usize = 16 * 1024 * 1024;
 /// Nesting limit for MessagePack arrays and maps, the metadata map included:
 /// metadata that has this many open at once is refused. A real header
 /// nests 6 deep (map, cmd_type map, Command map, env array, pair, byte
@@ -170,11 +185,11 @@ struct WireExt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     len: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    alg: Option<String>,
+    alg: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     digest: Option<Bin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    to: Option<String>,
+    to: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key: Option<Bin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,9 +203,9 @@ impl WireExt {
         }
         Some(WireExt {
             len: e.payload_len,
-            alg: e.digest.map(|d| d.alg.name().to_string()),
+            alg: e.digest.map(|d| Text(d.alg.name().to_string())),
             digest: e.digest.map(|d| Bin(d.bytes.to_vec())),
-            to: e.to.clone(),
+            to: e.to.clone().map(Text),
             key: e.signer.map(|k| Bin(k.to_vec())),
             sig: if with_signature {
                 e.signature.map(|s| Bin(s.to_vec()))
@@ -201,7 +216,7 @@ impl WireExt {
     }
 
     fn into_ext(self) -> Result<Extension, String> {
-        let digest = match (self.alg.as_deref(), self.digest) {
+        let digest = match (self.alg.as_ref().map(|a| a.0.as_str()), self.digest) {
             (None, None) => None,
             (Some(alg), Some(d)) => {
                 let alg = match alg {
@@ -234,7 +249,7 @@ impl WireExt {
         Ok(Extension {
             payload_len: self.len,
             digest,
-            to: self.to,
+            to: self.to.map(|t| t.0),
             signer,
             signature,
         })
@@ -246,9 +261,13 @@ enum WireCmd {
     #[serde(rename = "NOP")]
     Nop,
     Fail,
+    /// Serialized as serde does any `Vec<u8>`: an array of small
+    /// integers, exactly as Filespooler writes byte strings.
     Command {
-        params: Vec<Bytes>,
-        env: Vec<(Bytes, Bytes)>,
+        #[serde(deserialize_with = "crate::bytes::de_params")]
+        params: Vec<Vec<u8>>,
+        #[serde(deserialize_with = "crate::bytes::de_env")]
+        env: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
 
@@ -271,6 +290,14 @@ impl JobHeader {
     /// empty: then the bytes are exactly Filespooler's).
     pub fn encode_with(&self, ext: &Extension) -> Result<Vec<u8>, EncodeError> {
         let meta = self.metadata_bytes(ext, true)?;
+        // Never write what no reader accepts.
+        if meta.len() as u64 > MAX_METADATA_LEN {
+            return Err(EncodeError::MetadataTooLarge(meta.len() as u64));
+        }
+        let decoded = self.decoded_size(ext);
+        if decoded > MAX_DECODED_SIZE {
+            return Err(EncodeError::DecodedTooLarge(decoded));
+        }
         let mut out = Vec::with_capacity(PREFIX_LEN + meta.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
@@ -280,6 +307,38 @@ impl JobHeader {
         out.extend_from_slice(&prefix_crc.to_be_bytes());
         out.extend_from_slice(&meta);
         Ok(out)
+    }
+
+    /// The memory this header takes once decoded, as the decode budget
+    /// counts it (see `MAX_DECODED_SIZE`).
+    pub fn decoded_size(&self, ext: &Extension) -> usize {
+        use std::mem::size_of;
+        let block = |n: usize| {
+            if n == 0 {
+                0
+            } else {
+                n + crate::budget::BLOCK_OVERHEAD
+            }
+        };
+        let cmd = match &self.cmd_type {
+            CmdType::Command(c) => {
+                block(c.params.len() * size_of::<Vec<u8>>())
+                    + c.params.iter().map(|p| block(p.len())).sum::<usize>()
+                    + block(c.env.len() * size_of::<(Vec<u8>, Vec<u8>)>())
+                    + c.env
+                        .iter()
+                        .map(|(k, v)| block(k.len()) + block(v.len()))
+                        .sum::<usize>()
+            }
+            _ => 0,
+        };
+        let ext = ext.to.as_ref().map_or(0, |t| block(t.len()))
+            + ext
+                .digest
+                .map_or(0, |d| block(d.alg.name().len()) + block(d.bytes.len()))
+            + ext.signer.map_or(0, |k| block(k.len()))
+            + ext.signature.map_or(0, |s| block(s.len()));
+        cmd + ext
     }
 
     /// What a signature covers: a fixed domain string, then the metadata as
@@ -305,12 +364,8 @@ impl JobHeader {
                 CmdType::Nop => WireCmd::Nop,
                 CmdType::Fail => WireCmd::Fail,
                 CmdType::Command(c) => WireCmd::Command {
-                    params: c.params.iter().map(|p| Bytes(p.clone())).collect(),
-                    env: c
-                        .env
-                        .iter()
-                        .map(|(k, v)| (Bytes(k.clone()), Bytes(v.clone())))
-                        .collect(),
+                    params: c.params.clone(),
+                    env: c.env.clone(),
                 },
             },
             ext: WireExt::from_ext(ext, with_signature),
@@ -388,7 +443,15 @@ pub fn parse_metadata_ext(
     }
     let mut de = rmp_serde::Deserializer::from_read_ref(meta);
     de.set_max_depth(MAX_METADATA_DEPTH);
-    let wire = WireMeta::deserialize(&mut de).map_err(HeaderError::Metadata)?;
+    let budget = crate::budget::enter(MAX_DECODED_SIZE);
+    let wire = WireMeta::deserialize(&mut de).map_err(|e| {
+        if budget.exceeded() {
+            HeaderError::DecodedTooLarge
+        } else {
+            HeaderError::Metadata(e)
+        }
+    })?;
+    drop(budget);
     let ext = match wire.ext {
         None => Extension::default(),
         Some(w) => w.into_ext().map_err(HeaderError::Extension)?,
@@ -402,10 +465,7 @@ pub fn parse_metadata_ext(
         cmd_type: match wire.cmd_type {
             WireCmd::Nop => CmdType::Nop,
             WireCmd::Fail => CmdType::Fail,
-            WireCmd::Command { params, env } => CmdType::Command(Command {
-                params: params.into_iter().map(|b| b.0).collect(),
-                env: env.into_iter().map(|(k, v)| (k.0, v.0)).collect(),
-            }),
+            WireCmd::Command { params, env } => CmdType::Command(Command { params, env }),
         },
     };
     Ok((header, ext))
@@ -439,13 +499,24 @@ pub fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Decoded, HeaderError> 
     let mut prefix_buf = [0u8; PREFIX_LEN];
     let got = read_full(r, &mut prefix_buf).map_err(HeaderError::Io)?;
     let prefix = parse_prefix(&prefix_buf[..got])?;
-    // Grow the buffer as data arrives instead of trusting the stored length
-    // with one allocation.
-    let mut meta = Vec::with_capacity(prefix.metadata_len.min(64 * 1024) as usize);
-    let got = r
-        .take(prefix.metadata_len)
-        .read_to_end(&mut meta)
-        .map_err(HeaderError::Io)? as u64;
+    // Grow the buffer as data arrives (doubling, never beyond the stored
+    // length) instead of trusting the stored length with one allocation.
+    let want = prefix.metadata_len as usize; // <= MAX_METADATA_LEN
+    let mut meta: Vec<u8> = Vec::new();
+    while meta.len() < want {
+        if meta.len() == meta.capacity() {
+            let more = meta.capacity().max(64 * 1024).min(want - meta.len());
+            meta.reserve_exact(more);
+        }
+        let room = meta.capacity().min(want) - meta.len();
+        let n = Read::take(&mut *r, room as u64)
+            .read_to_end(&mut meta)
+            .map_err(HeaderError::Io)?;
+        if n == 0 {
+            break;
+        }
+    }
+    let got = meta.len() as u64;
     if got < prefix.metadata_len {
         return Err(HeaderError::TruncatedMetadata {
             got,

@@ -11,6 +11,7 @@
 //! assert_eq!(back.header_len, bytes.len() as u64);
 //! ```
 
+mod budget;
 mod bytes;
 mod env;
 mod error;
@@ -20,6 +21,6 @@ pub use env::{EnvVar, JobLocation, SET_PREFIX, format_env, rfc3339_local, rfc333
 pub use error::{EncodeError, HeaderError};
 pub use header::{
     CmdType, Command, Ctime, Decoded, Digest, DigestAlg, EXTENSION_KEY, Extension, FORMAT_VERSION,
-    JobHeader, MAGIC, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, Prefix, decode,
-    parse_metadata, parse_metadata_ext, parse_prefix, read_full, read_header,
+    JobHeader, MAGIC, MAX_DECODED_SIZE, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, Prefix,
+    decode, parse_metadata, parse_metadata_ext, parse_prefix, read_full, read_header,
 };

@@ -14,7 +14,8 @@ use std::cell::Cell;
 
 use fspl_format::{
     CmdType, Command, Ctime, Digest, DigestAlg, EXTENSION_KEY, Extension, HeaderError, JobHeader,
-    MAGIC, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, decode, parse_prefix, read_header,
+    MAGIC, MAX_DECODED_SIZE, MAX_METADATA_DEPTH, MAX_METADATA_LEN, PREFIX_LEN, decode,
+    parse_prefix, read_header,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -27,6 +28,10 @@ struct Tracking;
 
 thread_local! {
     static LARGEST: Cell<usize> = const { Cell::new(0) };
+    /// Bytes allocated and not yet freed by this thread, and the most
+    /// there were since the last `peak_allocation` began.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
 }
 
 fn note(size: usize) {
@@ -37,22 +42,34 @@ fn note(size: usize) {
     });
 }
 
+fn live(delta: isize) {
+    let _ = LIVE.try_with(|l| {
+        let now = l.get() + delta;
+        l.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
 // SAFETY: every call is forwarded unchanged to the system allocator; we only
 // record sizes in a const-initialised thread-local (which never allocates).
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        live(layout.size() as isize);
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        live(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -65,6 +82,16 @@ fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     LARGEST.with(|l| l.set(0));
     let out = f();
     (out, LARGEST.with(|l| l.get()))
+}
+
+/// Run `f` and return its result with the most memory it had allocated
+/// (and not freed) at any one time on this thread, beyond what was live
+/// when it started. Memory still held by the result counts.
+fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    (out, (PEAK.with(|p| p.get()) - base).max(0) as usize)
 }
 
 /// No decode of a tiny input may allocate more than this.
@@ -1066,4 +1093,229 @@ fn deep_nesting_in_an_extension_value_overflowed_the_stack() {
             assert!(e.contains("invalid metadata"), "depth {depth}: {e}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Decoding stays within its memory budget, however the metadata is made.
+// ---------------------------------------------------------------------------
+
+/// Allocations a decode may make beyond what the budget counts (none were
+/// seen; this is room for an error message).
+const BUDGET_SLACK: usize = 16 * 1024;
+
+/// A Command header's metadata: `n_empty` empty params, `n_short` params
+/// of `short_len` bytes, one param announcing `lying` elements but holding
+/// none (when given), `n_env` empty env pairs, a `to` of `to_len` bytes
+/// and an unknown key holding `pad` bytes of str.
+fn hostile_metadata(
+    n_empty: usize,
+    n_short: usize,
+    short_len: usize,
+    lying: Option<u32>,
+    n_env: usize,
+    to_len: usize,
+    pad: usize,
+) -> Vec<u8> {
+    let mut m = vec![0x85];
+    m.extend(b"\xa3seq\x01\xa5ctime\x92\x00\x00");
+    m.extend(b"\xa8cmd_type\x81\xa7Command\x82\xa6params\xdd");
+    let n_params = n_empty + n_short + usize::from(lying.is_some());
+    m.extend((n_params as u32).to_be_bytes());
+    m.extend(std::iter::repeat_n(0x90u8, n_empty));
+    for i in 0..n_short {
+        m.push(0xdc);
+        m.extend((short_len as u16).to_be_bytes());
+        m.extend(std::iter::repeat_n((i % 128) as u8, short_len));
+    }
+    if let Some(claimed) = lying {
+        m.push(0xdd);
+        m.extend(claimed.to_be_bytes());
+    }
+    m.extend(b"\xa3env\xdd");
+    m.extend((n_env as u32).to_be_bytes());
+    for _ in 0..n_env {
+        m.extend(b"\x92\x90\x90");
+    }
+    m.extend(b"\xa6x-fspl\x81\xa2to\xdb");
+    m.extend((to_len as u32).to_be_bytes());
+    m.extend(std::iter::repeat_n(b'q', to_len));
+    m.extend(b"\xa3pad\xdb");
+    m.extend((pad as u32).to_be_bytes());
+    m.extend(std::iter::repeat_n(b'p', pad));
+    m
+}
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// Any metadata of length N: decoding it from a slice allocates at most
+    /// the budget, and never more than its vectors' growth can reach from
+    /// N bytes (at most 48 bytes of vector per byte of input: an announced
+    /// count allocates nothing by itself), plus a little.
+    #[test]
+    fn decoding_metadata_of_any_length_allocates_at_most_the_budget(
+        n_empty in 0usize..30_000,
+        n_short in 0usize..3_000,
+        short_len in 0usize..40,
+        lying in prop::option::of(prop_oneof![Just(u32::MAX), any::<u32>()]),
+        n_env in 0usize..10_000,
+        to_len in 0usize..50_000,
+        pad in 0usize..50_000,
+    ) {
+        let meta = hostile_metadata(n_empty, n_short, short_len, lying, n_env, to_len, pad);
+        let n = meta.len();
+        let file = frame(&meta);
+        let (r, peak) = peak_allocation(|| decode(&file));
+        prop_assert!(
+            peak <= MAX_DECODED_SIZE.min(48 * n) + BUDGET_SLACK,
+            "decoding {n} bytes of metadata allocated {peak} bytes"
+        );
+        match r {
+            // What a valid header keeps is exactly what the budget counted.
+            Ok(d) => {
+                prop_assert!(lying.is_none());
+                prop_assert!(peak <= d.header.decoded_size(&d.ext) + BUDGET_SLACK);
+                prop_assert_eq!(d.header.params().len(), n_empty + n_short);
+            }
+            Err(e) => prop_assert!(
+                lying.is_some() || matches!(e, HeaderError::DecodedTooLarge),
+                "{e}"
+            ),
+        }
+        // From a stream, the raw block comes on top (read as it arrives).
+        let (_, peak) = peak_allocation(|| read_header(&mut &file[..]));
+        prop_assert!(peak <= n + MAX_DECODED_SIZE.min(48 * n) + BUDGET_SLACK);
+    }
+}
+
+/// Regression: 64 MiB of metadata holding nothing but empty params (one
+/// byte each) decoded to 1.6 GB of empty vectors, and a scan kept every
+/// decoded header, so three such files took queue-ls to 4.8 GB and made
+/// queue-process abort under a memory limit. Now metadata is at most
+/// MAX_METADATA_LEN and what it decodes to at most MAX_DECODED_SIZE: at the
+/// largest allowed size, every way of arranging those bytes (empty params,
+/// one-byte params, empty env pairs, arrays announcing 2^32 elements, one
+/// huge string) is decoded or refused within the budget.
+#[test]
+fn a_max_size_header_of_empty_params_decoded_to_gigabytes() {
+    let max = MAX_METADATA_LEN as usize;
+    assert_eq!(max, 16 << 20);
+    assert_eq!(MAX_DECODED_SIZE, 16 << 20);
+    // Each fills the metadata up to exactly the limit.
+    let fill = |f: &dyn Fn(usize) -> Vec<u8>| {
+        let base = f(0).len();
+        let m = f(max - base);
+        assert_eq!(m.len(), max);
+        m
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "empty params",
+            fill(&|k| hostile_metadata(k, 0, 0, None, 0, 0, 0)),
+            false,
+        ),
+        (
+            "one-byte params",
+            fill(&|k| hostile_metadata(0, k / 4, 1, None, 0, 0, k % 4)),
+            false,
+        ),
+        (
+            "empty env pairs",
+            fill(&|k| hostile_metadata(0, 0, 0, None, k / 3, 0, k % 3)),
+            false,
+        ),
+        // A param announcing 2^32 elements, followed by 1 MiB of them (one
+        // at a time through serde: 16 MiB would take seconds in a debug
+        // build, and the property test covers lying counts too).
+        (
+            "a param announcing 2^32 elements",
+            {
+                let mut m = b"\x83\xa3seq\x01\xa5ctime\x92\x00\x00".to_vec();
+                m.extend(b"\xa8cmd_type\x81\xa7Command\x82\xa6params\x91\xdd\xff\xff\xff\xff");
+                m.extend(std::iter::repeat_n(0x00, 1 << 20));
+                m
+            },
+            false,
+        ),
+        // Within the budget: decode, keeping what the budget counted.
+        (
+            "one huge destination",
+            fill(&|k| hostile_metadata(0, 0, 0, None, 0, k, 0)),
+            true,
+        ),
+        (
+            "a large unknown key",
+            fill(&|k| hostile_metadata(10, 10, 10, None, 10, 10, k)),
+            true,
+        ),
+    ];
+    for (what, meta, decodes) in cases {
+        let file = frame(&meta);
+        let (r, peak) = peak_allocation(|| decode(&file));
+        assert!(
+            peak <= MAX_DECODED_SIZE + BUDGET_SLACK,
+            "{what}: allocated {peak} bytes"
+        );
+        match r {
+            Ok(d) => assert!(decodes, "{what}: decoded to {:?}", d.header.params().len()),
+            Err(e) => {
+                assert!(!decodes, "{what}: {e}");
+                assert!(
+                    matches!(e, HeaderError::DecodedTooLarge | HeaderError::Metadata(_)),
+                    "{what}: {e}"
+                );
+            }
+        }
+        let (r2, peak) = peak_allocation(|| read_header(&mut &file[..]));
+        assert!(
+            peak <= max + MAX_DECODED_SIZE + BUDGET_SLACK,
+            "{what}: read_header allocated {peak} bytes"
+        );
+        assert_eq!(r2.is_ok(), decodes, "{what}");
+    }
+    // One byte more is refused before anything is read.
+    let mut meta = hostile_metadata(0, 0, 0, None, 0, 0, 0);
+    meta.resize(max + 1, 0);
+    assert!(matches!(
+        decode(&frame(&meta)),
+        Err(HeaderError::MetadataTooLarge(_))
+    ));
+}
+
+/// The writer refuses what readers would refuse: a header over either
+/// limit is not encoded (so `prepare` fails before using a number), and
+/// one exactly at the decode budget is encoded and decoded.
+#[test]
+fn a_header_beyond_either_limit_is_not_written() {
+    let with_params = |params: Vec<Vec<u8>>| JobHeader {
+        seq: 1,
+        ctime: Ctime { secs: 1, nanos: 0 },
+        cmd_type: CmdType::Command(Command {
+            params,
+            env: vec![],
+        }),
+    };
+    let none = Extension::default();
+    // Empty params: 24 bytes decoded each (in one block, 32 bytes of
+    // overhead), one byte stored.
+    let most = (MAX_DECODED_SIZE - 32) / 24;
+    let at_budget = with_params(vec![Vec::new(); most]);
+    assert!(at_budget.decoded_size(&none) <= MAX_DECODED_SIZE);
+    let bytes = at_budget.encode().unwrap();
+    assert_eq!(decode(&bytes).unwrap().header, at_budget);
+    let over = with_params(vec![Vec::new(); most + 1]);
+    assert!(over.decoded_size(&none) > MAX_DECODED_SIZE);
+    assert!(matches!(
+        over.encode(),
+        Err(fspl_format::EncodeError::DecodedTooLarge(_))
+    ));
+    // A destination one byte longer than the metadata may be.
+    let long = Extension {
+        to: Some("q".repeat(MAX_METADATA_LEN as usize)),
+        ..Extension::default()
+    };
+    assert!(matches!(
+        with_params(vec![]).encode_with(&long),
+        Err(fspl_format::EncodeError::MetadataTooLarge(_))
+    ));
 }

@@ -239,9 +239,9 @@ impl Index {
             scan::remove_stale_temps(queue, &s.temps);
         }
         let found = s.jobs.len();
-        for JobEntry { name, header, .. } in s.jobs {
+        for JobEntry { name, seq, .. } in s.jobs {
             self.seen.insert(name.clone());
-            self.by_seq.entry(header.seq).or_default().push(name);
+            self.by_seq.entry(seq).or_default().push(name);
         }
         for sk in &s.skipped {
             self.seen.insert(sk.name.clone());
@@ -388,7 +388,7 @@ impl Run<'_> {
         scan::remove_stale_temps(self.queue, &s.temps);
         self.refuse_unreadable(s.skipped)?;
         let mut jobs = s.jobs;
-        jobs.sort_by_key(|j| j.header.ctime);
+        jobs.sort_by_key(|j| j.ctime);
         self.obs.planned(jobs.len() as u64);
         for entry in jobs {
             if self.limit_reached() {
@@ -719,8 +719,11 @@ impl Run<'_> {
         }
     }
 
-    /// Identical copies of one job run once (and are all deleted after);
-    /// copies that differ stop processing with an error.
+    /// Copies of one job run once (and are all deleted after): byte-
+    /// identical copies, and with a trust file copies that pass it and
+    /// carry the same signed content (another compression, an extra
+    /// unknown header key); the first by name runs. Copies that are not
+    /// one job stop processing with an error.
     fn pick_among_duplicates(
         &self,
         seq: u64,
@@ -728,12 +731,23 @@ impl Run<'_> {
     ) -> Result<(OsString, Vec<OsString>), ProcessError> {
         names.sort();
         let first = names.remove(0);
-        scan::check_duplicates(self.queue, seq, &first, &names)?;
+        let vet = self.opts.trust.as_deref().map(|t| scan::Vetting {
+            allow_job_params: self.opts.allow_job_params,
+            ..scan::Vetting::new(t, self.queue_name.as_deref())
+        });
+        scan::check_duplicates(
+            self.queue,
+            self.opts.decoder.as_ref(),
+            seq,
+            &first,
+            &names,
+            vet.as_ref(),
+        )?;
         if !names.is_empty() {
             debug!(
                 seq,
                 copies = names.len() + 1,
-                "identical copies of one job; running it once"
+                "copies of one job; running it once"
             );
         }
         Ok((first, names))

@@ -10,7 +10,7 @@ use crate::decoder::Decoder;
 use crate::error::{QueueError, Result};
 use crate::lock::{LockState, lock_state};
 use crate::queue::{EntryKind, Queue};
-use crate::scan::{self, same_contents, temp_is_stale};
+use crate::scan::{self, Vetting, temp_is_stale};
 use crate::seqnum;
 use fspl_trust::TrustFile;
 
@@ -27,11 +27,24 @@ pub enum State {
     AppendOnly,
 }
 
+/// Several files claiming one seq, judged as `queue-process` would (see
+/// `scan::judge_copies`).
 #[derive(Clone, Debug)]
 pub struct Duplicate {
     pub seq: u64,
+    /// Every file claiming the seq, sorted.
     pub files: Vec<OsString>,
+    /// The files not set aside are one job and run once (byte-identical,
+    /// or with a trust file the same signed content). Vacuously true when
+    /// every file would be refused.
     pub identical: bool,
+    /// The files not set aside are byte-identical.
+    pub same_bytes: bool,
+    /// Files that would be refused rather than run, with the reasons: at
+    /// or after nextseq with a trust file, those whose header does not
+    /// pass; for the next seq, when the others disagree, those whose
+    /// payload does not match their length and digest.
+    pub refused: Vec<(OsString, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -126,7 +139,14 @@ pub fn status(
             Err(e) => return Err(e),
         }
     };
-    let s = scan::scan(queue, decoder, None)?;
+    let queue_name = queue.name()?;
+    // Headers are checked while the scan has them (jobs below nextseq
+    // never run again: not checked).
+    let vet = trust.map(|t| Vetting {
+        from_seq: nextseq.unwrap_or(0),
+        ..Vetting::new(t, queue_name.as_deref())
+    });
+    let s = scan::scan_vetted(queue, decoder, None, vet.as_ref())?;
     let now = SystemTime::now();
     let temps = s
         .temps
@@ -139,20 +159,29 @@ pub fn status(
         .collect();
     let mut by_seq: BTreeMap<u64, Vec<OsString>> = BTreeMap::new();
     for j in &s.jobs {
-        by_seq.entry(j.header.seq).or_default().push(j.name.clone());
+        by_seq.entry(j.seq).or_default().push(j.name.clone());
     }
     let mut duplicates = Vec::new();
     for (seq, files) in &by_seq {
         if files.len() > 1 {
             let mut files = files.clone();
             files.sort();
-            let identical = files[1..].iter().all(|f| {
-                same_contents(&queue.job_path(&files[0]), &queue.job_path(f)).unwrap_or(false)
-            });
+            // Copies that may still run are judged as queue-process would;
+            // payloads are read only for the next seq, and only when its
+            // copies disagree (what decides whether processing is blocked).
+            let pending = nextseq.is_some_and(|n| *seq >= n);
+            let vet = vet.as_ref().filter(|_| pending);
+            let read_payloads = nextseq == Some(*seq);
+            // A copy removed meanwhile, or unreadable now: compare no
+            // further, call them different (the default).
+            let c =
+                scan::judge_copies(queue, decoder, &files, vet, read_payloads).unwrap_or_default();
             duplicates.push(Duplicate {
                 seq: *seq,
                 files,
-                identical,
+                identical: c.one_job,
+                same_bytes: c.same_bytes,
+                refused: c.refused,
             });
         }
     }
@@ -176,33 +205,16 @@ pub fn status(
         .filter(|sk| !encrypted.contains(&sk.name))
         .map(|sk| (sk.name.clone(), crate::display_chain(&sk.error)))
         .collect();
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let queue_name = queue.name()?;
     let mut would_refuse = Vec::new();
-    if let Some(t) = trust {
-        for j in &s.jobs {
-            if nextseq.is_some_and(|n| j.header.seq < n) {
-                continue;
-            }
-            if let Err(r) = crate::verify::check_header(
-                &j.header,
-                j.ext(),
-                Some(t),
-                queue_name.as_deref(),
-                false,
-                now,
-            ) {
-                would_refuse.push((j.header.seq, j.name.clone(), r.reason));
-            }
+    for j in &s.jobs {
+        if let Some(Err(r)) = j.vetted.as_deref() {
+            would_refuse.push((j.seq, j.name.clone(), r.reason.clone()));
         }
-        would_refuse.sort();
     }
+    would_refuse.sort();
     let rejected = rejected_files(queue);
     let below_next = match nextseq {
-        Some(n) => s.jobs.iter().filter(|j| j.header.seq < n).count() as u64,
+        Some(n) => s.jobs.iter().filter(|j| j.seq < n).count() as u64,
         None => 0,
     };
     let state = if lock == LockState::Missing {
@@ -243,11 +255,21 @@ pub fn status(
                     name.to_string_lossy()
                 ),
             }
+        } else if let Some(d) = duplicates
+            .iter()
+            .find(|d| d.seq == next && d.refused.len() == d.files.len())
+        {
+            State::Blocked {
+                reason: format!(
+                    "every file with seq {next} ({}) would be refused",
+                    d.files.len()
+                ),
+            }
         } else if let Some(d) = duplicates.iter().find(|d| d.seq == next && !d.identical) {
             State::Blocked {
                 reason: format!(
                     "seq {next} is in {} files with different contents; remove the wrong one",
-                    d.files.len()
+                    d.files.len() - d.refused.len()
                 ),
             }
         } else {

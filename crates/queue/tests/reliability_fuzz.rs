@@ -11,7 +11,8 @@
 //! - no hang (a watchdog aborts the test when one input takes longer than
 //!   `FSPL_FUZZ_HANG_SECONDS`, default 20, saving it first);
 //! - no unbounded allocation (no single allocation above 256 MiB: metadata
-//!   is capped at 64 MiB, every other buffer is fixed).
+//!   is capped at 16 MiB and what it decodes to at 16 MiB, every other
+//!   buffer is fixed).
 //!
 //! Environment:
 //! - `FSPL_FUZZ_SECONDS` (default 3, or 600 with `FSPL_RELIABILITY_LONG=1`):

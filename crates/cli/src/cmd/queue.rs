@@ -116,26 +116,25 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
     let q = open(dir, &keys.ids)?;
     let trust = super::keys::trust(keys)?;
     let dec = decoder(d);
-    let mut s = scan::scan(&q, dec.as_ref(), None)?;
+    // Each header is checked while the scan has it in memory; the scan
+    // keeps only what the listing shows.
+    let queue_name = q.name().ok().flatten();
+    let vetting = trust
+        .as_deref()
+        .map(|t| scan::Vetting::new(t, queue_name.as_deref()));
+    let mut s = scan::scan_vetted(&q, dec.as_ref(), None, vetting.as_ref())?;
     let (encrypted, skipped): (Vec<_>, Vec<_>) =
         s.skipped.drain(..).partition(|sk| is_encrypted(&sk.error));
     s.skipped = skipped;
     // Stable: copies of one seq stay in directory order, as in Filespooler.
-    s.jobs.sort_by_key(|j| j.header.seq);
+    s.jobs.sort_by_key(|j| j.seq);
     let vetting: Vec<Option<Result<String, String>>> = s
         .jobs
-        .iter()
+        .iter_mut()
         .map(|j| {
-            trust.as_deref().map(|t| {
-                vet(
-                    &q,
-                    t,
-                    &fspl_format::Decoded {
-                        header: j.header.clone(),
-                        header_len: j.header_len,
-                        ext: j.ext().clone(),
-                    },
-                )
+            j.vetted.take().map(|v| match *v {
+                Ok(v) => Ok(v.sender.unwrap_or_default()),
+                Err(r) => Err(r.reason),
             })
         })
         .collect();
@@ -149,12 +148,12 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                 .iter()
                 .zip(&vetting)
                 .map(|(j, v)| LsJob {
-                    seq: j.header.seq,
+                    seq: j.seq,
                     filename: j.name.to_string_lossy().into_owned(),
-                    ctime: rfc3339_local(j.header.ctime),
-                    ctime_secs: j.header.ctime.secs,
-                    ctime_nanos: j.header.ctime.nanos,
-                    cmd_type: j.header.cmd_type.name(),
+                    ctime: rfc3339_local(j.ctime),
+                    ctime_secs: j.ctime.secs,
+                    ctime_nanos: j.ctime.nanos,
+                    cmd_type: j.kind,
                     signer: v.as_ref().and_then(|r| r.as_ref().ok().cloned()),
                     refused: v.as_ref().and_then(|r| r.as_ref().err().cloned()),
                 })
@@ -185,12 +184,7 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
             writeln!(out, "{:<20} {:<27} filename", "ID", "creation timestamp")?;
         }
         for (j, v) in s.jobs.iter().zip(&vetting) {
-            write!(
-                out,
-                "{:<20} {:<27} ",
-                j.header.seq,
-                rfc3339_local(j.header.ctime)
-            )?;
+            write!(out, "{:<20} {:<27} ", j.seq, rfc3339_local(j.ctime))?;
             let name = std::os::unix::ffi::OsStrExt::as_bytes(j.name.as_os_str());
             out.write_all(name)?;
             match v {
@@ -239,26 +233,28 @@ pub fn info(
     let q = open(dir, &keys.ids)?;
     let trust = super::keys::trust(keys)?;
     let dec = decoder(d);
-    let job = find_job(&q, seq, dec.as_ref())?;
-    if let Some(t) = trust.as_deref() {
-        let d = fspl_format::Decoded {
-            header: job.header.clone(),
-            header_len: job.header_len,
-            ext: job.ext().clone(),
-        };
-        if let Err(why) = vet(&q, t, &d) {
-            anyhow::bail!(
-                "job {seq} ({}) would be refused: {why}",
-                q.job_path(&job.name).display()
-            );
-        }
+    let queue_name = q.name().ok().flatten();
+    let vetting = trust
+        .as_deref()
+        .map(|t| scan::Vetting::new(t, queue_name.as_deref()));
+    let entry = find_job(&q, seq, dec.as_ref(), vetting.as_ref())?;
+    // The one file found, read again in full.
+    let job = q.read_job_header(&entry.name, dec.as_ref())?;
+    if let Some(t) = trust.as_deref()
+        && let Err(why) = vet(&q, t, &job)
+    {
+        anyhow::bail!(
+            "job {seq} ({}) would be refused: {why}",
+            q.job_path(&entry.name).display()
+        );
     }
-    let env = job.header.environment(Some(JobLocation {
+    let (name, header) = (entry.name, job.header);
+    let env = header.environment(Some(JobLocation {
         queuedir: dir,
-        filename: &job.name,
+        filename: &name,
     }));
     if json {
-        let params = match &job.header.cmd_type {
+        let params = match &header.cmd_type {
             fspl_format::CmdType::Command(c) => c
                 .params
                 .iter()
@@ -267,11 +263,11 @@ pub fn info(
             _ => vec![],
         };
         let doc = InfoJson {
-            seq: job.header.seq,
-            filename: job.name.to_string_lossy().into_owned(),
-            cmd_type: job.header.cmd_type.name(),
-            ctime_secs: job.header.ctime.secs,
-            ctime_nanos: job.header.ctime.nanos,
+            seq: header.seq,
+            filename: name.to_string_lossy().into_owned(),
+            cmd_type: header.cmd_type.name(),
+            ctime_secs: header.ctime.secs,
+            ctime_nanos: header.ctime.nanos,
             params,
             env: env
                 .iter()
@@ -300,7 +296,7 @@ pub fn payload(
 ) -> anyhow::Result<ExitCode> {
     let q = open(dir, ids)?;
     let dec = decoder(d);
-    let entry = find_job(&q, seq, dec.as_ref())?;
+    let entry = find_job(&q, seq, dec.as_ref(), None)?;
     let mut job = q.open_job(&entry.name, dec.as_ref())?;
     let result = copy_stream(job.payload.reader(), &mut *raw_stdout());
     job.payload.close();

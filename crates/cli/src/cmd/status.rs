@@ -90,16 +90,29 @@ fn to_text(st: &QueueStatus) -> String {
     }
     for d in &st.duplicates {
         let files: Vec<String> = d.files.iter().map(|f| lossy(f)).collect();
+        let refused = d.refused.len();
+        let kept = d.files.len() - refused;
+        let others = match refused {
+            0 => String::new(),
+            1 => "; 1 other would be refused".to_string(),
+            n => format!("; {n} others would be refused"),
+        };
+        let how = if kept == 0 {
+            "every one would be refused".to_string()
+        } else if !d.identical {
+            "DIFFERENT contents".to_string()
+        } else if kept == 1 {
+            format!("1 would run{others}")
+        } else if d.same_bytes {
+            format!("identical (run once{others})")
+        } else {
+            format!("one signed job (run once{others})")
+        };
         let _ = writeln!(
             o,
-            "duplicates:  seq {} in {} files, {}: {}",
+            "duplicates:  seq {} in {} files, {how}: {}",
             d.seq,
             d.files.len(),
-            if d.identical {
-                "identical (run once)"
-            } else {
-                "DIFFERENT contents"
-            },
             files.join(", ")
         );
     }
@@ -171,7 +184,11 @@ struct JsonRejected {
 struct JsonDup {
     seq: u64,
     files: Vec<String>,
+    /// One job, run once (byte-identical, or the same signed content).
     identical: bool,
+    same_bytes: bool,
+    /// Copies that would be refused rather than run.
+    refused: Vec<JsonRejected>,
 }
 
 #[derive(Serialize)]
@@ -218,6 +235,15 @@ fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
                 seq: d.seq,
                 files: d.files.iter().map(|f| lossy(f)).collect(),
                 identical: d.identical,
+                same_bytes: d.same_bytes,
+                refused: d
+                    .refused
+                    .iter()
+                    .map(|(n, r)| JsonRejected {
+                        filename: lossy(n),
+                        reason: r.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         unreadable: st
