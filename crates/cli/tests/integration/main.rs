@@ -10,6 +10,7 @@ mod codecs;
 mod bad_input;
 mod both;
 mod cli_compat;
+mod hardening_payload;
 mod crash;
 mod daemon;
 mod interop;
