@@ -384,7 +384,10 @@ mod tests {
 
     #[test]
     fn the_timeout_kills_and_reaps_the_command() {
-        let r = running(Command::new("sleep").arg("30"), Some(Duration::from_millis(200)));
+        let r = running(
+            Command::new("sleep").arg("30"),
+            Some(Duration::from_millis(200)),
+        );
         let h = r.handle();
         let t0 = Instant::now();
         assert_eq!(

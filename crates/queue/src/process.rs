@@ -33,9 +33,9 @@ use fspl_trust::TrustFile;
 use fspl_trust::digest::hash_reader;
 use tracing::{debug, warn};
 
+use crate::bounded::{Bounded, too_long};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
-use crate::bounded::{Bounded, too_long};
 use crate::exec::{self, KillHandle, Outcome, Output, RunSpec, SpawnError};
 use crate::failpoint::hit;
 use crate::nextseq::NextSeq;

@@ -121,9 +121,7 @@ impl Pump {
                 return None;
             }
             Check::Rest { deadline: None } => result.recv().map_err(|_| None),
-            Check::Rest {
-                deadline: Some(at),
-            } => result
+            Check::Rest { deadline: Some(at) } => result
                 .recv_timeout(at.saturating_duration_since(Instant::now()))
                 .map_err(|e| match e {
                     mpsc::RecvTimeoutError::Timeout => Some(at),
@@ -145,12 +143,7 @@ impl Pump {
     }
 }
 
-fn pump(
-    src: &mut dyn Read,
-    writer: PipeWriter,
-    cancel: &PipeReader,
-    flags: &Flags,
-) -> PumpResult {
+fn pump(src: &mut dyn Read, writer: PipeWriter, cancel: &PipeReader, flags: &Flags) -> PumpResult {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {

@@ -57,8 +57,8 @@ fn copy_file(
         blank(&copy, offset).map_err(CopyError::Write)?;
         copy.seek(SeekFrom::Start(offset))
             .map_err(CopyError::Write)?;
-        let (len, digest) = hash(alg, &mut Bounded::new(&mut copy, declared))
-            .map_err(CopyError::Read)?;
+        let (len, digest) =
+            hash(alg, &mut Bounded::new(&mut copy, declared)).map_err(CopyError::Read)?;
         copy.seek(SeekFrom::Start(offset))
             .map_err(CopyError::Write)?;
         return Ok(Spooled {
@@ -197,7 +197,7 @@ pub fn hash_and_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{ErrorKind, Write};
+    use std::io::ErrorKind;
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()

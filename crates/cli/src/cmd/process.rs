@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fspl_format::{DigestAlg, Extension};
+use fspl_queue::bounded::{Bounded, too_long};
 use fspl_queue::process::{
     self, JobReport, Observer, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
 };
-use fspl_queue::bounded::{Bounded, too_long};
 use fspl_queue::{CopyError, Payload, PayloadFinish, Queue, StreamPayload};
 use fspl_queue::{spool, verify};
 use fspl_trust::digest::hash_reader;

@@ -181,7 +181,7 @@ fn run_bounded_to(
     deadline: Duration,
 ) -> (Output, Duration) {
     let t0 = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -230,7 +230,12 @@ fn payload_changed_in_place_after_the_digest_check_never_reaches_the_command() {
     for n in [100, 3 * 1024 * 1024 + 5] {
         let q = sb.queue(&format!("q{n}"));
         let payload = text_payload(n);
-        let job = prepare(&sb, 1, &payload, &[OsStr::new("--sign"), k.secret.as_os_str()]);
+        let job = prepare(
+            &sb,
+            1,
+            &payload,
+            &[OsStr::new("--sign"), k.secret.as_os_str()],
+        );
         write_job(&q, &job);
         let rec = sb.path(format!("rec{n}"));
         std::fs::create_dir(&rec).unwrap();
@@ -250,7 +255,11 @@ fn payload_changed_in_place_after_the_digest_check_never_reaches_the_command() {
             "{n} bytes: the writer did not run"
         );
         let seen = std::fs::read(rec.join("seen")).unwrap();
-        assert_eq!(seen.len(), payload.len(), "{n} bytes: length the command saw");
+        assert_eq!(
+            seen.len(),
+            payload.len(),
+            "{n} bytes: length the command saw"
+        );
         assert!(
             seen == payload,
             "{n} bytes: the command read bytes written after the check"
@@ -266,7 +275,12 @@ fn stdin_process_trust_never_passes_on_a_payload_changed_after_the_check() {
     let cmd = script(&sb, "change-then-read", CHANGE_THEN_READ);
     for n in [100, 3 * 1024 * 1024 + 5] {
         let payload = text_payload(n);
-        let job = prepare(&sb, 1, &payload, &[OsStr::new("--sign"), k.secret.as_os_str()]);
+        let job = prepare(
+            &sb,
+            1,
+            &payload,
+            &[OsStr::new("--sign"), k.secret.as_os_str()],
+        );
         let file = sb.path(format!("job{n}.fspl"));
         std::fs::write(&file, &job).unwrap();
         let rec = sb.path(format!("rec{n}"));
@@ -286,11 +300,73 @@ fn stdin_process_trust_never_passes_on_a_payload_changed_after_the_check() {
             "{n} bytes: the writer did not run"
         );
         let seen = std::fs::read(rec.join("seen")).unwrap();
-        assert_eq!(seen.len(), payload.len(), "{n} bytes: length the command saw");
+        assert_eq!(
+            seen.len(),
+            payload.len(),
+            "{n} bytes: length the command saw"
+        );
         assert!(
             seen == payload,
             "{n} bytes: the command read bytes written after the check"
         );
+    }
+}
+
+/// The private copy needs room; when it cannot be written (a full disk,
+/// here a file size limit with SIGXFSZ ignored, so writes fail with EFBIG)
+/// that is the receiver's problem, not the job's: processing stops with an
+/// error and the genuine job stays queued, never refused.
+#[test]
+fn a_payload_copy_that_cannot_be_written_leaves_the_job_queued_instead_of_refusing_it() {
+    let sb = Sandbox::new();
+    let k = keys(&sb);
+    let payload = noise(3 << 20);
+    let cases: [(&str, Vec<&OsStr>, bool); 2] = [
+        // A compressed job with a digest: always copied.
+        (
+            "zstd",
+            vec![OsStr::new("--compress"), OsStr::new("zstd")],
+            false,
+        ),
+        // A plain signed job under --trust: copied.
+        (
+            "trust",
+            vec![OsStr::new("--sign"), k.secret.as_os_str()],
+            true,
+        ),
+    ];
+    for (what, extra, trust) in cases {
+        let q = sb.queue(&format!("q-{what}"));
+        write_job(&q, &prepare(&sb, 1, &payload, &extra));
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c")
+            .arg("trap '' XFSZ && ulimit -f 2048 && exec \"$@\"")
+            .arg("sh")
+            .arg(fspl_bin())
+            .args([OsStr::new("queue-process"), OsStr::new("-q"), q.as_os_str()]);
+        if trust {
+            c.arg("--trust").arg(&k.trust);
+        }
+        c.arg("true");
+        let (out, _) = run_bounded(c, Stdio::null(), PROMPT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("private copy of the payload"), "{what}: {err}");
+        assert!(!err.contains("refused"), "{what}: {err}");
+        assert!(
+            !q.join("rejected").exists(),
+            "{what}: the genuine job was refused"
+        );
+        assert_eq!(sb.job_files(&q).len(), 1, "{what}");
+        assert_eq!(nextseq(&q), 1, "{what}");
+        // With room, it runs.
+        let mut c = ours([OsStr::new("queue-process"), OsStr::new("-q"), q.as_os_str()]);
+        if trust {
+            c.arg("--trust").arg(&k.trust);
+        }
+        c.arg("true");
+        ok(run(c));
+        assert_eq!(nextseq(&q), 2, "{what}");
     }
 }
 
@@ -324,7 +400,12 @@ fn decoded_payload_bomb_is_refused_without_decoding_past_its_declared_length() {
     let sb = Sandbox::new();
     let k = keys(&sb);
     let payload = b"six b\n";
-    let job = prepare(&sb, 1, payload, &[OsStr::new("--sign"), k.secret.as_os_str()]);
+    let job = prepare(
+        &sb,
+        1,
+        payload,
+        &[OsStr::new("--sign"), k.secret.as_os_str()],
+    );
     // 1 GiB of zeros after the 6 declared bytes, in 32 KB.
     let bomb = zstd_with_zeros(&job, 1 << 30);
     assert!(bomb.len() < 64 * 1024);
@@ -434,7 +515,7 @@ fn decoded_payload_bomb_is_refused_without_decoding_past_its_declared_length() {
 /// pid in `$1`; then runs `$2`.
 fn holder(sb: &Sandbox) -> PathBuf {
     script(
-        &sb,
+        sb,
         "leave-a-holder",
         &format!(
             "exec 3<&0\nsleep {CHILD_SLEEP} >/dev/null 2>&1 &\necho $! > \"$1\"\nexec 3<&-\neval \"$2\"\n"
@@ -463,26 +544,52 @@ fn pumped_job(sb: &Sandbox, seq: u64, corrupt: bool) -> Vec<u8> {
     job
 }
 
+/// What the command does after leaving the holder behind, and how the job
+/// must end.
+struct HolderCase {
+    then: &'static str,
+    timeout: Option<&'static str>,
+    corrupt: bool,
+    /// `Ok`, or the failure's text.
+    expect: Result<(), &'static str>,
+}
+
+const HOLDER_CASES: [HolderCase; 3] = [
+    // The command exits 0 at once: done, the payload's rest checked.
+    HolderCase {
+        then: "exit 0",
+        timeout: None,
+        corrupt: false,
+        expect: Ok(()),
+    },
+    // ... and the rest turns out corrupt: a failure, said so.
+    HolderCase {
+        then: "exit 0",
+        timeout: None,
+        corrupt: true,
+        expect: Err("payload incomplete"),
+    },
+    // The command itself runs past --timeout: killed, a timeout.
+    HolderCase {
+        then: "exec sleep 60 >/dev/null 2>&1",
+        timeout: Some("2"),
+        corrupt: false,
+        expect: Err("timed out after 2s and was killed"),
+    },
+];
+
 #[test]
 fn queue_process_does_not_wait_for_a_background_child_holding_the_payload_pipe() {
     let sb = Sandbox::new();
     let cmd = holder(&sb);
     let mut leftovers = Leftovers(Vec::new());
-    // (then, timeout, corrupt, expected outcome)
-    let cases: [(&str, Option<&str>, bool, Result<(), &str>); 3] = [
-        // The command exits 0 at once: done, the payload's rest checked.
-        ("exit 0", None, false, Ok(())),
-        // ... and the rest turns out corrupt: a failure, said so.
-        ("exit 0", None, true, Err("payload incomplete")),
-        // The command itself runs past --timeout: killed, a timeout.
-        (
-            "exec sleep 60 >/dev/null 2>&1",
-            Some("2"),
-            false,
-            Err("timed out after 2s and was killed"),
-        ),
-    ];
-    for (i, (then, timeout, corrupt, expect)) in cases.into_iter().enumerate() {
+    for (i, c) in HOLDER_CASES.iter().enumerate() {
+        let HolderCase {
+            then,
+            timeout,
+            corrupt,
+            expect,
+        } = *c;
         let q = sb.queue(&format!("q{i}"));
         write_job(&q, &pumped_job(&sb, 1, corrupt));
         let pidfile = sb.path(format!("holder{i}"));
@@ -521,17 +628,13 @@ fn stdin_process_does_not_wait_for_a_background_child_holding_the_payload_pipe()
     let sb = Sandbox::new();
     let cmd = holder(&sb);
     let mut leftovers = Leftovers(Vec::new());
-    let cases: [(&str, Option<&str>, bool, Result<(), &str>); 3] = [
-        ("exit 0", None, false, Ok(())),
-        ("exit 0", None, true, Err("payload incomplete")),
-        (
-            "exec sleep 60 >/dev/null 2>&1",
-            Some("2"),
-            false,
-            Err("timed out after 2s and was killed"),
-        ),
-    ];
-    for (i, (then, timeout, corrupt, expect)) in cases.into_iter().enumerate() {
+    for (i, c) in HOLDER_CASES.iter().enumerate() {
+        let HolderCase {
+            then,
+            timeout,
+            corrupt,
+            expect,
+        } = *c;
         let file = sb.path(format!("job{i}.fspl"));
         std::fs::write(&file, pumped_job(&sb, 1, corrupt)).unwrap();
         let pidfile = sb.path(format!("holder{i}"));
@@ -587,7 +690,8 @@ fn checking_the_rest_of_a_payload_after_the_command_ended_stops_at_the_timeout()
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("payload incomplete") && err.contains("could not be checked before the timeout"),
+        err.contains("payload incomplete")
+            && err.contains("could not be checked before the timeout"),
         "{err}"
     );
     assert_eq!(nextseq(&q), 1);
@@ -627,8 +731,9 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGTERM; wait for the exit; the log.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    /// SIGTERM; wait for the exit, failing as soon as the log has a line
+    /// containing `never`; the log.
+    fn stop_never_logging(mut self, never: &str) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -637,9 +742,11 @@ impl Daemon {
             if let Some(st) = child.try_wait().unwrap() {
                 return (st, self.log_text());
             }
-            if Instant::now() > end {
+            let log = self.log_text();
+            if log.contains(never) || Instant::now() > end {
                 let _ = child.kill();
-                panic!("the daemon did not stop: {}", self.log_text());
+                let _ = child.wait();
+                panic!("the daemon logged {never:?} or did not stop: {log}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -659,7 +766,11 @@ impl Drop for Daemon {
 fn wait_for(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(30);
     while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}: {}", log());
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}: {}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -694,9 +805,11 @@ fn daemon_shutdown_never_signals_the_pid_of_a_command_it_already_reaped() {
         p(&pidfile)
     );
     let d = Daemon::start(&sb, &config);
-    wait_for("the command to start", || d.log_text(), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
-    });
+    wait_for(
+        "the command to start",
+        || d.log_text(),
+        || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')),
+    );
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
@@ -715,12 +828,9 @@ fn daemon_shutdown_never_signals_the_pid_of_a_command_it_already_reaped() {
         jobs[0]["state"], "running",
         "the premise failed: the job was no longer busy after its command ended: {jobs}"
     );
-    let (st, log) = d.stop();
+    // The grace (1 s) runs out while the job still settles its payload.
+    let (st, log) = d.stop_never_logging("killing the running command");
     assert!(st.success(), "{log}");
     assert!(log.contains("fspl daemon stopped"), "{log}");
-    assert!(
-        !log.contains("killing the running command"),
-        "the daemon signalled pid {pid}, which it had already reaped: {log}"
-    );
     assert_eq!(nextseq(&q), 1, "the unfinished job must stay");
 }
