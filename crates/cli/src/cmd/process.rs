@@ -108,11 +108,10 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
     let (stdin, finish) = match payload {
         // The whole payload is checked before the command sees a byte: a
         // regular file is read twice (with --trust: copied while it is
-        // checked, so a writer cannot change it after the check), anything
-        // else spooled. Also with
-        // --ignore-payload, where the command inherits our stdin and so
-        // could read it: it then gets the checked copy (or our stdin itself,
-        // rewound to the payload).
+        // checked, so that a writer cannot change it after the check),
+        // anything else spooled. Also with --ignore-payload, where the
+        // command inherits our stdin and so could read it: it then gets the
+        // checked copy (or our stdin itself, rewound to the payload).
         payload if d.ext.payload_len.is_some() || d.ext.digest.is_some() => {
             let file = checked_payload(payload, &d.ext, trust.is_some())
                 .map_err(|e| anyhow::anyhow!("job {seq} (stdin) refused: {e}"))?;
