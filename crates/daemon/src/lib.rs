@@ -317,16 +317,16 @@ async fn run_inner(
     let all = futures_join(joins);
     tokio::pin!(all);
     if tokio::time::timeout(grace, &mut all).await.is_err() {
-        let pids: Vec<(String, u32)> = shared
+        let commands: Vec<(String, fspl_queue::exec::KillHandle)> = shared
             .running
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        for (job, pid) in pids {
-            warn!(job = %job, pid, "grace period over; killing the running command (the job will run again)");
-            // SAFETY: signalling a child we started; ESRCH if it is gone.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        for (job, command) in commands {
+            // Only a command not yet reaped is signalled: never a process
+            // that reused the pid of one that ended.
+            if command.kill() {
+                warn!(job = %job, pid = command.pid(), "grace period over; killing the running command (the job will run again)");
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut all).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fspl_queue::Queue;
 use fspl_queue::decoder::Decoder;
-use fspl_queue::exec::Outcome;
+use fspl_queue::exec::{KillHandle, Outcome};
 use fspl_queue::process::{
     JobReport, Observer, ProcessError, ProcessOptions, StopReason, Summary, process,
 };
@@ -29,7 +29,9 @@ pub struct Shared {
     /// Set once on shutdown: running loops stop between jobs.
     pub shutting_down: Arc<AtomicBool>,
     /// Commands running now, by job name (killed after the shutdown grace).
-    pub running: Arc<Mutex<HashMap<String, u32>>>,
+    /// An entry goes as soon as its command is reaped; its handle signals
+    /// nothing after that anyway.
+    pub running: Arc<Mutex<HashMap<String, KillHandle>>>,
     pub rescan_interval: Duration,
 }
 
@@ -74,9 +76,15 @@ impl Observer for DaemonObserver {
         });
     }
 
-    fn spawned(&mut self, pid: u32) {
+    fn spawned(&mut self, command: &KillHandle) {
         if let Ok(mut r) = self.shared.running.lock() {
-            r.insert(self.name.clone(), pid);
+            r.insert(self.name.clone(), command.clone());
+        }
+    }
+
+    fn reaped(&mut self) {
+        if let Ok(mut r) = self.shared.running.lock() {
+            r.remove(&self.name);
         }
     }
 

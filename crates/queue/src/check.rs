@@ -131,13 +131,17 @@ pub fn check(
         };
         let seq = job.header.seq;
         let alg = job.ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
-        let read = hash_reader(alg, job.payload.reader());
+        // No further than one byte past the length the header says.
+        let read = hash_reader(alg, &mut job.payload_reader());
         job.payload.close();
         match read {
             Err(e) => report.bad.push(BadFile {
                 name,
                 seq: Some(seq),
-                reason: format!("payload unreadable: {e}"),
+                reason: match crate::bounded::too_long(&e) {
+                    Some(t) => t.to_string(),
+                    None => format!("payload unreadable: {e}"),
+                },
             }),
             Ok((len, digest)) => match crate::verify::check_payload(&job.ext, len, &digest) {
                 Err(r) => report.bad.push(BadFile {

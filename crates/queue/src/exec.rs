@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fspl_format::{CmdType, JobHeader, JobLocation};
@@ -104,6 +105,87 @@ pub struct Running {
     child: Child,
     started: Instant,
     timeout: Option<Duration>,
+    handle: KillHandle,
+}
+
+/// A way to kill a job's command from elsewhere (a supervisor shutting
+/// down) that never signals anything but that command: once the command
+/// has been reaped its pid may belong to an unrelated process, and the
+/// handle then sends nothing. Backed by a pidfd where the kernel has them
+/// (a pidfd names one process, never a later one with the same pid); the
+/// waiter also marks the command reaped, under the same lock as `kill`,
+/// before it reaps it.
+#[derive(Clone)]
+pub struct KillHandle {
+    inner: Arc<KillInner>,
+}
+
+struct KillInner {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    reaped: Mutex<bool>,
+}
+
+impl KillHandle {
+    fn new(pid: u32) -> KillHandle {
+        // SAFETY: plain syscall with the pid of a child nobody has reaped
+        // yet (it was spawned just now); the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: pidfd_open returned a fresh descriptor that we now own.
+            unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        });
+        KillHandle {
+            inner: Arc::new(KillInner {
+                pid,
+                pidfd,
+                reaped: Mutex::new(false),
+            }),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// Whether the command has been reaped (or is about to be: it has
+    /// exited and its waiter has it).
+    pub fn reaped(&self) -> bool {
+        *self.lock()
+    }
+
+    /// SIGKILL the command if it has not been reaped. Returns whether a
+    /// signal was sent.
+    pub fn kill(&self) -> bool {
+        let reaped = self.lock();
+        if *reaped {
+            return false;
+        }
+        // SAFETY: signalling the process the pidfd names, or, without a
+        // pidfd, a child that cannot have been reaped: the lock is held and
+        // the waiter takes it before reaping.
+        let r = unsafe {
+            match &self.inner.pidfd {
+                Some(fd) => libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ),
+                None => libc::kill(self.inner.pid as libc::pid_t, libc::SIGKILL) as libc::c_long,
+            }
+        };
+        r == 0
+    }
+
+    fn set_reaped(&self) {
+        *self.lock() = true;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.inner.reaped.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Check that the job's params and env can be passed to a process at all.
@@ -163,10 +245,12 @@ pub fn start(spec: RunSpec<'_>) -> Result<Result<Running, Outcome>, SpawnError> 
         command: spec.command.to_string_lossy().into_owned(),
         source,
     })?;
+    let handle = KillHandle::new(child.id());
     Ok(Ok(Running {
         child,
         started: Instant::now(),
         timeout: spec.timeout,
+        handle,
     }))
 }
 
@@ -175,20 +259,26 @@ impl Running {
         self.child.id()
     }
 
+    /// A handle that can kill the command until it is reaped.
+    pub fn handle(&self) -> KillHandle {
+        self.handle.clone()
+    }
+
     /// Wait for the command, killing it (SIGKILL, like Filespooler) when the
-    /// timeout passes.
+    /// timeout passes, and reap it. The handle is marked reaped first, so
+    /// that nobody signals the pid once it may be reused.
     pub fn wait(mut self) -> io::Result<Outcome> {
-        let status = match self.timeout {
-            None => self.child.wait()?,
-            Some(limit) => match wait_until(&mut self.child, self.started + limit)? {
-                Some(st) => st,
-                None => {
-                    let _ = self.child.kill();
-                    self.child.wait()?;
-                    return Ok(Outcome::TimedOut(limit));
-                }
-            },
-        };
+        let deadline = self.timeout.map(|t| self.started + t);
+        let exited = wait_exit(&self.handle, deadline)?;
+        if !exited {
+            self.handle.kill();
+            wait_exit(&self.handle, None)?;
+        }
+        self.handle.set_reaped();
+        let status = self.child.wait()?;
+        if let (false, Some(limit)) = (exited, self.timeout) {
+            return Ok(Outcome::TimedOut(limit));
+        }
         Ok(if status.success() {
             Outcome::Success
         } else {
@@ -197,28 +287,45 @@ impl Running {
     }
 }
 
-/// Wait for `child` until `deadline`; `None` when it is still running then.
-fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
-    // A pidfd becomes readable when the process exits, so we can sleep in
-    // poll() with a timeout instead of polling wait().
-    // SAFETY: plain syscall with a pid we own; the result is checked.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    let pidfd = if fd >= 0 {
-        // SAFETY: pidfd_open returned a fresh descriptor that we now own.
-        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    } else {
-        None
-    };
+/// Wait until the command has exited, without reaping it (so its pid stays
+/// its own), or until `deadline`; false when it is still running then.
+fn wait_exit(h: &KillHandle, deadline: Option<Instant>) -> io::Result<bool> {
     loop {
-        if let Some(st) = child.try_wait()? {
-            return Ok(Some(st));
+        let nohang = if deadline.is_some() { libc::WNOHANG } else { 0 };
+        // SAFETY: siginfo_t is plain data; zeroed, si_pid reads 0 unless a
+        // child's state was returned.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child, WNOWAIT leaves it waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                h.pid() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | nohang,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
+        // SAFETY: filled in by waitid (or still zero).
+        if unsafe { info.si_pid() } != 0 {
+            return Ok(true);
+        }
+        let Some(deadline) = deadline else {
+            continue;
+        };
         let now = Instant::now();
         if now >= deadline {
-            return Ok(None);
+            return Ok(false);
         }
         let left = deadline - now;
-        match &pidfd {
+        match &h.inner.pidfd {
+            // A pidfd becomes readable when the process exits: sleep in
+            // poll() with a timeout instead of polling waitid.
             Some(fd) => {
                 let mut pfd = libc::pollfd {
                     fd: fd.as_raw_fd(),
@@ -230,6 +337,73 @@ fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitSta
                 unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
             }
             None => std::thread::sleep(left.min(Duration::from_millis(10))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(cmd: &mut Command, timeout: Option<Duration>) -> Running {
+        let child = cmd.spawn().unwrap();
+        let handle = KillHandle::new(child.id());
+        Running {
+            child,
+            started: Instant::now(),
+            timeout,
+            handle,
+        }
+    }
+
+    /// Once the command was reaped its pid may be reused by anyone: the
+    /// handle must not signal it any more.
+    #[test]
+    fn a_kill_handle_signals_nothing_once_its_command_was_reaped() {
+        let r = running(&mut Command::new("true"), None);
+        let h = r.handle();
+        assert!(!h.reaped());
+        assert_eq!(r.wait().unwrap(), Outcome::Success);
+        assert!(h.reaped());
+        assert!(!h.kill(), "a reaped command's pid was signalled");
+    }
+
+    #[test]
+    fn a_kill_handle_kills_its_running_command() {
+        let r = running(Command::new("sleep").arg("30"), None);
+        let h = r.handle();
+        let t0 = Instant::now();
+        assert!(h.kill(), "the running command was not signalled");
+        match r.wait().unwrap() {
+            Outcome::Exited(st) => assert_eq!(st.signal(), Some(libc::SIGKILL)),
+            o => panic!("{o:?}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert!(!h.kill());
+    }
+
+    #[test]
+    fn the_timeout_kills_and_reaps_the_command() {
+        let r = running(
+            Command::new("sleep").arg("30"),
+            Some(Duration::from_millis(200)),
+        );
+        let h = r.handle();
+        let t0 = Instant::now();
+        assert_eq!(
+            r.wait().unwrap(),
+            Outcome::TimedOut(Duration::from_millis(200))
+        );
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        assert!(h.reaped());
+        // Within the timeout: the command's own status.
+        let r = running(
+            Command::new("sh").args(["-c", "exit 3"]),
+            Some(Duration::from_secs(20)),
+        );
+        match r.wait().unwrap() {
+            Outcome::Exited(st) => assert_eq!(st.code(), Some(3)),
+            o => panic!("{o:?}"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! scanning, locking and the processing loop. Synchronous by design: the
 //! plain CLI starts in about a millisecond.
 
+pub mod bounded;
 pub mod check;
 pub mod decoder;
 pub mod durable;
@@ -17,6 +18,7 @@ mod queue;
 pub mod scan;
 pub mod seqfile;
 pub mod seqnum;
+pub mod spool;
 pub mod status;
 pub mod verify;
 

@@ -33,13 +33,16 @@ use fspl_trust::TrustFile;
 use fspl_trust::digest::hash_reader;
 use tracing::{debug, warn};
 
+use crate::bounded::{Bounded, too_long};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
-use crate::exec::{self, Outcome, Output, RunSpec, SpawnError};
+use crate::exec::{self, KillHandle, Outcome, Output, RunSpec, SpawnError};
 use crate::failpoint::hit;
 use crate::nextseq::NextSeq;
-use crate::queue::{OpenedJob, Payload, PayloadFinish, Queue};
+use crate::pump::Check;
+use crate::queue::{CopyError, OpenedJob, Payload, PayloadFinish, Queue};
 use crate::scan::{self, JobEntry};
+use crate::spool;
 use crate::verify::{self, Refusal};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,9 +101,15 @@ pub trait Observer {
     /// unbroken run from nextseq; Timestamp: all).
     fn planned(&mut self, _ready: u64) {}
     fn started(&mut self, _job: &JobReport<'_>) {}
-    /// The job's command is running with this pid (not called for NOP and
-    /// Fail jobs). A supervisor may kill it to shut down.
-    fn spawned(&mut self, _pid: u32) {}
+    /// The job's command is running (not called for NOP and Fail jobs). A
+    /// supervisor may keep the handle to kill it to shut down: it signals
+    /// the command only until the command is reaped, never a later process
+    /// that got the same pid.
+    fn spawned(&mut self, _command: &KillHandle) {}
+    /// The command has ended and been reaped; what remains of the job
+    /// (settling its payload, recording the outcome) runs no process of its
+    /// own. A supervisor should forget the command's handle now.
+    fn reaped(&mut self) {}
     fn finished(&mut self, _job: &JobReport<'_>, _outcome: &Outcome, _elapsed: Duration) {}
     /// Checked between jobs: return true to end the run early (shutdown).
     fn should_stop(&mut self) -> bool {
@@ -547,86 +556,98 @@ impl Run<'_> {
         }
         let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
         let path = self.queue.job_path(name);
+        let declared = ext.payload_len;
         let decoded = !matches!(job.payload, Payload::File(_));
-        // A decoded stream (compressed, encrypted, -d) cannot be rewound, and
-        // decoding it twice would let a swapped file feed the command bytes
-        // that were never checked: keep the checked bytes in an unlinked
-        // temporary file next to the queue and run from that.
-        let mut spool = if decoded {
-            Some(
-                tempfile::tempfile_in(self.queue.jobs_dir()).map_err(|source| QueueError::Io {
-                    action: "create a temporary payload copy in",
-                    path: self.queue.jobs_dir().to_path_buf(),
-                    source,
-                })?,
-            )
-        } else {
-            None
-        };
-        let hashed = match &mut spool {
-            None => hash_reader(alg, job.payload.reader()),
-            Some(f) => hash_and_copy(alg, job.payload.reader(), f),
-        };
-        let (len, digest) = match hashed {
-            Ok(v) => v,
-            Err(e) => {
-                job.payload.close();
-                if decoded {
-                    // A compressed or encrypted payload that cannot be
-                    // decoded to the end (cut short, corrupt) is refused like
-                    // one whose length or digest does not match; failing it
-                    // would let --on-error delete move past the genuine
-                    // job's seq.
-                    return Ok(Verdict::Refuse(Refusal {
-                        reason: format!(
-                            "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
-                        ),
-                        sender: self.signer_name(&ext),
-                    }));
+        if let (Payload::File(f), None) = (&mut job.payload, &self.opts.trust) {
+            // Without a trust file a plain payload is hashed through the
+            // descriptor the command then gets, rewound: no copy. This
+            // catches damage in transit, not a writer changing the file
+            // while the job runs (docs/security.md).
+            let hashed = hash_reader(alg, &mut Bounded::new(&mut *f, declared));
+            let (len, digest) = match hashed {
+                Ok(v) => v,
+                Err(e) => {
+                    job.payload.close();
+                    return Ok(self.unreadable_payload(&ext, e, false));
                 }
-                return Ok(Verdict::Fail(Outcome::PayloadError(e.to_string())));
+            };
+            if let Err(r) = verify::check_payload(&ext, len, &digest) {
+                job.payload.close();
+                return Ok(Verdict::Refuse(r));
+            }
+            f.seek(SeekFrom::Start(job.header_len))
+                .map_err(|source| QueueError::Io {
+                    action: "seek back to the payload of",
+                    path,
+                    source,
+                })?;
+            return Ok(Verdict::Run(Box::new(job)));
+        }
+        // The command reads a private copy, made while the payload is
+        // hashed: an unlinked temporary file next to the queue. A decoded
+        // stream (compressed, encrypted, -d) cannot be rewound, and decoding
+        // it twice would let a swapped file feed the command bytes that were
+        // never checked; with a trust file, a plain one is copied (or
+        // reflinked) too, so that a writer changing the job file in place
+        // after the check cannot change what the command reads. Never more
+        // than one byte past the header's length is read.
+        let jobs_dir = self.queue.jobs_dir();
+        let copied = match &mut job.payload {
+            Payload::File(f) => spool::private_copy_of_file(jobs_dir, f, alg, declared),
+            other => spool::private_copy_of_stream(Some(jobs_dir), other.reader(), alg, declared),
+        };
+        let OpenedJob {
+            header,
+            header_len,
+            ext,
+            payload,
+        } = job;
+        payload.close();
+        let spooled = match copied {
+            Ok(s) => s,
+            Err(CopyError::Read(e)) => return Ok(self.unreadable_payload(&ext, e, decoded)),
+            Err(CopyError::Write(source)) => {
+                return Err(QueueError::Io {
+                    action: "write a private copy of the payload of",
+                    path,
+                    source,
+                }
+                .into());
             }
         };
-        if let Err(mut r) = verify::check_payload(&ext, len, &digest) {
-            job.payload.close();
+        if let Err(mut r) = verify::check_payload(&ext, spooled.len, &spooled.digest) {
             // With a trust file the header has passed: name its signer.
             r.sender = self.signer_name(&ext);
             return Ok(Verdict::Refuse(r));
         }
-        match (spool, &mut job.payload) {
-            (None, Payload::File(f)) => {
-                f.seek(SeekFrom::Start(job.header_len))
-                    .map_err(|source| QueueError::Io {
-                        action: "seek back to the payload of",
-                        path,
-                        source,
-                    })?;
-                Ok(Verdict::Run(Box::new(job)))
-            }
-            (Some(mut f), _) => {
-                f.seek(SeekFrom::Start(0))
-                    .map_err(|source| QueueError::Io {
-                        action: "rewind the temporary payload copy of",
-                        path,
-                        source,
-                    })?;
-                let OpenedJob {
-                    header,
-                    header_len,
-                    ext,
-                    payload,
-                } = job;
-                payload.close();
-                Ok(Verdict::Run(Box::new(OpenedJob {
-                    header,
-                    header_len,
-                    ext,
-                    payload: Payload::File(f),
-                })))
-            }
-            // Only a plain file goes without a spool (see `decoded`).
-            (None, _) => Ok(Verdict::Run(Box::new(job))),
-        }
+        Ok(Verdict::Run(Box::new(OpenedJob {
+            header,
+            header_len,
+            ext,
+            payload: Payload::File(spooled.file),
+        })))
+    }
+
+    /// What a payload that cannot be read to the end gets: one longer than
+    /// its header says, or a compressed or encrypted one that cannot be
+    /// decoded to the end (cut short, corrupt), is refused like one whose
+    /// length or digest does not match (failing it would let --on-error
+    /// delete move past the genuine job's seq); a plain file that cannot
+    /// be read (an I/O error) fails the job.
+    fn unreadable_payload(&self, ext: &Extension, e: io::Error, decoded: bool) -> Verdict {
+        let reason = if let Some(t) = too_long(&e) {
+            t.to_string()
+        } else if decoded {
+            format!(
+                "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
+            )
+        } else {
+            return Verdict::Fail(Outcome::PayloadError(e.to_string()));
+        };
+        Verdict::Refuse(Refusal {
+            reason,
+            sender: self.signer_name(ext),
+        })
     }
 
     /// With a trust file, a file named like a job that cannot be read
@@ -822,7 +843,10 @@ impl Run<'_> {
             output,
             timeout: self.opts.timeout,
         };
-        let outcome = run_to_end(spec, finish, seq, &path, &mut |pid| self.obs.spawned(pid))?;
+        let outcome = run_to_end(spec, finish, seq, &path, &mut |ev| match ev {
+            CommandEvent::Spawned(h) => self.obs.spawned(h),
+            CommandEvent::Reaped => self.obs.reaped(),
+        })?;
         self.processed += 1;
         if outcome.is_success() {
             self.succeeded += 1;
@@ -881,81 +905,29 @@ fn open_output(path: &std::path::Path) -> io::Result<File> {
     Ok(f)
 }
 
-/// Hash a payload while copying it into `out`.
-fn hash_and_copy(
-    alg: DigestAlg,
-    r: &mut dyn std::io::Read,
-    out: &mut File,
-) -> io::Result<(u64, fspl_format::Digest)> {
-    use std::io::Write as _;
-    const CHUNK: usize = 256 * 1024;
-    let mut first = vec![0u8; CHUNK];
-    let n = fspl_format::read_full(r, &mut first)?;
-    if n < CHUNK {
-        // All of it in one chunk: no second thread for a small payload.
-        let mut h = fspl_trust::digest::Hasher::new(alg);
-        h.update(&first[..n]);
-        out.write_all(&first[..n])?;
-        return Ok((n as u64, h.finish()));
-    }
-    // A large payload: decoding it (decompression, decryption: this
-    // thread) overlaps with hashing it and writing it to the spool file (a
-    // second thread). The chunks go over a bounded channel, so memory stays
-    // at a few chunks, and come back for reuse.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("fspl-spool".into())
-            .spawn_scoped(scope, move || -> io::Result<(u64, fspl_format::Digest)> {
-                let mut h = fspl_trust::digest::Hasher::new(alg);
-                let mut len = 0u64;
-                for buf in rx {
-                    h.update(&buf);
-                    out.write_all(&buf)?;
-                    len += buf.len() as u64;
-                    let _ = back_tx.send(buf);
-                }
-                Ok((len, h.finish()))
-            })?;
-        let mut read_result = Ok(());
-        let mut next = Some(first);
-        while let Some(buf) = next.take() {
-            if tx.send(buf).is_err() {
-                break; // the writer failed: its error is returned below
-            }
-            let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
-            buf.resize(CHUNK, 0);
-            match fspl_format::read_full(r, &mut buf) {
-                Ok(0) => {}
-                Ok(n) => {
-                    buf.truncate(n);
-                    next = Some(buf);
-                }
-                Err(e) => read_result = Err(e),
-            }
-        }
-        drop(tx);
-        let written = worker
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the spool thread panicked")));
-        read_result.and(written)
-    })
+/// What happens to a job's command, for a supervisor.
+enum CommandEvent<'a> {
+    Spawned(&'a KillHandle),
+    Reaped,
 }
 
 /// Start a job's command, wait for it, and settle its payload: a command
 /// that succeeded on a payload that turned out to be cut short or corrupt
-/// (a compressed job's checksum) has failed.
+/// (a compressed job's checksum) has failed. The job is over when the
+/// command has exited: what it left behind (a background process holding
+/// its stdin) is not waited for, and the rest of a pumped payload is
+/// checked only until the job's timeout.
 fn run_to_end(
     spec: RunSpec<'_>,
     finish: PayloadFinish,
     seq: u64,
     path: &std::path::Path,
-    on_spawn: &mut dyn FnMut(u32),
+    on_event: &mut dyn FnMut(CommandEvent<'_>),
 ) -> Result<Outcome, ProcessError> {
+    let deadline = spec.timeout.map(|t| Instant::now() + t);
     let outcome = match exec::start(spec) {
         Err(source) => {
-            finish.finish();
+            finish.finish(Check::Skip);
             return Err(ProcessError::Spawn {
                 seq,
                 path: path.to_path_buf(),
@@ -965,11 +937,13 @@ fn run_to_end(
         Ok(Err(outcome)) => outcome,
         Ok(Ok(running)) => {
             debug!(seq, pid = running.pid(), "started command");
-            on_spawn(running.pid());
-            match running.wait() {
+            on_event(CommandEvent::Spawned(&running.handle()));
+            let waited = running.wait();
+            on_event(CommandEvent::Reaped);
+            match waited {
                 Ok(o) => o,
                 Err(source) => {
-                    finish.finish();
+                    finish.finish(Check::Skip);
                     return Err(ProcessError::Wait {
                         seq,
                         path: path.to_path_buf(),
@@ -979,7 +953,12 @@ fn run_to_end(
             }
         }
     };
-    match (finish.finish(), outcome) {
+    let check = if outcome.is_success() {
+        Check::Rest { deadline }
+    } else {
+        Check::Skip
+    };
+    match (finish.finish(check), outcome) {
         (Some(why), Outcome::Success) => Ok(Outcome::PayloadError(why)),
         (_, outcome) => Ok(outcome),
     }
@@ -1019,83 +998,4 @@ pub fn run_stream_job(
         std::path::Path::new("stdin"),
         &mut |_| {},
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Seek};
-
-    fn data(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
-    }
-
-    fn expected(alg: DigestAlg, d: &[u8]) -> fspl_format::Digest {
-        fspl_trust::digest::hash_reader(alg, &mut &d[..]).unwrap().1
-    }
-
-    #[test]
-    fn hash_and_copy_small_and_large_payloads_match_a_plain_hash() {
-        // Below, at and above one chunk, and several chunks plus a tail.
-        for n in [
-            0,
-            1,
-            256 * 1024 - 1,
-            256 * 1024,
-            256 * 1024 + 1,
-            3 * 1024 * 1024 + 7,
-        ] {
-            for alg in [DigestAlg::Blake3, DigestAlg::Sha256] {
-                let d = data(n);
-                let mut out = tempfile::tempfile().unwrap();
-                let (len, digest) = hash_and_copy(alg, &mut &d[..], &mut out).unwrap();
-                assert_eq!(len, n as u64, "length for {n} bytes");
-                assert_eq!(digest, expected(alg, &d), "digest for {n} bytes");
-                let mut copy = Vec::new();
-                out.rewind().unwrap();
-                out.read_to_end(&mut copy).unwrap();
-                assert!(copy == d, "spooled copy of {n} bytes differs");
-            }
-        }
-    }
-
-    /// A decoder that fails part way (a corrupt or cut-short compressed or
-    /// encrypted payload).
-    struct FailsAfter(usize, usize);
-    impl Read for FailsAfter {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.0 >= self.1 {
-                return Err(io::Error::new(ErrorKind::InvalidData, "checksum mismatch"));
-            }
-            let n = buf.len().min(self.1 - self.0).min(10_000);
-            buf[..n].fill(1);
-            self.0 += n;
-            Ok(n)
-        }
-    }
-
-    #[test]
-    fn hash_and_copy_reports_a_decoder_error_in_the_middle() {
-        for at in [100, 300 * 1024, 2 * 1024 * 1024 + 5] {
-            let mut out = tempfile::tempfile().unwrap();
-            let e = hash_and_copy(DigestAlg::Blake3, &mut FailsAfter(0, at), &mut out).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidData, "failure after {at} bytes");
-        }
-    }
-
-    #[test]
-    fn hash_and_copy_reports_a_spool_write_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ro");
-        std::fs::write(&p, b"").unwrap();
-        // Opened read-only: every write fails (like ENOSPC on the spool).
-        let mut out = File::open(&p).unwrap();
-        for n in [10, 5 * 1024 * 1024] {
-            let d = data(n);
-            assert!(
-                hash_and_copy(DigestAlg::Blake3, &mut &d[..], &mut out).is_err(),
-                "a failing spool write of {n} bytes was not reported"
-            );
-        }
-    }
 }

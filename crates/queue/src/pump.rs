@@ -1,16 +1,28 @@
-//! Feeding a decoded payload (decompressed, later decrypted) to a command
-//! through a pipe, from a thread, and telling afterwards whether the whole
-//! payload was intact.
+//! Feeding a decoded payload (decompressed, decrypted) to a command through
+//! a pipe, from a thread, and telling afterwards whether the whole payload
+//! was intact.
+//!
+//! The job is over when its command exits. Something else may still hold
+//! the pipe then (a background process the command started), reading
+//! slowly or not at all; the pump must not wait for it. So it writes
+//! without blocking and sleeps in `poll` on the pipe together with a cancel
+//! pipe, which [`Pump::finish`] closes once the command has been reaped:
+//! from then on nothing more is written.
 
-use std::io::{self, ErrorKind, PipeReader, Read, Write};
-use std::thread::JoinHandle;
+use std::io::{self, ErrorKind, PipeReader, PipeWriter, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
 
 /// How a pump ended.
 #[derive(Debug)]
 pub enum PumpResult {
     /// Every byte was decoded and written to the command.
     Complete { bytes: u64 },
-    /// The command stopped reading before the end; the rest was decoded
+    /// The command stopped reading before the end (it closed the pipe, or
+    /// it ended while something else held the pipe); the rest was decoded
     /// anyway (to check its integrity) and is `verified`.
     ConsumerStopped { verified: io::Result<u64> },
     /// Decoding failed (truncated or corrupt data).
@@ -29,50 +41,279 @@ impl PumpResult {
     }
 }
 
+/// What to do with the rest of the payload once the command has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing: the command failed, was killed or never started.
+    Skip,
+    /// The command succeeded: read the rest to check that the payload was
+    /// intact, giving up at `deadline` (the end of the job's timeout).
+    Rest { deadline: Option<Instant> },
+}
+
+#[derive(Default)]
+struct Flags {
+    /// The command has ended: write nothing more.
+    ended: AtomicBool,
+    /// Nobody waits for the result any more: stop reading too.
+    abandoned: AtomicBool,
+}
+
 pub struct Pump {
-    handle: JoinHandle<PumpResult>,
+    result: mpsc::Receiver<PumpResult>,
+    /// Closing it wakes the pump out of `poll`.
+    cancel: OwnedFd,
+    flags: Arc<Flags>,
+}
+
+/// Why writing to the command stopped.
+enum Stop {
+    /// The command (and everything else) closed the pipe, or the command
+    /// ended: the consumer is gone.
+    Gone,
+    Error(io::Error),
 }
 
 impl Pump {
     /// Start copying `src` into a new pipe; the read end is for the command.
     pub fn start(mut src: Box<dyn Read + Send>) -> io::Result<(PipeReader, Pump)> {
-        let (reader, mut writer) = io::pipe()?;
-        let handle = std::thread::Builder::new()
+        let (reader, writer) = io::pipe()?;
+        set_nonblocking(&writer)?;
+        let (cancel_rx, cancel_tx) = io::pipe()?;
+        let flags = Arc::new(Flags::default());
+        let (tx, rx) = mpsc::sync_channel(1);
+        let f = flags.clone();
+        std::thread::Builder::new()
             .name("fspl-pump".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut total = 0u64;
-                loop {
-                    let n = match src.read(&mut buf) {
-                        Ok(0) => return PumpResult::Complete { bytes: total },
-                        Ok(n) => n,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => return PumpResult::SourceError(e),
-                    };
-                    if let Err(e) = writer.write_all(&buf[..n]) {
-                        if e.kind() == ErrorKind::BrokenPipe {
-                            drop(writer);
-                            let verified =
-                                io::copy(&mut src, &mut io::sink()).map(|n2| total + n as u64 + n2);
-                            return PumpResult::ConsumerStopped { verified };
-                        }
-                        return PumpResult::SourceError(io::Error::new(
-                            e.kind(),
-                            format!("writing to the command: {e}"),
-                        ));
-                    }
-                    total += n as u64;
-                }
+                let r = pump(&mut *src, writer, &cancel_rx, &f);
+                let _ = tx.send(r);
             })?;
-        Ok((reader, Pump { handle }))
+        Ok((
+            reader,
+            Pump {
+                result: rx,
+                cancel: OwnedFd::from(cancel_tx),
+                flags,
+            },
+        ))
     }
 
-    /// Wait for the pump (the command has ended, so it cannot block on the
-    /// pipe any more).
-    pub fn join(self) -> PumpResult {
-        self.handle
-            .join()
-            .unwrap_or_else(|_| PumpResult::SourceError(io::Error::other("payload thread failed")))
+    /// The command has ended (it has been reaped, so whatever still holds
+    /// the pipe is not the job). Stop writing at once; then, as `check`
+    /// says, settle the rest of the payload. Returns why the payload was
+    /// not whole, if it was not (or could not be checked by the deadline).
+    /// Never waits for a reader of the pipe, and with `Check::Skip` or a
+    /// deadline never waits for the source past it either: a pump still
+    /// busy then is left to stop on its own at its next read.
+    pub fn finish(self, check: Check) -> Option<String> {
+        let Pump {
+            result,
+            cancel,
+            flags,
+        } = self;
+        flags.ended.store(true, Ordering::SeqCst);
+        drop(cancel);
+        let got = match check {
+            Check::Skip => {
+                flags.abandoned.store(true, Ordering::SeqCst);
+                return None;
+            }
+            Check::Rest { deadline: None } => result.recv().map_err(|_| None),
+            Check::Rest { deadline: Some(at) } => result
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+                .map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => Some(at),
+                    mpsc::RecvTimeoutError::Disconnected => None,
+                }),
+        };
+        match got {
+            Ok(r) => r.payload_error(),
+            Err(Some(_)) => {
+                flags.abandoned.store(true, Ordering::SeqCst);
+                Some(
+                    "the command ended before reading all of it, and the rest could not be \
+                     checked before the timeout"
+                        .into(),
+                )
+            }
+            Err(None) => Some("payload thread failed".into()),
+        }
+    }
+}
+
+fn pump(src: &mut dyn Read, writer: PipeWriter, cancel: &PipeReader, flags: &Flags) -> PumpResult {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        if flags.abandoned.load(Ordering::SeqCst) {
+            return PumpResult::SourceError(io::Error::other("abandoned"));
+        }
+        let n = match src.read(&mut buf) {
+            Ok(0) => return PumpResult::Complete { bytes: total },
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return PumpResult::SourceError(e),
+        };
+        match write_all(&writer, &buf[..n], cancel, flags) {
+            Ok(()) => total += n as u64,
+            Err(Stop::Gone) => {
+                drop(writer);
+                let verified = drain(src, &mut buf, flags).map(|rest| total + n as u64 + rest);
+                return PumpResult::ConsumerStopped { verified };
+            }
+            Err(Stop::Error(e)) => {
+                return PumpResult::SourceError(io::Error::new(
+                    e.kind(),
+                    format!("writing to the command: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Write all of `data` unless the consumer goes away first; sleeps in
+/// `poll` on the pipe and the cancel pipe while the pipe is full.
+fn write_all(
+    mut w: &PipeWriter,
+    mut data: &[u8],
+    cancel: &PipeReader,
+    flags: &Flags,
+) -> Result<(), Stop> {
+    while !data.is_empty() {
+        if flags.ended.load(Ordering::SeqCst) {
+            return Err(Stop::Gone);
+        }
+        match w.write(data) {
+            Ok(k) => data = &data[k..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: w.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: cancel.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds on descriptors we hold; the
+                // result only tells us to look again.
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if fds[1].revents != 0 {
+                    return Err(Stop::Gone);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Err(Stop::Gone),
+            Err(e) => return Err(Stop::Error(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Decode the rest to check it, unless nobody waits for the answer any more.
+fn drain(src: &mut dyn Read, buf: &mut [u8], flags: &Flags) -> io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        if flags.abandoned.load(Ordering::SeqCst) {
+            return Err(io::Error::other("abandoned"));
+        }
+        match src.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += k as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn set_nonblocking(w: &PipeWriter) -> io::Result<()> {
+    let fd = w.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; the results are checked. Only
+    // our end of the pipe changes: the command's end stays blocking.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Zeros without end; counts what was taken.
+    struct Endless(Arc<std::sync::atomic::AtomicU64>);
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            buf.fill(0);
+            self.0.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            Ok(buf.len())
+        }
+    }
+
+    /// A reader of the pipe that never reads (a background process holding
+    /// the command's stdin) does not keep the pump, or its finish, waiting.
+    #[test]
+    fn finish_does_not_wait_for_a_holder_of_the_pipe_that_never_reads() {
+        for check in [
+            Check::Skip,
+            Check::Rest {
+                deadline: Some(Instant::now() + Duration::from_millis(300)),
+            },
+        ] {
+            let data = vec![5u8; 4 << 20];
+            let (reader, pump) = Pump::start(Box::new(io::Cursor::new(data))).unwrap();
+            // Let it fill the pipe and block.
+            std::thread::sleep(Duration::from_millis(100));
+            let t0 = Instant::now();
+            let r = pump.finish(check);
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "finish waited {:?}",
+                t0.elapsed()
+            );
+            // 4 MiB of memory: checking the rest is quick and it is whole.
+            if let Check::Rest { .. } = check {
+                assert_eq!(r, None, "{check:?}");
+            }
+            drop(reader);
+        }
+    }
+
+    /// When checking the rest cannot end before the deadline (an endless
+    /// payload), finish says so instead of waiting, and the pump stops.
+    #[test]
+    fn an_endless_rest_is_abandoned_at_the_deadline() {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (reader, pump) = Pump::start(Box::new(Endless(count.clone()))).unwrap();
+        drop(reader);
+        let r = pump.finish(Check::Rest {
+            deadline: Some(Instant::now() + Duration::from_millis(200)),
+        });
+        let why = r.expect("an unchecked rest must be reported");
+        assert!(why.contains("could not be checked"), "{why}");
+        // It stops on its own soon after.
+        std::thread::sleep(Duration::from_millis(200));
+        let a = count.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(count.load(Ordering::SeqCst), a, "the pump is still reading");
+    }
+
+    #[test]
+    fn a_reader_that_reads_everything_gets_everything() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut reader, pump) = Pump::start(Box::new(io::Cursor::new(data.clone()))).unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert!(got == data);
+        assert_eq!(pump.finish(Check::Rest { deadline: None }), None);
     }
 }

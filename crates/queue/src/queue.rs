@@ -14,12 +14,13 @@ use fspl_codec::{Compression, Peeked};
 use fspl_format::{Decoded, Extension, HeaderError, JobHeader, read_header};
 use fspl_trust::crypt::{Identities, decrypt, is_age};
 
+use crate::bounded::Bounded;
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{QueueError, Result};
 use crate::failpoint::hit;
 use crate::lock::FileLock;
-use crate::pump::Pump;
+use crate::pump::{Check, Pump};
 use crate::seqnum;
 
 /// Prefix of the temporary names `queue-write` streams into. They never look
@@ -76,6 +77,16 @@ pub struct OpenedJob {
     pub payload: Payload,
 }
 
+impl OpenedJob {
+    /// The payload, read no further than one byte past the length the
+    /// header declares (when it declares one): a payload that goes on fails
+    /// with [`crate::bounded::PayloadTooLong`] instead of being decoded to
+    /// its end.
+    pub fn payload_reader(&mut self) -> Bounded<&mut dyn Read> {
+        Bounded::new(self.payload.reader(), self.ext.payload_len)
+    }
+}
+
 /// Where a job's payload comes from.
 pub enum Payload {
     /// The stored file itself, positioned at the first payload byte; handed
@@ -103,19 +114,18 @@ pub enum PayloadFinish {
 }
 
 impl PayloadFinish {
-    /// Clean up; `Some(reason)` when the payload turned out to be incomplete
-    /// or corrupt.
-    pub fn finish(self) -> Option<String> {
+    /// Clean up once the command has ended (been reaped); `Some(reason)`
+    /// when the payload turned out to be incomplete or corrupt. A pump stops
+    /// writing at once (whatever still holds the pipe is not the job) and
+    /// checks the rest of the payload as `check` says.
+    pub fn finish(self, check: Check) -> Option<String> {
         match self {
             PayloadFinish::Nothing => None,
             PayloadFinish::KillDecoder(d) => {
                 d.kill();
                 None
             }
-            PayloadFinish::Pump(p, what) => p
-                .join()
-                .payload_error()
-                .map(|e| format!("{what} data: {e}")),
+            PayloadFinish::Pump(p, what) => p.finish(check).map(|e| format!("{what} data: {e}")),
         }
     }
 }

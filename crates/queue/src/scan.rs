@@ -474,12 +474,14 @@ pub fn payload_refusal(
     }
     let decoded = !matches!(job.payload, Payload::File(_));
     let alg = job.ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
-    let hashed = fspl_trust::digest::hash_reader(alg, job.payload.reader());
+    // No further than one byte past the stated length (a decoding bomb).
+    let hashed = fspl_trust::digest::hash_reader(alg, &mut job.payload_reader());
     job.payload.close();
     Ok(match hashed {
         Ok((len, digest)) => crate::verify::check_payload(&job.ext, len, &digest)
             .err()
             .map(|r| r.reason),
+        Err(e) if crate::bounded::too_long(&e).is_some() => Some(e.to_string()),
         Err(e) if decoded => Some(format!(
             "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
         )),

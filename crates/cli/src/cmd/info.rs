@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use fspl_format::{Decoded, format_env};
+use fspl_queue::bounded::Bounded;
 use fspl_queue::{CopyError, StreamPayload, copy_stream, open_stream};
 
 use crate::cli::IdentityArgs;
@@ -23,11 +24,14 @@ pub fn stdin_info(ids: &IdentityArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stdin_payload(ids: &IdentityArgs) -> anyhow::Result<ExitCode> {
-    let (_, payload) = stdin_job(ids)?;
-    let (mut reader, what): (Box<dyn std::io::Read>, &str) = match payload {
+    let (d, payload) = stdin_job(ids)?;
+    let (reader, what): (Box<dyn std::io::Read>, &str) = match payload {
         StreamPayload::Plain(r) => (Box::new(r), "stdin"),
         StreamPayload::Decoded { reader, what } => (reader, what),
     };
+    // No further than one byte past the length the header says: a small
+    // compressed job cannot make us decode gigabytes it does not declare.
+    let mut reader = Bounded::new(reader, d.ext.payload_len);
     match copy_stream(&mut reader, &mut *raw_stdout()) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(CopyError::Write(e)) => Err(StdoutError(e).into()),

@@ -1,17 +1,18 @@
 //! `queue-process`, `stdin-process`.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Seek, SeekFrom};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use fspl_format::{DigestAlg, Extension};
+use fspl_queue::bounded::{Bounded, too_long};
 use fspl_queue::process::{
     self, JobReport, Observer, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
 };
-use fspl_queue::verify;
-use fspl_queue::{Payload, PayloadFinish, Queue, StreamPayload};
+use fspl_queue::{CopyError, Payload, PayloadFinish, Queue, StreamPayload};
+use fspl_queue::{spool, verify};
 use fspl_trust::digest::hash_reader;
 
 use crate::output::RawStdin;
@@ -106,12 +107,13 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
     }
     let (stdin, finish) = match payload {
         // The whole payload is checked before the command sees a byte: a
-        // regular file is read twice, anything else spooled. Also with
-        // --ignore-payload, where the command inherits our stdin and so
-        // could read it: it then gets the checked copy (or our stdin itself,
-        // rewound to the payload).
+        // regular file is read twice (with --trust: copied while it is
+        // checked, so that a writer cannot change it after the check),
+        // anything else spooled. Also with --ignore-payload, where the
+        // command inherits our stdin and so could read it: it then gets the
+        // checked copy (or our stdin itself, rewound to the payload).
         payload if d.ext.payload_len.is_some() || d.ext.digest.is_some() => {
-            let file = checked_payload(payload, &d.ext)
+            let file = checked_payload(payload, &d.ext, trust.is_some())
                 .map_err(|e| anyhow::anyhow!("job {seq} (stdin) refused: {e}"))?;
             (Stdio::from(file), PayloadFinish::Nothing)
         }
@@ -139,58 +141,64 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Read a stdin payload to the end, checking its length and digest, and
-/// return a file positioned at its start: stdin itself when it is a
-/// regular file, else an unlinked temporary copy.
-fn checked_payload(payload: StreamPayload<RawStdin>, ext: &Extension) -> anyhow::Result<File> {
+/// Read a stdin payload to the end (no further than one byte past the
+/// length its header says), checking its length and digest, and return a
+/// file positioned at its start. Without `trusted`, a regular file on stdin
+/// is stdin itself, rewound; anything else (and with `trusted`, everything)
+/// is a private unlinked copy, hashed as it was written, so that the
+/// command reads exactly the bytes that were checked.
+fn checked_payload(
+    payload: StreamPayload<RawStdin>,
+    ext: &Extension,
+    trusted: bool,
+) -> anyhow::Result<File> {
     let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
-    let (mut reader, mut regular): (Box<dyn Read>, Option<(File, u64)>) = match payload {
+    let declared = ext.payload_len;
+    let copied = match payload {
         StreamPayload::Plain(stdin) => {
-            let f = stdin.into_file().context("cannot duplicate stdin")?;
+            let mut f = stdin.into_file().context("cannot duplicate stdin")?;
             let meta = f.metadata().context("cannot stat stdin")?;
-            if meta.is_file() {
-                let pos = (&f)
+            if meta.is_file() && !trusted {
+                let pos = f
                     .stream_position()
                     .context("cannot tell stdin's position")?;
-                let dup = f.try_clone().context("cannot duplicate stdin")?;
-                (Box::new(dup), Some((f, pos)))
+                let (len, digest) = hash_reader(alg, &mut Bounded::new(&mut f, declared))
+                    .map_err(|e| unreadable(&e))?;
+                verify::check_payload(ext, len, &digest).map_err(|r| anyhow::anyhow!(r.reason))?;
+                f.seek(SeekFrom::Start(pos))
+                    .context("cannot rewind stdin")?;
+                return Ok(f);
+            }
+            if meta.is_file() {
+                spool::private_copy_of_file(&std::env::temp_dir(), &mut f, alg, declared)
             } else {
-                (Box::new(f), None)
+                spool::private_copy_of_stream(None, &mut f, alg, declared)
             }
         }
-        StreamPayload::Decoded { reader, .. } => (reader, None),
+        StreamPayload::Decoded { mut reader, .. } => {
+            spool::private_copy_of_stream(None, &mut reader, alg, declared)
+        }
     };
-    if let Some((f, pos)) = regular.take() {
-        let (len, digest) = hash_reader(alg, &mut reader).context("cannot read the payload")?;
-        verify::check_payload(ext, len, &digest).map_err(|r| anyhow::anyhow!(r.reason))?;
-        let mut f = f;
-        f.seek(SeekFrom::Start(pos))
-            .context("cannot rewind stdin")?;
-        return Ok(f);
+    let spooled = match copied {
+        Ok(s) => s,
+        Err(CopyError::Read(e)) => return Err(unreadable(&e)),
+        Err(CopyError::Write(e)) => {
+            return Err(anyhow::anyhow!(
+                "cannot write the temporary payload copy: {e}"
+            ));
+        }
+    };
+    verify::check_payload(ext, spooled.len, &spooled.digest)
+        .map_err(|r| anyhow::anyhow!(r.reason))?;
+    Ok(spooled.file)
+}
+
+/// Why a payload could not be read to the end, in one line.
+fn unreadable(e: &std::io::Error) -> anyhow::Error {
+    match too_long(e) {
+        Some(t) => anyhow::anyhow!("{t}"),
+        None => anyhow::anyhow!("cannot read the payload: {e}"),
     }
-    let mut spool =
-        tempfile::tempfile().context("cannot create a temporary file for the payload")?;
-    let mut hasher = fspl_trust::digest::Hasher::new(alg);
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(anyhow::Error::new(e).context("cannot read the payload")),
-        };
-        hasher.update(&buf[..n]);
-        spool
-            .write_all(&buf[..n])
-            .context("cannot write the temporary payload copy")?;
-        len += n as u64;
-    }
-    verify::check_payload(ext, len, &hasher.finish()).map_err(|r| anyhow::anyhow!(r.reason))?;
-    spool
-        .seek(SeekFrom::Start(0))
-        .context("cannot rewind the temporary payload copy")?;
-    Ok(spool)
 }
 
 /// A progress bar on stderr when it is a terminal: jobs done of those ready,

@@ -298,7 +298,8 @@ pub fn payload(
     let dec = decoder(d);
     let entry = find_job(&q, seq, dec.as_ref(), None)?;
     let mut job = q.open_job(&entry.name, dec.as_ref())?;
-    let result = copy_stream(job.payload.reader(), &mut *raw_stdout());
+    // No further than one byte past the length the header says.
+    let result = copy_stream(&mut job.payload_reader(), &mut *raw_stdout());
     job.payload.close();
     match result {
         Ok(_) => Ok(ExitCode::SUCCESS),

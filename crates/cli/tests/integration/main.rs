@@ -13,6 +13,7 @@ mod cli_compat;
 mod crash;
 mod daemon;
 mod hardening_memory;
+mod hardening_payload;
 mod hardening_trust;
 mod interop;
 mod newcomer;
