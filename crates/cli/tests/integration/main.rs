@@ -12,6 +12,7 @@ mod both;
 mod cli_compat;
 mod crash;
 mod daemon;
+mod hardening_daemon;
 mod interop;
 mod process_options;
 mod reliability_common;
