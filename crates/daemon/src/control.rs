@@ -282,14 +282,8 @@ fn daemon_answers(path: &Path) -> bool {
     }
     let mut tries = 0;
     loop {
-        let asked = connect(path).and_then(|s| {
-            exchange(
-                path,
-                s,
-                &Request::Status,
-                std::time::Duration::from_secs(1),
-            )
-        });
+        let asked = connect(path)
+            .and_then(|s| exchange(path, s, &Request::Status, std::time::Duration::from_secs(1)));
         match asked {
             Ok(_) => return true,
             // No answer in time: ask once more, in case the holder is a

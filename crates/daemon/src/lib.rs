@@ -84,10 +84,12 @@ impl Running {
     fn start_job(&mut self, j: JobConfig, after: Option<tokio::task::JoinHandle<()>>) {
         let JobKind::Process(p) = &j.kind;
         let wake = Arc::new(Notify::new());
+        let returned = Arc::new(Notify::new());
         let dir = task::jobs_dir(p);
         let ready = fspl_queue::Queue::new(&p.queue).lock_path();
         let watched = if j.enabled && !p.poll {
-            self.watcher.watch(&dir, Some(ready), wake.clone())
+            self.watcher
+                .watch(&dir, Some(ready), wake.clone(), returned.clone())
         } else {
             None
         };
@@ -96,7 +98,7 @@ impl Running {
             p.clone(),
             j.enabled,
             self.shared.clone(),
-            watched.is_some(),
+            watched.is_some().then_some(returned),
             wake,
             after,
         );
@@ -386,6 +388,8 @@ pub fn raise_open_file_limit() -> Option<u64> {
             }
         }
     }
+    // rlim_t is u64 here, narrower on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
     Some(l.rlim_cur as u64)
 }
 

@@ -8,9 +8,10 @@
 //! created there is a reason to look again. Once the directory is back and
 //! its queue complete (the lock file, which `queue-init` creates last,
 //! exists), the watch is re-armed and the task woken, for the jobs that
-//! arrived meanwhile. [`Rearm`] does the same on demand (`fspl status
-//! --clear`, a reload), for changes no event reports (a parent directory
-//! renamed away).
+//! arrived meanwhile, and told that its directory is back (which ends a
+//! backoff or error state, as `fspl status --clear` does). [`Rearm`]
+//! watches a directory afresh on demand (`fspl status --clear`, a reload),
+//! for changes no event reports (a parent directory renamed away).
 //!
 //! The `notify` event thread calls our handler, and `watch`/`unwatch` wait
 //! for that thread; so re-arming runs on a thread of its own, and the
@@ -29,6 +30,9 @@ use tokio::sync::Notify;
 /// One watched directory (a queue's `jobs/`).
 struct Target {
     wake: Arc<Notify>,
+    /// Told when the directory has come back after going away (ends the
+    /// task's backoff or error state).
+    returned: Arc<Notify>,
     /// A file that exists once the queue is complete (its lock file): the
     /// task is woken after a re-arm only then.
     ready: Option<PathBuf>,
@@ -39,13 +43,20 @@ struct Routes {
     targets: HashMap<PathBuf, Target>,
     /// Targets whose own watch is in place.
     armed: HashSet<PathBuf>,
+    /// Targets found missing, not back yet.
+    missing: HashSet<PathBuf>,
     /// Stand-in watches: an existing ancestor of a target that is missing
     /// (or the queue directory of one not complete yet) -> those targets.
     standins: HashMap<PathBuf, HashSet<PathBuf>>,
 }
 
 enum Msg {
-    Arm(PathBuf),
+    /// Watch a target again; `forced`: asked for (clear, reload), not
+    /// caused by the directory going away.
+    Arm {
+        target: PathBuf,
+        forced: bool,
+    },
     Quit,
 }
 
@@ -71,7 +82,10 @@ impl Rearm {
     /// Watch `dir` (a key returned by [`Watcher::watch`]) afresh, and wake
     /// its task once that is done.
     pub fn rearm(&self, dir: &Path) {
-        let _ = self.0.send(Msg::Arm(dir.to_path_buf()));
+        let _ = self.0.send(Msg::Arm {
+            target: dir.to_path_buf(),
+            forced: true,
+        });
     }
 }
 
@@ -90,14 +104,30 @@ fn route(routes: &mut Routes, ev: &notify::Event) -> (Vec<PathBuf>, Vec<Arc<Noti
     );
     for p in &ev.paths {
         if gone {
-            // A watched directory itself went away (notify has dropped a
-            // removed one's watch; a renamed one's follows it elsewhere).
-            if routes.targets.contains_key(p) {
-                routes.armed.remove(p);
-                rearm.push(p.clone());
+            // A directory went away: notify drops the watches of a removed
+            // one and of everything under it (a renamed one's follow it
+            // elsewhere). Targets and stand-ins there are to be watched
+            // anew.
+            let under: Vec<PathBuf> = routes
+                .targets
+                .keys()
+                .filter(|t| t.starts_with(p))
+                .cloned()
+                .collect();
+            for t in under {
+                routes.armed.remove(&t);
+                rearm.push(t);
             }
-            if let Some(ts) = routes.standins.get(p) {
-                rearm.extend(ts.iter().cloned());
+            let stale: Vec<PathBuf> = routes
+                .standins
+                .keys()
+                .filter(|s| s.starts_with(p))
+                .cloned()
+                .collect();
+            for s in stale {
+                if let Some(ts) = routes.standins.remove(&s) {
+                    rearm.extend(ts);
+                }
             }
         }
         let Some(dir) = p.parent() else { continue };
@@ -117,6 +147,8 @@ fn route(routes: &mut Routes, ev: &notify::Event) -> (Vec<PathBuf>, Vec<Arc<Noti
             wake.push(t.wake.clone());
         }
     }
+    rearm.sort();
+    rearm.dedup();
     (rearm, wake)
 }
 
@@ -133,8 +165,11 @@ impl Watcher {
             for n in wake {
                 n.notify_one();
             }
-            for p in rearm {
-                let _ = etx.send(Msg::Arm(p));
+            for target in rearm {
+                let _ = etx.send(Msg::Arm {
+                    target,
+                    forced: false,
+                });
             }
         })
         .map_err(|e| tracing::warn!(error = %e, "filesystem events unavailable; every queue polls"))
@@ -146,8 +181,8 @@ impl Watcher {
             std::thread::Builder::new()
                 .name("fspl-watch".into())
                 .spawn(move || {
-                    while let Ok(Msg::Arm(t)) = rx.recv() {
-                        arm(&inner, &routes, &t);
+                    while let Ok(Msg::Arm { target, forced }) = rx.recv() {
+                        arm(&inner, &routes, &target, forced);
                     }
                 })
                 .map_err(|e| tracing::warn!(error = %e, "cannot start the re-watch thread"))
@@ -166,18 +201,32 @@ impl Watcher {
         Rearm(self.tx.clone())
     }
 
-    /// Wake `notify` when a job appears in `dir`; after the directory was
-    /// removed and re-created, once `ready` (the queue's lock file) exists.
-    /// Returns the key to unwatch or re-arm it with, or None when events
-    /// are not available for it (the caller then polls).
-    pub fn watch(&mut self, dir: &Path, ready: Option<PathBuf>, notify: Arc<Notify>) -> Option<PathBuf> {
+    /// Wake `notify` when a job appears in `dir`. When the directory has
+    /// gone away and come back (and `ready`, the queue's lock file, exists),
+    /// wake `notify` and tell `returned`. Returns the key to unwatch or
+    /// re-arm it with, or None when events are not available for it (the
+    /// caller then polls).
+    pub fn watch(
+        &mut self,
+        dir: &Path,
+        ready: Option<PathBuf>,
+        notify: Arc<Notify>,
+        returned: Arc<Notify>,
+    ) -> Option<PathBuf> {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let mut inner = lock(&self.inner);
         let w = inner.as_mut()?;
         match w.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
                 let mut r = lock(&self.routes);
-                r.targets.insert(dir.clone(), Target { wake: notify, ready });
+                r.targets.insert(
+                    dir.clone(),
+                    Target {
+                        wake: notify,
+                        returned,
+                        ready,
+                    },
+                );
                 r.armed.insert(dir.clone());
                 Some(dir)
             }
@@ -195,6 +244,7 @@ impl Watcher {
             let mut r = lock(&self.routes);
             r.targets.remove(dir);
             r.armed.remove(dir);
+            r.missing.remove(dir);
             set_standin(&mut r, dir, None)
         };
         if let Some(w) = inner.as_mut() {
@@ -250,10 +300,10 @@ fn set_standin(r: &mut Routes, target: &Path, standin: Option<&Path>) -> Vec<Pat
     unused
 }
 
-/// Watch `target` again: its own watch when it exists (then wake its task
-/// once its queue is complete), else a stand-in on its nearest existing
-/// ancestor. Runs on the re-watch thread.
-fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
+/// Watch `target` again: its own watch when it exists (then wake its task,
+/// and end its backoff or error state, once its queue is complete), else a
+/// stand-in on its nearest existing ancestor. Runs on the re-watch thread.
+fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path, forced: bool) {
     let mut guard = lock(inner);
     let Some(w) = guard.as_mut() else { return };
     // A few rounds at most: each one follows a directory that appeared
@@ -265,7 +315,8 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
             None => return,
         };
         let standin: PathBuf;
-        if target.is_dir() {
+        let waiting_for_ready = target.is_dir();
+        if waiting_for_ready {
             // Start afresh: a watch notify still holds for this path may
             // belong to a directory renamed away.
             let _ = w.unwatch(target);
@@ -284,9 +335,18 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
                     for u in unused {
                         let _ = w.unwatch(&u);
                     }
-                    tracing::debug!(dir = %target.display(), "watching again");
+                    // Back after going away (not just watched afresh).
+                    let back = lock(routes).missing.remove(target) || !forced;
+                    if back {
+                        tracing::info!(dir = %target.display(), "jobs directory is back; watching it again");
+                    } else {
+                        tracing::debug!(dir = %target.display(), "watching afresh");
+                    }
                     if let Some(t) = lock(routes).targets.get(target) {
                         t.wake.notify_one();
+                        if back {
+                            t.returned.notify_one();
+                        }
                     }
                     return;
                 }
@@ -295,6 +355,9 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
             }
         } else {
             lock(routes).armed.remove(target);
+            if lock(routes).missing.insert(target.to_path_buf()) {
+                tracing::info!(dir = %target.display(), "jobs directory is gone; it will be watched again when it comes back");
+            }
             let mut a = target.parent();
             while let Some(d) = a {
                 if d.is_dir() {
@@ -305,13 +368,19 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
             let Some(a) = a else { return };
             standin = a.to_path_buf();
         }
-        let watching = lock(routes)
-            .standins
-            .get(&standin)
-            .is_some_and(|ts| ts.contains(target));
-        if !watching && w.watch(&standin, RecursiveMode::NonRecursive).is_err() {
-            // Gone again already: look again.
-            continue;
+        // Already watched as a stand-in (for this target or another): a
+        // stand-in that went away was dropped from `standins` by `route`.
+        let watching = lock(routes).standins.contains_key(&standin);
+        if !watching {
+            // A watch notify may still hold for this path follows a
+            // directory renamed away: drop it first.
+            if !lock(routes).targets.contains_key(&standin) {
+                let _ = w.unwatch(&standin);
+            }
+            if w.watch(&standin, RecursiveMode::NonRecursive).is_err() {
+                // Gone again already: look again.
+                continue;
+            }
         }
         let unused = set_standin(&mut lock(routes), target, Some(&standin));
         for u in unused {
@@ -319,9 +388,11 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path) {
         }
         // What we wait for may have appeared before the stand-in watch was
         // in place: then go on at once.
-        let next_exists = if target.is_dir() {
-            ready.as_ref().is_none_or(|r| r.exists())
+        let next_exists = if waiting_for_ready {
+            // The lock file came, or the directory went again.
+            ready.as_ref().is_none_or(|r| r.exists()) || !target.is_dir()
         } else {
+            // The next directory on the way came (or all of them).
             target
                 .strip_prefix(&standin)
                 .ok()
