@@ -316,7 +316,7 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         Err(DirProblem::Missing) => {
             return Err(ControlError::Connect {
                 path: path.to_path_buf(),
-                source: std::io::ErrorKind::NotFound.into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
             });
         }
         Err(problem) => {

@@ -339,7 +339,8 @@ async fn task(
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified(), if !backing_off => {}
-            // A clear while backing off retries at once, from zero failures.
+            // The queue's directory back, or a clear, while backing off:
+            // retry at once, from zero failures.
             _ = back(), if backing_off => {
                 info!("queue directory is back; retrying now");
                 failures = 0;

@@ -875,14 +875,14 @@ fn a_100_mib_control_request_is_not_buffered_whole() {
     let (sent, answer) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the writer to finish");
-    assert!(
-        answer.contains("bad request: longer than 65536 bytes"),
-        "{answer:?}"
-    );
     let after = peak_rss_kib(pid);
     assert!(
         after < before + 32 * 1024,
         "peak memory went from {before} KiB to {after} KiB after a {sent}-byte request"
+    );
+    assert!(
+        answer.contains("bad request: longer than 65536 bytes"),
+        "{answer:?}"
     );
     // Still answering, still running jobs.
     assert_eq!(d.status()[0]["name"], "q");
@@ -930,9 +930,11 @@ fn accept_failing_for_want_of_descriptors_does_not_spin() {
         .filter_map(|_| connect_nonblocking(&d.socket))
         .collect();
     assert!(conns.len() > 48, "only {} connections", conns.len());
-    d.wait_for("accept to fail", || {
-        d.log_text().contains("cannot accept a connection")
+    // Its descriptors used up.
+    d.wait_for("the daemon's descriptors to run out", || {
+        open_fds(pid) >= 44
     });
+    std::thread::sleep(Duration::from_millis(200));
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let (t0, c0) = (Instant::now(), cpu_ticks(pid));
@@ -942,6 +944,11 @@ fn accept_failing_for_want_of_descriptors_does_not_spin() {
         share < 0.1,
         "the daemon used {:.0}% CPU while out of descriptors",
         share * 100.0
+    );
+    assert!(
+        d.log_text().contains("cannot accept a connection"),
+        "{}",
+        d.log_text()
     );
     drop(conns);
     d.wait_for("an answer again", || {
