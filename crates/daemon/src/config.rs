@@ -177,19 +177,11 @@ pub struct Config {
     pub jobs: Vec<JobConfig>,
 }
 
-/// The default control socket: $XDG_RUNTIME_DIR/fspl.sock, else /run/fspl.sock
-/// for root, else /tmp/fspl-UID.sock.
+/// The default control socket: `daemon.sock` in `$XDG_RUNTIME_DIR/fspl/`,
+/// else `/run/fspl/` for root, else `/tmp/fspl-UID/` (see
+/// [`crate::sockpath`]).
 pub fn default_socket() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("fspl.sock");
-    }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
-        PathBuf::from("/run/fspl.sock")
-    } else {
-        PathBuf::from(format!("/tmp/fspl-{uid}.sock"))
-    }
+    crate::sockpath::default_socket()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

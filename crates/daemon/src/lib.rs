@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod log;
+pub mod sockpath;
 pub mod state;
 mod task;
 mod watch;
@@ -64,6 +65,9 @@ pub fn check(config: &Config) -> Vec<String> {
     problems
 }
 
+/// Per job name: what ends its error state, and its watched directory.
+type Clears = Arc<Mutex<HashMap<String, (Arc<Notify>, Option<PathBuf>)>>>;
+
 struct Running {
     config: Config,
     tasks: HashMap<String, (JobConfig, TaskHandle, Option<PathBuf>)>,
@@ -80,19 +84,25 @@ impl Running {
     fn start_job(&mut self, j: JobConfig, after: Option<tokio::task::JoinHandle<()>>) {
         let JobKind::Process(p) = &j.kind;
         let wake = Arc::new(Notify::new());
+        let returned = Arc::new(Notify::new());
         let dir = task::jobs_dir(p);
-        let watched = j.enabled && !p.poll && self.watcher.watch(&dir, wake.clone());
+        let ready = fspl_queue::Queue::new(&p.queue).lock_path();
+        let watched = if j.enabled && !p.poll {
+            self.watcher
+                .watch(&dir, Some(ready), wake.clone(), returned.clone())
+        } else {
+            None
+        };
         let handle = task::spawn(
             j.name.clone(),
             p.clone(),
             j.enabled,
             self.shared.clone(),
-            watched,
+            watched.is_some().then_some(returned),
             wake,
             after,
         );
-        self.tasks
-            .insert(j.name.clone(), (j, handle, watched.then_some(dir)));
+        self.tasks.insert(j.name.clone(), (j, handle, watched));
     }
 
     /// Stop a job's task: it finishes the job it is running, then ends.
@@ -111,8 +121,9 @@ impl Running {
     /// after the command they are running (never waited for here: a long
     /// command must not hold up the reload or a SIGTERM), added ones start,
     /// changed ones start once their old task has ended; unchanged ones read
-    /// their trust files and identities again before their next run; every
-    /// job in an error state gets a fresh start.
+    /// their trust files and identities again before their next run and
+    /// have their directory watched afresh; every job in an error state gets
+    /// a fresh start.
     fn reload(&mut self, new: Config) {
         self.retiring.retain(|h| !h.is_finished());
         let mut stopped = HashMap::new();
@@ -128,11 +139,15 @@ impl Running {
         }
         for j in &new.jobs {
             match self.tasks.get(&j.name) {
-                Some((_, h, _)) => {
+                Some((_, h, dir)) => {
                     // Unchanged job: reread its trust file and identities
-                    // before its next run, and end its error state.
+                    // before its next run, end its error state, and watch
+                    // its directory afresh (it may have been replaced).
                     h.refresh.store(true, Ordering::SeqCst);
                     h.clear.notify_waiters();
+                    if let Some(d) = dir {
+                        self.watcher.rearmer().rearm(d);
+                    }
                 }
                 None => {
                     let after = stopped.remove(&j.name);
@@ -217,25 +232,32 @@ async fn run_inner(
             r.start_job(j, None);
         }
     }
-    // Control socket.
-    let clears: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
-    let refresh_clears = |r: &Running, c: &Arc<Mutex<HashMap<String, Arc<Notify>>>>| {
+    // Control socket. A clear also watches the job's directory afresh.
+    let clears: Clears = Arc::default();
+    let refresh_clears = |r: &Running, c: &Clears| {
         if let Ok(mut m) = c.lock() {
             *m = r
                 .tasks
                 .iter()
-                .map(|(k, v)| (k.clone(), v.1.clear.clone()))
+                .map(|(k, v)| (k.clone(), (v.1.clear.clone(), v.2.clone())))
                 .collect();
         }
     };
-    refresh_clears(&*running.lock().await, &clears);
+    let rearm = {
+        let r = running.lock().await;
+        refresh_clears(&r, &clears);
+        r.watcher.rearmer()
+    };
     let (reg, cl) = (registry.clone(), clears.clone());
     let server = tokio::spawn(control::serve(listener, move |req| match req {
         Request::Status => Response::Status {
             jobs: reg.snapshot(),
         },
         Request::Clear { job } => match cl.lock().ok().and_then(|m| m.get(&job).cloned()) {
-            Some(n) => {
+            Some((n, dir)) => {
+                if let Some(d) = dir {
+                    rearm.rearm(&d);
+                }
                 n.notify_waiters();
                 Response::Cleared { job }
             }
@@ -343,8 +365,38 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// Raise the soft limit on open files to the hard one, so that a burst of
+/// control connections or busy queues does not run the daemon out of file
+/// descriptors before the hard limit. Returns the limit now in effect.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return None;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                l = raised;
+            }
+        }
+    }
+    // rlim_t is u64 here, narrower on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    Some(l.rlim_cur as u64)
+}
+
 /// Run the daemon on a runtime of its own (for the `fspl daemon` command).
 pub fn run_blocking(config: Config) -> Result<(), DaemonError> {
+    let files = raise_open_file_limit();
+    tracing::debug!(open_files = files, "open file limit");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(config.daemon.max_parallel + 2)

@@ -233,13 +233,15 @@ fn run_once(name: &str, p: &Prepared, shared: &Shared, stop_flag: &Arc<AtomicBoo
 /// Start the task for a process job. With `after` (the task of the job's
 /// previous configuration, told to stop), it begins once that one has
 /// ended, so the two never run the queue at once and the daemon need not
-/// wait for a long command to apply a reload.
+/// wait for a long command to apply a reload. `returned`: Some when the
+/// queue is watched for events (else it polls); notified when its jobs
+/// directory has come back after going away.
 pub fn spawn(
     name: String,
     cfg: ProcessJob,
     enabled: bool,
     shared: Shared,
-    watched: bool,
+    returned: Option<Arc<Notify>>,
     wake: Arc<Notify>,
     after: Option<tokio::task::JoinHandle<()>>,
 ) -> TaskHandle {
@@ -272,7 +274,7 @@ pub fn spawn(
             name,
             cfg,
             shared,
-            watched,
+            returned,
             wake.clone(),
             stop_rx,
             stop_flag.clone(),
@@ -319,14 +321,22 @@ async fn task(
     name: String,
     cfg: ProcessJob,
     shared: Shared,
-    watched: bool,
+    returned: Option<Arc<Notify>>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
     stop_flag: Arc<AtomicBool>,
     clear: Arc<Notify>,
     refresh: Arc<AtomicBool>,
 ) {
-    let polling = cfg.poll || !watched;
+    let polling = cfg.poll || returned.is_none();
+    // The queue's jobs directory came back after going away (removed and
+    // re-created): a failure or error state that caused ends at once.
+    let back = || async {
+        match &returned {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let mut interval = cfg.poll_min;
     let mut failures: u32 = 0;
     let mut next_run = Instant::now();
@@ -337,7 +347,14 @@ async fn task(
         tokio::select! {
             _ = sleep => {}
             _ = wake.notified(), if !backing_off => {}
-            // A clear while backing off retries at once, from zero failures.
+            // The queue's directory back, or a clear, while backing off:
+            // retry at once, from zero failures.
+            _ = back(), if backing_off => {
+                info!("queue directory is back; retrying now");
+                failures = 0;
+                backing_off = false;
+                interval = cfg.poll_min;
+            }
             _ = clear.notified(), if backing_off => {
                 info!("cleared; retrying now");
                 failures = 0;
@@ -377,6 +394,7 @@ async fn task(
                     set_gauges(&name, None, false, true);
                     tokio::select! {
                         _ = cleared => { next_run = Instant::now(); continue; }
+                        _ = back() => { next_run = Instant::now(); continue; }
                         _ = stop.changed() => return,
                     }
                 }
@@ -386,6 +404,10 @@ async fn task(
             p = shared.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
+        // A return of the directory before this run is no news to it.
+        if let Some(n) = &returned {
+            forget_notification(n);
+        }
         let (n, sh, sf, pp) = (name.clone(), shared.clone(), stop_flag.clone(), p.clone());
         let r = tokio::task::spawn_blocking(move || run_once(&n, &pp, &sh, &sf)).await;
         drop(permit);
@@ -462,6 +484,15 @@ async fn task(
                             set_gauges(&name, r.queued, false, false);
                             next_run = Instant::now();
                         }
+                        _ = back() => {
+                            info!("queue directory is back; resuming");
+                            failures = 0;
+                            backing_off = false;
+                            interval = cfg.poll_min;
+                            shared.registry.update(&name, |s| { s.state = JobState::Idle; s.consecutive_failures = 0; });
+                            set_gauges(&name, r.queued, false, false);
+                            next_run = Instant::now();
+                        }
                         _ = stop.changed() => return,
                     }
                 } else {
@@ -493,6 +524,15 @@ async fn task(
             }
         }
     }
+}
+
+/// Drop a notification stored for no waiter (`notify_one` before anyone
+/// waited), without waiting for one.
+fn forget_notification(n: &Notify) {
+    let f = n.notified();
+    tokio::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = std::future::Future::poll(f, &mut cx);
 }
 
 /// The jobs dir a task watches.

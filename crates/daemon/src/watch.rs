@@ -1,79 +1,257 @@
 //! Filesystem events: one inotify watcher (through `notify`) for every
 //! queue's `jobs/` directory; an event for a job-named file wakes the task
 //! of that queue.
+//!
+//! A watched directory that goes away (removed, or renamed: inotify then
+//! drops or moves its watch) is watched again when it comes back: until
+//! then its nearest existing ancestor is watched instead, and each entry
+//! created there is a reason to look again. Once the directory is back and
+//! its queue complete (the lock file, which `queue-init` creates last,
+//! exists), the watch is re-armed and the task woken, for the jobs that
+//! arrived meanwhile, and told that its directory is back (which ends a
+//! backoff or error state, as `fspl status --clear` does). [`Rearm`]
+//! watches a directory afresh on demand (`fspl status --clear`, a reload),
+//! for changes no event reports (a parent directory renamed away).
+//!
+//! The `notify` event thread calls our handler, and `watch`/`unwatch` wait
+//! for that thread; so re-arming runs on a thread of its own, and the
+//! handler never waits for the lock the watcher is held under.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fspl_queue::{EntryKind, classify};
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 
-type Routes = Arc<Mutex<HashMap<PathBuf, Arc<Notify>>>>;
+/// One watched directory (a queue's `jobs/`).
+struct Target {
+    wake: Arc<Notify>,
+    /// Told when the directory has come back after going away (ends the
+    /// task's backoff or error state).
+    returned: Arc<Notify>,
+    /// A file that exists once the queue is complete (its lock file): the
+    /// task is woken after a re-arm only then.
+    ready: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Routes {
+    targets: HashMap<PathBuf, Target>,
+    /// Targets whose own watch is in place.
+    armed: HashSet<PathBuf>,
+    /// Targets found missing, not back yet.
+    missing: HashSet<PathBuf>,
+    /// Stand-in watches: an existing ancestor of a target that is missing
+    /// (or the queue directory of one not complete yet) -> those targets.
+    standins: HashMap<PathBuf, HashSet<PathBuf>>,
+}
+
+enum Msg {
+    /// Watch a target again; `forced`: asked for (clear, reload), not
+    /// caused by the directory going away.
+    Arm {
+        target: PathBuf,
+        forced: bool,
+    },
+    Quit,
+}
+
+type Inner = Arc<Mutex<Option<RecommendedWatcher>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub struct Watcher {
-    inner: Option<RecommendedWatcher>,
-    routes: Routes,
+    inner: Inner,
+    routes: Arc<Mutex<Routes>>,
+    tx: mpsc::Sender<Msg>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Asks the watcher to watch a directory afresh (a cheap handle for the
+/// control socket and reloads).
+#[derive(Clone)]
+pub struct Rearm(mpsc::Sender<Msg>);
+
+impl Rearm {
+    /// Watch `dir` (a key returned by [`Watcher::watch`]) afresh, and wake
+    /// its task once that is done.
+    pub fn rearm(&self, dir: &Path) {
+        let _ = self.0.send(Msg::Arm {
+            target: dir.to_path_buf(),
+            forced: true,
+        });
+    }
+}
+
+/// What an event means for the targets: the paths to re-arm, the tasks to
+/// wake.
+fn route(routes: &mut Routes, ev: &notify::Event) -> (Vec<PathBuf>, Vec<Arc<Notify>>) {
+    let mut rearm = Vec::new();
+    let mut wake = Vec::new();
+    let gone = matches!(
+        ev.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    );
+    let appeared = matches!(
+        ev.kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+    );
+    for p in &ev.paths {
+        if gone {
+            // A directory went away: notify drops the watches of a removed
+            // one and of everything under it (a renamed one's follow it
+            // elsewhere). Targets and stand-ins there are to be watched
+            // anew.
+            let under: Vec<PathBuf> = routes
+                .targets
+                .keys()
+                .filter(|t| t.starts_with(p))
+                .cloned()
+                .collect();
+            for t in under {
+                routes.armed.remove(&t);
+                rearm.push(t);
+            }
+            let stale: Vec<PathBuf> = routes
+                .standins
+                .keys()
+                .filter(|s| s.starts_with(p))
+                .cloned()
+                .collect();
+            for s in stale {
+                if let Some(ts) = routes.standins.remove(&s) {
+                    rearm.extend(ts);
+                }
+            }
+        }
+        let Some(dir) = p.parent() else { continue };
+        if appeared && let Some(ts) = routes.standins.get(dir) {
+            // Something appeared where a missing target is awaited: maybe
+            // the next directory on its way, or the queue's lock file.
+            rearm.extend(ts.iter().cloned());
+        }
+        if matches!(ev.kind, EventKind::Access(_) | EventKind::Remove(_)) {
+            continue;
+        }
+        let Some(name) = p.file_name() else { continue };
+        if classify(name) != EntryKind::Job || !routes.armed.contains(dir) {
+            continue;
+        }
+        if let Some(t) = routes.targets.get(dir) {
+            wake.push(t.wake.clone());
+        }
+    }
+    rearm.sort();
+    rearm.dedup();
+    (rearm, wake)
 }
 
 impl Watcher {
     /// A watcher, or one that watches nothing when the platform has no
     /// event support (every queue then polls).
     pub fn new() -> Watcher {
-        let routes: Routes = Arc::default();
-        let r = routes.clone();
-        let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let (r, etx) = (routes.clone(), tx.clone());
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else { return };
-            if matches!(ev.kind, EventKind::Access(_) | EventKind::Remove(_)) {
-                return;
+            let (rearm, wake) = route(&mut lock(&r), &ev);
+            for n in wake {
+                n.notify_one();
             }
-            let Ok(routes) = r.lock() else { return };
-            for p in &ev.paths {
-                let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
-                    continue;
-                };
-                if classify(name) != EntryKind::Job {
-                    continue;
-                }
-                if let Some(n) = routes.get(dir) {
-                    n.notify_one();
-                }
+            for target in rearm {
+                let _ = etx.send(Msg::Arm {
+                    target,
+                    forced: false,
+                });
             }
         })
         .map_err(|e| tracing::warn!(error = %e, "filesystem events unavailable; every queue polls"))
         .ok();
-        Watcher { inner, routes }
+        let available = watcher.is_some();
+        let inner: Inner = Arc::new(Mutex::new(watcher));
+        let worker = available.then(|| {
+            let (inner, routes) = (inner.clone(), routes.clone());
+            std::thread::Builder::new()
+                .name("fspl-watch".into())
+                .spawn(move || {
+                    while let Ok(Msg::Arm { target, forced }) = rx.recv() {
+                        arm(&inner, &routes, &target, forced);
+                    }
+                })
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the re-watch thread"))
+                .ok()
+        });
+        Watcher {
+            inner,
+            routes,
+            tx,
+            worker: worker.flatten(),
+        }
     }
 
-    /// Wake `notify` when a job appears in `dir`. Returns false when events
-    /// are not available for it (the caller then polls).
-    pub fn watch(&mut self, dir: &Path, notify: Arc<Notify>) -> bool {
-        let Some(w) = self.inner.as_mut() else {
-            return false;
-        };
+    /// A handle that re-arms watches from elsewhere.
+    pub fn rearmer(&self) -> Rearm {
+        Rearm(self.tx.clone())
+    }
+
+    /// Wake `notify` when a job appears in `dir`. When the directory has
+    /// gone away and come back (and `ready`, the queue's lock file, exists),
+    /// wake `notify` and tell `returned`. Returns the key to unwatch or
+    /// re-arm it with, or None when events are not available for it (the
+    /// caller then polls).
+    pub fn watch(
+        &mut self,
+        dir: &Path,
+        ready: Option<PathBuf>,
+        notify: Arc<Notify>,
+        returned: Arc<Notify>,
+    ) -> Option<PathBuf> {
         let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let mut inner = lock(&self.inner);
+        let w = inner.as_mut()?;
         match w.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
-                if let Ok(mut r) = self.routes.lock() {
-                    r.insert(dir, notify);
-                }
-                true
+                let mut r = lock(&self.routes);
+                r.targets.insert(
+                    dir.clone(),
+                    Target {
+                        wake: notify,
+                        returned,
+                        ready,
+                    },
+                );
+                r.armed.insert(dir.clone());
+                Some(dir)
             }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for filesystem events; polling instead");
-                false
+                None
             }
         }
     }
 
+    /// Stop watching `dir` (a key returned by [`Watcher::watch`]).
     pub fn unwatch(&mut self, dir: &Path) {
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        if let Some(w) = self.inner.as_mut() {
-            let _ = w.unwatch(&dir);
-        }
-        if let Ok(mut r) = self.routes.lock() {
-            r.remove(&dir);
+        let mut inner = lock(&self.inner);
+        let drop_standins = {
+            let mut r = lock(&self.routes);
+            r.targets.remove(dir);
+            r.armed.remove(dir);
+            r.missing.remove(dir);
+            set_standin(&mut r, dir, None)
+        };
+        if let Some(w) = inner.as_mut() {
+            let _ = w.unwatch(dir);
+            for s in drop_standins {
+                let _ = w.unwatch(&s);
+            }
         }
     }
 }
@@ -81,5 +259,148 @@ impl Watcher {
 impl Default for Watcher {
     fn default() -> Self {
         Watcher::new()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Quit);
+        // Stops notify's thread and drops the handler (and its sender).
+        drop(lock(&self.inner).take());
+        if let Some(t) = self.worker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Make `standin` (or nothing) the one stand-in watch of `target`; returns
+/// the stand-ins no target needs any more (to unwatch, unless they are
+/// targets themselves).
+fn set_standin(r: &mut Routes, target: &Path, standin: Option<&Path>) -> Vec<PathBuf> {
+    let mut unused = Vec::new();
+    r.standins.retain(|s, ts| {
+        if Some(s.as_path()) != standin {
+            ts.remove(target);
+        }
+        if ts.is_empty() {
+            unused.push(s.clone());
+            false
+        } else {
+            true
+        }
+    });
+    if let Some(s) = standin {
+        r.standins
+            .entry(s.to_path_buf())
+            .or_default()
+            .insert(target.to_path_buf());
+        unused.retain(|u| u != s);
+    }
+    unused.retain(|u| !r.targets.contains_key(u));
+    unused
+}
+
+/// Watch `target` again: its own watch when it exists (then wake its task,
+/// and end its backoff or error state, once its queue is complete), else a
+/// stand-in on its nearest existing ancestor. Runs on the re-watch thread.
+fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path, forced: bool) {
+    let mut guard = lock(inner);
+    let Some(w) = guard.as_mut() else { return };
+    // A few rounds at most: each one follows a directory that appeared
+    // between a look and a watch.
+    for _ in 0..16 {
+        let ready = match lock(routes).targets.get(target) {
+            Some(t) => t.ready.clone(),
+            // Unwatched meanwhile (job removed or changed).
+            None => return,
+        };
+        let standin: PathBuf;
+        let waiting_for_ready = target.is_dir();
+        if waiting_for_ready {
+            // Start afresh: a watch notify still holds for this path may
+            // belong to a directory renamed away.
+            let _ = w.unwatch(target);
+            if let Err(e) = w.watch(target, RecursiveMode::NonRecursive) {
+                if target.is_dir() {
+                    tracing::warn!(dir = %target.display(), error = %e, "cannot watch for filesystem events again; the safety rescan will find its jobs");
+                    return;
+                }
+                continue;
+            }
+            lock(routes).armed.insert(target.to_path_buf());
+            let complete = ready.as_ref().is_none_or(|r| r.exists());
+            match target.parent().filter(|_| !complete) {
+                None => {
+                    let unused = set_standin(&mut lock(routes), target, None);
+                    for u in unused {
+                        let _ = w.unwatch(&u);
+                    }
+                    // Back after going away (not just watched afresh).
+                    let back = lock(routes).missing.remove(target) || !forced;
+                    if back {
+                        tracing::info!(dir = %target.display(), "jobs directory is back; watching it again");
+                    } else {
+                        tracing::debug!(dir = %target.display(), "watching afresh");
+                    }
+                    if let Some(t) = lock(routes).targets.get(target) {
+                        t.wake.notify_one();
+                        if back {
+                            t.returned.notify_one();
+                        }
+                    }
+                    return;
+                }
+                // Wait for the queue to be complete: watch its directory.
+                Some(q) => standin = q.to_path_buf(),
+            }
+        } else {
+            lock(routes).armed.remove(target);
+            if lock(routes).missing.insert(target.to_path_buf()) {
+                tracing::info!(dir = %target.display(), "jobs directory is gone; it will be watched again when it comes back");
+            }
+            let mut a = target.parent();
+            while let Some(d) = a {
+                if d.is_dir() {
+                    break;
+                }
+                a = d.parent();
+            }
+            let Some(a) = a else { return };
+            standin = a.to_path_buf();
+        }
+        // Already watched as a stand-in (for this target or another): a
+        // stand-in that went away was dropped from `standins` by `route`.
+        let watching = lock(routes).standins.contains_key(&standin);
+        if !watching {
+            // A watch notify may still hold for this path follows a
+            // directory renamed away: drop it first.
+            if !lock(routes).targets.contains_key(&standin) {
+                let _ = w.unwatch(&standin);
+            }
+            if w.watch(&standin, RecursiveMode::NonRecursive).is_err() {
+                // Gone again already: look again.
+                continue;
+            }
+        }
+        let unused = set_standin(&mut lock(routes), target, Some(&standin));
+        for u in unused {
+            let _ = w.unwatch(&u);
+        }
+        // What we wait for may have appeared before the stand-in watch was
+        // in place: then go on at once.
+        let next_exists = if waiting_for_ready {
+            // The lock file came, or the directory went again.
+            ready.as_ref().is_none_or(|r| r.exists()) || !target.is_dir()
+        } else {
+            // The next directory on the way came (or all of them).
+            target
+                .strip_prefix(&standin)
+                .ok()
+                .and_then(|rest| rest.components().next())
+                .is_some_and(|c| standin.join(c).is_dir())
+        };
+        if !next_exists {
+            return;
+        }
     }
 }
