@@ -720,6 +720,8 @@ fn reliability_hostile_path_traversal() {
     ])));
     let rec = sb.path("rec");
     std::fs::create_dir(&rec).unwrap();
+    // The daemon's socket goes here: private whatever the umask.
+    std::fs::set_permissions(&rec, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let log = rec.join("log");
     let key = sb.path("keys/laptop");
     std::fs::create_dir(sb.path("keys")).unwrap();
