@@ -144,12 +144,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("fspl-test-")
-                .tempdir()
-                .unwrap(),
-        }
+        // Private whatever the umask: daemons refuse a control socket in a
+        // directory others may write to.
+        let dir = tempfile::Builder::new()
+            .prefix("fspl-test-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .unwrap();
+        Sandbox { dir }
     }
 
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
