@@ -105,7 +105,10 @@ fn parse(bytes: &[u8]) -> Option<LastFailure> {
             b"seq" => seq = text().and_then(|v| v.parse::<u64>().ok()),
             b"time" => time = text().and_then(|v| v.parse::<i64>().ok()),
             b"file" => file = Some(OsString::from_vec(value.to_vec())),
-            b"outcome" => outcome = Some(String::from_utf8_lossy(value).into_owned()),
+            // Shown on a terminal: whoever wrote the file, one plain line.
+            b"outcome" => {
+                outcome = Some(crate::escape_controls(&String::from_utf8_lossy(value)).into_owned())
+            }
             _ => {}
         }
     }
@@ -149,6 +152,12 @@ mod tests {
         assert_eq!(parse(b"seq=5\ntime=1\nfile=\noutcome=x\n"), None);
         assert_eq!(parse(b"seq=x\ntime=1\nfile=f\noutcome=x\n"), None);
         assert_eq!(parse(b"seq=5\ntime=1\nfile=f\n"), None);
+        assert_eq!(
+            parse(b"seq=5\ntime=1\nfile=f\noutcome=a\x1b[2Jb\r\n")
+                .unwrap()
+                .outcome,
+            "a\\x1b[2Jb\\r"
+        );
         assert_eq!(
             parse(b"junk\nseq=5\ntime=1\nfile=f\noutcome=o=k\n"),
             Some(LastFailure {

@@ -727,7 +727,9 @@ impl Run<'_> {
     fn failed_error(&mut self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {
         match last_failure::record(self.queue, seq, name, &outcome.to_string()) {
             Ok(()) => self.failure_recorded = true,
-            Err(e) => warn!(seq, error = %crate::display_chain(&e), "cannot record the failure for queue-status"),
+            Err(e) => {
+                warn!(seq, error = %crate::display_chain(&e), "cannot record the failure for queue-status")
+            }
         }
         ProcessError::JobFailed {
             seq,

@@ -25,7 +25,11 @@ fn status(q: &Path, extra: &[&str]) -> (Option<i32>, String, Value) {
         q.as_os_str(),
     ])
     .tap(extra));
-    assert_eq!(text.status.code(), json.status.code(), "text and --json exit");
+    assert_eq!(
+        text.status.code(),
+        json.status.code(),
+        "text and --json exit"
+    );
     let doc: Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
         panic!(
             "queue-status --json: {e}: {}",
@@ -74,13 +78,11 @@ fn add(t: &Setup, q: &Path, seq: u64) -> String {
 
 /// `queue-process -q Q EXTRA sh -c SCRIPT`.
 fn process(q: &Path, extra: &[&str], script: &str) -> Output {
-    run(fs([
-        OsStr::new("queue-process"),
-        OsStr::new("-q"),
-        q.as_os_str(),
-    ])
-    .tap(extra)
-    .tap(&["sh", "--", "-c", script]))
+    run(
+        fs([OsStr::new("queue-process"), OsStr::new("-q"), q.as_os_str()])
+            .tap(extra)
+            .tap(&["sh", "--", "-c", script]),
+    )
 }
 
 fn now() -> i64 {
@@ -125,7 +127,11 @@ fn queue_status_said_ready_while_the_next_job_failed_every_time() {
     add(&t, &t.q, 2);
     let before = now();
     let out = process(&t.q, &[], "cat > /dev/null; exit 1");
-    assert_eq!(out.status.code(), Some(1), "the job failed (--on-error retry)");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the job failed (--on-error retry)"
+    );
     let after = now();
     let (code, text, doc) = status(&t.q, &[]);
     assert_eq!(code, Some(0), "retrying is progress: {text}");
@@ -142,7 +148,10 @@ fn queue_status_said_ready_while_the_next_job_failed_every_time() {
         .lines()
         .find(|l| l.starts_with("failed:"))
         .unwrap_or_else(|| panic!("no failed line: {text}"));
-    assert!(failed.starts_with(&format!("failed:      job 1 ({first}) at ")), "{failed}");
+    assert!(
+        failed.starts_with(&format!("failed:      job 1 ({first}) at ")),
+        "{failed}"
+    );
     assert!(
         failed.ends_with(": command exited with status 1; it will be retried"),
         "{failed}"
@@ -152,7 +161,10 @@ fn queue_status_said_ready_while_the_next_job_failed_every_time() {
     assert_eq!(f["filename"], first.as_str());
     assert_eq!(f["outcome"], "command exited with status 1");
     let secs = f["time_secs"].as_i64().unwrap();
-    assert!((before..=after).contains(&secs), "{secs} not in {before}..={after}");
+    assert!(
+        (before..=after).contains(&secs),
+        "{secs} not in {before}..={after}"
+    );
     // The time shown is that one (TZ=UTC).
     let shown = f["time"].as_str().unwrap();
     assert!(state.contains(&format!("failed at {shown} (")), "{state}");
@@ -163,7 +175,10 @@ fn queue_status_said_ready_while_the_next_job_failed_every_time() {
     let out = process(&t.q, &[], "cat > /dev/null; exit 7");
     assert_eq!(out.status.code(), Some(1));
     let (_, _, doc) = status(&t.q, &[]);
-    assert_eq!(doc["last_failure"]["outcome"], "command exited with status 7");
+    assert_eq!(
+        doc["last_failure"]["outcome"],
+        "command exited with status 7"
+    );
 
     // Once it succeeds, the record is gone and nothing needs attention.
     ok(process(&t.q, &[], "cat > /dev/null"));
@@ -188,7 +203,10 @@ fn a_failure_record_that_no_longer_applies_is_not_shown() {
         t.q.as_os_str(),
         OsStr::new("2"),
     ]));
-    assert!(t.q.join("last-failure").exists(), "queue-set-next leaves it");
+    assert!(
+        t.q.join("last-failure").exists(),
+        "queue-set-next leaves it"
+    );
     let (code, text, doc) = status(&t.q, &[]);
     assert_eq!(code, Some(0));
     assert!(doc["last_failure"].is_null(), "{text}");
@@ -198,7 +216,9 @@ fn a_failure_record_that_no_longer_applies_is_not_shown() {
     );
     // A failure under --on-error leave moves on and removes the record.
     assert_eq!(
-        process(&t.q, &["--on-error", "leave"], "exit 1").status.code(),
+        process(&t.q, &["--on-error", "leave"], "exit 1")
+            .status
+            .code(),
         Some(0)
     );
     assert!(!t.q.join("last-failure").exists());
@@ -260,7 +280,10 @@ fn queue_status_said_idle_with_files_below_nextseq() {
         state_line(&text),
         "idle: no jobs waiting; attention: 2 files below next seq (never run again)"
     );
-    assert_eq!(attention(&doc), ["2 files below next seq (never run again)"]);
+    assert_eq!(
+        attention(&doc),
+        ["2 files below next seq (never run again)"]
+    );
     assert_eq!(doc["below_next"], 2);
 }
 
@@ -270,7 +293,11 @@ fn every_attention_case_at_once_is_listed_in_order_and_the_exit_stays_0() {
     add(&t, &t.q, 1);
     add(&t, &t.q, 2);
     add(&t, &t.q, 3);
-    ok(process(&t.q, &["--never-delete", "-n", "1"], "cat > /dev/null"));
+    ok(process(
+        &t.q,
+        &["--never-delete", "-n", "1"],
+        "cat > /dev/null",
+    ));
     assert_eq!(process(&t.q, &[], "exit 1").status.code(), Some(1));
     std::fs::write(t.q.join("jobs/fspl-junk.fspl"), b"junk").unwrap();
     let rejected = t.q.join("rejected");
@@ -319,7 +346,10 @@ fn queue_status_blocked_on_a_gap_did_not_say_how_to_go_on() {
     let quoted = format!("'{shown}'");
     let (code, text, doc) = status(&q, &[]);
     assert_eq!(code, Some(1), "blocked exits 1: {text}");
-    assert_eq!(state_line(&text), "blocked: waiting for seq 3; seq 6 present");
+    assert_eq!(
+        state_line(&text),
+        "blocked: waiting for seq 3; seq 6 present"
+    );
     let hints: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("hint:        "))
@@ -344,7 +374,10 @@ fn queue_status_blocked_on_a_gap_did_not_say_how_to_go_on() {
     ok(process(&q, &[], "cat > /dev/null"));
     let (code, text, _) = status(&q, &[]);
     assert_eq!(code, Some(1));
-    assert_eq!(state_line(&text), "blocked: waiting for seq 4; seqs 5–6 present");
+    assert_eq!(
+        state_line(&text),
+        "blocked: waiting for seq 4; seqs 5–6 present"
+    );
     let hints: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("hint:        "))
@@ -352,8 +385,7 @@ fn queue_status_blocked_on_a_gap_did_not_say_how_to_go_on() {
     assert_eq!(
         hints,
         [
-            "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq 4"
-                .to_string(),
+            "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq 4".to_string(),
             format!("or give up on seq 4 here: fspl queue-set-next -q {quoted} 5"),
         ]
     );
@@ -384,8 +416,7 @@ fn the_senders_nop_from_the_hint_fills_the_gap() {
     let (_, text, doc) = status(&q, &[]);
     let hint = doc["hints"][0].as_str().unwrap().to_string();
     assert_eq!(
-        hint,
-        "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq 5",
+        hint, "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq 5",
         "{text}"
     );
     let cmd = hint.split_once(": ").unwrap().1;
@@ -413,10 +444,9 @@ fn queue_ls_trust_vouched_for_a_job_whose_payload_was_tampered() {
     for row in &rows[1..] {
         assert!(row.ends_with(" laptop (payload unchecked)"), "{ls}");
     }
-    let doc: Value = serde_json::from_slice(&must(fs([
-        "queue-ls", "-q", q, "--trust", trust, "--json",
-    ])))
-    .unwrap();
+    let doc: Value =
+        serde_json::from_slice(&must(fs(["queue-ls", "-q", q, "--trust", trust, "--json"])))
+            .unwrap();
     for job in doc["jobs"].as_array().unwrap() {
         assert_eq!(job["signer"], "laptop", "{doc}");
         assert_eq!(job["payload_checked"], false, "{doc}");
@@ -428,8 +458,8 @@ fn queue_ls_trust_vouched_for_a_job_whose_payload_was_tampered() {
         String::from_utf8_lossy(&ours_plain),
         String::from_utf8_lossy(&theirs_plain)
     );
-    let plain_json: Value = serde_json::from_slice(&must(fs(["queue-ls", "-q", q, "--json"])))
-        .unwrap();
+    let plain_json: Value =
+        serde_json::from_slice(&must(fs(["queue-ls", "-q", q, "--json"]))).unwrap();
     assert!(
         plain_json["jobs"][0].get("payload_checked").is_none(),
         "{plain_json}"
@@ -437,13 +467,28 @@ fn queue_ls_trust_vouched_for_a_job_whose_payload_was_tampered() {
 
     // queue-info --trust reads the one job's payload: the tampered one is
     // refused, as queue-process would refuse it; the genuine one is shown.
-    let line = one_line_error(run(fs(["queue-info", "-q", q, "-j", "2", "--trust", trust])));
+    let line = one_line_error(run(fs([
+        "queue-info",
+        "-q",
+        q,
+        "-j",
+        "2",
+        "--trust",
+        trust,
+    ])));
     assert!(
         line.contains(&format!("job 2 ({q}/jobs/{bad}) would be refused: payload")),
         "{line}"
     );
     let info: Value = serde_json::from_slice(&must(fs([
-        "queue-info", "-q", q, "-j", "1", "--trust", trust, "--json",
+        "queue-info",
+        "-q",
+        q,
+        "-j",
+        "1",
+        "--trust",
+        trust,
+        "--json",
     ])))
     .unwrap();
     assert_eq!(info["signer"], "laptop");
@@ -483,7 +528,10 @@ fn queue_status_trust_did_not_say_that_payloads_were_not_checked() {
         text.contains(&format!("refusable:   seq 3, {unsigned}: unsigned job")),
         "{text}"
     );
-    assert!(!text.contains(&format!("refusable:   seq 2, {bad}")), "{text}");
+    assert!(
+        !text.contains(&format!("refusable:   seq 2, {bad}")),
+        "{text}"
+    );
     assert_eq!(
         doc["trust"],
         serde_json::json!({"headers_checked": 3, "payloads_checked": false})
@@ -517,4 +565,46 @@ fn queue_status_trust_did_not_say_that_payloads_were_not_checked() {
     let (_, text, doc) = status(&t.q, &[]);
     assert!(!text.contains("trust:"), "{text}");
     assert!(doc["trust"].is_null());
+}
+
+/// The `queue-status` example in docs/cli.md is what the command prints
+/// for the situation it shows (names, times and the directory aside).
+#[test]
+fn the_queue_status_example_in_the_cli_reference_is_real_output() {
+    let md = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
+    let section = md
+        .split_once("### `queue-status` *(fspl)*")
+        .expect("a queue-status section")
+        .1;
+    let shown = section
+        .split_once("```text\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .expect("an example block")
+        .0;
+    let t = Setup::new();
+    let set_next = |n: &str| {
+        must(fs([
+            OsStr::new("queue-set-next"),
+            OsStr::new("-q"),
+            t.q.as_os_str(),
+            OsStr::new(n),
+        ]))
+    };
+    set_next("4");
+    let refused = add(&t, &t.q, 4);
+    ok(t.process(&t.q, &[]));
+    set_next("5");
+    let five = add(&t, &t.q, 5);
+    let six = add(&t, &t.q, 6);
+    assert_eq!(process(&t.q, &[], "exit 1").status.code(), Some(1));
+    std::fs::write(t.q.join("jobs/fspl-junk.fspl"), b"junk").unwrap();
+    let (code, text, doc) = status(&t.q, &[]);
+    assert_eq!(code, Some(0));
+    let time = doc["last_failure"]["time"].as_str().unwrap();
+    let mut real = text.replace(t.q.to_str().unwrap(), "/srv/queue");
+    real = real.replace(time, "2026-05-04T21:10:07+02:00");
+    for name in [refused.as_str(), &five, &six, "fspl-junk.fspl"] {
+        real = real.replace(name, "fspl-….fspl");
+    }
+    assert_eq!(real, shown);
 }
