@@ -77,7 +77,21 @@ fn hints(st: &QueueStatus) -> Vec<String> {
     };
     let dir = shell_word(&st.dir.to_string_lossy());
     let last = g.present.saturating_sub(1);
-    if last <= g.waiting_for {
+    let mut v = Vec::new();
+    // A job this reader could not decrypt may be the missing one.
+    if !st.encrypted.is_empty() {
+        v.push(format!(
+            "first give --identity: {} encrypted job{} not read, one may be seq {}",
+            st.encrypted.len(),
+            if st.encrypted.len() == 1 {
+                " was"
+            } else {
+                "s were"
+            },
+            g.waiting_for
+        ));
+    }
+    v.extend(if last <= g.waiting_for {
         vec![
             format!(
                 "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq {}",
@@ -99,7 +113,8 @@ fn hints(st: &QueueStatus) -> Vec<String> {
                 g.waiting_for, g.present
             ),
         ]
-    }
+    });
+    v
 }
 
 /// With a trust file: what was checked. `payloads_read`: the caller

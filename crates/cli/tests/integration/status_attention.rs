@@ -608,3 +608,32 @@ fn the_queue_status_example_in_the_cli_reference_is_real_output() {
     }
     assert_eq!(real, shown);
 }
+
+#[test]
+fn a_gap_hint_did_not_warn_that_an_encrypted_job_may_be_the_missing_one() {
+    let t = Setup::new();
+    let q = gap_queue(&t, "q3");
+    let mut c = fs([
+        "prepare",
+        "--seq",
+        "3",
+        "--encrypt-to",
+        &t.laptop.public,
+        "-i",
+    ]);
+    c.arg(&t.payload);
+    t.write(&q, &must(c));
+    let (code, text, doc) = status(&q, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(
+        doc["hints"][0], "first give --identity: 1 encrypted job was not read, one may be seq 3",
+        "{text}"
+    );
+    assert_eq!(doc["hints"].as_array().unwrap().len(), 3, "{text}");
+    assert_eq!(attention(&doc), ["1 encrypted job not read"]);
+    // With the identity, the job is there and nothing is missing.
+    let key = t.laptop.secret.to_str().unwrap();
+    let (code, text, doc) = status(&q, &["--identity", key]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(doc["hints"], serde_json::json!([]));
+}
