@@ -381,9 +381,18 @@ pub fn status(
                 ),
             }
         } else {
+            // Up to the first seq processing would stop at: copies that are
+            // not one job, or a job (every copy) that would be refused.
+            let stops_at = |seq: u64| {
+                duplicates
+                    .iter()
+                    .any(|d| d.seq == seq && (!d.identical || d.refused.len() == d.files.len()))
+                    || (by_seq.get(&seq).is_some_and(|v| v.len() == 1)
+                        && would_refuse.iter().any(|(s, _, _)| *s == seq))
+            };
             let mut runnable = 0;
             let mut seq = next;
-            while by_seq.contains_key(&seq) {
+            while by_seq.contains_key(&seq) && !stops_at(seq) {
                 runnable += 1;
                 match seq.checked_add(1) {
                     Some(n) => seq = n,

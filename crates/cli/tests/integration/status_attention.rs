@@ -517,6 +517,11 @@ fn queue_status_trust_did_not_say_that_payloads_were_not_checked() {
     let trust = t.trust.to_str().unwrap();
     let (code, text, doc) = status(&t.q, &["--trust", trust]);
     assert_eq!(code, Some(0), "{text}");
+    // Job 3 would be refused: processing stops there (not counted).
+    assert_eq!(
+        state_line(&text),
+        "ready: 2 jobs can run now; attention: 1 queued job would be refused"
+    );
     assert!(
         text.contains(
             "trust:       3 pending jobs: signature, sender, params and queue checked; \
@@ -636,4 +641,20 @@ fn a_gap_hint_did_not_warn_that_an_encrypted_job_may_be_the_missing_one() {
     let (code, text, doc) = status(&q, &["--identity", key]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(doc["hints"], serde_json::json!([]));
+}
+
+#[test]
+fn queue_status_counted_a_later_seq_with_conflicting_copies_as_runnable_and_said_nothing() {
+    let t = Setup::new();
+    add(&t, &t.q, 1);
+    add(&t, &t.q, 2);
+    // Two different jobs claim seq 2: processing will stop there.
+    t.write(&t.q, &must(fs(["prepare-nop", "--seq", "2"])));
+    let (code, text, doc) = status(&t.q, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        state_line(&text),
+        "ready: 1 job can run now; attention: seq 2 is in files with different contents"
+    );
+    assert_eq!(doc["duplicates"][0]["identical"], false);
 }
