@@ -152,10 +152,12 @@ pub enum Cmd {
     },
     /// Explain why a queue is or is not moving (fspl extension)
     ///
-    /// Shows the next job, gaps, duplicates, unreadable and refused jobs,
-    /// leftover temporaries and who holds the lock. Takes no lock. Exit
-    /// status: 0 = processing can go on (or nothing to do), 1 = blocked, 2 =
-    /// the state could not be determined.
+    /// Shows the next job, gaps (and the two ways past one), duplicates,
+    /// unreadable and refused jobs, a job that keeps failing, leftover
+    /// temporaries and who holds the lock; the state line ends with what
+    /// needs attention. Takes no lock. Exit status: 0 = processing can go
+    /// on (or nothing to do), 1 = blocked, 2 = the state could not be
+    /// determined.
     #[command(after_help = "Examples:\n  \
         fspl queue-status -q ~/queue\n  \
         fspl queue-status -q ~/queue --json")]

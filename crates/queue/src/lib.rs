@@ -9,6 +9,7 @@ pub mod durable;
 mod error;
 pub mod exec;
 pub mod failpoint;
+pub mod last_failure;
 pub mod lock;
 pub mod nextseq;
 pub mod process;

@@ -38,6 +38,7 @@ use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::exec::{self, KillHandle, Outcome, Output, RunSpec, SpawnError};
 use crate::failpoint::hit;
+use crate::last_failure;
 use crate::nextseq::NextSeq;
 use crate::pump::Check;
 use crate::queue::{CopyError, OpenedJob, Payload, PayloadFinish, Queue};
@@ -196,6 +197,7 @@ pub fn process(
         warned_params: false,
         queue_name: queue.name()?,
         sig_memo: verify::SignatureMemo::default(),
+        failure_recorded: last_failure::path(queue).symlink_metadata().is_ok(),
     };
     match opts.order_by {
         OrderBy::Sequence => run.sequence(),
@@ -214,6 +216,8 @@ struct Run<'a> {
     warned_params: bool,
     queue_name: Option<String>,
     sig_memo: verify::SignatureMemo,
+    /// `DIR/last-failure` exists (or may): clear it when moving on.
+    failure_recorded: bool,
 }
 
 /// What vetting a job's payload decided.
@@ -380,6 +384,7 @@ impl Run<'_> {
                 return Err(self.failed_error(seq, &name, outcome));
             }
             nextseq.set(next)?;
+            self.moved_on();
             hit("process:after-advance").map_err(QueueError::io("delete", &path))?;
             if self.should_delete(ok) {
                 self.delete(&name);
@@ -435,6 +440,7 @@ impl Run<'_> {
             if !ok && self.opts.on_error == OnError::Retry {
                 return Err(self.failed_error(seq, &entry.name, outcome));
             }
+            self.moved_on();
             if self.should_delete(ok) {
                 self.delete(&entry.name);
             }
@@ -716,12 +722,29 @@ impl Run<'_> {
         outcome
     }
 
-    fn failed_error(&self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {
+    /// The job stays to run again (`--on-error retry`): recorded in
+    /// `DIR/last-failure` for `queue-status` (best effort).
+    fn failed_error(&mut self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {
+        match last_failure::record(self.queue, seq, name, &outcome.to_string()) {
+            Ok(()) => self.failure_recorded = true,
+            Err(e) => {
+                warn!(seq, error = %crate::display_chain(&e), "cannot record the failure for queue-status")
+            }
+        }
         ProcessError::JobFailed {
             seq,
             path: self.queue.job_path(name),
             outcome,
             summary: self.summary(StopReason::Drained { next: Some(seq) }),
+        }
+    }
+
+    /// Processing moved past a job: a recorded failure no longer applies.
+    fn moved_on(&mut self) {
+        if std::mem::take(&mut self.failure_recorded)
+            && let Err(e) = last_failure::clear(self.queue)
+        {
+            debug!(error = %crate::display_chain(&e), "cannot remove the failure record");
         }
     }
 

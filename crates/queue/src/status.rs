@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::decoder::Decoder;
 use crate::error::{QueueError, Result};
+use crate::last_failure::{self, LastFailure};
 use crate::lock::{LockState, lock_state};
 use crate::queue::{EntryKind, Queue};
 use crate::scan::{self, Vetting, temp_is_stale};
@@ -77,6 +78,25 @@ pub struct QueueStatus {
     pub would_refuse: Vec<(u64, OsString, String)>,
     /// Files already moved to `rejected/` (with their reasons).
     pub rejected: Vec<(OsString, String)>,
+    /// The job `queue-process` last left in the queue after it failed
+    /// (`--on-error retry`), while that still applies: its file is still
+    /// there with that seq, at or after nextseq.
+    pub last_failure: Option<LastFailure>,
+    /// Blocked on a gap: the missing seqs and the first one present after.
+    pub gap: Option<Gap>,
+    /// With a trust file: how many jobs at or after nextseq had their
+    /// header (signature, signer, params, destination, time) checked.
+    /// Their payloads were not read, except to judge copies of the next seq
+    /// that disagree.
+    pub vetted: Option<u64>,
+}
+
+/// Seqs `waiting_for` to `present - 1` are missing; `present` is the
+/// lowest seq after them that is here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub waiting_for: u64,
+    pub present: u64,
 }
 
 impl QueueStatus {
@@ -86,6 +106,89 @@ impl QueueStatus {
             State::Blocked { .. } => 1,
             _ => 0,
         }
+    }
+
+    /// What needs a look although it may not stop processing, one short
+    /// phrase each (the details are in the other fields): a job that
+    /// fails, unreadable or undecryptable files, jobs that would be
+    /// refused, refused jobs in `rejected/`, conflicting copies of a later
+    /// seq, stale temporaries, files below nextseq.
+    pub fn attention(&self) -> Vec<String> {
+        fn n(count: usize, one: &str, many: &str) -> String {
+            if count == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{count} {many}")
+            }
+        }
+        let mut v = Vec::new();
+        if let Some(f) = &self.last_failure {
+            v.push(format!(
+                "job {} failed at {} ({}) and will be retried",
+                f.seq,
+                fspl_format::rfc3339_local(fspl_format::Ctime {
+                    secs: f.time_secs,
+                    nanos: 0
+                }),
+                f.outcome
+            ));
+        }
+        if !self.unreadable.is_empty() {
+            v.push(n(
+                self.unreadable.len(),
+                "unreadable file",
+                "unreadable files",
+            ));
+        }
+        if !self.encrypted.is_empty() {
+            v.push(n(
+                self.encrypted.len(),
+                "encrypted job not read",
+                "encrypted jobs not read",
+            ));
+        }
+        if !self.would_refuse.is_empty() {
+            v.push(n(
+                self.would_refuse.len(),
+                "queued job would be refused",
+                "queued jobs would be refused",
+            ));
+        }
+        // Conflicting copies of the next seq block processing (the state
+        // says so); later ones will.
+        let conflicts: Vec<u64> = self
+            .duplicates
+            .iter()
+            .filter(|d| !d.identical && self.nextseq.is_some_and(|next| d.seq > next))
+            .map(|d| d.seq)
+            .collect();
+        match conflicts.as_slice() {
+            [] => {}
+            [seq] => v.push(format!("seq {seq} is in files with different contents")),
+            seqs => v.push(format!(
+                "seqs {} are in files with different contents",
+                ranges(seqs.iter().copied(), 4)
+            )),
+        }
+        if !self.rejected.is_empty() {
+            v.push(n(
+                self.rejected.len(),
+                "refused job in rejected/",
+                "refused jobs in rejected/",
+            ));
+        }
+        let stale = self.temps.iter().filter(|t| t.stale).count();
+        if stale > 0 {
+            v.push(n(stale, "stale temporary file", "stale temporary files"));
+        }
+        if self.below_next > 0 {
+            v.push(n(
+                self.below_next as usize,
+                "file below next seq (never run again)",
+                "files below next seq (never run again)",
+            ));
+        }
+        v
     }
 }
 
@@ -217,6 +320,7 @@ pub fn status(
         Some(n) => s.jobs.iter().filter(|j| j.seq < n).count() as u64,
         None => 0,
     };
+    let mut gap = None;
     let state = if lock == LockState::Missing {
         State::AppendOnly
     } else if let Some(problem) = nextseq_problem {
@@ -231,6 +335,10 @@ pub fn status(
         if later.is_empty() {
             State::Empty
         } else if later[0] != next {
+            gap = Some(Gap {
+                waiting_for: next,
+                present: later[0],
+            });
             let mut reason = format!(
                 "waiting for seq {next}; seq{} {} present",
                 if later.len() == 1 { "" } else { "s" },
@@ -273,9 +381,18 @@ pub fn status(
                 ),
             }
         } else {
+            // Up to the first seq processing would stop at: copies that are
+            // not one job, or a job (every copy) that would be refused.
+            let stops_at = |seq: u64| {
+                duplicates
+                    .iter()
+                    .any(|d| d.seq == seq && (!d.identical || d.refused.len() == d.files.len()))
+                    || (by_seq.get(&seq).is_some_and(|v| v.len() == 1)
+                        && would_refuse.iter().any(|(s, _, _)| *s == seq))
+            };
             let mut runnable = 0;
             let mut seq = next;
-            while by_seq.contains_key(&seq) {
+            while by_seq.contains_key(&seq) && !stops_at(seq) {
                 runnable += 1;
                 match seq.checked_add(1) {
                     Some(n) => seq = n,
@@ -285,6 +402,14 @@ pub fn status(
             State::Ready { runnable }
         }
     };
+    // A recorded failure applies while its job is still there and may run.
+    let last_failure = last_failure::read(queue).filter(|f| {
+        nextseq.is_none_or(|n| f.seq >= n)
+            && s.jobs.iter().any(|j| j.seq == f.seq && j.name == f.file)
+    });
+    let vetted = vet
+        .as_ref()
+        .map(|_| s.jobs.iter().filter(|j| j.vetted.is_some()).count() as u64);
     Ok(QueueStatus {
         dir: queue.dir().to_path_buf(),
         nextseq,
@@ -300,6 +425,9 @@ pub fn status(
         encrypted,
         would_refuse,
         rejected,
+        last_failure,
+        gap,
+        vetted,
     })
 }
 

@@ -104,6 +104,11 @@ struct LsJob<'a> {
     signer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<String>,
+    /// With --trust: always false. The listing checks headers only (the
+    /// signature covers the payload's length and digest, but the payload
+    /// itself is not read); `queue-info --trust` and `queue-check` read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_checked: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -156,6 +161,7 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                     cmd_type: j.kind,
                     signer: v.as_ref().and_then(|r| r.as_ref().ok().cloned()),
                     refused: v.as_ref().and_then(|r| r.as_ref().err().cloned()),
+                    payload_checked: v.as_ref().map(|_| false),
                 })
                 .collect(),
             encrypted: encrypted
@@ -192,7 +198,8 @@ pub fn ls(dir: &OsStr, d: Option<&OsStr>, json: bool, keys: &KeyArgs) -> anyhow:
                 Some(r) => {
                     out.write_all(&vec![b' '; 46usize.saturating_sub(name.len()) + 1])?;
                     match r {
-                        Ok(sender) => out.write_all(sender.as_bytes())?,
+                        // The header passed; the payload was not read.
+                        Ok(sender) => write!(out, "{sender} (payload unchecked)")?,
                         Err(why) => write!(out, "REFUSED: {why}")?,
                     }
                 }
@@ -221,6 +228,13 @@ struct InfoJson {
     params: Vec<String>,
     /// `[name, value]` pairs in order (lossy UTF-8).
     env: Vec<[String; 2]>,
+    /// With --trust: the sender, and that the payload was read and matches
+    /// the signed length and digest (always true: a job that does not pass
+    /// is an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_checked: Option<bool>,
 }
 
 pub fn info(
@@ -240,14 +254,25 @@ pub fn info(
     let entry = find_job(&q, seq, dec.as_ref(), vetting.as_ref())?;
     // The one file found, read again in full.
     let job = q.read_job_header(&entry.name, dec.as_ref())?;
-    if let Some(t) = trust.as_deref()
-        && let Err(why) = vet(&q, t, &job)
-    {
-        anyhow::bail!(
-            "job {seq} ({}) would be refused: {why}",
-            q.job_path(&entry.name).display()
-        );
-    }
+    // With a trust file, the job shown is one queue-process would run:
+    // header and signature, then its payload against the signed length
+    // and digest (one job: cheap).
+    let signer = match trust.as_deref() {
+        None => None,
+        Some(t) => {
+            let refused = |why: String| {
+                anyhow::anyhow!(
+                    "job {seq} ({}) would be refused: {why}",
+                    q.job_path(&entry.name).display()
+                )
+            };
+            let sender = vet(&q, t, &job).map_err(refused)?;
+            if let Some(why) = scan::payload_refusal(&q, dec.as_ref(), &entry.name)? {
+                return Err(refused(why));
+            }
+            Some(sender)
+        }
+    };
     let (name, header) = (entry.name, job.header);
     let env = header.environment(Some(JobLocation {
         queuedir: dir,
@@ -278,6 +303,8 @@ pub fn info(
                     ]
                 })
                 .collect(),
+            payload_checked: signer.as_ref().map(|_| true),
+            signer,
         };
         let mut out = serde_json::to_vec_pretty(&doc)?;
         out.push(b'\n');

@@ -37,7 +37,11 @@ pub fn status(
             return Ok(ExitCode::from(2));
         }
     };
-    let text = if json { to_json(&st)? } else { to_text(&st) };
+    let text = if json {
+        to_json(&st, false)?
+    } else {
+        to_text(&st, false)
+    };
     write_stdout(text.as_bytes())?;
     Ok(ExitCode::from(st.exit_code()))
 }
@@ -46,7 +50,97 @@ fn lossy(s: &OsStr) -> String {
     s.to_string_lossy().into_owned()
 }
 
+/// The state, and what needs attention: `ready: 2 jobs can run now;
+/// attention: 1 unreadable file, 1 refused job in rejected/`.
 fn state_text(st: &QueueStatus) -> String {
+    let mut s = base_state_text(st);
+    let attention = st.attention();
+    if !attention.is_empty() {
+        s.push_str("; attention: ");
+        s.push_str(&attention.join(", "));
+    }
+    s
+}
+
+/// `s` as one shell word.
+fn shell_word(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// The two ways past a gap, with the real numbers: fill it from the sender
+/// with NOP jobs, or give up on the missing seqs here.
+fn hints(st: &QueueStatus) -> Vec<String> {
+    let Some(g) = st.gap else {
+        return Vec::new();
+    };
+    let dir = shell_word(&st.dir.to_string_lossy());
+    let last = g.present.saturating_sub(1);
+    let mut v = Vec::new();
+    // A job this reader could not decrypt may be the missing one.
+    if !st.encrypted.is_empty() {
+        v.push(format!(
+            "first give --identity: {} encrypted job{} not read, one may be seq {}",
+            st.encrypted.len(),
+            if st.encrypted.len() == 1 {
+                " was"
+            } else {
+                "s were"
+            },
+            g.waiting_for
+        ));
+    }
+    v.extend(if last <= g.waiting_for {
+        vec![
+            format!(
+                "to fill the gap, send a NOP job from the sender: fspl prepare-nop --seq {}",
+                g.waiting_for
+            ),
+            format!(
+                "or give up on seq {} here: fspl queue-set-next -q {dir} {}",
+                g.waiting_for, g.present
+            ),
+        ]
+    } else {
+        vec![
+            format!(
+                "to fill the gap, send NOP jobs from the sender: fspl prepare-nop --seq N, for N = {} to {last}",
+                g.waiting_for
+            ),
+            format!(
+                "or give up on seqs {}–{last} here: fspl queue-set-next -q {dir} {}",
+                g.waiting_for, g.present
+            ),
+        ]
+    });
+    v
+}
+
+/// With a trust file: what was checked. `payloads_read`: the caller
+/// (`queue-check`) read every payload.
+fn trust_text(st: &QueueStatus, payloads_read: bool) -> Option<String> {
+    let n = st.vetted?;
+    let jobs = if n == 1 { "job" } else { "jobs" };
+    Some(if payloads_read {
+        format!(
+            "{n} pending {jobs}: signature, sender, params and queue checked, and every payload read"
+        )
+    } else {
+        format!(
+            "{n} pending {jobs}: signature, sender, params and queue checked; payloads not read (queue-check --trust reads them)"
+        )
+    })
+}
+
+fn failure_time(f: &fspl_queue::last_failure::LastFailure) -> String {
+    fspl_format::rfc3339_local(fspl_format::Ctime {
+        secs: f.time_secs,
+        nanos: 0,
+    })
+}
+
+fn base_state_text(st: &QueueStatus) -> String {
     match &st.state {
         State::Empty => "idle: no jobs waiting".into(),
         State::Ready { runnable } => format!(
@@ -60,10 +154,13 @@ fn state_text(st: &QueueStatus) -> String {
     }
 }
 
-fn to_text(st: &QueueStatus) -> String {
+fn to_text(st: &QueueStatus, payloads_read: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "queue:       {}", st.dir.display());
     let _ = writeln!(o, "state:       {}", state_text(st));
+    for h in hints(st) {
+        let _ = writeln!(o, "hint:        {h}");
+    }
     match st.nextseq {
         Some(n) => {
             let _ = writeln!(o, "next seq:    {n}");
@@ -78,6 +175,16 @@ fn to_text(st: &QueueStatus) -> String {
         _ => String::new(),
     };
     let _ = writeln!(o, "jobs:        {}{span}", st.jobs);
+    if let Some(f) = &st.last_failure {
+        let _ = writeln!(
+            o,
+            "failed:      job {} ({}) at {}: {}; it will be retried",
+            f.seq,
+            lossy(&f.file),
+            failure_time(f),
+            f.outcome
+        );
+    }
     if st.below_next > 0 {
         let _ = writeln!(
             o,
@@ -122,6 +229,9 @@ fn to_text(st: &QueueStatus) -> String {
     for e in &st.encrypted {
         let _ = writeln!(o, "encrypted:   {} (give --identity to read it)", lossy(e));
     }
+    if let Some(t) = trust_text(st, payloads_read) {
+        let _ = writeln!(o, "trust:       {t}");
+    }
     for (seq, name, why) in &st.would_refuse {
         let _ = writeln!(o, "refusable:   seq {seq}, {}: {why}", lossy(name));
     }
@@ -165,6 +275,42 @@ struct Json {
     encrypted: Vec<String>,
     would_refuse: Vec<JsonRefusal>,
     rejected: Vec<JsonRejected>,
+    /// What needs a look (also at the end of `summary`).
+    attention: Vec<String>,
+    /// Ways past a gap (`gap`), as shown after the state.
+    hints: Vec<String>,
+    gap: Option<JsonGap>,
+    last_failure: Option<JsonFailure>,
+    /// With --trust: what was checked.
+    trust: Option<JsonTrust>,
+}
+
+#[derive(Serialize)]
+struct JsonGap {
+    /// The missing seqs: `waiting_for` to `missing_to`.
+    waiting_for: u64,
+    missing_to: u64,
+    /// The lowest seq present after the gap.
+    present: u64,
+}
+
+#[derive(Serialize)]
+struct JsonFailure {
+    seq: u64,
+    filename: String,
+    time: String,
+    time_secs: i64,
+    outcome: String,
+}
+
+#[derive(Serialize)]
+struct JsonTrust {
+    /// Jobs at or after nextseq whose headers were checked (signature,
+    /// sender, params, queue).
+    headers_checked: u64,
+    /// Whether their payloads were read and checked against their length
+    /// and digest (`queue-check`; not `queue-status`).
+    payloads_checked: bool,
 }
 
 #[derive(Serialize)]
@@ -210,7 +356,7 @@ struct JsonLock {
     pid: Option<u32>,
 }
 
-fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
+fn to_json(st: &QueueStatus, payloads_read: bool) -> anyhow::Result<String> {
     let (state, reason, runnable) = match &st.state {
         State::Empty => ("empty", None, 0),
         State::Ready { runnable } => ("ready", None, *runnable),
@@ -288,6 +434,24 @@ fn to_json(st: &QueueStatus) -> anyhow::Result<String> {
                 pid: None,
             },
         },
+        attention: st.attention(),
+        hints: hints(st),
+        gap: st.gap.map(|g| JsonGap {
+            waiting_for: g.waiting_for,
+            missing_to: g.present.saturating_sub(1),
+            present: g.present,
+        }),
+        last_failure: st.last_failure.as_ref().map(|f| JsonFailure {
+            seq: f.seq,
+            filename: lossy(&f.file),
+            time: failure_time(f),
+            time_secs: f.time_secs,
+            outcome: f.outcome.clone(),
+        }),
+        trust: st.vetted.map(|n| JsonTrust {
+            headers_checked: n,
+            payloads_checked: payloads_read,
+        }),
     };
     let mut s = serde_json::to_string_pretty(&doc)?;
     s.push('\n');
@@ -361,7 +525,7 @@ pub fn check(
             stale_temps: report.stale_temps.iter().map(|f| lossy(f)).collect(),
             problems: report.problems(),
             blocked: report.blocked(),
-            status: serde_json::from_str(&to_json(&report.status)?)?,
+            status: serde_json::from_str(&to_json(&report.status, true)?)?,
             repaired: repaired.as_ref().map(|r| RepairJson {
                 moved_to_corrupt: r.moved.iter().map(|f| lossy(f)).collect(),
                 removed_temps: r.removed_temps.iter().map(|f| lossy(f)).collect(),
@@ -405,7 +569,7 @@ pub fn check(
         for f in &report.foreign {
             let _ = writeln!(o, "foreign:     {} (not a job, ignored)", lossy(f));
         }
-        o.push_str(&to_text(&report.status));
+        o.push_str(&to_text(&report.status, true));
         o
     };
     write_stdout(out.as_bytes())?;

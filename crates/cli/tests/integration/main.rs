@@ -29,5 +29,6 @@ mod reliability_procs;
 mod reliability_strace;
 mod security;
 mod security_sweep;
+mod status_attention;
 mod tutorial;
 mod vectors;

@@ -341,16 +341,12 @@ fn readme_tutorial_runs_verbatim_in_a_fresh_home() {
         std::fs::read(me.home.join("db/latest.dump")).unwrap(),
         std::fs::read(me.cwd.join("db.dump")).unwrap()
     );
-    // queue-status explains the gap exactly as shown (all but the path).
+    // queue-status explains the gap exactly as shown, with the home
+    // directory shown as /home/me.
     let status = find("fspl queue-status");
     let shown = shown_after(&all, status);
-    let drop_queue_line = |s: &str| -> Vec<String> {
-        s.lines()
-            .filter(|l| !l.starts_with("queue:"))
-            .map(str::to_string)
-            .collect()
-    };
-    assert_eq!(drop_queue_line(&status.stdout), drop_queue_line(shown));
+    let home = me.home.to_str().unwrap();
+    assert_eq!(status.stdout.replace(home, "/home/me"), shown);
     assert!(
         status
             .stdout
@@ -428,8 +424,12 @@ fn security_worked_example_runs_verbatim_on_two_hosts() {
     // Job 1 arrived encrypted and signed, was listed as the laptop's and ran.
     let first_run = &ran[4];
     let row = first_run.stdout.lines().nth(1).unwrap_or("");
+    // The signer column as shown: the header was checked, not the payload.
+    let shown_row = shown_after(&all, first_run).lines().nth(1).unwrap_or("");
+    let signer = shown_row.split_once(".fspl ").map_or("", |(_, s)| s);
+    assert_eq!(signer, "laptop (payload unchecked)");
     assert!(
-        row.starts_with("1 ") && row.ends_with(" laptop"),
+        row.starts_with("1 ") && row.ends_with(&format!(".fspl {signer}")),
         "queue-ls row: {:?}",
         first_run.stdout
     );

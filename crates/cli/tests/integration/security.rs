@@ -1526,7 +1526,7 @@ fn readers_with_a_trust_file_name_the_signer_and_what_would_be_refused() {
         lines[1].starts_with("1 ") && lines[1].contains(&good),
         "{ls}"
     );
-    assert!(lines[1].ends_with(" laptop"), "{ls}");
+    assert!(lines[1].ends_with(" laptop (payload unchecked)"), "{ls}");
     assert!(
         lines[2].contains(&unsigned) && lines[2].contains("REFUSED: unsigned job"),
         "{ls}"
