@@ -74,6 +74,21 @@ fn shell_word(path: &std::path::Path) -> String {
 }
 
 impl QueueError {
+    /// Whether the error may go away without anyone changing anything
+    /// (another process holds the lock, the disk is full, the system is
+    /// short of memory or descriptors, a network file system timed out):
+    /// worth retrying later. Everything else (a missing or misconfigured
+    /// queue, a bad job, conflicting copies) waits for someone to act.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            QueueError::Locked { .. } => true,
+            QueueError::Io { source, .. } | QueueError::Decoder { source, .. } => {
+                io_is_transient(source)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -85,6 +100,32 @@ impl QueueError {
             source,
         }
     }
+}
+
+/// Whether an I/O error may go away by itself (see
+/// [`QueueError::is_transient`]).
+pub fn io_is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        Interrupted | WouldBlock | TimedOut | OutOfMemory | StorageFull | ResourceBusy
+    ) {
+        return true;
+    }
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+                | libc::EBUSY
+                | libc::ETIMEDOUT
+                | libc::EIO
+        )
+    )
 }
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
@@ -105,5 +146,24 @@ mod tests {
         assert!(hint("my queue").ends_with("`fspl queue-init -q 'my queue'`"));
         assert!(hint("it's").ends_with(r"`fspl queue-init -q 'it'\''s'`"));
         assert!(hint("~x").ends_with("`fspl queue-init -q '~x'`"));
+    }
+
+    #[test]
+    fn errors_say_whether_a_retry_may_help() {
+        let io = |errno| QueueError::Io {
+            action: "write",
+            path: "q".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(io(libc::ENOSPC).is_transient());
+        assert!(io(libc::EMFILE).is_transient());
+        assert!(!io(libc::EACCES).is_transient());
+        assert!(!io(libc::ENOENT).is_transient());
+        let locked = QueueError::Locked {
+            path: "q".into(),
+            holder: None,
+        };
+        assert!(locked.is_transient());
+        assert!(!QueueError::NoSuchQueue { dir: "q".into() }.is_transient());
     }
 }

@@ -23,7 +23,7 @@ pub mod spool;
 pub mod status;
 pub mod verify;
 
-pub use error::{QueueError, Result};
+pub use error::{QueueError, Result, io_is_transient};
 pub use queue::{
     CopyError, EntryKind, JobSource, OpenedJob, Payload, PayloadFinish, Queue,
     REFERENCE_TEMP_PREFIX, StreamPayload, TEMP_PREFIX, classify, copy_stream, open_stream,

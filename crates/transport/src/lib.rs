@@ -1,0 +1,86 @@
+//! Moving job files: a sender's outbox is pushed to a destination, a
+//! source is pulled into a queue. Synchronous, like `fspl-queue`: the
+//! plain CLI never starts an async runtime; backends built on async SDKs
+//! (S3, NATS) are driven from the daemon's blocking threads through the
+//! same traits.
+//!
+//! The durability order of both directions is written once, here, and
+//! every backend only moves bytes:
+//!
+//! - **push** ([`push::push`]): a job leaves the outbox only after the
+//!   destination has acknowledged it durable ([`Ack::Durable`]); the
+//!   removal from the outbox is itself made durable (one directory fsync
+//!   per batch) before the job counts as sent.
+//! - **pull** ([`pull::pull`]): a job is removed at the source
+//!   ([`Source::remove`]) only after it is durable in the local queue
+//!   (verified, written, fsynced, renamed, directory fsynced), batch by
+//!   batch.
+//!
+//! Delivery is at-least-once: a crash between the two halves sends or
+//! takes a job again, and the receiving queue runs a byte-identical copy
+//! (or a seq below nextseq) once.
+
+pub mod error;
+pub mod url;
+
+use std::ffi::OsString;
+use std::io::Read;
+
+pub use error::{TransportError, TransportErrorKind};
+pub use url::Location;
+
+/// One job file on its way out.
+pub struct OutgoingJob<'a> {
+    /// Its name in the outbox (`fspl-<uuid>.fspl`); destinations that keep
+    /// names use it, so a resent job lands under the same name.
+    pub name: &'a std::ffi::OsStr,
+    /// The job's sequence number (from its header), for logs and ordering.
+    pub seq: u64,
+    /// Size of the job file in bytes.
+    pub len: u64,
+    /// The job file's bytes, from the start.
+    pub reader: &'a mut dyn Read,
+}
+
+/// What a destination says about a job it was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// The job with this id is durable at the destination.
+    Durable(u64),
+    /// The destination will not take this job (it fails verification, the
+    /// sender may not write there...): sending it again will not help.
+    Refused { id: u64, reason: String },
+}
+
+/// A destination of `fspl push`.
+pub trait Sink {
+    /// Send one job. `id` is the caller's handle for it, echoed in the
+    /// acknowledgement. The job need not be durable when this returns:
+    /// sinks may pipeline and commit in batches.
+    fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError>;
+    /// Acknowledgements that arrived so far, without waiting.
+    fn poll(&mut self) -> Result<Vec<Ack>, TransportError>;
+    /// Make everything sent durable at the destination and return the
+    /// acknowledgements not yet returned by `poll`.
+    fn finish(&mut self) -> Result<Vec<Ack>, TransportError>;
+}
+
+/// A job file waiting at a source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteJob {
+    /// How the source names it (a file name, an object key, a message id).
+    pub key: OsString,
+    /// Its size, when the listing tells.
+    pub len: Option<u64>,
+}
+
+/// A source of `fspl pull`.
+pub trait Source {
+    /// The jobs waiting now.
+    fn list(&mut self) -> Result<Vec<RemoteJob>, TransportError>;
+    /// Read one job's bytes.
+    fn open(&mut self, job: &RemoteJob) -> Result<Box<dyn Read + '_>, TransportError>;
+    /// Remove jobs that are durable at the receiver, durably (for a
+    /// directory: unlink them, then one fsync of the directory).
+    fn remove(&mut self, jobs: &[RemoteJob]) -> Result<(), TransportError>;
+}
