@@ -22,7 +22,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fspl_queue::batch::{Batch, BatchLimits, Outcome};
@@ -97,8 +97,13 @@ impl DirSink {
     }
 
     pub fn with_limits(path: &Path, limits: BatchLimits) -> Result<DirSink, TransportError> {
-        let (dir, _queue) = target(path)?;
+        let (dir, queue) = target(path)?;
         let batch = Batch::open(&dir, path, None, limits)?;
+        if !queue {
+            // In a queue, queue-process removes what a killed writer left;
+            // in a plain folder, nobody else would.
+            remove_stale_temps(&dir);
+        }
         Ok(DirSink {
             batch,
             ids: Vec::new(),
@@ -269,6 +274,44 @@ impl Source for DirSource {
     fn takes_from(&self) -> Option<&Path> {
         Some(&self.dir)
     }
+}
+
+/// Remove temporaries (`.fspl-tmp-*`) that a killed push left in a plain
+/// folder: unlocked and not written to for
+/// [`fspl_queue::scan::STALE_TEMP_AGE`], as `queue-process` does in
+/// queues. Best effort: a failure only leaves the file.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in rd.flatten() {
+        if classify(&e.file_name()) != EntryKind::Temp {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags())
+            .open(&path)
+        else {
+            continue;
+        };
+        let stale = f
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= fspl_queue::scan::STALE_TEMP_AGE);
+        if stale && f.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
+            tracing::debug!(file = %path.display(), "removed a temporary file left by a killed push");
+        }
+    }
+}
+
+fn libc_flags() -> i32 {
+    (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32
 }
 
 /// Unlink every name in `dir` (one that is gone already is fine), then
