@@ -401,13 +401,8 @@ fn same_bytes(dir: &File, name: &OsStr, ours: &File, path: &Path) -> Result<Opti
         }
     };
     let existing = File::from(fd);
-    let meta = existing
-        .metadata()
-        .map_err(QueueError::io("stat", path))?;
-    let ours_len = ours
-        .metadata()
-        .map_err(QueueError::io("stat", path))?
-        .len();
+    let meta = existing.metadata().map_err(QueueError::io("stat", path))?;
+    let ours_len = ours.metadata().map_err(QueueError::io("stat", path))?.len();
     if !meta.is_file() || meta.len() != ours_len {
         return Ok(None);
     }
@@ -544,7 +539,10 @@ mod tests {
         assert_eq!(b.len(), 5);
         let before = names(q.jobs_dir());
         assert_eq!(before.len(), 5);
-        assert!(before.iter().all(|n| n.starts_with(TEMP_PREFIX)), "{before:?}");
+        assert!(
+            before.iter().all(|n| n.starts_with(TEMP_PREFIX)),
+            "{before:?}"
+        );
         let done = b.commit().unwrap();
         assert_eq!(done.len(), 5);
         for (c, (name, bytes)) in done.iter().zip(&added) {
@@ -597,7 +595,13 @@ mod tests {
     fn names_that_are_not_job_names_are_refused_before_anything_is_written() {
         let (_d, q) = queue();
         let mut b = q.batch().unwrap();
-        for bad in ["../fspl-x.fspl", "x.fspl", "fspl-a/b.fspl", ".fspl-tmp-x", "fspl-.fspl"] {
+        for bad in [
+            "../fspl-x.fspl",
+            "x.fspl",
+            "fspl-a/b.fspl",
+            ".fspl-tmp-x",
+            "fspl-.fspl",
+        ] {
             let e = b
                 .add_named(&mut job(1, b"").as_slice(), Path::new("t"), OsStr::new(bad))
                 .unwrap_err();
@@ -623,7 +627,10 @@ mod tests {
         b.add(&mut job(1, b"x").as_slice(), Path::new("t")).unwrap();
         let tmp = q.jobs_dir().join(&names(q.jobs_dir())[0]);
         let other = File::open(&tmp).unwrap();
-        assert!(other.try_lock().is_err(), "a pending temporary is not locked");
+        assert!(
+            other.try_lock().is_err(),
+            "a pending temporary is not locked"
+        );
     }
 
     #[test]

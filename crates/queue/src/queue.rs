@@ -407,7 +407,14 @@ impl Queue {
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
             hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
-            receive(input, &mut f, &tmp, self.identities(), &self.dir, Path::new("stdin"))?;
+            receive(
+                input,
+                &mut f,
+                &tmp,
+                self.identities(),
+                &self.dir,
+                Path::new("stdin"),
+            )?;
             hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
             f.sync_all().map_err(QueueError::io("sync", &tmp))?;
             let dest = self.jobs.join(&name);

@@ -186,11 +186,7 @@ pub struct DirSource {
 impl DirSource {
     pub fn open(path: &Path) -> Result<DirSource, TransportError> {
         let (dir, queue) = target(path)?;
-        let lock = if queue {
-            Some(lock_queue(path)?)
-        } else {
-            None
-        };
+        let lock = if queue { Some(lock_queue(path)?) } else { None };
         let dir_fd = fspl_queue::durable::open_dir_following(&dir)?;
         Ok(DirSource {
             dir,
@@ -234,10 +230,7 @@ impl Source for DirSource {
         Ok(out)
     }
 
-    fn open(
-        &mut self,
-        job: &RemoteJob,
-    ) -> Result<Option<Box<dyn JobSource + '_>>, TransportError> {
+    fn open(&mut self, job: &RemoteJob) -> Result<Option<Box<dyn JobSource + '_>>, TransportError> {
         let path = self.dir.join(&job.key);
         let fd = match rustix::fs::openat(
             &self.dir_fd,
@@ -264,7 +257,12 @@ impl Source for DirSource {
     }
 
     fn remove(&mut self, jobs: &[RemoteJob]) -> Result<(), TransportError> {
-        remove_durably(&self.dir_fd, &self.dir, jobs.iter().map(|j| j.key.as_os_str()), "pull")
+        remove_durably(
+            &self.dir_fd,
+            &self.dir,
+            jobs.iter().map(|j| j.key.as_os_str()),
+            "pull",
+        )
     }
 
     fn describe(&self, job: &RemoteJob) -> PathBuf {
@@ -333,8 +331,7 @@ pub(crate) fn remove_durably<'a>(
             Err(e) => return Err(TransportError::io("remove", dir.join(name), e.into())),
         }
     }
-    hit(&fp("before-remove-sync"))
-        .map_err(|e| TransportError::io("sync directory", dir, e))?;
+    hit(&fp("before-remove-sync")).map_err(|e| TransportError::io("sync directory", dir, e))?;
     dir_fd
         .sync_all()
         .map_err(|e| TransportError::io("sync directory", dir, e))?;

@@ -243,7 +243,9 @@ impl Run<'_> {
             };
             let Some((item, len)) = self.inflight.remove(&id) else {
                 return Err(TransportError::Backend {
-                    message: format!("the destination acknowledged job {id}, which it was not sent"),
+                    message: format!(
+                        "the destination acknowledged job {id}, which it was not sent"
+                    ),
                     kind: crate::TransportErrorKind::Permanent,
                 });
             };
@@ -264,14 +266,18 @@ impl Run<'_> {
         if self.acked.is_empty() {
             return Ok(());
         }
-        hit("push:after-ack")
-            .map_err(|e| TransportError::io("remove", self.q.jobs_dir(), e))?;
+        hit("push:after-ack").map_err(|e| TransportError::io("remove", self.q.jobs_dir(), e))?;
         let acked = std::mem::take(&mut self.acked);
         let jobs = self.q.jobs_dir();
         if self.opts.keep {
             move_to_sent(self.q, &self.jobs_fd, acked.iter().map(|a| a.0.as_os_str()))?;
         } else {
-            remove_durably(&self.jobs_fd, jobs, acked.iter().map(|a| a.0.as_os_str()), "push")?;
+            remove_durably(
+                &self.jobs_fd,
+                jobs,
+                acked.iter().map(|a| a.0.as_os_str()),
+                "push",
+            )?;
         }
         self.report.sent += acked.len() as u64;
         self.report.bytes += acked.iter().map(|a| a.1).sum::<u64>();

@@ -38,11 +38,7 @@ fn setup_error(e: &TransportError) -> ExitCode {
 
 fn refusal_line(verb: &str, r: &Refusal) {
     let seq = r.seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-    error_line(&format!(
-        "{verb}: {}{seq}: {}",
-        r.file.display(),
-        r.reason
-    ));
+    error_line(&format!("{verb}: {}{seq}: {}", r.file.display(), r.reason));
 }
 
 #[derive(Serialize)]

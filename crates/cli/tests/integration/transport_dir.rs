@@ -148,7 +148,9 @@ fn push_into_a_queue_and_a_folder_keeps_names_and_bytes_and_pull_takes_them() {
     assert!(jobs_in(&ob.join("jobs")).is_empty(), "the outbox is empty");
     assert_eq!(
         entries(&dest.join("jobs")),
-        sent.iter().map(|(n, b)| (n.clone(), Some(b.clone()))).collect(),
+        sent.iter()
+            .map(|(n, b)| (n.clone(), Some(b.clone())))
+            .collect(),
         "the destination holds exactly the outbox's files, names and bytes"
     );
     let log = sb.path("log");
@@ -186,7 +188,11 @@ fn push_into_a_queue_and_a_folder_keeps_names_and_bytes_and_pull_takes_them() {
         text(&out.stderr)
     );
     assert!(entries(&folder).is_empty(), "taken from the folder");
-    assert_eq!(jobs_in(&dest.join("jobs")), sent2, "stored under their names");
+    assert_eq!(
+        jobs_in(&dest.join("jobs")),
+        sent2,
+        "stored under their names"
+    );
     process(&dest, &log);
     assert_eq!(
         log_lines(&log),
@@ -220,7 +226,11 @@ fn jobs_pushed_out_of_order_and_twice_run_in_order_once() {
     }
     exit_code(&push(&a, &dest, &[]), 0);
     assert!(jobs_in(&a.join("jobs")).is_empty());
-    assert_eq!(jobs_in(&dest.join("jobs")).len(), 2, "a resend lands on its copy");
+    assert_eq!(
+        jobs_in(&dest.join("jobs")).len(),
+        2,
+        "a resend lands on its copy"
+    );
     // 6 and 3, and 2 again under another name (the same job written twice).
     let b = outbox("b", &[6, 3, 2]);
     exit_code(&push(&b, &dest, &[]), 0);
@@ -313,7 +323,7 @@ fn a_different_file_under_a_jobs_name_at_the_destination_is_not_replaced() {
     assert_eq!(std::fs::read(dest.join("jobs").join(name)).unwrap(), other);
     assert_eq!(
         jobs_in(&ob.join("jobs")).into_keys().collect::<Vec<_>>(),
-        [name.clone()],
+        std::slice::from_ref(name),
         "the refused job stays in the outbox; the other was sent"
     );
 }
@@ -326,13 +336,22 @@ fn usage_and_configuration_errors_are_one_line_and_exit_2() {
     let missing = sb.path("missing");
     let cases: Vec<(Output, &str)> = vec![
         (push(&ob, "ftp://host/x", &[]), "unknown scheme \"ftp\""),
-        (push(&ob, "s3x:bucket", &[]), "known: a plain path, dir:PATH, ssh://"),
+        (
+            push(&ob, "s3x:bucket", &[]),
+            "known: a plain path, dir:PATH, ssh://",
+        ),
         (push(&ob, "ssh://host", &[]), "needs a queue name"),
         (push(&ob, &missing, &[]), "no such directory"),
         (push(&missing, &q, &[]), "no such queue directory"),
         (push(&ob, &ob, &[]), "is the outbox's own jobs/ directory"),
-        (push(&ob, ob.join("jobs"), &[]), "is the outbox's own jobs/ directory"),
-        (pull(q.join("jobs"), &q), "is the queue's own jobs/ directory"),
+        (
+            push(&ob, ob.join("jobs"), &[]),
+            "is the outbox's own jobs/ directory",
+        ),
+        (
+            pull(q.join("jobs"), &q),
+            "is the queue's own jobs/ directory",
+        ),
         (pull(&missing, &q), "no such directory"),
         (pull(&ob, &missing), "no such queue directory"),
     ];
@@ -367,7 +386,12 @@ fn pull_takes_regular_job_files_only() {
     let left: Vec<String> = entries(&folder).into_keys().collect();
     assert_eq!(
         left,
-        [".fspl-tmp-partial", "fspl-dir.fspl", "fspl-link.fspl", "notes.txt"]
+        [
+            ".fspl-tmp-partial",
+            "fspl-dir.fspl",
+            "fspl-link.fspl",
+            "notes.txt"
+        ]
     );
     assert!(secret.exists());
     assert!(
@@ -780,7 +804,12 @@ fn reliability_push_and_pull_killed_at_random_instants() {
         let temps = |t: &Transfer| {
             [t.folder.clone(), t.lab.q.join("jobs")]
                 .iter()
-                .map(|d| entries(d).keys().filter(|n| n.starts_with(".fspl-tmp-")).count())
+                .map(|d| {
+                    entries(d)
+                        .keys()
+                        .filter(|n| n.starts_with(".fspl-tmp-"))
+                        .count()
+                })
                 .sum::<usize>()
         };
         let temps_before = temps(&t);
