@@ -83,6 +83,22 @@ pub fn lock_queue(dir: &Path) -> Result<FileLock, TransportError> {
     })
 }
 
+/// An exclusive `flock` on an open directory, released when it is closed.
+fn lock_dir(dir_fd: &File, dir: &Path) -> Result<(), TransportError> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(dir_fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(Errno::WOULDBLOCK) => Err(TransportError::Busy {
+            outbox: dir.to_path_buf(),
+            source: fspl_queue::QueueError::Locked {
+                path: dir.to_path_buf(),
+                holder: fspl_queue::lock::lock_holder(dir_fd),
+            },
+        }),
+        Err(e) => Err(TransportError::io("lock directory", dir, e.into())),
+    }
+}
+
 /// A local directory as the destination of a push.
 pub struct DirSink {
     batch: Batch,

@@ -31,8 +31,9 @@ pub enum TransportError {
     /// The source or destination is the outbox or queue itself.
     #[error("{}: {what}", path.display())]
     SamePlace { path: PathBuf, what: &'static str },
-    /// Another push (or a queue-process) holds the outbox's lock.
-    #[error("outbox {} is busy (another push or queue-process is using it)", outbox.display())]
+    /// Another push or pull (or a queue-process) holds the lock of the
+    /// outbox or source.
+    #[error("{} is busy (another push, pull or queue-process is using it)", outbox.display())]
     Busy {
         outbox: PathBuf,
         #[source]

@@ -460,7 +460,7 @@ fn a_second_push_of_one_outbox_is_refused_naming_the_first() {
         exit_code(&out, 1);
         let line = one_line_error(out);
         assert!(
-            line.contains("is busy (another push or queue-process is using it)")
+            line.contains("is busy (another push, pull or queue-process is using it)")
                 && line.contains(&format!("locked by another process (pid {pid})")),
             "{line}"
         );
@@ -528,6 +528,55 @@ fn a_push_to_a_queue_watched_by_a_daemon_runs_its_jobs_as_they_arrive() {
     assert!(st.success(), "daemon: {st}");
     let want: Vec<String> = (1..=5).map(|s| format!("{s} p{s}")).collect();
     assert_eq!(log_lines(&log), want);
+}
+
+/// docs/transports.md's "Try it" runs as pasted, in a fresh home, and
+/// prints what it shows.
+#[test]
+fn transports_doc_try_it_runs_verbatim() {
+    use crate::newcomer::{
+        blocks, check_promises, host, path_with_only_fspl, read_doc, run_blocks, shown_after,
+    };
+    let sb = Sandbox::new();
+    let base = sb.dir.path();
+    let path = path_with_only_fspl(base);
+    let hosts = BTreeMap::from([("on", host(base, "on"))]);
+    let md = read_doc("docs/transports.md");
+    let all = blocks(&md, "## Try it");
+    let cmds: Vec<_> = all.iter().filter(|b| b.runs()).cloned().collect();
+    assert_eq!(cmds.len(), 2);
+    let ran = run_blocks(&cmds, &hosts, "on", &path, base);
+    // push and pull report on stderr (info), the bad URL is an error.
+    check_promises("docs/transports.md Try it", &ran, &[0, 1]);
+    let home = hosts["on"].home.to_str().unwrap();
+    let shape = |s: &str| -> Vec<String> {
+        s.replace(home, "/home/me")
+            .lines()
+            .map(|l| {
+                // Sizes and times vary with the machine.
+                l.split(' ')
+                    .map(|w| {
+                        if w.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                            "N"
+                        } else {
+                            w
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(shape(&ran[0].stderr), shape(shown_after(&all, &ran[0])));
+    let err: Vec<&str> = ran[1]
+        .stderr
+        .lines()
+        .filter(|l| l.contains("error"))
+        .collect();
+    assert_eq!(err.join("\n") + "\n", shown_after(&all, &ran[1]));
+    let q = hosts["on"].home.join("queue");
+    assert_eq!(std::fs::read_to_string(q.join("nextseq")).unwrap(), "4\n");
+    assert_eq!(jobs_in(&hosts["on"].home.join("outbox/sent")).len(), 1);
 }
 
 // ---------------------------------------------------------------- reliability
