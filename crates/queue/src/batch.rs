@@ -56,17 +56,17 @@ pub struct BatchLimits {
     pub max_jobs: usize,
     /// Bytes in one batch.
     pub max_bytes: u64,
-    /// Time since the first job of the batch: well below the age at which
-    /// a cleaner may take an unlocked temporary for a dead one.
+    /// Time since the first job of the batch (so that a slow stream of
+    /// jobs is still acknowledged now and then).
     pub max_age: Duration,
 }
 
 impl Default for BatchLimits {
     fn default() -> BatchLimits {
         BatchLimits {
-            max_jobs: 4096,
-            max_bytes: 256 << 20,
-            max_age: Duration::from_secs(5),
+            max_jobs: 16_384,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(10),
         }
     }
 }

@@ -326,3 +326,104 @@ fn move_to_sent<'a>(
         .map_err(|e| TransportError::io("sync directory", q.jobs_dir(), e))?;
     hit("push:after-remove-sync").map_err(|e| TransportError::io("sync directory", q.jobs_dir(), e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dir::{DirSink, DirSource};
+    use crate::pull::{PullOptions, pull};
+    use fspl_queue::batch::BatchLimits;
+
+    fn job(seq: u64, payload: &[u8]) -> Vec<u8> {
+        let h = fspl_format::JobHeader {
+            seq,
+            ctime: fspl_format::Ctime { secs: 1, nanos: 2 },
+            cmd_type: fspl_format::CmdType::Nop,
+        };
+        let mut out = h.encode().unwrap();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn outbox(dir: &Path, seqs: &[u64]) -> Queue {
+        let q = Queue::init(dir.join("outbox").as_os_str(), false).unwrap();
+        for &s in seqs {
+            q.write_job(&mut job(s, format!("p{s}").as_bytes()).as_slice())
+                .unwrap();
+        }
+        q
+    }
+
+    fn small(max_jobs: usize) -> BatchLimits {
+        BatchLimits {
+            max_jobs,
+            ..BatchLimits::default()
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn jobs_are_listed_in_seq_order_and_unreadable_files_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let q = outbox(d.path(), &[5, 1, 3, 3]);
+        std::fs::write(q.job_path(OsStr::new("fspl-bad.fspl")), b"junk").unwrap();
+        let mut report = PushReport::default();
+        let items = list(&q, &mut report).unwrap();
+        let seqs: Vec<Option<u64>> = items.iter().map(|i| i.seq).collect();
+        assert_eq!(seqs, [Some(1), Some(3), Some(3), Some(5)]);
+        assert!(items[1].name < items[2].name, "ties by name");
+        assert_eq!(report.refused.len(), 1);
+        assert!(report.refused[0].file.ends_with("fspl-bad.fspl"));
+    }
+
+    #[test]
+    fn a_push_in_several_batches_sends_everything_and_a_pull_takes_it_back() {
+        let d = tempfile::tempdir().unwrap();
+        let seqs: Vec<u64> = (1..=7).rev().collect();
+        let q = outbox(d.path(), &seqs);
+        let sent = files(q.jobs_dir());
+        let folder = d.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        let mut sink = DirSink::with_limits(&folder, small(3)).unwrap();
+        let r = push(q.dir(), &mut sink, &PushOptions::default()).unwrap();
+        assert!(r.complete(), "{r:?}");
+        assert_eq!(r.sent, 7);
+        assert_eq!(r.bytes, sent.iter().map(|b| b.len() as u64).sum::<u64>());
+        assert!(files(q.jobs_dir()).is_empty());
+        assert_eq!(files(&folder), sent);
+
+        let dest = Queue::init(d.path().join("dest").as_os_str(), false).unwrap();
+        let mut source = DirSource::open(&folder).unwrap();
+        let r = pull(&mut source, &dest, &PullOptions::default()).unwrap();
+        assert!(r.complete(), "{r:?}");
+        assert_eq!(r.taken, 7);
+        assert!(files(&folder).is_empty());
+        assert_eq!(files(dest.jobs_dir()), sent);
+    }
+
+    #[test]
+    fn keep_moves_to_sent_and_an_outbox_is_never_its_own_destination() {
+        let d = tempfile::tempdir().unwrap();
+        let q = outbox(d.path(), &[1, 2]);
+        let sent = files(q.jobs_dir());
+        let mut sink = DirSink::open(q.dir()).unwrap();
+        let e = push(q.dir(), &mut sink, &PushOptions::default()).unwrap_err();
+        assert!(matches!(e, TransportError::SamePlace { .. }), "{e:?}");
+        assert_eq!(files(q.jobs_dir()), sent);
+        let dest = d.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let mut sink = DirSink::open(&dest).unwrap();
+        let r = push(q.dir(), &mut sink, &PushOptions { keep: true }).unwrap();
+        assert!(r.complete(), "{r:?}");
+        assert_eq!(files(&q.dir().join(SENT_DIR)), sent);
+        assert_eq!(files(&dest), sent);
+    }
+}
