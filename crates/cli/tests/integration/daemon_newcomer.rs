@@ -351,7 +351,8 @@ fn daemon_check_reports_every_problem_of_every_job_at_once() {
         "[daemon]\nsocket = {}\nmax_parallel = 0\nrescan_interval = 9223372036854775807\n\n\
          [[job]]\nname = \"a\"\ntype = \"process\"\nqueue = {}\ncommand = \"ls\"\npoll_min = 0\nmax_failures = 0\ntypo = 1\n\n\
          [[job]]\nname = \"b\"\ntype = \"process\"\nqueue = {}\ncommand = [\"/nonexistent/handler\"]\npoll_min = 20\npoll_max = 10\n\n\
-         [[job]]\nname = \"c\"\ntype = \"process\"\nqueue = {}\ncommand = [\"no-such-handler-fspl-test\"]\ntimeout = 9223372036854775807\n",
+         [[job]]\nname = \"c\"\ntype = \"process\"\nqueue = {}\ncommand = [\"no-such-handler-fspl-test\"]\ntimeout = 9223372036854775807\n\
+         trust = \"/nonexistent/trust.toml\"\nidentity = [\"/nonexistent/host.key\"]\n",
         q(sb.path("d.sock")),
         q(&qa),
         q(sb.path("missing")),
@@ -398,19 +399,37 @@ fn daemon_check_reports_every_problem_of_every_job_at_once() {
             Some(line_of(&text, "\"c\"", "timeout")),
             vec!["job \"c\"", "timeout", "at most"],
         ),
-        (None, vec!["job \"b\"", "queue", "missing"]),
+        // What would keep the jobs from running, at their keys' lines.
         (
-            None,
-            vec!["job \"b\"", "/nonexistent/handler", "does not exist"],
+            Some(line_of(&text, "\"b\"", "queue")),
+            vec!["job \"b\"", "queue:", "missing"],
         ),
         (
-            None,
+            Some(line_of(&text, "\"b\"", "command")),
+            vec![
+                "job \"b\"",
+                "command:",
+                "/nonexistent/handler",
+                "does not exist",
+            ],
+        ),
+        (
+            Some(line_of(&text, "\"c\"", "command")),
             vec![
                 "job \"c\"",
+                "command:",
                 "no-such-handler-fspl-test",
                 "not found in PATH",
                 "/usr/bin:/bin",
             ],
+        ),
+        (
+            Some(line_of(&text, "\"c\"", "trust")),
+            vec!["job \"c\"", "trust:", "/nonexistent/trust.toml"],
+        ),
+        (
+            Some(line_of(&text, "\"c\"", "identity")),
+            vec!["job \"c\"", "identity:", "/nonexistent/host.key"],
         ),
     ];
     for (line, words) in &expected {
