@@ -309,7 +309,9 @@ pub enum Cmd {
         /// The configuration file
         #[arg(short = 'c', long = "config", value_name = "CONFIG")]
         config: std::path::PathBuf,
-        /// Validate the configuration (syntax, queues, trust files, keys) and exit
+        /// Validate the configuration (syntax, values, queues, trust files,
+        /// keys, commands), print every problem, and exit: 0 when there is
+        /// none, 1 otherwise
         #[arg(long)]
         check: bool,
         /// Log format: human (default on a terminal), logfmt (default

@@ -483,6 +483,51 @@ fn security_worked_example_runs_verbatim_on_two_hosts() {
     assert!(left.is_empty(), "left in ~/sync: {left:?}");
 }
 
+/// Run the command blocks of section `heading` of `doc` on one host, "me"
+/// (home `sb/me/home`), with `env` exported first (e.g. a private
+/// XDG_RUNTIME_DIR); check their promises (no block may write to stderr).
+/// Returns each command block's text and stdout.
+pub(crate) fn run_doc_section(
+    sb: &Sandbox,
+    doc: &str,
+    heading: &str,
+    env: &[(&str, &Path)],
+) -> Vec<(String, String)> {
+    let path = path_with_only_fspl(sb.dir.path());
+    let hosts = BTreeMap::from([("me", host(sb.dir.path(), "me"))]);
+    let md = read_doc(doc);
+    let all = blocks(&md, heading);
+    let mut cmds: Vec<Block> = all.iter().filter(|b| b.runs()).cloned().collect();
+    assert!(!cmds.is_empty(), "no command blocks under {heading}");
+    // A watchdog: a block that waits forever (a daemon that never
+    // answers) ends the script after two minutes instead of hanging the
+    // test; on the way out, whatever the blocks left running in the
+    // background (a daemon) is stopped. `disown`: the blocks' own
+    // background jobs are %1, %2...
+    let mut setup = String::from(
+        "( sleep 120; kill -TERM $$ ) > /dev/null 2>&1 & __wd=$!; disown\n\
+         trap 'kill $__wd $(jobs -p) 2> /dev/null' EXIT\n",
+    );
+    for (k, v) in env {
+        setup.push_str(&format!("export {k}='{}'\n", v.display()));
+    }
+    cmds.insert(
+        0,
+        Block {
+            lang: "sh".into(),
+            body: setup,
+            label: None,
+            line: 0,
+        },
+    );
+    let ran = run_blocks(&cmds, &hosts, "me", &path, sb.dir.path());
+    check_promises(&format!("{doc} {heading}"), &ran, &[]);
+    ran.into_iter()
+        .skip(1)
+        .map(|r| (r.block.body, r.stdout))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Item 1: installation, completions, man pages.
 
