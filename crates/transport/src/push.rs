@@ -67,6 +67,8 @@ pub struct PushReport {
     pub refused: Vec<Refusal>,
     /// Jobs found but neither sent nor refused (the push stopped early).
     pub unsent: u64,
+    /// Jobs that left the outbox by other means while the push ran.
+    pub gone: u64,
     /// What stopped the push early, if anything.
     pub error: Option<TransportError>,
     pub elapsed: Duration,
@@ -130,7 +132,7 @@ pub fn push(
     }
     let mut report = run.report;
     let refused_sent = (report.refused.len() - unreadable) as u64;
-    report.unsent = total.saturating_sub(report.sent + refused_sent);
+    report.unsent = total.saturating_sub(report.sent + refused_sent + report.gone);
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -192,6 +194,7 @@ impl Run<'_> {
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     debug!(file = ?item.name, "gone from the outbox before it was sent");
+                    self.report.gone += 1;
                     continue;
                 }
                 Err(e) => {
