@@ -399,6 +399,22 @@ fn pull_takes_regular_job_files_only() {
         "{}",
         text(&out.stderr)
     );
+    // A second pull of the folder at once is refused, naming the holder.
+    std::fs::write(folder.join("fspl-next.fspl"), job(2, "p2")).unwrap();
+    let held = std::fs::File::open(&folder).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let out = pull(&folder, &q);
+    exit_code(&out, 1);
+    let line = one_line_error(out);
+    assert!(
+        line.contains("is busy") && line.contains(&format!("(pid {})", std::process::id())),
+        "{line}"
+    );
+    assert!(folder.join("fspl-next.fspl").exists());
 }
 
 /// A pull from a queue directory (an outbox on a mounted disk) holds its
