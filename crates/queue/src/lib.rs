@@ -4,11 +4,13 @@
 
 pub mod bounded;
 pub mod check;
+pub mod concurrent;
 pub mod decoder;
 pub mod durable;
 mod error;
 pub mod exec;
 pub mod failpoint;
+pub mod lease;
 pub mod lock;
 pub mod nextseq;
 pub mod process;

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use crate::concurrent::{Problem, ProblemKind};
+
 /// How a pump ended.
 #[derive(Debug)]
 pub enum PumpResult {
@@ -32,10 +34,27 @@ pub enum PumpResult {
 impl PumpResult {
     /// `None` when the payload was whole, else why it was not.
     pub fn payload_error(&self) -> Option<String> {
+        self.problem().map(|p| p.why)
+    }
+
+    /// `None` when the payload was whole, else what was wrong: a payload
+    /// checked on its way (see [`crate::concurrent::HashingReader`]) that
+    /// did not match its header, or one that could not be read or decoded
+    /// to the end.
+    pub fn problem(&self) -> Option<Problem> {
         match self {
             PumpResult::Complete { .. } | PumpResult::ConsumerStopped { verified: Ok(_) } => None,
             PumpResult::ConsumerStopped { verified: Err(e) } | PumpResult::SourceError(e) => {
-                Some(e.to_string())
+                Some(match crate::concurrent::mismatch(e) {
+                    Some(why) => Problem {
+                        why,
+                        kind: ProblemKind::Mismatch,
+                    },
+                    None => Problem {
+                        why: e.to_string(),
+                        kind: ProblemKind::Incomplete,
+                    },
+                })
             }
         }
     }
@@ -108,6 +127,12 @@ impl Pump {
     /// deadline never waits for the source past it either: a pump still
     /// busy then is left to stop on its own at its next read.
     pub fn finish(self, check: Check) -> Option<String> {
+        self.finish_problem(check).map(|p| p.why)
+    }
+
+    /// [`Pump::finish`], telling a payload that did not match its header
+    /// from one that could not be read to the end.
+    pub fn finish_problem(self, check: Check) -> Option<Problem> {
         let Pump {
             result,
             cancel,
@@ -128,17 +153,20 @@ impl Pump {
                     mpsc::RecvTimeoutError::Disconnected => None,
                 }),
         };
+        let incomplete = |why: &str| Problem {
+            why: why.into(),
+            kind: ProblemKind::Incomplete,
+        };
         match got {
-            Ok(r) => r.payload_error(),
+            Ok(r) => r.problem(),
             Err(Some(_)) => {
                 flags.abandoned.store(true, Ordering::SeqCst);
-                Some(
+                Some(incomplete(
                     "the command ended before reading all of it, and the rest could not be \
-                     checked before the timeout"
-                        .into(),
-                )
+                     checked before the timeout",
+                ))
             }
-            Err(None) => Some("payload thread failed".into()),
+            Err(None) => Some(incomplete("payload thread failed")),
         }
     }
 }

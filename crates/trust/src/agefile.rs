@@ -250,17 +250,19 @@ struct State {
     claimed: u64,
     /// Batches taken by the reader.
     taken: u64,
-    done: BTreeMap<u64, io::Result<Batch>>,
+    done: BTreeMap<u64, Batch>,
     /// The reader is gone: stop.
     stop: bool,
     spare: Vec<Vec<u8>>,
 }
 
-/// Decrypted chunks in place: chunk `j`'s plaintext at `j * ENC`.
+/// Decrypted chunks in place: chunk `j`'s plaintext at `j * ENC`; the
+/// first `n` are good, and `err` says what went wrong with the next.
 struct Batch {
     buf: Vec<u8>,
     first: u64,
     n: u64,
+    err: Option<io::Error>,
 }
 
 fn truncated() -> io::Error {
@@ -280,7 +282,9 @@ impl Shared {
         }
     }
 
-    fn decrypt_batch(&self, b: u64, mut buf: Vec<u8>) -> io::Result<Batch> {
+    /// Decrypt batch `b`. Like age's own reader, the chunks before a bad
+    /// one are delivered, then the error.
+    fn decrypt_batch(&self, b: u64, mut buf: Vec<u8>) -> Batch {
         let first = b * BATCH;
         let n = BATCH.min(self.nchunks - first);
         let ends = first + n == self.nchunks;
@@ -290,39 +294,82 @@ impl Shared {
             n as usize * ENC
         };
         buf.resize(len, 0);
-        self.file
-            .read_exact_at(&mut buf, self.start + first * ENC as u64)
-            .map_err(|e| {
-                if e.kind() == ErrorKind::UnexpectedEof {
-                    truncated()
-                } else {
-                    e
+        let mut batch = Batch {
+            buf,
+            first,
+            n: 0,
+            err: None,
+        };
+        // Read what is there (the file may have been cut short since it
+        // was opened: the chunks read whole are still good).
+        let mut got = 0;
+        while got < len {
+            match self.file.read_at(
+                &mut batch.buf[got..],
+                self.start + first * ENC as u64 + got as u64,
+            ) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    batch.err = Some(e);
+                    break;
                 }
-            })?;
+            }
+        }
         for j in 0..n {
             let i = first + j;
             let last = i + 1 == self.nchunks;
             let at = j as usize * ENC;
             let clen = if last { self.last_len } else { ENC };
-            if clen < TAG {
-                return Err(bad_chunk());
+            if at + clen > got {
+                batch.err.get_or_insert_with(truncated);
+                return batch;
             }
-            let (ct, tag) = buf[at..at + clen].split_at_mut(clen - TAG);
+            if clen < TAG {
+                batch.err = Some(bad_chunk());
+                return batch;
+            }
+            let (ct, tag) = batch.buf[at..at + clen].split_at_mut(clen - TAG);
             let mut nonce = [0u8; 12];
             nonce[..11].copy_from_slice(&u128::from(i).to_be_bytes()[5..]);
             nonce[11] = u8::from(last);
             let tag = Tag::clone_from_slice(tag);
-            self.aead
+            let backup = (last && clen == ENC).then(|| ct.to_vec());
+            if self
+                .aead
                 .decrypt_in_place_detached(&nonce.into(), b"", ct, &tag)
-                .map_err(|_| bad_chunk())?;
+                .is_err()
+            {
+                // A full chunk at the end that is not flagged last: the
+                // file was cut at a chunk boundary. As age does, deliver
+                // it, then say the file is truncated.
+                if let Some(orig) = backup {
+                    ct.copy_from_slice(&orig);
+                    nonce[11] = 0;
+                    if self
+                        .aead
+                        .decrypt_in_place_detached(&nonce.into(), b"", ct, &tag)
+                        .is_ok()
+                    {
+                        batch.n = j + 1;
+                        batch.err = Some(truncated());
+                        return batch;
+                    }
+                }
+                batch.err = Some(bad_chunk());
+                return batch;
+            }
             if last && clen == TAG && self.nchunks > 1 {
-                return Err(io::Error::new(
+                batch.err = Some(io::Error::new(
                     ErrorKind::InvalidData,
                     "last STREAM chunk is empty",
                 ));
+                return batch;
             }
+            batch.n = j + 1;
         }
-        Ok(Batch { buf, first, n })
+        batch
     }
 
     /// A worker: claim the next batch while the reader is not too far
@@ -347,7 +394,7 @@ impl Shared {
             let mut guard = Handover {
                 shared: self,
                 batch: b,
-                result: Some(Err(io::Error::other("a decryption thread failed"))),
+                result: None,
             };
             guard.result = Some(self.decrypt_batch(b, buf));
         }
@@ -362,18 +409,22 @@ impl Shared {
 struct Handover<'a> {
     shared: &'a Shared,
     batch: u64,
-    result: Option<io::Result<Batch>>,
+    result: Option<Batch>,
 }
 
 impl Drop for Handover<'_> {
     fn drop(&mut self) {
-        if let Some(r) = self.result.take() {
-            let mut st = self.shared.lock();
-            if !st.stop {
-                st.done.insert(self.batch, r);
-            }
-            self.shared.ready.notify_all();
+        let r = self.result.take().unwrap_or_else(|| Batch {
+            buf: Vec::new(),
+            first: self.batch * BATCH,
+            n: 0,
+            err: Some(io::Error::other("a decryption thread failed")),
+        });
+        let mut st = self.shared.lock();
+        if !st.stop {
+            st.done.insert(self.batch, r);
         }
+        self.shared.ready.notify_all();
     }
 }
 
@@ -391,7 +442,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn take(&mut self, b: u64) -> io::Result<Batch> {
+    fn take(&mut self, b: u64) -> Batch {
         if !self.threaded {
             let buf = self
                 .cur
@@ -433,6 +484,9 @@ impl Reader {
                     *j += 1;
                     *off = 0;
                 }
+                if let Some(e) = batch.err.take() {
+                    return Err(e);
+                }
             }
             if self.next >= self.nbatches {
                 if self.ended {
@@ -455,7 +509,7 @@ impl Reader {
             }
             let b = self.next;
             self.next += 1;
-            let batch = self.take(b)?;
+            let batch = self.take(b);
             self.cur = Some((batch, 0, 0));
         }
     }
@@ -602,6 +656,23 @@ mod tests {
                     ct.len()
                 );
             }
+            // Cut at a boundary, the chunks before it come out first, as
+            // from age.
+            if cut > start && (cut - start).is_multiple_of(ENC) {
+                let d = decrypt_file(&ids, file_of(&dir, "f", short), 2).unwrap();
+                let mut rd = d.reader;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 7000];
+                let e = loop {
+                    match rd.read(&mut buf) {
+                        Ok(0) => panic!("cut at {cut}: no error"),
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) => break e,
+                    }
+                };
+                assert_eq!(got.len(), (cut - start) / ENC * CHUNK, "cut at {cut}");
+                assert!(e.to_string().contains("truncated"), "cut at {cut}: {e}");
+            }
         }
     }
 
@@ -619,6 +690,19 @@ mod tests {
             for threads in [1, 3] {
                 let e = read_all(&ids, file_of(&dir, "f", &bad), threads).unwrap_err();
                 assert!(e.contains("decryption error"), "chunk {k}: {e}");
+                // As age does, the chunks before the bad one are delivered.
+                let d = decrypt_file(&ids, file_of(&dir, "f", &bad), threads).unwrap();
+                let mut rd = d.reader;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 10_000];
+                let err = loop {
+                    match rd.read(&mut buf) {
+                        Ok(0) => panic!("chunk {k}: no error"),
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) => break e,
+                    }
+                };
+                assert_eq!(got.len(), k * CHUNK, "chunk {k}: {err}");
             }
         }
         // Two chunks swapped.

@@ -12,6 +12,7 @@ mod both;
 mod cli_compat;
 mod crash;
 mod daemon;
+mod fast_verify;
 mod hardening_memory;
 mod hardening_payload;
 mod hardening_trust;
