@@ -187,9 +187,11 @@ struct Feeder {
     len: u64,
     /// Bytes already in the pipe.
     pos: u64,
-    /// Read and checked, not yet in the pipe (they follow `pos`).
-    pending: Vec<u8>,
+    /// Read and checked: `buf[done..filled]` is not yet in the pipe (it
+    /// follows `pos`).
     buf: Vec<u8>,
+    done: usize,
+    filled: usize,
 }
 
 /// Feeds a leased payload to the command through a pipe.
@@ -227,8 +229,9 @@ impl LeaseFeed {
             offset,
             len,
             pos: 0,
-            pending: Vec::new(),
             buf: vec![0u8; BLOCK.min(len.max(1) as usize)],
+            done: 0,
+            filled: 0,
         };
         let early = feeder.fill();
         let feeder = match early {
@@ -322,7 +325,7 @@ impl Feeder {
     /// over (all written, or the lease broke, or an error).
     fn fill(&mut self) -> Option<Fed> {
         loop {
-            if self.pending.is_empty() {
+            if self.done == self.filled {
                 if self.pos >= self.len {
                     return Some(Fed::Done);
                 }
@@ -331,9 +334,9 @@ impl Feeder {
                     Err(fed) => return Some(fed),
                 }
             }
-            match (&self.writer).write(&self.pending) {
+            match (&self.writer).write(&self.buf[self.done..self.filled]) {
                 Ok(k) => {
-                    self.pending.drain(..k);
+                    self.done += k;
                     self.pos += k as u64;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
@@ -345,10 +348,11 @@ impl Feeder {
         }
     }
 
-    /// Read the next block into `pending`, and check that the lease still
-    /// stood when the read was over: then these are the checked bytes.
+    /// Read the next block into `buf` (all of it written already), and
+    /// check that the lease still stood when the read was over: then these
+    /// are the checked bytes.
     fn read_checked(&mut self) -> Result<(), Fed> {
-        let at = self.pos + self.pending.len() as u64;
+        let at = self.pos;
         let want = (self.len - at).min(self.buf.len() as u64) as usize;
         let n = loop {
             match self
@@ -372,7 +376,7 @@ impl Feeder {
                 "the job file is shorter than when it was checked",
             )));
         }
-        self.pending.extend_from_slice(&self.buf[..n]);
+        (self.done, self.filled) = (0, n);
         Ok(())
     }
 
@@ -453,5 +457,98 @@ fn wait_readable(fd: &io::PipeReader, ms: libc::c_int) {
         if r >= 0 || io::Error::last_os_error().kind() != ErrorKind::Interrupted {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn local(dir: &std::path::Path) -> bool {
+        let f = File::open(dir).unwrap();
+        // SAFETY: plain data filled in by fstatfs on our own descriptor.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) }, 0);
+        #[allow(clippy::unnecessary_cast)]
+        LOCAL_FS.contains(&(st.f_type as i64))
+    }
+
+    fn ext_for(payload: &[u8]) -> Extension {
+        let (len, digest) =
+            fspl_trust::digest::hash_reader(fspl_format::DigestAlg::Blake3, &mut &payload[..])
+                .unwrap();
+        Extension {
+            payload_len: Some(len),
+            digest: Some(digest),
+            ..Extension::default()
+        }
+    }
+
+    /// A lease is never had while someone can write the file, and any
+    /// open for writing afterwards shows at once (here a non-blocking
+    /// open, which fails instead of waiting for the lease).
+    #[test]
+    fn a_lease_is_refused_to_open_writers_and_broken_by_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job");
+        std::fs::write(&p, b"HEADERpayload").unwrap();
+        let take = || ReadLease::take(Arc::new(File::open(&p).unwrap()));
+        let Some(lease) = take() else {
+            assert!(!local(dir.path()), "no lease on a local file system (as root?)");
+            return;
+        };
+        assert!(lease.intact());
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p);
+        assert_eq!(
+            opened.map(|_| ()).map_err(|e| e.kind()),
+            Err(ErrorKind::WouldBlock),
+            "a writer got past the lease"
+        );
+        assert!(!lease.intact(), "the break was not seen");
+        drop(lease);
+        // Released: the writer gets in; and while it has the file open, no
+        // new lease is granted.
+        let w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        assert!(take().is_none(), "a lease was granted with a writer open");
+        drop(w);
+        assert!(take().is_some());
+    }
+
+    #[test]
+    fn a_payload_is_checked_under_a_lease_or_said_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job");
+        let payload: Vec<u8> = (0..(5 << 20) + 3).map(|i| (i % 251) as u8).collect();
+        let mut content = b"HEADER".to_vec();
+        content.extend_from_slice(&payload);
+        std::fs::write(&p, &content).unwrap();
+        let f = File::open(&p).unwrap();
+        let ext = ext_for(&payload);
+        match check_under_lease(&f, 6, &ext).unwrap() {
+            Leased::Passed(l, len) => {
+                assert_eq!(len, payload.len() as u64);
+                assert!(l.intact());
+            }
+            Leased::Unavailable => {
+                assert!(!local(dir.path()));
+                return;
+            }
+            Leased::Failed(why) => panic!("{why}"),
+        }
+        let mut other = payload.clone();
+        other[4 << 20] ^= 1;
+        match check_under_lease(&f, 6, &ext_for(&other)).unwrap() {
+            Leased::Failed(why) => assert!(why.contains("does not match"), "{why}"),
+            _ => panic!("a different digest passed"),
+        }
+        let _w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        assert!(matches!(
+            check_under_lease(&f, 6, &ext).unwrap(),
+            Leased::Unavailable
+        ));
     }
 }
