@@ -495,7 +495,10 @@ mod tests {
         std::fs::write(&p, b"HEADERpayload").unwrap();
         let take = || ReadLease::take(Arc::new(File::open(&p).unwrap()));
         let Some(lease) = take() else {
-            assert!(!local(dir.path()), "no lease on a local file system (as root?)");
+            assert!(
+                !local(dir.path()),
+                "no lease on a local file system (as root?)"
+            );
             return;
         };
         assert!(lease.intact());

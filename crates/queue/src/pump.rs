@@ -104,7 +104,13 @@ impl Pump {
         // A larger pipe means fewer wake-ups of pump and command; without
         // one (a system limit), nothing else changes.
         // SAFETY: fcntl on our own pipe descriptor.
-        unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                writer.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         let (cancel_rx, cancel_tx) = io::pipe()?;
         let flags = Arc::new(Flags::default());
         let (tx, rx) = mpsc::sync_channel(1);
