@@ -83,7 +83,8 @@ checked run cannot be faster than reading the payload once and hashing it
 once, which `cat` ({c['b5_cat']}) and `b3sum` ({c['b5_b3sum']}, mapped,
 all cores) show; fspl took {c['b5_ours']} (the reference, which checks
 nothing, {c['b5_ref']}). On two cores the command's read and the hash
-share the CPU, so the sum of their CPU times is the floor. With a command
+share the CPU: the floor is the sum of their CPU times spread over both
+cores, and anything else running on the machine comes off it. With a command
 slower than the hash (`sha256sum`) the check is hidden behind it:
 {c['b5_sha_ours']} against the reference's {c['b5_sha_ref']}. With
 `--trust` the command must read only checked bytes: the payload is hashed
