@@ -12,13 +12,16 @@ use std::sync::Arc;
 
 use fspl_codec::{Compression, Peeked};
 use fspl_format::{Decoded, Extension, HeaderError, JobHeader, read_header};
-use fspl_trust::crypt::{Identities, decrypt, is_age};
+use fspl_trust::crypt::{BINARY_MAGIC, Identities, decrypt, decrypt_file, is_age};
 
 use crate::bounded::Bounded;
+use crate::concurrent::{FileCheck, Problem, ProblemKind};
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{QueueError, Result};
+use crate::exec::KillHandle;
 use crate::failpoint::hit;
+use crate::lease::LeaseFeed;
 use crate::lock::FileLock;
 use crate::pump::{Check, Pump};
 use crate::seqnum;
@@ -101,6 +104,10 @@ pub enum Payload {
     Stream {
         reader: Box<dyn Read + Send>,
         what: &'static str,
+        /// The payload's length as the container says, when it says
+        /// (an encrypted file whose content is not compressed: its size
+        /// tells the plaintext's), before a byte of it is read.
+        size: Option<u64>,
     },
 }
 
@@ -111,21 +118,45 @@ pub enum PayloadFinish {
     KillDecoder(DecoderChild),
     /// Collect the pump and check that the payload was whole.
     Pump(Pump, &'static str),
+    /// Collect the check of a payload that the command read meanwhile.
+    Check(FileCheck),
+    /// Stop feeding a leased payload and release the lease.
+    Lease(LeaseFeed),
 }
 
 impl PayloadFinish {
+    /// The command has started (and can be killed through `command`).
+    pub fn spawned(&mut self, command: &KillHandle) {
+        if let PayloadFinish::Lease(f) = self {
+            f.spawned(command);
+        }
+    }
+
     /// Clean up once the command has ended (been reaped); `Some(reason)`
     /// when the payload turned out to be incomplete or corrupt. A pump stops
     /// writing at once (whatever still holds the pipe is not the job) and
     /// checks the rest of the payload as `check` says.
     pub fn finish(self, check: Check) -> Option<String> {
+        self.settle(check).map(|p| p.why)
+    }
+
+    /// [`PayloadFinish::finish`], saying what kind of problem it was.
+    pub fn settle(self, check: Check) -> Option<Problem> {
         match self {
             PayloadFinish::Nothing => None,
             PayloadFinish::KillDecoder(d) => {
                 d.kill();
                 None
             }
-            PayloadFinish::Pump(p, what) => p.finish(check).map(|e| format!("{what} data: {e}")),
+            PayloadFinish::Pump(p, what) => p.finish_problem(check).map(|p| match p.kind {
+                ProblemKind::Incomplete => Problem {
+                    why: format!("{what} data: {}", p.why),
+                    kind: p.kind,
+                },
+                _ => p,
+            }),
+            PayloadFinish::Check(c) => c.finish(check),
+            PayloadFinish::Lease(f) => f.finish(),
         }
     }
 }
@@ -139,7 +170,7 @@ impl Payload {
             Payload::Decoded { stdout, decoder } => {
                 (Stdio::from(stdout), PayloadFinish::KillDecoder(decoder))
             }
-            Payload::Stream { reader, what } => {
+            Payload::Stream { reader, what, .. } => {
                 let (pipe, pump) = Pump::start(reader)?;
                 (Stdio::from(pipe), PayloadFinish::Pump(pump, what))
             }
@@ -174,25 +205,7 @@ pub fn open_stream<R: Read + Send + 'static>(
         let ids = identities.ok_or(HeaderError::Encrypted)?;
         let plain =
             decrypt(&ids.0, peeked).map_err(|e| HeaderError::Decrypt(crate::display_chain(&e)))?;
-        let inner = Peeked::new(plain).map_err(|e| HeaderError::Decrypt(e.to_string()))?;
-        let (mut reader, what): (Box<dyn Read + Send>, &'static str) = match inner.compression() {
-            None => (Box::new(inner), "age"),
-            Some(c) => (
-                c.decoder(inner).map_err(HeaderError::Io)?,
-                match c {
-                    Compression::Zstd => "age+zstd",
-                    Compression::Gzip => "age+gzip",
-                    Compression::Xz => "age+xz",
-                    Compression::Lz4 => "age+lz4",
-                },
-            ),
-        };
-        let d = read_header(&mut reader).map_err(|e| match e {
-            HeaderError::Io(io) => {
-                HeaderError::Io(io::Error::new(io.kind(), format!("{what} data: {io}")))
-            }
-            other => other,
-        })?;
+        let (d, reader, what) = decrypted_job(plain)?;
         return Ok((d, StreamPayload::Decoded { reader, what }));
     }
     match peeked.compression() {
@@ -212,6 +225,57 @@ pub fn open_stream<R: Read + Send + 'static>(
             ))
         }
     }
+}
+
+/// Read the job header from a decrypted age stream (which may hold a
+/// compressed job). Returns the header, the payload reader and its name.
+fn decrypted_job(
+    plain: Box<dyn Read + Send>,
+) -> std::result::Result<(Decoded, Box<dyn Read + Send>, &'static str), HeaderError> {
+    let inner = Peeked::new(plain).map_err(|e| HeaderError::Decrypt(e.to_string()))?;
+    let (mut reader, what): (Box<dyn Read + Send>, &'static str) = match inner.compression() {
+        None => (Box::new(inner), "age"),
+        Some(c) => (
+            c.decoder(inner).map_err(HeaderError::Io)?,
+            match c {
+                Compression::Zstd => "age+zstd",
+                Compression::Gzip => "age+gzip",
+                Compression::Xz => "age+xz",
+                Compression::Lz4 => "age+lz4",
+            },
+        ),
+    };
+    let d = read_header(&mut reader).map_err(|e| match e {
+        HeaderError::Io(io) => {
+            HeaderError::Io(io::Error::new(io.kind(), format!("{what} data: {io}")))
+        }
+        other => other,
+    })?;
+    Ok((d, reader, what))
+}
+
+/// Open a job file that is a binary age file: decrypted on several
+/// threads, with the payload's length known from the file's size when
+/// the job inside is not compressed.
+fn open_age_file(
+    file: File,
+    ids: &Identities,
+) -> std::result::Result<(Decoded, Payload), HeaderError> {
+    let df = decrypt_file(&ids.0, file, crate::concurrent::threads())
+        .map_err(|e| HeaderError::Decrypt(crate::display_chain(&e)))?;
+    let (d, reader, what) = decrypted_job(df.reader)?;
+    let size = match what {
+        "age" => df.len.map(|l| l.saturating_sub(d.header_len)),
+        _ => None,
+    };
+    Ok((d, Payload::Stream { reader, what, size }))
+}
+
+/// Whether `file` starts like a binary age file.
+fn is_binary_age(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; BINARY_MAGIC.len()];
+    matches!(file.read_exact_at(&mut head, 0), Ok(()) if head[..] == *BINARY_MAGIC)
 }
 
 /// The payload of a job read by `open_stream`.
@@ -496,11 +560,23 @@ impl Queue {
         let file = self.open_file(name)?;
         match decoder {
             None => {
-                let (d, payload) = open_stream(file, self.identities())
-                    .map_err(|source| bad_job(&path, source))?;
-                let payload = match payload {
-                    StreamPayload::Plain(f) => Payload::File(f),
-                    StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what },
+                let (d, payload) = match self.identities() {
+                    Some(ids) if is_binary_age(&file) => {
+                        open_age_file(file, ids).map_err(|source| bad_job(&path, source))?
+                    }
+                    ids => {
+                        let (d, payload) =
+                            open_stream(file, ids).map_err(|source| bad_job(&path, source))?;
+                        let payload = match payload {
+                            StreamPayload::Plain(f) => Payload::File(f),
+                            StreamPayload::Decoded { reader, what } => Payload::Stream {
+                                reader,
+                                what,
+                                size: None,
+                            },
+                        };
+                        (d, payload)
+                    }
                 };
                 Ok(OpenedJob {
                     header: d.header,

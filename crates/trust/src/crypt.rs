@@ -205,6 +205,8 @@ pub fn encrypt<W: Write>(
     Ok(Encrypting { inner })
 }
 
+pub use crate::agefile::{BINARY_MAGIC, DecryptedFile, decrypt_file};
+
 /// Decrypt an age stream (binary or armored) with any of `identities`.
 pub fn decrypt<'a, R: Read + Send + 'a>(
     identities: &[Box<dyn age::Identity + Send + Sync>],
@@ -227,7 +229,7 @@ pub const MAX_AGE_HEADER: u64 = 8 * 1024;
 
 /// Passes an age stream through, failing once more than `MAX_AGE_HEADER`
 /// bytes went by without the header's last line (`--- MAC`) ending.
-struct HeaderLimit<R> {
+pub(crate) struct HeaderLimit<R> {
     inner: R,
     seen: u64,
     /// The last four bytes, to spot "\n---".
@@ -237,7 +239,7 @@ struct HeaderLimit<R> {
 }
 
 impl<R> HeaderLimit<R> {
-    fn new(inner: R) -> HeaderLimit<R> {
+    pub(crate) fn new(inner: R) -> HeaderLimit<R> {
         HeaderLimit {
             inner,
             seen: 0,

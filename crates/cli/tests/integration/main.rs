@@ -13,6 +13,7 @@ mod cli_compat;
 mod crash;
 mod daemon;
 mod daemon_newcomer;
+mod fast_verify;
 mod hardening_daemon;
 mod hardening_memory;
 mod hardening_payload;
