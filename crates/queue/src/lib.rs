@@ -9,6 +9,7 @@ pub mod durable;
 mod error;
 pub mod exec;
 pub mod failpoint;
+mod intake;
 pub mod lock;
 pub mod nextseq;
 pub mod process;

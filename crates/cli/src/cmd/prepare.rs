@@ -244,13 +244,13 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
     };
 
     // Take a number (holding the sequence file's lock until it is committed).
-    let sender = match (&seq.seq, &seq.seqfile) {
+    let mut sender = match (&seq.seq, &seq.seqfile) {
         (Some(_), _) => None,
         (None, Some(f)) if f == "-" => None,
         (None, Some(f)) => Some(SenderSeq::lock(f.as_ref())?),
         (None, None) => bail!("either -s/--seqfile or --seq is needed"),
     };
-    let number = match (&seq.seq, &sender) {
+    let number = match (&seq.seq, &mut sender) {
         (Some(n), _) => *n,
         (None, Some(s)) => s.next()?,
         (None, None) => 1,
@@ -280,11 +280,12 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         ))
     })?;
     failpoint::hit("prepare:after-header").context("cannot commit the sequence number")?;
-    if let Some(s) = &sender
+    if let Some(s) = &mut sender
         && let Err(e) = s.commit(number)
     {
-        // The rename comes before the directory sync: when only the sync
-        // failed, the file already says number + 1 and the number is used.
+        // The write (in place, or the rename) comes before the sync: when
+        // only the sync failed, the file already says number + 1 and the
+        // number is used.
         let used = number
             .checked_add(1)
             .is_some_and(|n| s.next().ok() == Some(n));

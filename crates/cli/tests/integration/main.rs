@@ -30,3 +30,4 @@ mod security;
 mod security_sweep;
 mod tutorial;
 mod vectors;
+mod write_verify;
