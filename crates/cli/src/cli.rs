@@ -29,7 +29,11 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// Each command's options are built only when that command is used (or
+/// its help, completions or manual page are asked for): every call starts
+/// faster than if the whole tree were built first.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Cmd {
     /// Print a fresh UUID (version 4)
     #[command(after_help = "Examples:\n  fspl gen-uuid")]

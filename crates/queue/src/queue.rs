@@ -398,7 +398,9 @@ impl Queue {
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
         let tmp = self.jobs.join(format!("{TEMP_PREFIX}{id}"));
+        // Readable too: a large payload is hashed as stored, read back.
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -407,16 +409,22 @@ impl Queue {
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
             hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
-            // Copied and checked in one pass: only a valid job is kept.
-            crate::intake::receive(input, &f, &tmp, self.identities()).map_err(|e| match e {
-                crate::intake::Failure::Io(e) => e,
-                crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
-                    dir: self.dir.clone(),
-                    reason,
+            // Copied and checked in one pass, and synced (a large payload's
+            // flush overlaps with the end of its hashing): only a valid job
+            // is kept.
+            let sync = || {
+                hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
+                f.sync_all().map_err(QueueError::io("sync", &tmp))
+            };
+            crate::intake::receive(input, &f, &tmp, self.identities(), &sync).map_err(
+                |e| match e {
+                    crate::intake::Failure::Io(e) => e,
+                    crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
+                        dir: self.dir.clone(),
+                        reason,
+                    },
                 },
-            })?;
-            hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
-            f.sync_all().map_err(QueueError::io("sync", &tmp))?;
+            )?;
             let dest = self.jobs.join(&name);
             hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;

@@ -167,7 +167,10 @@ mod tests {
         for v in 2..=123u64 {
             assert_eq!(s.next().unwrap(), v);
             s.commit(v).unwrap();
-            assert_eq!(std::fs::read(&p).unwrap(), format!("{}\n", v + 1).as_bytes());
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                format!("{}\n", v + 1).as_bytes()
+            );
         }
         // The same file all along (no replace), and nothing beside it but
         // the lock.

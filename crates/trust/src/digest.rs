@@ -3,8 +3,6 @@
 use std::fs::File;
 use std::io::{self, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
 
 use fspl_format::{Digest, DigestAlg};
 use sha2::Digest as _;
@@ -66,7 +64,7 @@ pub fn hash_reader(alg: DigestAlg, r: &mut dyn Read) -> io::Result<(u64, Digest)
 }
 
 /// Size of one positional read when hashing a file.
-const FILE_BUF: usize = 256 * 1024;
+const FILE_BUF: usize = 128 * 1024;
 
 /// Files at least this large are hashed on two threads (BLAKE3 only).
 pub const PARALLEL_MIN: u64 = 8 * 1024 * 1024;
@@ -92,7 +90,9 @@ fn hash_span(
 ) -> io::Result<()> {
     let mut pos = start;
     while pos < end {
-        let want = buf.len().min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
         match file.read_at(&mut buf[..want], pos) {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -172,9 +172,10 @@ pub fn hash_file(alg: DigestAlg, file: &File, len: u64) -> io::Result<Digest> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let cvs: Vec<std::sync::OnceLock<blake3::hazmat::ChainingValue>> =
         spans.iter().map(|_| std::sync::OnceLock::new()).collect();
-    let work = || -> io::Result<()> {
+    // Each thread's buffer is made here: the second thread allocates
+    // nothing (no malloc arena of its own).
+    let work = |mut buf: Vec<u8>| -> io::Result<()> {
         use blake3::hazmat::HasherExt;
-        let mut buf = file_buf(PIECE);
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(&(start, end)) = spans.get(i) else {
@@ -188,11 +189,12 @@ pub fn hash_file(alg: DigestAlg, file: &File, len: u64) -> io::Result<Digest> {
             let _ = cvs[i].set(h.finalize_non_root());
         }
     };
+    let (buf1, buf2) = (file_buf(PIECE), file_buf(PIECE));
     std::thread::scope(|s| {
         let other = std::thread::Builder::new()
             .name("fspl-hash".into())
-            .spawn_scoped(s, work)?;
-        let mine = work();
+            .spawn_scoped(s, || work(buf2))?;
+        let mine = work(buf1);
         let theirs = other
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
@@ -212,80 +214,17 @@ pub fn hash_file(alg: DigestAlg, file: &File, len: u64) -> io::Result<Digest> {
     })
 }
 
-/// Hashes buffers on a second thread while the caller fills the next ones:
-/// reading and writing a payload overlaps with hashing it. The caller takes
-/// a buffer with [`HashThread::buffer`], fills it and hands it over with
-/// [`HashThread::submit`]; a fixed number of buffers circulate, so memory
-/// stays bounded.
-pub struct HashThread {
-    work: Option<SyncSender<(Vec<u8>, usize)>>,
-    free: Receiver<Vec<u8>>,
-    thread: Option<JoinHandle<Hasher>>,
-}
-
-impl HashThread {
-    /// Start hashing on a new thread, continuing `hasher`, with `buffers`
-    /// buffers of `size` bytes.
-    pub fn start(hasher: Hasher, buffers: usize, size: usize) -> io::Result<HashThread> {
-        let (work, todo) = sync_channel::<(Vec<u8>, usize)>(buffers);
-        let (done, free) = sync_channel::<Vec<u8>>(buffers);
-        for _ in 0..buffers {
-            let _ = done.send(vec![0u8; size]);
-        }
-        let thread = std::thread::Builder::new()
-            .name("fspl-hash".into())
-            .spawn(move || {
-                let mut h = hasher;
-                for (buf, n) in todo {
-                    h.update(&buf[..n]);
-                    // The caller may have stopped taking buffers: fine.
-                    let _ = done.send(buf);
-                }
-                h
-            })?;
-        Ok(HashThread {
-            work: Some(work),
-            free,
-            thread: Some(thread),
-        })
-    }
-
-    /// A buffer to fill; waits until the thread is done with one.
-    pub fn buffer(&mut self) -> io::Result<Vec<u8>> {
-        self.free
-            .recv()
-            .map_err(|_| io::Error::other("the hashing thread stopped"))
-    }
-
-    /// Hash the first `n` bytes of `buf` (which comes back through
-    /// [`HashThread::buffer`] once hashed).
-    pub fn submit(&mut self, buf: Vec<u8>, n: usize) -> io::Result<()> {
-        let n = n.min(buf.len());
-        self.work
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the hashing thread stopped"))?
-            .send((buf, n))
-            .map_err(|_| io::Error::other("the hashing thread stopped"))
-    }
-
-    /// Wait for everything submitted to be hashed; the digest.
-    pub fn finish(mut self) -> io::Result<Digest> {
-        self.work = None;
-        let t = self
-            .thread
-            .take()
-            .ok_or_else(|| io::Error::other("the hashing thread stopped"))?;
-        t.join()
-            .map(Hasher::finish)
-            .map_err(|_| io::Error::other("the hashing thread panicked"))
-    }
-}
-
-impl Drop for HashThread {
-    fn drop(&mut self) {
-        // Ends the thread's loop; it is not waited for.
-        self.work = None;
-    }
+/// Add bytes `start..end` of `file` to `h`, read with positional reads
+/// into `buf` (the file offset is not moved). A file that ends early
+/// fails with `UnexpectedEof`.
+pub fn hash_range(
+    h: &mut Hasher,
+    file: &File,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    hash_span(file, start, end, buf, &mut |b| h.update(b))
 }
 
 /// Lowercase hex, for messages.
@@ -347,10 +286,18 @@ mod tests {
             let d = hash_file(DigestAlg::Blake3, &f, n as u64).unwrap();
             assert_eq!(d.bytes, *blake3::hash(&all[..n]).as_bytes(), "{n} bytes");
             let s = hash_file(DigestAlg::Sha256, &f, n.min(3 * M) as u64).unwrap();
-            assert_eq!(s, hash_reader(DigestAlg::Sha256, &mut &all[..n.min(3 * M)]).unwrap().1);
+            assert_eq!(
+                s,
+                hash_reader(DigestAlg::Sha256, &mut &all[..n.min(3 * M)])
+                    .unwrap()
+                    .1
+            );
         }
         // The file offset did not move.
-        assert_eq!(std::io::Seek::stream_position(&mut &f).unwrap(), all.len() as u64);
+        assert_eq!(
+            std::io::Seek::stream_position(&mut &f).unwrap(),
+            all.len() as u64
+        );
     }
 
     #[test]
@@ -364,26 +311,17 @@ mod tests {
     }
 
     #[test]
-    fn hash_thread_hashes_what_was_submitted_in_order() {
-        let all = data(5 * 1024 * 1024 + 3);
-        let mut t = HashThread::start(Hasher::new(DigestAlg::Blake3), 3, 64 * 1024).unwrap();
+    fn hash_range_adds_exactly_that_range() {
+        let all = data(700_000);
+        let f = file_with(&all);
         let mut h = Hasher::new(DigestAlg::Blake3);
-        h.update(&all[..100]);
-        let mut t2 = HashThread::start(h, 2, 1000).unwrap();
-        for (k, chunk) in all.chunks(64 * 1024 - 5).enumerate() {
-            let mut b = t.buffer().unwrap();
-            b[..chunk.len()].copy_from_slice(chunk);
-            t.submit(b, chunk.len()).unwrap();
-            if k == 0 {
-                let mut b = t2.buffer().unwrap();
-                b[..900].copy_from_slice(&all[100..1000]);
-                t2.submit(b, 900).unwrap();
-            }
-        }
-        assert_eq!(t.finish().unwrap().bytes, *blake3::hash(&all).as_bytes());
-        assert_eq!(t2.finish().unwrap().bytes, *blake3::hash(&all[..1000]).as_bytes());
-        // Dropped without finishing: the thread ends by itself.
-        let t3 = HashThread::start(Hasher::new(DigestAlg::Sha256), 1, 10).unwrap();
-        drop(t3);
+        let mut buf = vec![0u8; 1000];
+        hash_range(&mut h, &f, 0, 10, &mut buf).unwrap();
+        hash_range(&mut h, &f, 10, 10, &mut buf).unwrap();
+        hash_range(&mut h, &f, 10, 654_321, &mut buf).unwrap();
+        assert_eq!(h.finish().bytes, *blake3::hash(&all[..654_321]).as_bytes());
+        let mut h = Hasher::new(DigestAlg::Blake3);
+        let e = hash_range(&mut h, &f, 600_000, 700_001, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
     }
 }

@@ -132,7 +132,11 @@ fn queue_write_acknowledged_an_empty_file_and_the_readme_loop_deleted_it() {
     assert!(sync.join("b.fspl").exists(), "the empty file was deleted");
     assert_eq!(sb.job_files(&q).len(), 1);
     // queue-status sees one job, not an idle queue hiding a bad file.
-    let st = run(ours([OsStr::new("queue-ls"), OsStr::new("-q"), q.as_os_str()]));
+    let st = run(ours([
+        OsStr::new("queue-ls"),
+        OsStr::new("-q"),
+        q.as_os_str(),
+    ]));
     assert_eq!(String::from_utf8_lossy(&st.stdout).lines().count(), 2);
 }
 
@@ -176,7 +180,14 @@ fn queue_write_acknowledged_a_job_cut_inside_its_header() {
     // version this fspl does not read.
     let mut p = job.clone();
     p[20] ^= 1;
-    refused(&sb, &q, "prefix-crc", &p, &[], "CRC-32 mismatch on file prefix");
+    refused(
+        &sb,
+        &q,
+        "prefix-crc",
+        &p,
+        &[],
+        "CRC-32 mismatch on file prefix",
+    );
     let mut m = job.clone();
     m[40] ^= 0x20;
     refused(&sb, &q, "meta-crc", &m, &[], "CRC-32 mismatch on metadata");
@@ -371,12 +382,7 @@ fn queue_write_acknowledged_an_encrypted_job_it_could_have_checked() {
         );
     }
     // A broken age header is refused even without an identity.
-    let job = prepare(
-        &sb,
-        1,
-        b"x",
-        &[OsStr::new("--encrypt-to"), OsStr::new(&to)],
-    );
+    let job = prepare(&sb, 1, b"x", &[OsStr::new("--encrypt-to"), OsStr::new(&to)]);
     let mut bad = job.clone();
     bad[30] = b'\n';
     refused(&sb, &q, "enc-header", &bad, &[], "invalid age header");
@@ -417,14 +423,8 @@ fn valid_jobs_of_every_kind_are_stored_byte_identical() {
                 &[OsStr::new("--sign"), k.secret.as_os_str()],
             ),
         ),
-        (
-            "nop".into(),
-            ok(run(ours(["prepare-nop", "--seq", "7"]))),
-        ),
-        (
-            "fail".into(),
-            ok(run(ours(["prepare-fail", "--seq", "8"]))),
-        ),
+        ("nop".into(), ok(run(ours(["prepare-nop", "--seq", "7"])))),
+        ("fail".into(), ok(run(ours(["prepare-fail", "--seq", "8"])))),
         (
             "stdin".into(),
             ok(run_with_input(
@@ -437,12 +437,7 @@ fn valid_jobs_of_every_kind_are_stored_byte_identical() {
         for (label, p) in [("small", &b"compressed\n"[..]), ("big", &big[..])] {
             jobs.push((
                 format!("{format}-{label}"),
-                prepare(
-                    &sb,
-                    10,
-                    p,
-                    &[OsStr::new("--compress"), OsStr::new(format)],
-                ),
+                prepare(&sb, 10, p, &[OsStr::new("--compress"), OsStr::new(format)]),
             ));
         }
     }

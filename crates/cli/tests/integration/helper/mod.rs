@@ -224,7 +224,11 @@ pub fn deliver(queue: &Path, job: &[u8]) -> String {
             c.env_remove(k);
         }
     }
-    c.args([OsStr::new("queue-write"), OsStr::new("-q"), queue.as_os_str()]);
+    c.args([
+        OsStr::new("queue-write"),
+        OsStr::new("-q"),
+        queue.as_os_str(),
+    ]);
     let out = run_with_input(c, job);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
