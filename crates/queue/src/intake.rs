@@ -306,7 +306,7 @@ impl Read for Tee<'_> {
 }
 
 /// The flush of the temporary, done once everything is stored.
-pub(crate) type Sync<'a> = &'a dyn Fn() -> Result<(), QueueError>;
+pub(crate) type SyncFn<'a> = &'a dyn Fn() -> Result<(), QueueError>;
 
 /// Read the job from `input` into `file` (the open temporary at `tmp`),
 /// check it, and flush it with `sync` once it is wholly stored (for a
@@ -317,7 +317,7 @@ pub(crate) fn receive(
     file: &File,
     tmp: &Path,
     identities: Option<&Identities>,
-    sync: Sync,
+    sync: SyncFn,
 ) -> Result<(), Failure> {
     let mut tee = Tee::new(input, file, tmp);
     let mut synced = false;
@@ -339,7 +339,7 @@ pub(crate) fn receive(
 fn check(
     tee: &mut Tee,
     identities: Option<&Identities>,
-    sync: Sync,
+    sync: SyncFn,
     synced: &mut bool,
 ) -> Result<(), Failure> {
     let head = tee
@@ -482,7 +482,7 @@ fn copy_and_hash(
     tee: &mut Tee,
     ext: &Extension,
     declared: u64,
-    sync: Sync,
+    sync: SyncFn,
     synced: &mut bool,
 ) -> Result<(), Failure> {
     let Some(alg) = ext.digest.map(|d| d.alg) else {
@@ -569,4 +569,111 @@ fn compare(ext: &Extension, len: u64, digest: Option<&Digest>) -> Result<(), Str
 
 fn length_mismatch(len: u64, want: u64) -> String {
     format!("payload is {len} bytes, the header says {want} (cut short or altered)")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom};
+
+    use fspl_format::{CmdType, Ctime, DigestAlg, JobHeader};
+
+    use crate::{Queue, QueueError};
+
+    /// A job with `payload`, carrying its length and digest when `ext`.
+    fn job(payload: &[u8], ext: bool) -> Vec<u8> {
+        let mut e = fspl_format::Extension::default();
+        if ext {
+            let (len, d) =
+                fspl_trust::digest::hash_reader(DigestAlg::Blake3, &mut &payload[..]).unwrap();
+            e.payload_len = Some(len);
+            e.digest = Some(d);
+        }
+        let h = JobHeader {
+            seq: 1,
+            ctime: Ctime { secs: 1, nanos: 2 },
+            cmd_type: CmdType::Nop,
+        };
+        let mut v = h.encode_with(&e).unwrap();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i.wrapping_mul(131) >> 3) as u8).collect()
+    }
+
+    fn queue() -> (tempfile::TempDir, Queue) {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::init(d.path().join("q"), false).unwrap();
+        (d, q)
+    }
+
+    fn names(q: &Queue) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(q.jobs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    /// Write `bytes` from a slice and from a file (the kernel-copy path).
+    fn both_ways(q: &Queue, bytes: &[u8]) -> [Result<Vec<u8>, QueueError>; 2] {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut slice: &[u8] = bytes;
+        let a = q.write_job(&mut slice);
+        let b = q.write_job(&mut f);
+        [a, b].map(|r| {
+            r.map(|name| {
+                let p = q.job_path(&name);
+                let got = std::fs::read(&p).unwrap();
+                std::fs::remove_file(p).unwrap();
+                got
+            })
+        })
+    }
+
+    #[test]
+    fn valid_jobs_are_stored_as_they_came_from_a_slice_and_from_a_file() {
+        let (_d, q) = queue();
+        for n in [0usize, 1, 5000, 70_000, 3 * 1024 * 1024 + 17] {
+            for ext in [true, false] {
+                let j = job(&payload(n), ext);
+                for got in both_ways(&q, &j) {
+                    assert!(got.unwrap() == j, "{n} bytes, ext {ext}");
+                }
+            }
+        }
+        assert!(names(&q).is_empty());
+    }
+
+    #[test]
+    fn a_wrong_payload_is_refused_and_leaves_nothing() {
+        let (_d, q) = queue();
+        for n in [10usize, 3 * 1024 * 1024 + 17] {
+            let j = job(&payload(n), true);
+            let mut flipped = j.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            let mut longer = j.clone();
+            longer.push(0);
+            for (bad, why) in [
+                (&j[..j.len() - 1], "cut short"),
+                (&flipped[..], "digest"),
+                (&longer[..], "longer than"),
+                (&b""[..], "empty"),
+                (&b"not a job at all, just some text"[..], "bad magic"),
+            ] {
+                for r in both_ways(&q, bad) {
+                    match r {
+                        Err(QueueError::InvalidJob { reason, .. }) => {
+                            assert!(reason.contains(why), "{n}: {reason:?} lacks {why:?}");
+                        }
+                        other => panic!("{n} {why}: {:?}", other.map(|v| v.len())),
+                    }
+                }
+                assert!(names(&q).is_empty(), "{n} {why}: {:?}", names(&q));
+            }
+        }
+    }
 }

@@ -36,7 +36,7 @@ pub struct SenderSeq {
     path: PathBuf,
     _lock: FileLock,
     /// The file, open for reading and writing in place, and its length when
-    /// last read or written; `None` until [`SenderSeq::next`] opened it, or
+    /// last read or written; `None` until [`SenderSeq::read_next`] opened it, or
     /// when it cannot be updated in place.
     file: Option<(File, u64)>,
 }
@@ -58,7 +58,7 @@ impl SenderSeq {
 
     /// The next number to use; 1 when the file does not exist yet. Keeps
     /// the file open for [`SenderSeq::commit`].
-    pub fn next(&mut self) -> Result<u64> {
+    pub fn read_next(&mut self) -> Result<u64> {
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
@@ -121,7 +121,7 @@ impl SenderSeq {
     }
 
     /// Record that `used` was taken: store `used + 1`, durably. In place
-    /// when [`SenderSeq::next`] opened the file and the new line is at
+    /// when [`SenderSeq::read_next`] opened the file and the new line is at
     /// least as long as the file; replaced otherwise.
     pub fn commit(&mut self, used: u64) -> Result<()> {
         let next = used.checked_add(1).ok_or(QueueError::SeqExhausted {
@@ -160,12 +160,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("seq");
         let mut s = SenderSeq::lock(&p).unwrap();
-        assert_eq!(s.next().unwrap(), 1);
+        assert_eq!(s.read_next().unwrap(), 1);
         s.commit(1).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"2\n");
         let ino = inode(&p);
         for v in 2..=123u64 {
-            assert_eq!(s.next().unwrap(), v);
+            assert_eq!(s.read_next().unwrap(), v);
             s.commit(v).unwrap();
             assert_eq!(
                 std::fs::read(&p).unwrap(),
@@ -190,7 +190,7 @@ mod tests {
         for content in ["5        \n", "5\nwritten by hand\n", "  5"] {
             std::fs::write(&p, content).unwrap();
             let mut s = SenderSeq::lock(&p).unwrap();
-            assert_eq!(s.next().unwrap(), 5, "{content:?}");
+            assert_eq!(s.read_next().unwrap(), 5, "{content:?}");
             s.commit(5).unwrap();
             assert_eq!(std::fs::read(&p).unwrap(), b"6\n", "{content:?}");
         }
@@ -198,7 +198,7 @@ mod tests {
         std::fs::write(&p, "99\n").unwrap();
         let ino = inode(&p);
         let mut s = SenderSeq::lock(&p).unwrap();
-        assert_eq!(s.next().unwrap(), 99);
+        assert_eq!(s.read_next().unwrap(), 99);
         s.commit(99).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"100\n");
         assert_eq!(inode(&p), ino);
@@ -212,7 +212,7 @@ mod tests {
         let p = dir.path().join("seq");
         std::os::unix::fs::symlink(&target, &p).unwrap();
         let mut s = SenderSeq::lock(&p).unwrap();
-        assert_eq!(s.next().unwrap(), 7);
+        assert_eq!(s.read_next().unwrap(), 7);
         s.commit(7).unwrap();
         // As before: the link is replaced by a file, the target untouched.
         assert_eq!(std::fs::read(&target).unwrap(), b"7\n");
@@ -226,7 +226,10 @@ mod tests {
         let p = dir.path().join("seq");
         std::fs::write(&p, "abc\n").unwrap();
         let mut s = SenderSeq::lock(&p).unwrap();
-        assert!(matches!(s.next(), Err(QueueError::BadSeqNumber { .. })));
+        assert!(matches!(
+            s.read_next(),
+            Err(QueueError::BadSeqNumber { .. })
+        ));
         assert_eq!(std::fs::read(&p).unwrap(), b"abc\n");
     }
 
@@ -236,7 +239,7 @@ mod tests {
         let p = dir.path().join("seq");
         std::fs::write(&p, format!("{}\n", u64::MAX)).unwrap();
         let mut s = SenderSeq::lock(&p).unwrap();
-        assert_eq!(s.next().unwrap(), u64::MAX);
+        assert_eq!(s.read_next().unwrap(), u64::MAX);
         assert!(matches!(
             s.commit(u64::MAX),
             Err(QueueError::SeqExhausted { .. })

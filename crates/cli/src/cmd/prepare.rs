@@ -254,7 +254,7 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
     };
     let number = match (&seq.seq, &mut sender) {
         (Some(n), _) => *n,
-        (None, Some(s)) => s.next()?,
+        (None, Some(s)) => s.read_next()?,
         (None, None) => 1,
     };
     failpoint::hit("prepare:after-lock").context("cannot take a sequence number")?;
@@ -290,7 +290,7 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         // number is used.
         let used = number
             .checked_add(1)
-            .is_some_and(|n| s.next().ok() == Some(n));
+            .is_some_and(|n| s.read_next().ok() == Some(n));
         let msg = if used {
             format!(
                 "job {number} was written to stdout without its payload, and the sequence file {} \
