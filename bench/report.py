@@ -100,7 +100,7 @@ row("B4", f"queue-process, {N4} zstd jobs: ours / ref `-d zstdcat`", med("B4-pro
 row("B4", f"queue-process, {N4} jobs: ours zstd / ours uncompressed", med("B4-process"), med("B4-process", "ours-plain"), 1.2)
 # B5
 big = f"{BIG} MiB" if BIG != 1024 else "1 GiB"
-row("B5", f"queue-write, {big} job: ours / `dd bs=1M conv=fsync`", med("B5-write"), med("B5-write", "dd"), 1.05)
+row("B5", f"queue-write, {big} job (checked: header, length, BLAKE3 digest): ours / `dd bs=1M conv=fsync`", med("B5-write"), med("B5-write", "dd"), 1.05)
 row("B5", f"queue-write, {big} job: ours / ref", med("B5-write"), med("B5-write", "ref"), 1)
 if has("B5-process", "b3sum"):
     floor5 = max(med("B5-process", "cat"), med("B5-process", "b3sum"))
@@ -235,9 +235,9 @@ p(f"{n_met} of {len(rows)} goals met" + (f"; missed: {', '.join(sorted(set(misse
 p("")
 p(f"B3 per job without subtracting the fixed cost: {fmt_t(raw_s)} at {N3S} jobs, "
   f"{fmt_t(raw_l)} at {N3L} jobs.\n")
-for name, what in (("B5-process", "queue-process"), ("B5-prepare", "prepare")):
+for name, what in (("B5-write", "queue-write"), ("B5-process", "queue-process"), ("B5-prepare", "prepare")):
     if (name, "ours-nodigest") in bench:
-        base = "cat" if name == "B5-process" else "ref"
+        base = {"B5-process": "cat", "B5-write": "dd"}.get(name, "ref")
         p(f"B5 {what} with `--no-digest` (no payload length and BLAKE3 digest; fspl's default adds "
           f"them for a regular file): {fmt_t(med(name, 'ours-nodigest'))}, "
           f"{med(name, 'ours-nodigest') / med(name, base):.2f}× {base}.\n")

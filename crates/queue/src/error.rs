@@ -54,6 +54,8 @@ pub enum QueueError {
     },
     #[error("{}: not a real directory (a symbolic link or another kind of file is in its place); refusing to move anything into it", path.display())]
     NotADirectory { path: PathBuf },
+    #[error("refusing the job on stdin, nothing was stored in {}: {reason}", dir.display())]
+    InvalidJob { dir: PathBuf, reason: String },
     #[error("{}: queue directory already exists", dir.display())]
     AlreadyExists { dir: PathBuf },
 }

@@ -10,6 +10,7 @@ pub mod durable;
 mod error;
 pub mod exec;
 pub mod failpoint;
+mod intake;
 pub mod last_failure;
 pub mod lease;
 pub mod lock;

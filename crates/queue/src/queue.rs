@@ -2,7 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -451,14 +451,20 @@ impl Queue {
 
     /// Durably store a job read from `input` under a fresh
     /// `fspl-<uuid>.fspl` name: stream into a temporary name (locked, so a
-    /// cleaner can tell a live writer from a dead one), fsync, rename, fsync
-    /// the directory. Returns the new name once all of that is done.
+    /// cleaner can tell a live writer from a dead one), checking it on the
+    /// way (see [`crate::intake`]: header, payload length and digest,
+    /// compressed and encrypted jobs; encrypted ones in full only with
+    /// the queue's identities), fsync, rename, fsync the directory. Returns
+    /// the new name once all of that is done. A job that is not valid is
+    /// [`QueueError::InvalidJob`], and nothing is left behind.
     pub fn write_job(&self, input: &mut dyn JobSource) -> Result<OsString> {
         self.check_exists()?;
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
         let tmp = self.jobs.join(format!("{TEMP_PREFIX}{id}"));
-        let mut f = OpenOptions::new()
+        // Readable too: a large payload is hashed as stored, read back.
+        let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -467,44 +473,22 @@ impl Queue {
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
             hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
-            // Part of the job first, so that a fault can hit mid-copy.
-            let mut head = [0u8; 4096];
-            let n = fspl_format::read_full(input, &mut head).map_err(|source| QueueError::Io {
-                action: "read job from",
-                path: PathBuf::from("stdin"),
-                source,
-            })?;
-            f.write_all(&head[..n])
-                .map_err(QueueError::io("write", &tmp))?;
-            hit("write:mid-copy").map_err(QueueError::io("write", &tmp))?;
-            match input.as_file() {
-                // From a file or pipe the kernel copies (copy_file_range,
-                // splice): no pass through user space.
-                Some(src) => {
-                    let mut src: &File = src;
-                    std::io::copy(&mut src, &mut f).map_err(|source| QueueError::Io {
-                        action: "copy the job from stdin into",
-                        path: tmp.clone(),
-                        source,
-                    })?;
-                }
-                None => {
-                    copy_stream(input, &mut f).map_err(|e| match e {
-                        CopyError::Read(source) => QueueError::Io {
-                            action: "read job from",
-                            path: PathBuf::from("stdin"),
-                            source,
-                        },
-                        CopyError::Write(source) => QueueError::Io {
-                            action: "write",
-                            path: tmp.clone(),
-                            source,
-                        },
-                    })?;
-                }
-            }
-            hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
-            f.sync_all().map_err(QueueError::io("sync", &tmp))?;
+            // Copied and checked in one pass, and synced (a large payload's
+            // flush overlaps with the end of its hashing): only a valid job
+            // is kept.
+            let sync = || {
+                hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
+                f.sync_all().map_err(QueueError::io("sync", &tmp))
+            };
+            crate::intake::receive(input, &f, &tmp, self.identities(), &sync).map_err(
+                |e| match e {
+                    crate::intake::Failure::Io(e) => e,
+                    crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
+                        dir: self.dir.clone(),
+                        reason,
+                    },
+                },
+            )?;
             let dest = self.jobs.join(&name);
             hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
@@ -661,7 +645,7 @@ pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
 
 /// What `write_job` reads from: any reader, and when it is a file (stdin
 /// is one, even when it is a pipe) the kernel can copy it directly.
-pub trait JobSource: Read {
+pub trait JobSource: Read + Send {
     fn as_file(&self) -> Option<&File> {
         None
     }

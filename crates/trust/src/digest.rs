@@ -262,6 +262,79 @@ pub fn has_byte_at(file: &File, at: u64) -> io::Result<bool> {
     }
 }
 
+/// How many cores hashing may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The digest of the first `len` bytes of `file`, read with positional
+/// reads (the file offset stays where it is), on every core for a large
+/// BLAKE3 input (see [`hash_file_at`]). A file that holds fewer bytes
+/// fails with `UnexpectedEof`.
+pub fn hash_file(alg: DigestAlg, file: &File, len: u64) -> io::Result<Digest> {
+    let r = hash_file_at(file, 0, len, alg, cores(), &AtomicBool::new(false))?;
+    if r.present < len {
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!(
+                "the file ended at byte {}, before the {len} bytes it had when \
+                 hashing began (it changed while being read)",
+                r.present
+            ),
+        ));
+    }
+    Ok(r.digest)
+}
+
+/// Hash bytes `start..end` of `file` (positional reads: the file offset is
+/// not moved), passing them to `h`. A file that ends early fails with
+/// `UnexpectedEof`.
+fn hash_span(
+    file: &File,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    h: &mut dyn FnMut(&[u8]),
+) -> io::Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let want = buf
+            .len()
+            .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+        match file.read_at(&mut buf[..want], pos) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ended at byte {pos}, before the {end} bytes it had when \
+                         hashing began (it changed while being read)"
+                    ),
+                ));
+            }
+            Ok(n) => {
+                h(&buf[..n]);
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Add bytes `start..end` of `file` to `h`, read with positional reads
+/// into `buf` (the file offset is not moved). A file that ends early
+/// fails with `UnexpectedEof`.
+pub fn hash_range(
+    h: &mut Hasher,
+    file: &File,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    hash_span(file, start, end, buf, &mut |b| h.update(b))
+}
+
 /// Lowercase hex, for messages.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -356,5 +429,79 @@ mod tests {
             hex(&d.bytes),
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
+    }
+
+    fn data2(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+            .collect()
+    }
+
+    fn file_with(d: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, d).unwrap();
+        f
+    }
+
+    #[test]
+    fn hash_file_is_the_plain_digest_at_every_size_and_split() {
+        const M: usize = 1024 * 1024;
+        let all = data2(PARALLEL_MIN as usize * 4 + 3 * M + 1000);
+        let f = file_with(&all);
+        for n in [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            READ_BUF + 1,
+            (1usize << 20),
+            PARALLEL_MIN as usize - 1,
+            PARALLEL_MIN as usize,
+            PARALLEL_MIN as usize + 1,
+            PARALLEL_MIN as usize + (1usize << 20) / 2 + 17,
+            3 * (1usize << 20) + 1024,
+            all.len(),
+        ] {
+            let d = hash_file(DigestAlg::Blake3, &f, n as u64).unwrap();
+            assert_eq!(d.bytes, *blake3::hash(&all[..n]).as_bytes(), "{n} bytes");
+            let s = hash_file(DigestAlg::Sha256, &f, n.min(3 * M) as u64).unwrap();
+            assert_eq!(
+                s,
+                hash_reader(DigestAlg::Sha256, &mut &all[..n.min(3 * M)])
+                    .unwrap()
+                    .1
+            );
+        }
+        // The file offset did not move.
+        assert_eq!(
+            std::io::Seek::stream_position(&mut &f).unwrap(),
+            all.len() as u64
+        );
+    }
+
+    #[test]
+    fn hash_file_of_a_file_shorter_than_asked_fails() {
+        for n in [10usize, PARALLEL_MIN as usize + 5] {
+            let f = file_with(&data2(n));
+            let e = hash_file(DigestAlg::Blake3, &f, n as u64 + 1).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::UnexpectedEof, "{e}");
+            assert!(e.to_string().contains("changed while being read"), "{e}");
+        }
+    }
+
+    #[test]
+    fn hash_range_adds_exactly_that_range() {
+        let all = data2(700_000);
+        let f = file_with(&all);
+        let mut h = Hasher::new(DigestAlg::Blake3);
+        let mut buf = vec![0u8; 1000];
+        hash_range(&mut h, &f, 0, 10, &mut buf).unwrap();
+        hash_range(&mut h, &f, 10, 10, &mut buf).unwrap();
+        hash_range(&mut h, &f, 10, 654_321, &mut buf).unwrap();
+        assert_eq!(h.finish().bytes, *blake3::hash(&all[..654_321]).as_bytes());
+        let mut h = Hasher::new(DigestAlg::Blake3);
+        let e = hash_range(&mut h, &f, 600_000, 700_001, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
     }
 }

@@ -34,3 +34,4 @@ mod security_sweep;
 mod status_attention;
 mod tutorial;
 mod vectors;
+mod write_verify;
