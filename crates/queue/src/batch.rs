@@ -215,16 +215,18 @@ impl Batch {
             path: tmp_path.clone(),
             source: e.into(),
         })?;
-        let mut file = File::from(fd);
+        let file = File::from(fd);
         let result = (|| {
             file.lock().map_err(QueueError::io("lock", &tmp_path))?;
+            // Flushed with the rest of the batch at commit.
             receive(
                 input,
-                &mut file,
+                &file,
                 &tmp_path,
                 self.identities.as_deref(),
                 &self.owner,
                 from,
+                &|| Ok(()),
             )?;
             let len = file
                 .metadata()
