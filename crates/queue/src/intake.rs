@@ -265,6 +265,21 @@ impl<'a> Tee<'a> {
         if self.eof {
             return Ok(());
         }
+        // One plain read first: a small job is usually all in already,
+        // and a read that says so is one call where a kernel copy costs
+        // six (dup, fstat of both ends, copy_file_range, sendfile, close),
+        // which adds up over a batch of thousands (`fspl push`).
+        self.consume_buffered();
+        let mut probe = [0u8; 4096];
+        match self.read_input(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                if let Err(e) = self.store(&probe[..n]) {
+                    return Err(self.copy_failed(e));
+                }
+            }
+            Err(e) => return Err(self.copy_failed(e)),
+        }
         self.kernel_copy(u64::MAX, &mut |_| {}).map(|_| ())
     }
 }

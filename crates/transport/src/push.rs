@@ -188,7 +188,8 @@ impl Run<'_> {
     fn send_all(&mut self, sink: &mut dyn Sink, items: Vec<Item>) -> Result<(), TransportError> {
         for (id, item) in items.into_iter().enumerate() {
             let id = id as u64;
-            let mut file = match self.q.open_file(&item.name) {
+            let path = self.q.job_path(&item.name);
+            let (mut file, len) = match open_job(&self.jobs_fd, &item.name, &path) {
                 Ok(f) => f,
                 Err(QueueError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
@@ -206,11 +207,6 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let path = self.q.job_path(&item.name);
-            let len = file
-                .metadata()
-                .map_err(|e| TransportError::io("stat", &path, e))?
-                .len();
             let mut job = OutgoingJob {
                 name: &item.name,
                 seq: item.seq,
@@ -286,6 +282,41 @@ impl Run<'_> {
         self.report.bytes += acked.iter().map(|a| a.1).sum::<u64>();
         Ok(())
     }
+}
+
+/// Open a job file of the outbox for sending (no link followed, no
+/// blocking on a FIFO, regular files only): the file and its length.
+fn open_job(jobs: &File, name: &OsStr, path: &Path) -> Result<(File, u64), QueueError> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        jobs,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| QueueError::Io {
+        action: if e == rustix::io::Errno::LOOP {
+            "open (symbolic links are not followed)"
+        } else {
+            "open"
+        },
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|source| QueueError::Io {
+        action: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(QueueError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    Ok((file, meta.len()))
 }
 
 /// Move each job from `jobs/` to `sent/` without replacing anything there
