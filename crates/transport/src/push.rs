@@ -14,7 +14,9 @@
 //! 4. for acknowledged jobs, a batch at a time: unlink each from `jobs/`
 //!    (`--keep`: move it to `OUTBOX/sent/`, never replacing a file there),
 //!    then ONE fsync of `jobs/` (and of `sent/`). Only then do they count
-//!    as sent.
+//!    as sent. This runs on a thread of its own (the outbox is not the
+//!    destination's directory), overlapping with the sending of the next
+//!    jobs.
 //!
 //! A crash anywhere leaves every job not yet removed in the outbox, and
 //! the next push sends it again: the destination gets a byte-identical
