@@ -47,7 +47,6 @@ use crate::error::QueueError;
 use crate::exec::{KillHandle, Outcome, SpawnError};
 use crate::last_failure;
 use crate::queue::Queue;
-use crate::verify;
 
 mod payload;
 mod run;
@@ -55,6 +54,7 @@ mod sequence;
 mod timestamp;
 mod vet;
 
+pub use payload::{Cleared, JobCheck, PayloadUse, Verdict};
 pub use run::run_stream_job;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -242,8 +242,8 @@ pub fn process(
         failed: 0,
         refused: 0,
         warned_params: false,
-        queue_name: queue.name()?,
-        sig_memo: verify::SignatureMemo::default(),
+        check: JobCheck::new(opts.trust.as_deref(), queue.name()?, opts.allow_job_params)
+            .spool_in(queue.jobs_dir()),
         failure_recorded: last_failure::path(queue).symlink_metadata().is_ok(),
     };
     match opts.order_by {
@@ -261,8 +261,8 @@ struct Run<'a> {
     failed: u64,
     refused: u64,
     warned_params: bool,
-    queue_name: Option<String>,
-    sig_memo: verify::SignatureMemo,
+    /// The checks every job passes before it runs.
+    check: JobCheck<'a>,
     /// `DIR/last-failure` exists (or may): clear it when moving on.
     failure_recorded: bool,
 }

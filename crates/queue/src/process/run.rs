@@ -12,24 +12,36 @@ use std::time::{Duration, Instant};
 use fspl_format::{JobHeader, JobLocation};
 use tracing::{debug, warn};
 
-use super::payload::{Plan, payload_stdio};
-use super::{JobReport, OnError, OutputTo, ProcessError, Run};
+use super::{Cleared, JobReport, OnError, OutputTo, PayloadUse, ProcessError, Run, Verdict};
 use crate::concurrent::{Problem, ProblemKind};
 use crate::error::QueueError;
 use crate::exec::{self, KillHandle, Outcome, Output, RunSpec};
 use crate::pump::Check;
-use crate::queue::{Payload, PayloadFinish};
+use crate::queue::{OpenedJob, Payload, PayloadFinish};
 
 impl Run<'_> {
+    /// The job's verdict before its command runs (see [`super::JobCheck::job`]).
+    pub(super) fn admit(&self, name: &OsStr, job: OpenedJob) -> Result<Verdict, QueueError> {
+        let usage = if self.opts.ignore_payload {
+            PayloadUse::Unused
+        } else {
+            PayloadUse::Read
+        };
+        self.check.job(job, usage, &self.queue.job_path(name))
+    }
+
+    /// Run a job that passed its check (see [`Run::admit`]).
     pub(super) fn run_job(
         &mut self,
         name: &OsStr,
-        job: crate::queue::OpenedJob,
-        plan: Plan,
+        cleared: Cleared,
     ) -> Result<Outcome, ProcessError> {
+        let job = &cleared.job;
         let seq = job.header.seq;
         let path = self.queue.job_path(name);
-        let report_header = job.header.clone();
+        // Kept for the reports and the command's environment: the payload
+        // goes its own way.
+        let header = job.header.clone();
         let payload_bytes = job.ext.payload_len.or_else(|| match &job.payload {
             Payload::File(f) => f
                 .metadata()
@@ -40,10 +52,10 @@ impl Run<'_> {
         let report = JobReport {
             seq,
             name,
-            header: &report_header,
+            header: &header,
             payload_bytes,
         };
-        if !self.opts.allow_job_params && !self.warned_params && !job.header.params().is_empty() {
+        if !self.opts.allow_job_params && !self.warned_params && !header.params().is_empty() {
             self.warned_params = true;
             warn!(
                 seq,
@@ -67,18 +79,14 @@ impl Run<'_> {
             }
         };
         let (stdin, finish) = if self.opts.ignore_payload {
-            job.payload.close();
+            cleared.close();
             // As in Filespooler: the command's stdin is left alone (ours,
             // inherited), not redirected from /dev/null.
             (Stdio::inherit(), PayloadFinish::Nothing)
         } else {
-            payload_stdio(job.payload, job.header_len, &job.ext, plan).map_err(|source| {
-                QueueError::Io {
-                    action: "set up the payload for",
-                    path: path.clone(),
-                    source,
-                }
-            })?
+            cleared
+                .into_stdio()
+                .map_err(QueueError::io("set up the payload for", &path))?
         };
         let location = JobLocation {
             queuedir: self.queue.dir().as_os_str(),
@@ -87,7 +95,7 @@ impl Run<'_> {
         let spec = RunSpec {
             command: &self.opts.command,
             args: &self.opts.args,
-            header: &job.header,
+            header: &header,
             location: Some(location),
             allow_job_params: self.opts.allow_job_params,
             stdin,

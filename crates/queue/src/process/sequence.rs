@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 
 use tracing::debug;
 
-use super::payload::{Purpose, Verdict};
+use super::Verdict;
 use super::{OnError, ProcessError, Run, StopReason, Summary};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
@@ -138,8 +138,8 @@ impl Run<'_> {
             let path = self.queue.job_path(&name);
             hit("process:before-run").map_err(QueueError::io("run", &path))?;
             let header = job.header.clone();
-            let outcome = match self.verify_payload(&name, job, Purpose::Run)? {
-                Verdict::Run(job, plan) => self.run_job(&name, *job, plan)?,
+            let outcome = match self.admit(&name, job)? {
+                Verdict::Run(job) => self.run_job(&name, *job)?,
                 Verdict::Fail(outcome) => self.count(&header, &name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&name, Some(seq), &r)?;

@@ -2,7 +2,7 @@
 
 use std::io::ErrorKind;
 
-use super::payload::{Purpose, Verdict};
+use super::Verdict;
 use super::{OnError, ProcessError, Run, StopReason, Summary};
 use crate::error::QueueError;
 use crate::scan;
@@ -31,14 +31,14 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             };
             let seq = job.header.seq;
-            if let Err(r) = self.vet_header(&job.header, &job.ext) {
+            if let Err(r) = self.check.header(&job.header, &job.ext) {
                 job.payload.close();
                 self.refuse(&entry.name, Some(seq), &r)?;
                 continue;
             }
             let header = job.header.clone();
-            let outcome = match self.verify_payload(&entry.name, job, Purpose::Run)? {
-                Verdict::Run(job, plan) => self.run_job(&entry.name, *job, plan)?,
+            let outcome = match self.admit(&entry.name, job)? {
+                Verdict::Run(job) => self.run_job(&entry.name, *job)?,
                 Verdict::Fail(outcome) => self.count(&header, &entry.name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&entry.name, Some(seq), &r)?;

@@ -5,36 +5,15 @@
 use std::ffi::{OsStr, OsString};
 use std::io::ErrorKind;
 
-use fspl_format::{Extension, JobHeader};
 use tracing::{debug, warn};
 
-use super::payload::{Purpose, Verdict};
+use super::payload::{PayloadUse, Verdict};
 use super::{ProcessError, Run};
 use crate::error::QueueError;
 use crate::scan;
 use crate::verify::{self, Refusal};
 
 impl Run<'_> {
-    pub(super) fn vet_header(
-        &self,
-        header: &JobHeader,
-        ext: &Extension,
-    ) -> Result<crate::verify::Vetted, Refusal> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        verify::check_header_memo(
-            header,
-            ext,
-            self.opts.trust.as_deref(),
-            self.queue_name.as_deref(),
-            self.opts.allow_job_params,
-            now,
-            &self.sig_memo,
-        )
-    }
-
     /// With a trust file, refuse every file of this seq whose header does
     /// not pass (so a forged copy cannot block the genuine one); returns
     /// the rest.
@@ -58,7 +37,7 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            match self.vet_header(&d.header, &d.ext) {
+            match self.check.header(&d.header, &d.ext) {
                 Ok(_) => kept.push(name),
                 Err(r) => self.refuse(&name, Some(seq), &r)?,
             }
@@ -87,10 +66,11 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            match self.verify_payload(&name, job, Purpose::Judge)? {
+            let path = self.queue.job_path(&name);
+            match self.check.job(job, PayloadUse::Unused, &path)? {
                 Verdict::Refuse(r) => self.refuse(&name, Some(seq), &r)?,
-                Verdict::Run(job, _) => {
-                    job.payload.close();
+                Verdict::Run(job) => {
+                    job.close();
                     kept.push(name);
                 }
                 Verdict::Fail(_) => kept.push(name),
@@ -167,7 +147,7 @@ impl Run<'_> {
         let first = names.remove(0);
         let vet = self.opts.trust.as_deref().map(|t| scan::Vetting {
             allow_job_params: self.opts.allow_job_params,
-            ..scan::Vetting::new(t, self.queue_name.as_deref())
+            ..scan::Vetting::new(t, self.check.queue_name())
         });
         scan::check_duplicates(
             self.queue,
