@@ -302,6 +302,26 @@ impl Run<'_> {
         outcome
     }
 
+    /// After a job that did not succeed: the summary when the run ends
+    /// here because it is shutting down (the job was killed, or failed,
+    /// meanwhile: job and nextseq are left as a crash would leave them, so
+    /// it simply runs again later), or the error that ends it with
+    /// `--on-error retry`; `None` to move on.
+    fn end_after_failure(
+        &mut self,
+        seq: u64,
+        name: &OsStr,
+        outcome: Outcome,
+    ) -> Result<Option<Summary>, ProcessError> {
+        if self.obs.should_stop() {
+            return Ok(Some(self.summary(StopReason::Stopped)));
+        }
+        if self.opts.on_error == OnError::Retry {
+            return Err(self.failed_error(seq, name, outcome));
+        }
+        Ok(None)
+    }
+
     /// The job stays to run again (`--on-error retry`): recorded in
     /// `DIR/last-failure` for `queue-status` (best effort).
     fn failed_error(&mut self, seq: u64, name: &OsStr, outcome: Outcome) -> ProcessError {
@@ -341,5 +361,15 @@ impl Run<'_> {
                 warn!(file = %path.display(), error = %e, "cannot delete processed job file; it is below nextseq and will not run again")
             }
         }
+    }
+}
+
+/// `None` for a job file that has gone since the directory was read (a
+/// writer or another reader removed it).
+fn unless_gone<T>(r: Result<T, QueueError>) -> Result<Option<T>, QueueError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }

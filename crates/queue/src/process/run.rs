@@ -21,7 +21,7 @@ use crate::queue::{OpenedJob, Payload, PayloadFinish};
 
 impl Run<'_> {
     /// The job's verdict before its command runs (see [`super::JobCheck::job`]).
-    pub(super) fn admit(&self, name: &OsStr, job: OpenedJob) -> Result<Verdict, QueueError> {
+    fn admit(&self, name: &OsStr, job: OpenedJob) -> Result<Verdict, QueueError> {
         let usage = if self.opts.ignore_payload {
             PayloadUse::Unused
         } else {
@@ -30,12 +30,27 @@ impl Run<'_> {
         self.check.job(job, usage, &self.queue.job_path(name))
     }
 
-    /// Run a job that passed its check (see [`Run::admit`]).
-    pub(super) fn run_job(
+    /// Check a job and run it: its outcome (counted and reported), or
+    /// `None` when it was refused (moved to `rejected/`).
+    pub(super) fn check_and_run(
         &mut self,
         name: &OsStr,
-        cleared: Cleared,
-    ) -> Result<Outcome, ProcessError> {
+        job: OpenedJob,
+    ) -> Result<Option<Outcome>, ProcessError> {
+        let seq = job.header.seq;
+        let header = job.header.clone();
+        Ok(Some(match self.admit(name, job)? {
+            Verdict::Run(job) => self.run_job(name, *job)?,
+            Verdict::Fail(outcome) => self.count(&header, name, outcome),
+            Verdict::Refuse(r) => {
+                self.refuse(name, Some(seq), &r)?;
+                return Ok(None);
+            }
+        }))
+    }
+
+    /// Run a job that passed its check (see [`Run::admit`]).
+    fn run_job(&mut self, name: &OsStr, cleared: Cleared) -> Result<Outcome, ProcessError> {
         let job = &cleared.job;
         let seq = job.header.seq;
         let path = self.queue.job_path(name);

@@ -3,12 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::ErrorKind;
 
 use tracing::debug;
 
-use super::Verdict;
-use super::{OnError, ProcessError, Run, StopReason, Summary};
+use super::{ProcessError, Run, StopReason, Summary, unless_gone};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::failpoint::hit;
@@ -110,14 +108,10 @@ impl Run<'_> {
                 continue;
             }
             let (name, duplicates) = self.pick_among_duplicates(seq, names)?;
-            let job = match self.queue.open_job(&name, decoder) {
-                Ok(j) => j,
-                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                    // Removed behind our back; look again.
-                    index.seen.remove(&name);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let Some(job) = unless_gone(self.queue.open_job(&name, decoder))? else {
+                // Removed behind our back; look again.
+                index.seen.remove(&name);
+                continue;
             };
             if job.header.seq != seq {
                 // The file was replaced since the scan; index what it is now.
@@ -137,24 +131,14 @@ impl Run<'_> {
             };
             let path = self.queue.job_path(&name);
             hit("process:before-run").map_err(QueueError::io("run", &path))?;
-            let header = job.header.clone();
-            let outcome = match self.admit(&name, job)? {
-                Verdict::Run(job) => self.run_job(&name, *job)?,
-                Verdict::Fail(outcome) => self.count(&header, &name, outcome),
-                Verdict::Refuse(r) => {
-                    self.refuse(&name, Some(seq), &r)?;
-                    continue;
-                }
+            let Some(outcome) = self.check_and_run(&name, job)? else {
+                // Refused: the genuine job of this seq may still come.
+                continue;
             };
             hit("process:after-run").map_err(QueueError::io("record the outcome of", &path))?;
             let ok = outcome.is_success();
-            if !ok && self.obs.should_stop() {
-                // Killed (or failed) while shutting down: leave job and
-                // nextseq as a crash would, so it simply runs again later.
-                return Ok(self.summary(StopReason::Stopped));
-            }
-            if !ok && self.opts.on_error == OnError::Retry {
-                return Err(self.failed_error(seq, &name, outcome));
+            if !ok && let Some(end) = self.end_after_failure(seq, &name, outcome)? {
+                return Ok(end);
             }
             nextseq.set(next)?;
             self.moved_on();

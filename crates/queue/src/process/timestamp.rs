@@ -1,10 +1,6 @@
 //! Timestamp order: every job, oldest first by the time it was created.
 
-use std::io::ErrorKind;
-
-use super::Verdict;
-use super::{OnError, ProcessError, Run, StopReason, Summary};
-use crate::error::QueueError;
+use super::{ProcessError, Run, StopReason, Summary, unless_gone};
 use crate::scan;
 
 impl Run<'_> {
@@ -23,34 +19,16 @@ impl Run<'_> {
             if self.obs.should_stop() {
                 return Ok(self.summary(StopReason::Stopped));
             }
-            let job = match self.queue.open_job(&entry.name, decoder) {
-                Ok(j) => j,
-                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let Some(job) = unless_gone(self.queue.open_job(&entry.name, decoder))? else {
+                continue;
             };
             let seq = job.header.seq;
-            if let Err(r) = self.check.header(&job.header, &job.ext) {
-                job.payload.close();
-                self.refuse(&entry.name, Some(seq), &r)?;
+            let Some(outcome) = self.check_and_run(&entry.name, job)? else {
                 continue;
-            }
-            let header = job.header.clone();
-            let outcome = match self.admit(&entry.name, job)? {
-                Verdict::Run(job) => self.run_job(&entry.name, *job)?,
-                Verdict::Fail(outcome) => self.count(&header, &entry.name, outcome),
-                Verdict::Refuse(r) => {
-                    self.refuse(&entry.name, Some(seq), &r)?;
-                    continue;
-                }
             };
             let ok = outcome.is_success();
-            if !ok && self.obs.should_stop() {
-                return Ok(self.summary(StopReason::Stopped));
-            }
-            if !ok && self.opts.on_error == OnError::Retry {
-                return Err(self.failed_error(seq, &entry.name, outcome));
+            if !ok && let Some(end) = self.end_after_failure(seq, &entry.name, outcome)? {
+                return Ok(end);
             }
             self.moved_on();
             if self.should_delete(ok) {

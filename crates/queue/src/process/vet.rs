@@ -3,12 +3,11 @@
 //! refused, and refused jobs moved to `rejected/`.
 
 use std::ffi::{OsStr, OsString};
-use std::io::ErrorKind;
 
 use tracing::{debug, warn};
 
 use super::payload::{PayloadUse, Verdict};
-use super::{ProcessError, Run};
+use super::{ProcessError, Run, unless_gone};
 use crate::error::QueueError;
 use crate::scan;
 use crate::verify::{self, Refusal};
@@ -27,15 +26,11 @@ impl Run<'_> {
         }
         let mut kept = Vec::with_capacity(names.len());
         for name in names {
-            let d = match self
+            let read = self
                 .queue
-                .read_job_header(&name, self.opts.decoder.as_ref())
-            {
-                Ok(d) => d,
-                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                .read_job_header(&name, self.opts.decoder.as_ref());
+            let Some(d) = unless_gone(read)? else {
+                continue;
             };
             match self.check.header(&d.header, &d.ext) {
                 Ok(_) => kept.push(name),
@@ -59,12 +54,9 @@ impl Run<'_> {
         }
         let mut kept = Vec::with_capacity(names.len());
         for name in names {
-            let job = match self.queue.open_job(&name, self.opts.decoder.as_ref()) {
-                Ok(j) => j,
-                Err(QueueError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let Some(job) = unless_gone(self.queue.open_job(&name, self.opts.decoder.as_ref()))?
+            else {
+                continue;
             };
             let path = self.queue.job_path(&name);
             match self.check.job(job, PayloadUse::Unused, &path)? {
