@@ -54,10 +54,24 @@ pub enum QueueError {
     },
     #[error("{}: not a real directory (a symbolic link or another kind of file is in its place); refusing to move anything into it", path.display())]
     NotADirectory { path: PathBuf },
-    #[error("refusing the job on stdin, nothing was stored in {}: {reason}", dir.display())]
-    InvalidJob { dir: PathBuf, reason: String },
+    #[error("refusing the job {}, nothing was stored in {}: {reason}", origin(from), dir.display())]
+    InvalidJob {
+        dir: PathBuf,
+        /// Where the job came from: "stdin", or a file.
+        from: PathBuf,
+        reason: String,
+    },
     #[error("{}: queue directory already exists", dir.display())]
     AlreadyExists { dir: PathBuf },
+}
+
+/// "on stdin", or "from FILE".
+fn origin(from: &std::path::Path) -> String {
+    if from == std::path::Path::new("stdin") {
+        "on stdin".to_string()
+    } else {
+        format!("from {}", from.display())
+    }
 }
 
 /// `path` as one shell word, for commands suggested in messages: as is when

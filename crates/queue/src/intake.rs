@@ -22,7 +22,7 @@
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fspl_codec::{Compression, MAGIC_LEN, Peeked};
 use fspl_format::{Digest, Extension, HeaderError, read_header};
@@ -58,6 +58,8 @@ const HASH_BUF: usize = 128 * 1024;
 /// passing it on (a write-through buffered reader).
 struct Tee<'a> {
     input: &'a mut dyn JobSource,
+    /// What the input is, for errors ("stdin", a file).
+    from: &'a Path,
     file: &'a File,
     tmp: &'a Path,
     buf: Vec<u8>,
@@ -75,9 +77,10 @@ struct Tee<'a> {
 }
 
 impl<'a> Tee<'a> {
-    fn new(input: &'a mut dyn JobSource, file: &'a File, tmp: &'a Path) -> Tee<'a> {
+    fn new(input: &'a mut dyn JobSource, from: &'a Path, file: &'a File, tmp: &'a Path) -> Tee<'a> {
         Tee {
             input,
+            from,
             file,
             tmp,
             buf: Vec::new(),
@@ -101,8 +104,13 @@ impl<'a> Tee<'a> {
 
     /// The error of a kernel copy, which does not say which side failed.
     fn copy_failed(&mut self, source: io::Error) -> Failure {
+        let action = if self.from == Path::new("stdin") {
+            "copy the job from stdin into"
+        } else {
+            "copy the job into"
+        };
         Failure::Io(self.failed.take().unwrap_or_else(|| QueueError::Io {
-            action: "copy the job from stdin into",
+            action,
             path: self.tmp.to_path_buf(),
             source,
         }))
@@ -120,7 +128,7 @@ impl<'a> Tee<'a> {
                 Err(source) => {
                     return Err(self.fail(QueueError::Io {
                         action: "read job from",
-                        path: PathBuf::from("stdin"),
+                        path: self.from.to_path_buf(),
                         source,
                     }));
                 }
@@ -308,7 +316,8 @@ impl Read for Tee<'_> {
 /// The flush of the temporary, done once everything is stored.
 pub(crate) type SyncFn<'a> = &'a dyn Fn() -> Result<(), QueueError>;
 
-/// Read the job from `input` into `file` (the open temporary at `tmp`),
+/// Read the job from `input` (`from` names it in errors: "stdin", a file,
+/// a transport) into `file` (the open temporary at `tmp`),
 /// check it, and flush it with `sync` once it is wholly stored (for a
 /// large payload while its hashing ends; otherwise after the check). `Ok`
 /// when the job is valid, wholly stored and synced.
@@ -317,9 +326,10 @@ pub(crate) fn receive(
     file: &File,
     tmp: &Path,
     identities: Option<&Identities>,
+    from: &Path,
     sync: SyncFn,
 ) -> Result<(), Failure> {
-    let mut tee = Tee::new(input, file, tmp);
+    let mut tee = Tee::new(input, from, file, tmp);
     let mut synced = false;
     let checked = check(&mut tee, identities, sync, &mut synced);
     // An I/O error says more than what the check made of it.
@@ -675,5 +685,67 @@ mod tests {
                 assert!(names(&q).is_empty(), "{n} {why}: {:?}", names(&q));
             }
         }
+    }
+
+    /// An input whose reads fail after `ok` bytes of a job.
+    struct FailingInput {
+        job: Vec<u8>,
+        ok: usize,
+    }
+
+    impl std::io::Read for FailingInput {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.ok == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            let n = buf.len().min(self.ok).min(self.job.len());
+            buf[..n].copy_from_slice(&self.job[..n]);
+            self.job.drain(..n);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    impl crate::JobSource for FailingInput {}
+
+    #[test]
+    fn write_job_errors_said_stdin_for_a_job_from_elsewhere() {
+        let (_d, q) = queue();
+        let from = std::path::Path::new("ssh intake from laptop");
+        let j = job(&payload(100), true);
+        // Not a valid job: refused, naming where it came from.
+        let e = q.write_job_from(&mut &j[..j.len() - 1], from).unwrap_err();
+        let msg = crate::display_chain(&e);
+        assert!(
+            msg.starts_with("refusing the job from ssh intake from laptop, nothing was stored in "),
+            "{msg}"
+        );
+        assert!(!msg.contains("stdin"), "{msg}");
+        // The input fails: the read error names it too.
+        let mut input = FailingInput {
+            job: j.clone(),
+            ok: 20,
+        };
+        let e = q.write_job_from(&mut input, from).unwrap_err();
+        let msg = crate::display_chain(&e);
+        assert!(
+            msg.starts_with("cannot read job from ssh intake from laptop: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("stdin"), "{msg}");
+        // write_job still reads stdin, and says so.
+        let e = q.write_job(&mut &j[..j.len() - 1]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("refusing the job on stdin, nothing was stored in "),
+            "{e}"
+        );
+        let mut input = FailingInput { job: j, ok: 20 };
+        let e = q.write_job(&mut input).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot read job from stdin"),
+            "{e}"
+        );
+        assert!(names(&q).is_empty(), "{:?}", names(&q));
     }
 }

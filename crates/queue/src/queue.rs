@@ -456,8 +456,16 @@ impl Queue {
     /// compressed and encrypted jobs; encrypted ones in full only with
     /// the queue's identities), fsync, rename, fsync the directory. Returns
     /// the new name once all of that is done. A job that is not valid is
-    /// [`QueueError::InvalidJob`], and nothing is left behind.
+    /// [`QueueError::InvalidJob`], and nothing is left behind. Errors say
+    /// the job came from stdin (see [`Queue::write_job_from`]).
     pub fn write_job(&self, input: &mut dyn JobSource) -> Result<OsString> {
+        self.write_job_from(input, Path::new("stdin"))
+    }
+
+    /// [`Queue::write_job`] for a job read from `from`, which errors name
+    /// ("refusing the job from FROM", "cannot read job from FROM"): a file,
+    /// a transport's source (`ssh intake from laptop`, a URL).
+    pub fn write_job_from(&self, input: &mut dyn JobSource, from: &Path) -> Result<OsString> {
         self.check_exists()?;
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
@@ -480,15 +488,7 @@ impl Queue {
                 hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
                 f.sync_all().map_err(QueueError::io("sync", &tmp))
             };
-            crate::intake::receive(input, &f, &tmp, self.identities(), &sync).map_err(
-                |e| match e {
-                    crate::intake::Failure::Io(e) => e,
-                    crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
-                        dir: self.dir.clone(),
-                        reason,
-                    },
-                },
-            )?;
+            receive(input, &f, &tmp, self.identities(), &self.dir, from, &sync)?;
             let dest = self.jobs.join(&name);
             hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
@@ -627,6 +627,31 @@ impl Queue {
             }
         }
     }
+}
+
+/// Receive a job from `input` (read from `from`, named in errors) into the
+/// temporary `file` (at `tmp`, in the directory of the queue or folder
+/// `dir`), checking it as it is copied ([`crate::intake`]), and flush it
+/// with `sync`. The one place where what a queue stores is received. A job
+/// that is not valid is [`QueueError::InvalidJob`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn receive(
+    input: &mut dyn JobSource,
+    file: &File,
+    tmp: &Path,
+    identities: Option<&Identities>,
+    dir: &Path,
+    from: &Path,
+    sync: crate::intake::SyncFn,
+) -> Result<()> {
+    crate::intake::receive(input, file, tmp, identities, from, sync).map_err(|e| match e {
+        crate::intake::Failure::Io(e) => e,
+        crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
+            dir: dir.to_path_buf(),
+            from: from.to_path_buf(),
+            reason,
+        },
+    })
 }
 
 pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
