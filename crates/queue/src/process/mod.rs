@@ -25,12 +25,16 @@
 //! - `sequence`: Sequence order (the index of job files by seq, gaps,
 //!   advancing nextseq);
 //! - `timestamp`: Timestamp order;
-//! - `vet`: header checks against the trust file, choosing among copies
-//!   of one seq, and refusing (moving to `rejected/`);
-//! - `payload`: the payload's length and digest checked before or while
-//!   the command reads it (the spool copy, the read-lease feed, the
-//!   concurrent check);
-//! - `run`: starting the command, waiting for it, settling its payload.
+//! - `vet`: the candidates for a seq vetted against the trust file, the
+//!   choice among copies of one seq, files that cannot be read, refusing
+//!   (moving to `rejected/`);
+//! - `payload`: [`JobCheck`], the public check every job passes before its
+//!   command runs (also used by `stdin-process`, and open to a transport's
+//!   intake): the header against the trust file, the payload's length and
+//!   digest checked before or while the command reads it (the spool copy,
+//!   the read-lease feed, the concurrent check);
+//! - `run`: starting the command, waiting for it, settling its payload
+//!   (also [`run_stream_job`], for `stdin-process`).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, ErrorKind};
