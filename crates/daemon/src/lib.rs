@@ -11,8 +11,8 @@ pub mod config;
 pub mod control;
 pub mod log;
 pub mod program;
-pub mod sockpath;
 pub mod state;
+pub use fspl_control::sockpath;
 mod task;
 mod watch;
 

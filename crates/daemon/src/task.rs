@@ -349,6 +349,10 @@ pub fn spawn(
         name: name.clone(),
         kind: "process".into(),
         queue: cfg.queue.display().to_string(),
+        to: None,
+        from: None,
+        description: None,
+        bytes: None,
         state: if enabled {
             JobState::Idle
         } else {
