@@ -464,6 +464,8 @@ fn example_configs_parse() {
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
     let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["backups", "deploy"]);
-    let JobKind::Process(deploy) = &c.jobs[1].kind;
-    assert!(deploy.trust.is_some() && deploy.identity.len() == 1 && deploy.poll);
+    let JobKind::Process(deploy) = &c.jobs[1].kind else {
+        panic!("{:?}", c.jobs[1].kind)
+    };
+    assert!(deploy.trust.is_some() && deploy.identity.len() == 1 && c.jobs[1].supervision.poll);
 }
