@@ -31,5 +31,6 @@ mod reliability_strace;
 mod security;
 mod security_sweep;
 mod status_attention;
+mod transport_dir;
 mod tutorial;
 mod vectors;

@@ -26,10 +26,10 @@ use crate::helper::*;
 
 /// A fenced block of a Markdown section.
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     /// The info string: `sh` blocks run, all others do not.
-    lang: String,
-    body: String,
+    pub(crate) lang: String,
+    pub(crate) body: String,
     /// The first word of the last paragraph before the block that starts
     /// with bold text (`**Server, once.**` gives `server`), if any.
     label: Option<String>,
@@ -38,14 +38,14 @@ struct Block {
 }
 
 impl Block {
-    fn runs(&self) -> bool {
+    pub(crate) fn runs(&self) -> bool {
         self.lang == "sh"
     }
 }
 
 /// The fenced blocks under the heading `heading` (e.g. `## Tutorial`), up
 /// to the next heading of the same or a higher level.
-fn blocks(md: &str, heading: &str) -> Vec<Block> {
+pub(crate) fn blocks(md: &str, heading: &str) -> Vec<Block> {
     let level = heading.chars().take_while(|&c| c == '#').count();
     let mut out = Vec::new();
     let mut inside = false;
@@ -123,17 +123,17 @@ fn promises(body: &str) -> (Vec<String>, Vec<(String, i32)>) {
 // Running blocks in one bash.
 
 /// One simulated machine: a home directory and a working directory.
-struct Host {
-    home: PathBuf,
-    cwd: PathBuf,
+pub(crate) struct Host {
+    pub(crate) home: PathBuf,
+    pub(crate) cwd: PathBuf,
 }
 
 /// What one block did.
 #[derive(Debug)]
-struct Ran {
-    block: Block,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) block: Block,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     /// The exit status of its last command.
     status: i32,
     /// Every command that failed, as bash's ERR trap saw it: "CMD (exit N)".
@@ -142,7 +142,7 @@ struct Ran {
 
 /// A directory holding only a `fspl` link to our binary: with /usr/bin and
 /// /bin after it, the whole PATH of the documentation runs.
-fn path_with_only_fspl(dir: &Path) -> String {
+pub(crate) fn path_with_only_fspl(dir: &Path) -> String {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(fspl_bin(), bin.join("fspl")).unwrap();
@@ -153,7 +153,7 @@ fn path_with_only_fspl(dir: &Path) -> String {
 /// the host its label names (or `default`), with nothing in the environment
 /// but HOME, PATH, LANG and TZ. Each block's stdout and stderr are captured
 /// separately; shell state carries over from block to block.
-fn run_blocks(
+pub(crate) fn run_blocks(
     blocks: &[Block],
     hosts: &BTreeMap<&str, Host>,
     default: &str,
@@ -223,7 +223,7 @@ fn run_blocks(
 /// Check what every block promised (`# prints:`, `# exit status`) and that
 /// nothing else failed. Blocks listed in `may_warn` (by index) may write to
 /// stderr; all others must not.
-fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
+pub(crate) fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
     for (n, r) in ran.iter().enumerate() {
         let at = format!(
             "{doc}, block at line {} (#{n}):\n{}\nstdout: {:?}\nstderr: {:?}",
@@ -263,11 +263,11 @@ fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
     }
 }
 
-fn read_doc(rel: &str) -> String {
+pub(crate) fn read_doc(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap()
 }
 
-fn host(base: &Path, name: &str) -> Host {
+pub(crate) fn host(base: &Path, name: &str) -> Host {
     let h = Host {
         home: base.join(name).join("home"),
         cwd: base.join(name).join("work"),
@@ -278,7 +278,7 @@ fn host(base: &Path, name: &str) -> Host {
 }
 
 /// The `text` block right after command block `ran[n]` in `all`.
-fn shown_after<'a>(all: &'a [Block], ran: &Ran) -> &'a str {
+pub(crate) fn shown_after<'a>(all: &'a [Block], ran: &Ran) -> &'a str {
     let i = all
         .iter()
         .position(|b| b.line == ran.block.line)
