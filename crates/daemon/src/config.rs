@@ -36,6 +36,8 @@ use toml::de::{DeTable, DeValue};
 use crate::kinds;
 
 pub use crate::kinds::process::ProcessJob;
+pub use crate::kinds::pull::PullJob;
+pub use crate::kinds::push::PushJob;
 pub use crate::supervisor::Supervision;
 
 /// The longest duration a key takes, in seconds (ten years): anything
@@ -108,6 +110,10 @@ pub struct DaemonSettings {
 pub enum JobKind {
     /// `type = "process"`: run a queue, like `queue-process`.
     Process(ProcessJob),
+    /// `type = "push"`: send an outbox's jobs to a destination URL.
+    Push(PushJob),
+    /// `type = "pull"`: take jobs from a source URL into a queue.
+    Pull(PullJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the
@@ -865,5 +871,115 @@ mod tests {
                 .unwrap();
         let b = parse("# a comment\n\n[[job]]\ncommand = [\"x\"]\nname = \"a\"\ntype = \"process\"\nqueue = \"/q\"\n").unwrap();
         assert_eq!(a.jobs, b.jobs);
+    }
+
+    /// The one-job-per-queue rule is per kind: each job names what it
+    /// holds. A pull and a process job on one queue is the normal set-up;
+    /// two process jobs on one queue, two push jobs on one outbox, a push
+    /// and a process job on one directory (both take its lock), two pull
+    /// jobs from one source are refused, each at the line of its key.
+    #[test]
+    fn each_kind_names_what_it_holds_and_two_jobs_never_hold_one_thing() {
+        let process = |n: &str, q: &str| {
+            format!(
+                "[[job]]\nname = \"{n}\"\ntype = \"process\"\nqueue = \"{q}\"\ncommand = [\"x\"]\n"
+            )
+        };
+        let push = |n: &str, o: &str, to: &str| {
+            format!("[[job]]\nname = \"{n}\"\ntype = \"push\"\noutbox = \"{o}\"\nto = \"{to}\"\n")
+        };
+        let pull = |n: &str, from: &str, q: &str| {
+            format!(
+                "[[job]]\nname = \"{n}\"\ntype = \"pull\"\nfrom = \"{from}\"\nqueue = \"{q}\"\n"
+            )
+        };
+        // Accepted: pull into a processed queue; a relay (pull into an
+        // outbox that is pushed); two pulls into one queue.
+        let c = parse(&format!(
+            "{}{}{}{}",
+            pull("in", "dir:/sync/in", "/q"),
+            process("run", "/q"),
+            pull("in2", "/sync/other", "/q"),
+            push("out", "/q2", "dir:/sync/out"),
+        ))
+        .unwrap();
+        let kinds: Vec<&str> = c.jobs.iter().map(|j| j.kind.name()).collect();
+        assert_eq!(kinds, ["pull", "process", "pull", "push"]);
+        let JobKind::Push(p) = &c.jobs[3].kind else {
+            panic!()
+        };
+        assert_eq!(p.to, fspl_transport::Location::Dir("/sync/out".into()));
+        assert!(!p.keep);
+        let JobKind::Pull(p) = &c.jobs[0].kind else {
+            panic!()
+        };
+        assert_eq!(p.from_url, "dir:/sync/in");
+        for (text, line, want) in [
+            (
+                format!("{}{}", process("a", "/q"), process("b", "/q")),
+                9,
+                "job \"b\": queue /q is already run by job \"a\"; two jobs on one queue would fight over its lock",
+            ),
+            (
+                format!("{}{}", push("a", "/o", "dir:/x"), push("b", "/o", "dir:/y")),
+                9,
+                "job \"b\": outbox /o is already pushed by job \"a\"; two jobs on one outbox would fight over its lock",
+            ),
+            (
+                format!("{}{}", process("a", "/o"), push("b", "/o", "dir:/y")),
+                9,
+                "job \"b\": outbox /o is already run by job \"a\" (type process); two jobs on one outbox would fight over its lock",
+            ),
+            (
+                format!("{}{}", pull("a", "/s", "/q"), pull("b", "dir:/s", "/r")),
+                9,
+                "job \"b\": from dir:/s is already pulled from by job \"a\"; two jobs on one source would fight over it",
+            ),
+        ] {
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0], format!("d.toml: line {line}: {want}"));
+        }
+    }
+
+    /// push and pull keys are checked like the others: a bad URL (an
+    /// unknown scheme, ssh:// as a source) is a problem at its line, as are
+    /// missing keys.
+    #[test]
+    fn transport_urls_are_checked_when_the_file_is_read() {
+        let p = problems(
+            "[[job]]\nname = \"a\"\ntype = \"push\"\noutbox = \"/o\"\nto = \"ftp://h/q\"\n\n[[job]]\nname = \"b\"\ntype = \"pull\"\nfrom = \"ssh://h/q\"\nqueue = \"/q\"\nkeep = true\n\n[[job]]\nname = \"c\"\ntype = \"pull\"\n",
+        );
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(
+            p[0].starts_with(
+                "d.toml: line 5: job \"a\": to: \"ftp://h/q\": unknown scheme \"ftp\"; known: "
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("d.toml: line 10: job \"b\": from: \"ssh://h/q\": only a directory"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `keep` (the keys here are: name, type, from, queue, poll, poll_min, poll_max, max_failures, enabled)"),
+            "{p:?}"
+        );
+        assert_eq!(
+            p[3..],
+            [
+                "d.toml: line 14: job \"c\": missing from (e.g. from = \"dir:/mnt/sync/fspl\")",
+                "d.toml: line 14: job \"c\": missing queue (e.g. queue = \"/srv/fspl/backups\")"
+            ]
+        );
+        // Without a type, the keys tell which kind to check it as.
+        let p = problems("[[job]]\nname = \"a\"\noutbox = \"/o\"\n");
+        assert_eq!(
+            p,
+            [
+                "d.toml: line 1: job \"a\": missing type (e.g. type = \"process\")",
+                "d.toml: line 1: job \"a\": missing to (e.g. to = \"dir:/mnt/sync/fspl\")"
+            ]
+        );
     }
 }

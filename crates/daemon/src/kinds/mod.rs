@@ -8,6 +8,9 @@
 //! each `match` below.
 
 pub mod process;
+pub mod pull;
+pub mod push;
+mod transfer;
 
 use std::ffi::OsStr;
 use std::ops::Range;
@@ -20,12 +23,13 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
-pub const KINDS: &[&str] = &["process"];
+pub const KINDS: &[&str] = &["process", "push", "pull"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
-/// queue's lock; a `pull` job and a `process` job on one queue do not
-/// conflict.
+/// queue's lock, a `push` job its outbox's, a `pull` job its source; a
+/// `pull` job and a `process` job on one queue do not conflict (the pull
+/// only writes jobs into it, as `queue-write` does).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     /// The path (canonicalized when the configuration is read).
@@ -42,14 +46,24 @@ pub struct Resource {
 
 /// The kind a table without `type` most likely is, by its keys, so that
 /// its other problems are found too.
-pub fn guess(_has: impl Fn(&str) -> bool) -> &'static str {
-    "process"
+pub fn guess(has: impl Fn(&str) -> bool) -> &'static str {
+    if has("command") {
+        "process"
+    } else if has("outbox") || has("to") {
+        "push"
+    } else if has("from") {
+        "pull"
+    } else {
+        "process"
+    }
 }
 
 /// The keys of a kind's own (besides `name`, `type`, `enabled` and the
 /// supervisor's), in the order messages list them.
 pub fn keys(kind: &str) -> &'static [&'static str] {
     match kind {
+        "push" => push::KEYS,
+        "pull" => pull::KEYS,
         _ => process::KEYS,
     }
 }
@@ -58,6 +72,8 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
 /// "run".
 pub fn verb(kind: &str) -> &'static str {
     match kind {
+        "push" => "pushed",
+        "pull" => "pulled from",
         _ => "run",
     }
 }
@@ -71,6 +87,8 @@ pub(crate) fn parse(
     label: &str,
 ) -> JobKind {
     match kind {
+        "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
+        "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -80,6 +98,8 @@ impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Process(_) => "process",
+            JobKind::Push(_) => "push",
+            JobKind::Pull(_) => "pull",
         }
     }
 
@@ -87,6 +107,8 @@ impl JobKind {
     pub fn resource(&self) -> Option<Resource> {
         match self {
             JobKind::Process(p) => p.resource(),
+            JobKind::Push(p) => p.resource(),
+            JobKind::Pull(p) => p.resource(),
         }
     }
 
@@ -95,6 +117,8 @@ impl JobKind {
         use supervisor::Kind;
         match self {
             JobKind::Process(p) => p.watch(),
+            JobKind::Push(p) => p.watch(),
+            JobKind::Pull(p) => p.watch(),
         }
     }
 
@@ -103,6 +127,8 @@ impl JobKind {
     pub fn check(&self, path_var: Option<&OsStr>) -> Vec<(&'static str, String)> {
         match self {
             JobKind::Process(p) => p.check(path_var),
+            JobKind::Push(p) => p.check(),
+            JobKind::Pull(p) => p.check(),
         }
     }
 }
@@ -118,6 +144,12 @@ pub fn spawn(
     let (name, enabled, sup) = (j.name.clone(), j.enabled, j.supervision.clone());
     match &j.kind {
         JobKind::Process(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Push(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Pull(p) => {
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }
