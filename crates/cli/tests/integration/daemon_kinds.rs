@@ -208,10 +208,13 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
     );
     let t = table(&d);
     assert_eq!(
-        t.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        t.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
         [
-            "NAME", "TYPE", "NEXT", "QUEUED", "LAST", "SUCCESS", "OK", "FAILED", "REFUSED",
-            "STATE"
+            "NAME", "TYPE", "NEXT", "QUEUED", "LAST", "SUCCESS", "OK", "FAILED", "REFUSED", "STATE"
         ],
         "{t}"
     );
@@ -219,7 +222,11 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
     assert_eq!(take[1], "pull", "{t}");
     assert_eq!(&take[5..], ["3", "0", "0", "idle"], "{t}");
     let run_row = row(&t, "run");
-    assert_eq!((run_row[1].as_str(), run_row[2].as_str()), ("process", "4"), "{t}");
+    assert_eq!(
+        (run_row[1].as_str(), run_row[2].as_str()),
+        ("process", "4"),
+        "{t}"
+    );
     let (st, text) = d.stop();
     assert!(st.success(), "{text}");
     let pulled: Vec<Value> = text
@@ -229,7 +236,11 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
         .collect();
     assert!(!pulled.is_empty(), "{text}");
     for v in pulled {
-        assert_eq!((&v["job"], &v["kind"]), (&"take".into(), &"pull".into()), "{v}");
+        assert_eq!(
+            (&v["job"], &v["kind"]),
+            (&"take".into(), &"pull".into()),
+            "{v}"
+        );
         assert_eq!(v["queue"], inq.to_str().unwrap());
     }
 }
@@ -275,7 +286,10 @@ fn a_transient_push_failure_backs_off_without_the_error_state() {
     wait_for("send idle", || d.state("send") == "idle");
     let j = d.job("send");
     assert_eq!(j["runs_failed"], 4, "{j}");
-    assert_eq!((&j["jobs_succeeded"], &j["consecutive_failures"]), (&1.into(), &0.into()));
+    assert_eq!(
+        (&j["jobs_succeeded"], &j["consecutive_failures"]),
+        (&1.into(), &0.into())
+    );
     assert!(worst >= 3, "seen up to {worst} failures in a row");
     assert_eq!(job_files(&outbox.join("jobs")), 0);
     let (st, text) = d.stop();
@@ -306,7 +320,12 @@ fn a_permanent_push_failure_enters_the_error_state_at_once() {
         &config(
             &sb,
             "",
-            &[push_job("send", &outbox, &dir_url(&dest), "poll_min = 1\npoll_max = 1")],
+            &[push_job(
+                "send",
+                &outbox,
+                &dir_url(&dest),
+                "poll_min = 1\npoll_max = 1",
+            )],
         ),
         "logfmt",
     );
@@ -315,10 +334,16 @@ fn a_permanent_push_failure_enters_the_error_state_at_once() {
     assert_eq!(code, 1);
     let j = &jobs[0];
     assert!(
-        j["message"].as_str().unwrap().ends_with("dest: not a directory"),
+        j["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("dest: not a directory"),
         "{j}"
     );
-    assert_eq!((&j["consecutive_failures"], &j["runs_failed"]), (&1.into(), &1.into()));
+    assert_eq!(
+        (&j["consecutive_failures"], &j["runs_failed"]),
+        (&1.into(), &1.into())
+    );
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert_eq!(d.job("send")["runs_failed"], 1);
     let r = row(&table(&d), "send");
@@ -365,7 +390,9 @@ fn daemon_check_applies_the_resource_rule_per_kind() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         e.contains(": line 17: job \"b\": queue ")
-            && e.contains(" is already run by job \"a\"; two jobs on one queue would fight over its lock"),
+            && e.contains(
+                " is already run by job \"a\"; two jobs on one queue would fight over its lock"
+            ),
         "{e}"
     );
     let out = check(&[
@@ -375,16 +402,28 @@ fn daemon_check_applies_the_resource_rule_per_kind() {
     assert_eq!(out.status.code(), Some(1));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        e.contains(": line 17: job \"b\": outbox ") && e.contains(" is already pushed by job \"a\""),
+        e.contains(": line 17: job \"b\": outbox ")
+            && e.contains(" is already pushed by job \"a\""),
         "{e}"
     );
     // What --check looks at beyond the syntax: a missing outbox and a
     // destination that is not a directory.
-    let out = check(&[push_job("a", &sb.path("nope"), &dir_url(&qd.join("nextseq")), "")]);
+    let out = check(&[push_job(
+        "a",
+        &sb.path("nope"),
+        &dir_url(&qd.join("nextseq")),
+        "",
+    )]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(e.lines().count(), 2, "{e}");
-    assert!(e.contains(": line 10: job \"a\": outbox: ") && e.contains("no such queue"), "{e}");
-    assert!(e.contains(": line 11: job \"a\": to: ") && e.contains("not a directory"), "{e}");
+    assert!(
+        e.contains(": line 10: job \"a\": outbox: ") && e.contains("no such queue"),
+        "{e}"
+    );
+    assert!(
+        e.contains(": line 11: job \"a\": to: ") && e.contains("not a directory"),
+        "{e}"
+    );
 }
 
 /// `fspl status` talks to the daemon with plain blocking I/O: no async
@@ -412,7 +451,11 @@ fn fspl_status_starts_no_async_runtime() {
         (st, std::fs::read_to_string(trace).unwrap())
     };
     let (st, trace) = traced(
-        &[OsStr::new("status"), OsStr::new("--socket"), d.socket.as_os_str()],
+        &[
+            OsStr::new("status"),
+            OsStr::new("--socket"),
+            d.socket.as_os_str(),
+        ],
         &sb.path("status.trace"),
     );
     assert!(st.success());
@@ -447,7 +490,9 @@ fn fspl_status_starts_no_async_runtime() {
     unsafe { libc::kill(daemon_pid, libc::SIGTERM) };
     child.wait().unwrap();
     assert!(
-        std::fs::read_to_string(&trace).unwrap().contains("epoll_create"),
+        std::fs::read_to_string(&trace)
+            .unwrap()
+            .contains("epoll_create"),
         "the daemon's trace shows no runtime"
     );
     d.stop();
@@ -492,7 +537,14 @@ fn the_control_protocol_is_versioned_and_reads_old_requests() {
     assert_eq!(v["version"], 2);
     assert_eq!(v["result"], "status");
     let job = &v["jobs"][0];
-    for key in ["name", "type", "queue", "state", "next_seq", "jobs_succeeded"] {
+    for key in [
+        "name",
+        "type",
+        "queue",
+        "state",
+        "next_seq",
+        "jobs_succeeded",
+    ] {
         assert!(!job[key].is_null() || key == "next_seq", "{key}: {v}");
     }
     assert_eq!(job["type"], "process");
