@@ -312,6 +312,10 @@ pub enum Cmd {
     ShowLicense,
     /// Watch and run many queues as jobs arrive (see docs/daemon.md) (fspl
     /// extension)
+    ///
+    /// Each [[job]] of the configuration has a type: "process" runs a
+    /// queue, "push" sends an outbox to a destination URL as jobs land in
+    /// it, "pull" takes jobs from a source URL into a queue.
     #[cfg(feature = "daemon")]
     #[command(after_help = "Examples:\n  \
         fspl daemon --check -c /etc/fspl/daemon.toml\n  \

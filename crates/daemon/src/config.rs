@@ -25,15 +25,20 @@
 //! another.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fspl_queue::process::{OnError, OrderBy, OutputTo};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use crate::kinds;
+
+pub use crate::kinds::process::ProcessJob;
+pub use crate::kinds::pull::PullJob;
+pub use crate::kinds::push::PushJob;
+pub use crate::supervisor::Supervision;
 
 /// The longest duration a key takes, in seconds (ten years): anything
 /// longer is a mistake, and would overflow the clock arithmetic.
@@ -99,16 +104,29 @@ pub struct DaemonSettings {
     pub rescan_interval: Duration,
 }
 
-/// One configured job. Later transports add further kinds.
+/// What a configured job does: one variant per `type`, each parsed by its
+/// own module under `kinds/`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobKind {
+    /// `type = "process"`: run a queue, like `queue-process`.
     Process(ProcessJob),
+    /// `type = "push"`: send an outbox's jobs to a destination URL.
+    Push(PushJob),
+    /// `type = "pull"`: take jobs from a source URL into a queue.
+    Pull(PullJob),
 }
 
+/// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the
+/// supervisor's (`poll`, `poll_min`, `poll_max`, `max_failures`), and the
+/// kind's own.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobConfig {
     pub name: String,
     pub enabled: bool,
+    /// How the job is supervised: polling, backoff, error state.
+    pub supervision: Supervision,
+    /// Where each key is in the file (for `daemon --check`).
+    pub lines: KeyLines,
     pub kind: JobKind,
 }
 
@@ -134,32 +152,6 @@ impl PartialEq for KeyLines {
     fn eq(&self, _: &KeyLines) -> bool {
         true
     }
-}
-
-/// `type = "process"`: run a queue, like `queue-process`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProcessJob {
-    pub queue: PathBuf,
-    /// The program: an absolute path, or a bare name looked up in PATH.
-    pub command: OsString,
-    pub args: Vec<OsString>,
-    pub decoder: Option<OsString>,
-    pub order_by: OrderBy,
-    pub on_error: OnError,
-    pub never_delete: bool,
-    pub output_to: OutputTo,
-    pub allow_job_params: bool,
-    pub ignore_payload: bool,
-    pub timeout: Option<Duration>,
-    pub trust: Option<PathBuf>,
-    pub identity: Vec<PathBuf>,
-    /// Poll instead of relying on filesystem events.
-    pub poll: bool,
-    pub poll_min: Duration,
-    pub poll_max: Duration,
-    /// Consecutive failed runs before the job enters its error state.
-    pub max_failures: u32,
-    pub lines: KeyLines,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -195,31 +187,14 @@ const DAEMON_KEYS: &[&str] = &[
     "rescan_interval",
 ];
 
-/// The keys of a `type = "process"` job.
-const PROCESS_KEYS: &[&str] = &[
-    "name",
-    "type",
-    "queue",
-    "command",
-    "decoder",
-    "order_by",
-    "on_error",
-    "never_delete",
-    "output_to",
-    "allow_job_params",
-    "ignore_payload",
-    "timeout",
-    "trust",
-    "identity",
-    "poll",
-    "poll_min",
-    "poll_max",
-    "max_failures",
-    "enabled",
-];
+/// The keys every job has, whatever its kind: `name` and `type` first,
+/// `enabled` last (after the kind's and the supervisor's keys, in
+/// messages).
+const JOB_KEYS_FIRST: &[&str] = &["name", "type"];
+const JOB_KEYS_LAST: &[&str] = &["enabled"];
 
 /// What a value is, for messages: "a string", "an integer"...
-fn kind_of(v: &DeValue<'_>) -> &'static str {
+pub(crate) fn kind_of(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
@@ -232,9 +207,12 @@ fn kind_of(v: &DeValue<'_>) -> &'static str {
 }
 
 /// A value's problem: where, and what (without the key).
-type Bad = (Range<usize>, String);
+pub(crate) type Bad = (Range<usize>, String);
 
-fn string(v: &Spanned<DeValue<'_>>) -> Result<String, Bad> {
+/// The keys of a table, by name: the span of the key, and its value.
+pub(crate) type Keys<'t, 'i> = HashMap<String, (Range<usize>, &'t Spanned<DeValue<'i>>)>;
+
+pub(crate) fn string(v: &Spanned<DeValue<'_>>) -> Result<String, Bad> {
     match v.get_ref() {
         DeValue::String(s) => Ok(s.to_string()),
         other => Err((
@@ -244,7 +222,7 @@ fn string(v: &Spanned<DeValue<'_>>) -> Result<String, Bad> {
     }
 }
 
-fn boolean(v: &Spanned<DeValue<'_>>) -> Result<bool, Bad> {
+pub(crate) fn boolean(v: &Spanned<DeValue<'_>>) -> Result<bool, Bad> {
     match v.get_ref() {
         DeValue::Boolean(b) => Ok(*b),
         other => Err((
@@ -255,7 +233,7 @@ fn boolean(v: &Spanned<DeValue<'_>>) -> Result<bool, Bad> {
 }
 
 /// A whole number in `min..=max`.
-fn number(v: &Spanned<DeValue<'_>>, min: u64, max: u64, what: &str) -> Result<u64, Bad> {
+pub(crate) fn number(v: &Spanned<DeValue<'_>>, min: u64, max: u64, what: &str) -> Result<u64, Bad> {
     let n = match v.get_ref() {
         DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix()).ok(),
         other => {
@@ -276,11 +254,11 @@ fn number(v: &Spanned<DeValue<'_>>, min: u64, max: u64, what: &str) -> Result<u6
 }
 
 /// Whole seconds in `min..=MAX_SECS`.
-fn secs(v: &Spanned<DeValue<'_>>, min: u64) -> Result<Duration, Bad> {
+pub(crate) fn secs(v: &Spanned<DeValue<'_>>, min: u64) -> Result<Duration, Bad> {
     number(v, min, MAX_SECS, " of seconds").map(Duration::from_secs)
 }
 
-fn strings(v: &Spanned<DeValue<'_>>, example: &str) -> Result<Vec<String>, Bad> {
+pub(crate) fn strings(v: &Spanned<DeValue<'_>>, example: &str) -> Result<Vec<String>, Bad> {
     let DeValue::Array(a) = v.get_ref() else {
         return Err((
             v.span(),
@@ -304,7 +282,7 @@ fn strings(v: &Spanned<DeValue<'_>>, example: &str) -> Result<Vec<String>, Bad> 
         .collect()
 }
 
-fn one_of(v: &Spanned<DeValue<'_>>, allowed: &[&str]) -> Result<String, Bad> {
+pub(crate) fn one_of(v: &Spanned<DeValue<'_>>, allowed: &[&str]) -> Result<String, Bad> {
     let s = string(v)?;
     let low = s.trim().to_ascii_lowercase();
     if allowed.contains(&low.as_str()) {
@@ -318,18 +296,18 @@ fn one_of(v: &Spanned<DeValue<'_>>, allowed: &[&str]) -> Result<String, Bad> {
 }
 
 /// Collects the problems of one file.
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
 }
 
 impl Checker<'_> {
-    fn line(&self, span: &Range<usize>) -> usize {
+    pub(crate) fn line(&self, span: &Range<usize>) -> usize {
         line_of(self.text, span.start)
     }
 
-    fn at(&mut self, span: &Range<usize>, message: String) {
+    pub(crate) fn at(&mut self, span: &Range<usize>, message: String) {
         self.problems.push(Problem {
             path: self.path.to_path_buf(),
             line: Some(self.line(span)),
@@ -344,7 +322,7 @@ impl Checker<'_> {
         table: &'t DeTable<'i>,
         known: &[&str],
         label: &str,
-    ) -> HashMap<String, (Range<usize>, &'t Spanned<DeValue<'i>>)> {
+    ) -> Keys<'t, 'i> {
         let mut out = HashMap::new();
         for (k, v) in table.iter() {
             let name = k.get_ref().as_ref();
@@ -366,9 +344,9 @@ impl Checker<'_> {
 
     /// The value of `key` made by `f`, or None (absent, or a problem,
     /// recorded with the key's line and name).
-    fn get<T>(
+    pub(crate) fn get<T>(
         &mut self,
-        keys: &HashMap<String, (Range<usize>, &Spanned<DeValue<'_>>)>,
+        keys: &Keys<'_, '_>,
         key: &str,
         label: &str,
         f: impl FnOnce(&Spanned<DeValue<'_>>) -> Result<T, Bad>,
@@ -382,6 +360,41 @@ impl Checker<'_> {
             }
         }
     }
+
+    /// Record a problem at the job's header when `key` is missing.
+    pub(crate) fn require(
+        &mut self,
+        keys: &Keys<'_, '_>,
+        table: &Range<usize>,
+        label: &str,
+        key: &str,
+        example: &str,
+    ) {
+        if !keys.contains_key(key) {
+            self.at(
+                table,
+                format!("{label}missing {key} (e.g. {key} = {example})"),
+            );
+        }
+    }
+
+    /// A problem at the line of `key` (else of the job's header).
+    pub(crate) fn at_key(&mut self, lines: &KeyLines, key: &str, message: String) {
+        self.problems.push(Problem {
+            path: self.path.to_path_buf(),
+            line: Some(lines.of(key)),
+            message,
+        });
+    }
+}
+
+/// A non-empty path.
+pub(crate) fn path_value(v: &Spanned<DeValue<'_>>) -> Result<PathBuf, Bad> {
+    let s = string(v)?;
+    if s.is_empty() {
+        return Err((v.span(), "must not be empty".into()));
+    }
+    Ok(PathBuf::from(s))
 }
 
 impl Config {
@@ -440,11 +453,11 @@ impl Config {
             match v.get_ref() {
                 DeValue::Array(a) => {
                     let mut names = HashMap::new();
-                    let mut queues = HashMap::new();
+                    let mut claims = HashMap::new();
                     for t in a.iter() {
                         match t.get_ref() {
                             DeValue::Table(table) => {
-                                if let Some(j) = c.job(t.span(), table, &mut names, &mut queues) {
+                                if let Some(j) = c.job(t.span(), table, &mut names, &mut claims) {
                                     jobs.push(j);
                                 }
                             }
@@ -535,13 +548,17 @@ impl Checker<'_> {
     }
 
     /// One `[[job]]` table: the job (None when it cannot even be made:
-    /// an unknown type), its problems recorded.
+    /// an unknown type), its problems recorded. The keys every kind has
+    /// are read here; the kind's own by its module ([`kinds::parse`]), the
+    /// supervisor's by [`Supervision::parse`]. `claims`: what each job so
+    /// far holds for itself (a queue's lock, a source), by canonical path,
+    /// with the job's name and kind.
     fn job(
         &mut self,
         span: Range<usize>,
         table: &DeTable<'_>,
         names: &mut HashMap<String, usize>,
-        queues: &mut HashMap<PathBuf, String>,
+        claims: &mut HashMap<PathBuf, (String, &'static str)>,
     ) -> Option<JobConfig> {
         let header = self.line(&span);
         // The job's name, for every message about it.
@@ -556,28 +573,45 @@ impl Checker<'_> {
             Some(n) => format!("job {:?}: ", n),
             None => "job: ".to_string(),
         };
-        let kind = table.iter().find(|(k, _)| k.get_ref() == "type");
-        match kind {
-            None => self.at(
-                &span,
-                format!("{label}missing type (e.g. type = \"process\")"),
-            ),
+        let type_entry = table.iter().find(|(k, _)| k.get_ref() == "type");
+        let kind = match type_entry {
+            None => {
+                self.at(
+                    &span,
+                    format!("{label}missing type (e.g. type = \"process\")"),
+                );
+                // Check the rest as the kind its keys suggest.
+                let has = |key: &str| table.iter().any(|(k, _)| k.get_ref() == key);
+                kinds::guess(has)
+            }
             Some((_, v)) => match string(v) {
-                Ok(t) if t == "process" => {}
-                Ok(other) => {
-                    self.at(
-                        &v.span(),
-                        format!("{label}unknown job type {other:?} (this fspl knows: process)"),
-                    );
-                    return None;
-                }
+                Ok(t) => match kinds::KINDS.iter().find(|k| **k == t) {
+                    Some(k) => *k,
+                    None => {
+                        self.at(
+                            &v.span(),
+                            format!(
+                                "{label}unknown job type {t:?} (this fspl knows: {})",
+                                kinds::KINDS.join(", ")
+                            ),
+                        );
+                        return None;
+                    }
+                },
                 Err((s, why)) => {
                     self.at(&s, format!("{label}type: {why}"));
                     return None;
                 }
             },
-        }
-        let k = self.keys(table, PROCESS_KEYS, &label);
+        };
+        let known: Vec<&str> = JOB_KEYS_FIRST
+            .iter()
+            .chain(kinds::keys(kind))
+            .chain(crate::supervisor::SUPERVISION_KEYS)
+            .chain(JOB_KEYS_LAST)
+            .copied()
+            .collect();
+        let k = self.keys(table, &known, &label);
         let lines = KeyLines {
             table: header,
             keys: k
@@ -586,14 +620,8 @@ impl Checker<'_> {
                 .collect(),
         };
         let l = label.as_str();
-        let missing = |c: &mut Self, key: &str, example: &str| {
-            if !k.contains_key(key) {
-                c.at(&span, format!("{l}missing {key} (e.g. {key} = {example})"));
-            }
-        };
-        missing(self, "name", "\"backups\"");
-        missing(self, "queue", "\"/srv/fspl/backups\"");
-        missing(self, "command", "[\"/usr/local/bin/handler\"]");
+        self.require(&k, &span, l, "name", "\"backups\"");
+        let parsed = kinds::parse(kind, self, &k, &span, l);
         let name = self
             .get(&k, "name", l, |v| {
                 let s = string(v)?;
@@ -618,160 +646,46 @@ impl Checker<'_> {
                 });
             }
         }
-        let queue = self
-            .get(&k, "queue", l, |v| {
-                let s = string(v)?;
-                if s.is_empty() {
-                    return Err((v.span(), "must not be empty".into()));
+        // What the job holds for itself: two jobs holding one thing would
+        // fight over it. (A job whose name is used twice is most likely a
+        // copy: one problem is enough.)
+        if !twice && let Some(r) = parsed.resource() {
+            let canon = r.path.canonicalize().unwrap_or_else(|_| r.path.clone());
+            match claims.get(&canon) {
+                Some((other, other_kind)) => {
+                    let other_type = if *other_kind == kind {
+                        String::new()
+                    } else {
+                        format!(" (type {other_kind})")
+                    };
+                    self.at_key(
+                        &lines,
+                        r.key,
+                        format!(
+                            "{l}{} {} is already {} by job {other:?}{other_type}; two jobs on one {} would fight over {}",
+                            r.key,
+                            r.shown,
+                            kinds::verb(other_kind),
+                            r.noun,
+                            r.what
+                        ),
+                    );
                 }
-                Ok(PathBuf::from(s))
-            })
-            .unwrap_or_default();
-        // (A job whose name is used twice is most likely a copy: one
-        // problem is enough.)
-        if !queue.as_os_str().is_empty() && !twice {
-            let canon = queue.canonicalize().unwrap_or_else(|_| queue.clone());
-            if let Some(other) = queues.insert(canon, name.clone()) {
-                self.problems.push(Problem {
-                    path: self.path.to_path_buf(),
-                    line: Some(lines.of("queue")),
-                    message: format!(
-                        "{l}queue {} is already run by job {other:?}; two jobs on one queue would fight over its lock",
-                        queue.display()
-                    ),
-                });
+                None => {
+                    claims.insert(canon, (name.clone(), kind));
+                }
             }
         }
-        let argv = self
-            .get(&k, "command", l, |v| {
-                let argv = strings(v, "[\"/usr/local/bin/handler\", \"--flag\"]")?;
-                let Some(program) = argv.first() else {
-                    return Err((v.span(), "must name a program".into()));
-                };
-                if program.is_empty() {
-                    return Err((v.span(), "must name a program (the first element is empty)".into()));
-                }
-                if argv.iter().any(|a| a.contains('\0')) {
-                    return Err((v.span(), "contains a NUL character".into()));
-                }
-                if program.contains('/') && !program.starts_with('/') {
-                    return Err((
-                        v.span(),
-                        format!(
-                            "{program:?} is a relative path: give an absolute path, or a bare name to look up in PATH (a relative path would depend on the directory the daemon happens to be started in)"
-                        ),
-                    ));
-                }
-                Ok(argv)
-            })
-            .unwrap_or_default();
-        let decoder = self.get(&k, "decoder", l, |v| {
-            let s = string(v)?;
-            if s.trim().is_empty() {
-                return Err((v.span(), "must not be empty (leave it out for none)".into()));
-            }
-            Ok(OsString::from(s))
-        });
-        let order_by = match self
-            .get(&k, "order_by", l, |v| one_of(v, &["sequence", "timestamp"]))
-            .as_deref()
-        {
-            Some("timestamp") => OrderBy::Timestamp,
-            _ => OrderBy::Sequence,
-        };
-        let on_error = match self
-            .get(&k, "on_error", l, |v| {
-                one_of(v, &["retry", "delete", "leave"])
-            })
-            .as_deref()
-        {
-            Some("delete") => OnError::Delete,
-            Some("leave") => OnError::Leave,
-            _ => OnError::Retry,
-        };
-        let output_to = match self
-            .get(&k, "output_to", l, |v| one_of(v, &["passboth", "saveboth"]))
-            .as_deref()
-        {
-            Some("saveboth") => OutputTo::SaveBoth,
-            _ => OutputTo::PassBoth,
-        };
         let flag =
             |c: &mut Self, key: &str, default: bool| c.get(&k, key, l, boolean).unwrap_or(default);
-        let never_delete = flag(self, "never_delete", false);
-        let allow_job_params = flag(self, "allow_job_params", false);
-        let ignore_payload = flag(self, "ignore_payload", false);
-        let poll = flag(self, "poll", false);
         let enabled = flag(self, "enabled", true);
-        let timeout = self.get(&k, "timeout", l, |v| secs(v, 1));
-        let path_value = |v: &Spanned<DeValue<'_>>| {
-            let s = string(v)?;
-            if s.is_empty() {
-                return Err((v.span(), "must not be empty".into()));
-            }
-            Ok(PathBuf::from(s))
-        };
-        let trust = self.get(&k, "trust", l, path_value);
-        let identity = self
-            .get(&k, "identity", l, |v| {
-                Ok(strings(v, "[\"/etc/fspl/host.key\"]")?
-                    .into_iter()
-                    .map(PathBuf::from)
-                    .collect())
-            })
-            .unwrap_or_default();
-        let poll_min = self.get(&k, "poll_min", l, |v| secs(v, 1));
-        let poll_max = self.get(&k, "poll_max", l, |v| secs(v, 1));
-        let (poll_min, poll_max) = match (poll_min, poll_max) {
-            (Some(a), Some(b)) if a > b => {
-                self.problems.push(Problem {
-                    path: self.path.to_path_buf(),
-                    line: Some(lines.of("poll_max")),
-                    message: format!(
-                        "{l}poll_max: must be at least poll_min ({}), not {}",
-                        a.as_secs(),
-                        b.as_secs()
-                    ),
-                });
-                (a, a)
-            }
-            // A bound given alone moves the other default out of its way.
-            (a, b) => {
-                let min = a.unwrap_or(Duration::from_secs(10).min(b.unwrap_or(Duration::MAX)));
-                let max = b.unwrap_or(Duration::from_secs(30).max(min));
-                (min, max)
-            }
-        };
-        let max_failures = self
-            .get(&k, "max_failures", l, |v| number(v, 1, u32::MAX as u64, ""))
-            .unwrap_or(3) as u32;
-        let (command, args) = match argv.split_first() {
-            Some((c, rest)) => (OsString::from(c), rest.iter().map(OsString::from).collect()),
-            None => (OsString::new(), Vec::new()),
-        };
+        let supervision = Supervision::parse(self, &k, l, &lines);
         Some(JobConfig {
             name,
             enabled,
-            kind: JobKind::Process(ProcessJob {
-                queue,
-                command,
-                args,
-                decoder,
-                order_by,
-                on_error,
-                never_delete,
-                output_to,
-                allow_job_params,
-                ignore_payload,
-                timeout,
-                trust,
-                identity,
-                poll,
-                poll_min,
-                poll_max,
-                max_failures,
-                lines,
-            }),
+            supervision,
+            lines,
+            kind: parsed,
         })
     }
 }
@@ -779,6 +693,8 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fspl_queue::process::OnError;
+    use std::ffi::OsString;
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("d.toml"), t)
@@ -800,14 +716,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.daemon.max_parallel, 2);
         assert_eq!(c.jobs.len(), 1);
-        let JobKind::Process(p) = &c.jobs[0].kind;
+        let JobKind::Process(p) = &c.jobs[0].kind else {
+            panic!("{:?}", c.jobs[0].kind)
+        };
         assert_eq!(p.command, "/bin/cat");
         assert_eq!(p.args, vec![OsString::from("-u")]);
         assert_eq!(p.on_error, OnError::Delete);
-        assert_eq!(p.max_failures, 3);
-        assert_eq!(p.poll_min, Duration::from_secs(10));
-        assert_eq!(p.poll_max, Duration::from_secs(30));
-        assert_eq!(p.lines.of("on_error"), 10);
+        let s = &c.jobs[0].supervision;
+        assert_eq!(s.max_failures, 3);
+        assert_eq!(s.poll_min, Duration::from_secs(10));
+        assert_eq!(s.poll_max, Duration::from_secs(30));
+        assert_eq!(c.jobs[0].lines.of("on_error"), 10);
     }
 
     #[test]
@@ -925,10 +844,10 @@ mod tests {
         }
         // One bound alone moves the other default out of its way.
         let c = parse(&job("poll_min = 60")).unwrap();
-        let JobKind::Process(p) = &c.jobs[0].kind;
+        let p = &c.jobs[0].supervision;
         assert_eq!((p.poll_min.as_secs(), p.poll_max.as_secs()), (60, 60));
         let c = parse(&job("poll_max = 5")).unwrap();
-        let JobKind::Process(p) = &c.jobs[0].kind;
+        let p = &c.jobs[0].supervision;
         assert_eq!((p.poll_min.as_secs(), p.poll_max.as_secs()), (5, 5));
     }
 
@@ -952,5 +871,115 @@ mod tests {
                 .unwrap();
         let b = parse("# a comment\n\n[[job]]\ncommand = [\"x\"]\nname = \"a\"\ntype = \"process\"\nqueue = \"/q\"\n").unwrap();
         assert_eq!(a.jobs, b.jobs);
+    }
+
+    /// The one-job-per-queue rule is per kind: each job names what it
+    /// holds. A pull and a process job on one queue is the normal set-up;
+    /// two process jobs on one queue, two push jobs on one outbox, a push
+    /// and a process job on one directory (both take its lock), two pull
+    /// jobs from one source are refused, each at the line of its key.
+    #[test]
+    fn each_kind_names_what_it_holds_and_two_jobs_never_hold_one_thing() {
+        let process = |n: &str, q: &str| {
+            format!(
+                "[[job]]\nname = \"{n}\"\ntype = \"process\"\nqueue = \"{q}\"\ncommand = [\"x\"]\n"
+            )
+        };
+        let push = |n: &str, o: &str, to: &str| {
+            format!("[[job]]\nname = \"{n}\"\ntype = \"push\"\noutbox = \"{o}\"\nto = \"{to}\"\n")
+        };
+        let pull = |n: &str, from: &str, q: &str| {
+            format!(
+                "[[job]]\nname = \"{n}\"\ntype = \"pull\"\nfrom = \"{from}\"\nqueue = \"{q}\"\n"
+            )
+        };
+        // Accepted: pull into a processed queue; a relay (pull into an
+        // outbox that is pushed); two pulls into one queue.
+        let c = parse(&format!(
+            "{}{}{}{}",
+            pull("in", "dir:/sync/in", "/q"),
+            process("run", "/q"),
+            pull("in2", "/sync/other", "/q"),
+            push("out", "/q2", "dir:/sync/out"),
+        ))
+        .unwrap();
+        let kinds: Vec<&str> = c.jobs.iter().map(|j| j.kind.name()).collect();
+        assert_eq!(kinds, ["pull", "process", "pull", "push"]);
+        let JobKind::Push(p) = &c.jobs[3].kind else {
+            panic!()
+        };
+        assert_eq!(p.to, fspl_transport::Location::Dir("/sync/out".into()));
+        assert!(!p.keep);
+        let JobKind::Pull(p) = &c.jobs[0].kind else {
+            panic!()
+        };
+        assert_eq!(p.from_url, "dir:/sync/in");
+        for (text, line, want) in [
+            (
+                format!("{}{}", process("a", "/q"), process("b", "/q")),
+                9,
+                "job \"b\": queue /q is already run by job \"a\"; two jobs on one queue would fight over its lock",
+            ),
+            (
+                format!("{}{}", push("a", "/o", "dir:/x"), push("b", "/o", "dir:/y")),
+                9,
+                "job \"b\": outbox /o is already pushed by job \"a\"; two jobs on one outbox would fight over its lock",
+            ),
+            (
+                format!("{}{}", process("a", "/o"), push("b", "/o", "dir:/y")),
+                9,
+                "job \"b\": outbox /o is already run by job \"a\" (type process); two jobs on one outbox would fight over its lock",
+            ),
+            (
+                format!("{}{}", pull("a", "/s", "/q"), pull("b", "dir:/s", "/r")),
+                9,
+                "job \"b\": from dir:/s is already pulled from by job \"a\"; two jobs on one source would fight over it",
+            ),
+        ] {
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0], format!("d.toml: line {line}: {want}"));
+        }
+    }
+
+    /// push and pull keys are checked like the others: a bad URL (an
+    /// unknown scheme, ssh:// as a source) is a problem at its line, as are
+    /// missing keys.
+    #[test]
+    fn transport_urls_are_checked_when_the_file_is_read() {
+        let p = problems(
+            "[[job]]\nname = \"a\"\ntype = \"push\"\noutbox = \"/o\"\nto = \"ftp://h/q\"\n\n[[job]]\nname = \"b\"\ntype = \"pull\"\nfrom = \"ssh://h/q\"\nqueue = \"/q\"\nkeep = true\n\n[[job]]\nname = \"c\"\ntype = \"pull\"\n",
+        );
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(
+            p[0].starts_with(
+                "d.toml: line 5: job \"a\": to: \"ftp://h/q\": unknown scheme \"ftp\"; known: "
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("d.toml: line 10: job \"b\": from: \"ssh://h/q\": only a directory"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `keep` (the keys here are: name, type, from, queue, poll, poll_min, poll_max, max_failures, enabled)"),
+            "{p:?}"
+        );
+        assert_eq!(
+            p[3..],
+            [
+                "d.toml: line 14: job \"c\": missing from (e.g. from = \"dir:/mnt/sync/fspl\")",
+                "d.toml: line 14: job \"c\": missing queue (e.g. queue = \"/srv/fspl/backups\")"
+            ]
+        );
+        // Without a type, the keys tell which kind to check it as.
+        let p = problems("[[job]]\nname = \"a\"\noutbox = \"/o\"\n");
+        assert_eq!(
+            p,
+            [
+                "d.toml: line 1: job \"a\": missing type (e.g. type = \"process\")",
+                "d.toml: line 1: job \"a\": missing to (e.g. to = \"dir:/mnt/sync/fspl\")"
+            ]
+        );
     }
 }

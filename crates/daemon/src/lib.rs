@@ -9,11 +9,12 @@
 
 pub mod config;
 pub mod control;
+pub mod kinds;
 pub mod log;
 pub mod program;
-pub mod sockpath;
 pub mod state;
-mod task;
+pub mod supervisor;
+pub use fspl_control::sockpath;
 mod watch;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use tracing::{error, info, warn};
 pub use config::{Config, ConfigError, JobConfig, JobKind, LogFormat, Problem};
 use control::{ControlError, Request, Response};
 use state::Registry;
-use task::{Shared, TaskHandle};
+use supervisor::{Shared, TaskHandle};
 use watch::Watcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +59,12 @@ pub fn check(config: &Config) -> Vec<Problem> {
     let path_var = std::env::var_os("PATH");
     let mut problems = Vec::new();
     for j in &config.jobs {
-        match &j.kind {
-            JobKind::Process(p) => {
-                for (key, why) in task::check(p, path_var.as_deref()) {
-                    problems.push(Problem {
-                        path: config.path.clone(),
-                        line: Some(p.lines.of(key)),
-                        message: format!("job {:?}: {key}: {why}", j.name),
-                    });
-                }
-            }
+        for (key, why) in j.kind.check(path_var.as_deref()) {
+            problems.push(Problem {
+                path: config.path.clone(),
+                line: Some(j.lines.of(key)),
+                message: format!("job {:?}: {key}: {why}", j.name),
+            });
         }
     }
     problems
@@ -90,21 +87,17 @@ impl Running {
     /// Start a job's task; `after`: the task of its previous configuration,
     /// still finishing its command (the new one waits for it).
     fn start_job(&mut self, j: JobConfig, after: Option<tokio::task::JoinHandle<()>>) {
-        let JobKind::Process(p) = &j.kind;
         let wake = Arc::new(Notify::new());
         let returned = Arc::new(Notify::new());
-        let dir = task::jobs_dir(p);
-        let ready = fspl_queue::Queue::new(&p.queue).lock_path();
-        let watched = if j.enabled && !p.poll {
-            self.watcher
-                .watch(&dir, Some(ready), wake.clone(), returned.clone())
-        } else {
-            None
+        let watched = match j.kind.watch() {
+            Some(w) if j.enabled && !j.supervision.poll => {
+                self.watcher
+                    .watch(&w.dir, w.ready, wake.clone(), returned.clone())
+            }
+            _ => None,
         };
-        let handle = task::spawn(
-            j.name.clone(),
-            p.clone(),
-            j.enabled,
+        let handle = kinds::spawn(
+            &j,
             self.shared.clone(),
             watched.is_some().then_some(returned),
             wake,
@@ -214,12 +207,12 @@ fn status_command(config: &Config) -> String {
     if socket.is_relative() {
         format!(
             "fspl status --socket {}",
-            task::shell_quote(&absolute(socket))
+            supervisor::shell_quote(&absolute(socket))
         )
     } else {
         format!(
             "fspl status -c {}",
-            task::shell_quote(&absolute(&config.path))
+            supervisor::shell_quote(&absolute(&config.path))
         )
     }
 }

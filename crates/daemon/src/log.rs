@@ -1,5 +1,6 @@
 //! Log lines in three formats. Every line carries the fields of the spans
-//! it happens in (zrepl-style context: `job`, `queue`, `seq`):
+//! it happens in (zrepl-style context: `job`, `kind`, `queue`, `seq`; a
+//! push job's `outbox` and `to`, a pull job's `from` and `queue`):
 //!
 //! - human:  `2026-11-23T18:00:00Z  INFO [backups][7] job succeeded duration_ms=12`
 //! - logfmt: `ts=2026-11-23T18:00:00Z level=info job=backups queue=/srv/q seq=7 msg="job succeeded" duration_ms=12`
@@ -167,6 +168,10 @@ fn logfmt_value(s: &str) -> String {
     }
 }
 
+/// The fields of a job's log context, which the human format leaves to the
+/// `[job][seq]` prefix.
+const CONTEXT: &[&str] = &["job", "kind", "seq", "queue", "outbox", "to", "from"];
+
 fn render(
     format: LogFormat,
     level: Level,
@@ -195,7 +200,8 @@ fn render(
             }
             o.push_str(&esc(message));
             for (k, v) in fields {
-                if matches!(*k, "job" | "seq" | "queue") {
+                // The job's context is in the prefix.
+                if CONTEXT.contains(k) {
                     continue;
                 }
                 let _ = write!(o, " {k}={}", logfmt_value(&text(v)));

@@ -4,92 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-/// A job's state, as `fspl status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum JobState {
-    /// Nothing to do; waiting for jobs to arrive.
-    Idle,
-    /// A command is running.
-    Running { seq: u64, since: String },
-    /// Sequence order: the next seq is missing; `detail` says what is here.
-    Waiting { seq: u64, detail: String },
-    /// Failed; retried at `retry_at` (backing off).
-    Retrying {
-        message: String,
-        failures: u32,
-        retry_at: String,
-    },
-    /// Stopped after repeated failures until `fspl status --clear` or a reload.
-    Error { message: String },
-    /// Another process (e.g. a manual queue-process) holds the queue lock.
-    Locked { pid: Option<u32> },
-    /// `enabled = false` in the configuration.
-    Disabled,
-}
-
-impl JobState {
-    pub fn describe(&self) -> String {
-        match self {
-            JobState::Idle => "idle".into(),
-            JobState::Running { seq, since } => format!("running seq {seq} since {since}"),
-            // The detail (from queue-status) usually says it all already:
-            // "waiting for seq 5; seqs 6–9 present".
-            JobState::Waiting { detail, .. } if detail.starts_with("waiting for seq") => {
-                detail.clone()
-            }
-            JobState::Waiting { seq, detail } if detail.is_empty() => {
-                format!("waiting for seq {seq}")
-            }
-            JobState::Waiting { seq, detail } => format!("waiting for seq {seq} ({detail})"),
-            JobState::Retrying {
-                message,
-                failures,
-                retry_at,
-            } => format!("failed {failures}x, retrying at {retry_at}: {message}"),
-            JobState::Error { message } => format!("error: {message}"),
-            JobState::Locked { pid: Some(p) } => format!("locked by pid {p}"),
-            JobState::Locked { pid: None } => "locked by another process".into(),
-            JobState::Disabled => "disabled".into(),
-        }
-    }
-}
-
-/// One row of `fspl status`.
-///
-/// The counters count, since the daemon started (a reload keeps them, as
-/// it keeps the metrics): `jobs_succeeded` and `jobs_failed` every attempt
-/// to run a job (a job retried three times is three), by its result, those
-/// that failed before their command could start included; `jobs_refused`
-/// the jobs refused without running (moved to `rejected/`); `runs` every
-/// run of the queue (one `queue-process` pass, or an attempt that could
-/// not start one: its queue, trust file or identities could not be
-/// loaded), `runs_failed` those that failed. `consecutive_failures` is
-/// the number of failed runs in a row, since the last run that did not
-/// fail (or a `--clear`, a reload, the queue's directory coming back).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobStatus {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub queue: String,
-    #[serde(flatten)]
-    pub state: JobState,
-    pub next_seq: Option<u64>,
-    pub queued: Option<u64>,
-    pub last_success: Option<String>,
-    pub consecutive_failures: u32,
-    pub jobs_succeeded: u64,
-    pub jobs_failed: u64,
-    #[serde(default)]
-    pub jobs_refused: u64,
-    #[serde(default)]
-    pub runs: u64,
-    #[serde(default)]
-    pub runs_failed: u64,
-}
+pub use fspl_control::{JobState, JobStatus};
 
 /// What a job's status keeps across a restart of its task (a reload that
 /// changed it, or removed it and added it back), like the metrics do.
@@ -101,6 +16,7 @@ struct Kept {
     jobs_refused: u64,
     runs: u64,
     runs_failed: u64,
+    bytes: Option<u64>,
 }
 
 #[derive(Default)]
@@ -125,6 +41,9 @@ impl Registry {
                 s.jobs_refused = k.jobs_refused;
                 s.runs = k.runs;
                 s.runs_failed = k.runs_failed;
+                if s.bytes.is_some() {
+                    s.bytes = k.bytes.or(s.bytes);
+                }
             }
             m.jobs.insert(s.name.clone(), s);
         }
@@ -153,16 +72,24 @@ impl Registry {
                     jobs_refused: s.jobs_refused,
                     runs: s.runs,
                     runs_failed: s.runs_failed,
+                    bytes: s.bytes,
                 },
             );
         }
     }
 
+    /// Every job's status, each with its state in words (what a client
+    /// that does not know the state shows).
     pub fn snapshot(&self) -> Vec<JobStatus> {
-        self.0
+        let mut jobs: Vec<JobStatus> = self
+            .0
             .lock()
             .map(|m| m.jobs.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for j in &mut jobs {
+            j.description = Some(j.state.describe());
+        }
+        jobs
     }
 
     pub fn get(&self, name: &str) -> Option<JobStatus> {
@@ -193,7 +120,10 @@ mod tests {
             name: name.into(),
             kind: "process".into(),
             queue: "/q".into(),
+            to: None,
+            from: None,
             state: JobState::Idle,
+            description: None,
             next_seq: None,
             queued: None,
             last_success: None,
@@ -203,6 +133,7 @@ mod tests {
             jobs_refused: 0,
             runs: 0,
             runs_failed: 0,
+            bytes: None,
         };
         let r = Registry::default();
         r.set(fresh("a"));

@@ -463,7 +463,18 @@ fn example_configs_parse() {
     assert_eq!(c.daemon.max_parallel, 4);
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
     let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
-    assert_eq!(names, ["backups", "deploy"]);
-    let JobKind::Process(deploy) = &c.jobs[1].kind;
-    assert!(deploy.trust.is_some() && deploy.identity.len() == 1 && deploy.poll);
+    assert_eq!(names, ["backups", "deploy", "to-office", "from-laptop"]);
+    let JobKind::Process(deploy) = &c.jobs[1].kind else {
+        panic!("{:?}", c.jobs[1].kind)
+    };
+    assert!(deploy.trust.is_some() && deploy.identity.len() == 1 && c.jobs[1].supervision.poll);
+    let JobKind::Push(push) = &c.jobs[2].kind else {
+        panic!("{:?}", c.jobs[2].kind)
+    };
+    assert_eq!(push.to_url, "dir:/srv/fspl/sync/office");
+    assert!(!push.keep);
+    let JobKind::Pull(pull) = &c.jobs[3].kind else {
+        panic!("{:?}", c.jobs[3].kind)
+    };
+    assert_eq!(pull.queue, std::path::Path::new("/srv/fspl/backups"));
 }

@@ -1,11 +1,12 @@
-//! `daemon` and `status`.
+//! `daemon` and `status`. `status` talks to the daemon through
+//! `fspl-control` only (blocking I/O, no async runtime); the daemon's
+//! crate is used for nothing but reading `-c CONFIG`'s `socket`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use fspl_daemon::control::{Request, Response, request};
-use fspl_daemon::state::JobStatus;
+use fspl_control::{JobStatus, PROTOCOL_VERSION, Reply, Request, Response, request_reply};
 use fspl_daemon::{Config, ConfigError, LogFormat};
 
 use crate::output::write_stdout;
@@ -99,16 +100,32 @@ fn socket_of(config: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<(Pa
             Config::load(c)?.daemon.socket,
             Source::Config(c.to_path_buf()),
         ),
-        (None, None) => (fspl_daemon::config::default_socket(), Source::Default),
+        (None, None) => (fspl_control::sockpath::default_socket(), Source::Default),
     })
 }
 
 /// Ask the daemon; when nothing answers, say which socket was tried, why
 /// that one, and how to point at another.
 fn ask(path: &Path, source: &Source, req: &Request) -> anyhow::Result<Response> {
-    use fspl_daemon::control::ControlError;
-    let e = match request(path, req) {
-        Ok(r) => return Ok(r),
+    use fspl_control::ControlError;
+    let e = match request_reply(path, req) {
+        Ok(Reply {
+            response: Response::Error { message },
+            version,
+        }) if version < PROTOCOL_VERSION && message.starts_with("bad request") => {
+            // An older daemon may not know what we asked.
+            anyhow::bail!(
+                "{message} (the daemon speaks control protocol version {version}, this fspl version {PROTOCOL_VERSION}: restart it with this fspl)"
+            )
+        }
+        Ok(Reply {
+            response: Response::Unknown { result },
+            version,
+        }) => anyhow::bail!(
+            "bad answer from the fspl daemon at {}: an answer of a kind this fspl does not know ({result:?}; the daemon speaks control protocol version {version}, this fspl version {PROTOCOL_VERSION})",
+            path.display()
+        ),
+        Ok(r) => return Ok(r.response),
         Err(e @ ControlError::Unreachable { .. }) => e,
         Err(e) => return Err(e.into()),
     };
@@ -122,7 +139,7 @@ fn ask(path: &Path, source: &Source, req: &Request) -> anyhow::Result<Response> 
     };
     // A daemon's socket in one of the usual places (another user's
     // default, root's, the systemd unit's): name it.
-    let others: Vec<String> = fspl_daemon::sockpath::usual_sockets()
+    let others: Vec<String> = fspl_control::sockpath::usual_sockets()
         .into_iter()
         .filter(|s| s != path)
         .filter(|s| {
@@ -161,13 +178,13 @@ pub fn status(
                 Ok(ExitCode::SUCCESS)
             }
             Response::Error { message } => anyhow::bail!("{message}"),
-            Response::Status { .. } => anyhow::bail!("unexpected answer from the daemon"),
+            _ => anyhow::bail!("unexpected answer from the daemon"),
         };
     }
     let jobs = match ask(&path, &source, &Request::Status)? {
         Response::Status { jobs } => jobs,
         Response::Error { message } => anyhow::bail!("{message}"),
-        Response::Cleared { .. } => anyhow::bail!("unexpected answer from the daemon"),
+        _ => anyhow::bail!("unexpected answer from the daemon"),
     };
     let out = if json {
         let mut s = serde_json::to_string_pretty(&jobs)?;
@@ -178,17 +195,21 @@ pub fn status(
     };
     write_stdout(out.as_bytes())?;
     // Like queue-status: 1 when some job is in its error state.
-    let erring = jobs
-        .iter()
-        .any(|j| matches!(j.state, fspl_daemon::state::JobState::Error { .. }));
+    let erring = jobs.iter().any(JobStatus::is_error);
     Ok(ExitCode::from(if erring { 1 } else { 0 }))
 }
 
 /// The status table. OK, FAILED and REFUSED count jobs (`jobs_succeeded`,
-/// `jobs_failed`, `jobs_refused`); failed runs show in STATE.
+/// `jobs_failed`, `jobs_refused`: for push and pull jobs, OK counts the
+/// jobs sent or taken); failed runs show in STATE. A TYPE column (the
+/// job's kind) follows NAME when some job is not a `process` job.
 fn table(jobs: &[JobStatus]) -> String {
-    const HEADER: [&str; 8] = [
-        "NAME",
+    let with_type = jobs.iter().any(|j| j.kind != "process");
+    let mut header = vec!["NAME"];
+    if with_type {
+        header.push("TYPE");
+    }
+    header.extend([
         "NEXT",
         "QUEUED",
         "LAST SUCCESS",
@@ -196,12 +217,15 @@ fn table(jobs: &[JobStatus]) -> String {
         "FAILED",
         "REFUSED",
         "STATE",
-    ];
+    ]);
     let opt = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-    let mut rows = vec![HEADER.map(String::from)];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for j in jobs {
-        rows.push([
-            j.name.clone(),
+        let mut row = vec![j.name.clone()];
+        if with_type {
+            row.push(j.kind.clone());
+        }
+        row.extend([
             opt(j.next_seq),
             opt(j.queued),
             j.last_success.clone().unwrap_or_else(|| "-".into()),
@@ -209,11 +233,12 @@ fn table(jobs: &[JobStatus]) -> String {
             j.jobs_failed.to_string(),
             j.jobs_refused.to_string(),
             // STATE last: it can be long (an error message).
-            j.state.describe(),
+            j.describe(),
         ]);
+        rows.push(row);
     }
-    let last = HEADER.len() - 1;
-    let mut widths = [0usize; 8];
+    let last = header.len() - 1;
+    let mut widths = vec![0usize; header.len()];
     for r in &rows {
         for (i, c) in r.iter().enumerate().take(last) {
             widths[i] = widths[i].max(c.chars().count());

@@ -600,6 +600,8 @@ fn status_metrics_and_docs_agree_on_counters() {
         format!("[[sender]]\nname = \"sender\"\nkey = {:?}\n", public.trim()),
     )
     .unwrap();
+    let inbox = sb.path("inbox");
+    std::fs::create_dir(&inbox).unwrap();
     let retry = "max_failures = 2\npoll_min = 1\npoll_max = 1";
     let text = config(
         &sb,
@@ -615,12 +617,20 @@ fn status_metrics_and_docs_agree_on_counters() {
                 &["/bin/true"],
                 &format!("trust = {}", q(&trust)),
             ),
+            // A pull job (into good's queue), for the transport metrics.
+            format!(
+                "[[job]]\nname = \"intake\"\ntype = \"pull\"\nfrom = {}\nqueue = {}\n",
+                q(&inbox),
+                q(&good)
+            ),
         ],
     );
     let d = Daemon::start(&sb, &text, "logfmt");
     wait_for("the first runs", || {
         d.status().0.iter().all(|j| {
-            j["name"] == "noqueue" || (!j["next_seq"].is_null() && j["state"] != "running")
+            j["name"] == "noqueue"
+                || (j["type"] == "pull" && j["runs"] != 0 && j["state"] == "idle")
+                || (!j["next_seq"].is_null() && j["state"] != "running")
         })
     });
     send(&good, 1, "", &[]);
@@ -759,10 +769,12 @@ fn status_metrics_and_docs_agree_on_counters() {
         .filter(|s| !s.is_empty())
         .map(str::trim)
         .collect();
+    // (A TYPE column, as one job is not a process job.)
     assert_eq!(
         header,
         [
             "NAME",
+            "TYPE",
             "NEXT",
             "QUEUED",
             "LAST SUCCESS",
@@ -775,7 +787,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     );
     let row = table.lines().find(|l| l.starts_with("nocmd ")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cols[4..7], ["0", "2", "0"], "{table}");
+    assert_eq!(&cols[5..8], ["0", "2", "0"], "{table}");
 
     // docs/daemon.md documents every status counter and every metric.
     let doc = std::fs::read_to_string(root().join("docs/daemon.md")).unwrap();

@@ -235,12 +235,16 @@ impl Daemon {
     }
 
     /// Wait until the first run of every job has ended (the status knows
-    /// the queue's nextseq).
+    /// the queue's nextseq; push and pull jobs: a run is counted).
     pub fn settled(&self) {
         wait_for("the first run of every job", SOON, || {
-            self.status()
-                .iter()
-                .all(|j| j.next_seq.is_some() && !matches!(j.state, JobState::Running { .. }))
+            self.status().iter().all(|j| {
+                let ran = match j.kind.as_str() {
+                    "process" => j.next_seq.is_some(),
+                    _ => j.runs > 0,
+                };
+                ran && !matches!(j.state, JobState::Running { .. } | JobState::Busy { .. })
+            })
         });
     }
 

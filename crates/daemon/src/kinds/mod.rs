@@ -1,0 +1,156 @@
+//! The kinds of job, one module each: its configuration table (parsed by
+//! the module itself), what it holds for itself (so that two jobs never
+//! fight over one thing), what `daemon --check` looks at, and what one run
+//! does ([`crate::supervisor::Kind`]). The supervisor does the rest, the
+//! same for every kind.
+//!
+//! Adding a kind: a module here, a variant of [`JobKind`], and a line in
+//! each `match` below.
+
+pub mod process;
+pub mod pull;
+pub mod push;
+mod transfer;
+
+use std::ffi::OsStr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::{Checker, JobConfig, JobKind, Keys};
+use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
+
+/// Every `type` this build knows.
+pub const KINDS: &[&str] = &["process", "push", "pull"];
+
+/// Something a job holds for itself while it runs: two jobs may not hold
+/// the same (their runs would fight over it). A `process` job holds its
+/// queue's lock, a `push` job its outbox's, a `pull` job its source; a
+/// `pull` job and a `process` job on one queue do not conflict (the pull
+/// only writes jobs into it, as `queue-write` does).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// The path (canonicalized when the configuration is read).
+    pub path: PathBuf,
+    /// The key naming it in the job's table (for the message's line).
+    pub key: &'static str,
+    /// The value as written.
+    pub shown: String,
+    /// What it is, in "two jobs on one {noun}": "queue".
+    pub noun: &'static str,
+    /// What they would fight over: "its lock".
+    pub what: &'static str,
+}
+
+/// The kind a table without `type` most likely is, by its keys, so that
+/// its other problems are found too.
+pub fn guess(has: impl Fn(&str) -> bool) -> &'static str {
+    if has("command") {
+        "process"
+    } else if has("outbox") || has("to") {
+        "push"
+    } else if has("from") {
+        "pull"
+    } else {
+        "process"
+    }
+}
+
+/// The keys of a kind's own (besides `name`, `type`, `enabled` and the
+/// supervisor's), in the order messages list them.
+pub fn keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "push" => push::KEYS,
+        "pull" => pull::KEYS,
+        _ => process::KEYS,
+    }
+}
+
+/// What the jobs of a kind do to what they hold, in "already ... by job":
+/// "run".
+pub fn verb(kind: &str) -> &'static str {
+    match kind {
+        "push" => "pushed",
+        "pull" => "pulled from",
+        _ => "run",
+    }
+}
+
+/// A job table's own keys, by its kind (every problem recorded).
+pub(crate) fn parse(
+    kind: &str,
+    c: &mut Checker<'_>,
+    k: &Keys<'_, '_>,
+    table: &Range<usize>,
+    label: &str,
+) -> JobKind {
+    match kind {
+        "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
+        "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
+        _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
+    }
+}
+
+impl JobKind {
+    /// The kind's name (`type`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Process(_) => "process",
+            JobKind::Push(_) => "push",
+            JobKind::Pull(_) => "pull",
+        }
+    }
+
+    /// What the job holds for itself, if anything.
+    pub fn resource(&self) -> Option<Resource> {
+        match self {
+            JobKind::Process(p) => p.resource(),
+            JobKind::Push(p) => p.resource(),
+            JobKind::Pull(p) => p.resource(),
+        }
+    }
+
+    /// The directory whose new job files wake the job.
+    pub fn watch(&self) -> Option<WatchSpec> {
+        use supervisor::Kind;
+        match self {
+            JobKind::Process(p) => p.watch(),
+            JobKind::Push(p) => p.watch(),
+            JobKind::Pull(p) => p.watch(),
+        }
+    }
+
+    /// What keeps the job from running, key by key (for `daemon
+    /// --check`); commands are looked up in `path_var`.
+    pub fn check(&self, path_var: Option<&OsStr>) -> Vec<(&'static str, String)> {
+        match self {
+            JobKind::Process(p) => p.check(path_var),
+            JobKind::Push(p) => p.check(),
+            JobKind::Pull(p) => p.check(),
+        }
+    }
+}
+
+/// Start a job's task under the supervisor (see [`supervisor::spawn`]).
+pub fn spawn(
+    j: &JobConfig,
+    shared: Shared,
+    returned: Option<Arc<Notify>>,
+    wake: Arc<Notify>,
+    after: Option<tokio::task::JoinHandle<()>>,
+) -> TaskHandle {
+    let (name, enabled, sup) = (j.name.clone(), j.enabled, j.supervision.clone());
+    match &j.kind {
+        JobKind::Process(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Push(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Pull(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+    }
+}
