@@ -21,7 +21,10 @@
 //! (or a seq below nextseq) once.
 
 pub mod error;
+pub mod fdio;
+pub mod intake;
 pub mod url;
+pub mod wire;
 
 use std::ffi::OsString;
 use std::io::Read;
