@@ -23,6 +23,7 @@
 pub mod error;
 pub mod fdio;
 pub mod intake;
+pub mod ssh;
 pub mod url;
 pub mod wire;
 

@@ -30,5 +30,6 @@ mod reliability_strace;
 mod security;
 mod security_sweep;
 mod status_attention;
+mod transport_ssh;
 mod tutorial;
 mod vectors;
