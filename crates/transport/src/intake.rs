@@ -688,35 +688,32 @@ impl Session {
                 )),
             }
         })();
-        let mut st = state.lock().expect("tee");
-        self.inp = st.inp.take();
         let fail = |this: &mut Session, temp: &Option<OsString>, f: Fatal| {
             if let Some(t) = temp {
                 this.remove_temp(t);
             }
             Err(f)
         };
-        if let Some(e) = st.wire_error.take() {
-            return fail(self, &temp, e);
-        }
-        if let Some(f) = create_err {
-            return fail(self, &temp, f);
-        }
-        if let Some(e) = st.disk_error.take() {
-            return fail(self, &temp, Fatal::io("cannot write a job", &e));
-        }
+        let mut st = state.lock().expect("tee");
         if verdict.is_err() {
             st.sink = TeeSink::Discard;
+        }
+        let early = st
+            .wire_error
+            .take()
+            .or(create_err)
+            .or_else(|| st.disk_error.take().map(|e| Fatal::io("cannot write a job", &e)));
+        if let Some(f) = early {
+            self.inp = st.inp.take();
+            drop(st);
+            return fail(self, &temp, f);
         }
         // The rest of the job's bytes (past a refused header, or whatever
         // the payload reader did not need), then the digest.
         drop(st);
         let drained = io::copy(&mut SharedTee(state.clone()), &mut io::sink());
         let mut st = state.lock().expect("tee");
-        let inp_back = st.inp.take();
-        if inp_back.is_some() {
-            self.inp = inp_back;
-        }
+        self.inp = st.inp.take();
         if let Some(e) = st.wire_error.take() {
             return fail(self, &temp, e);
         }

@@ -204,7 +204,7 @@ impl SshSink {
         let mut child = cmd.spawn().map_err(|e| TransportError::Backend {
             message: format!(
                 "{}: cannot run {program:?}: {}",
-                target.url(),
+                escape_controls(&target.url()),
                 fspl_queue::strip_os_errors(&e.to_string())
             ),
             kind: if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::PermissionDenied {
@@ -346,7 +346,10 @@ impl SshSink {
 
     /// Record a failure; every later call returns it.
     fn fail_now(&mut self, message: String, kind: TransportErrorKind) -> TransportError {
-        let message = format!("{}: {message}", self.target.url());
+        let message = format!(
+            "{}: {message}",
+            escape_controls(&self.target.url())
+        );
         if self.failed.is_none() {
             self.failed = Some((message, kind));
         }

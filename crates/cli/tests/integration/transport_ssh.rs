@@ -276,3 +276,221 @@ fn a_job_with_the_name_of_a_different_job_is_refused_and_the_first_kept() {
     assert_eq!(std::fs::read(inbox.join("jobs").join(&name)).unwrap(), genuine);
     assert_eq!(rx.sb.job_files(&inbox).len(), 1);
 }
+
+/// The one line a failed push gives, and whether it is permanent.
+fn failure(p: &Pushed) -> (String, TransportErrorKind) {
+    let e = p.error.as_ref().expect("the push failed");
+    let line = e.to_string();
+    assert!(!line.contains('\n'), "one line: {line:?}");
+    (line, e.kind())
+}
+
+#[test]
+fn an_identity_writing_a_queue_it_may_not_is_refused_and_nothing_is_stored() {
+    let rx = Receiver::new();
+    let backups = rx.sb.queue("backups");
+    let photos = rx.sb.queue("photos");
+    let root = rx.sb.path("laptop");
+    std::fs::create_dir(&root).unwrap();
+    rx.configure(&format!(
+        "[identity.laptop.queues]\nbackups = \"{}\"\n\"<\" = \"{}\"\n\
+         [identity.phone.queues]\nphotos = \"{}\"\n",
+        backups.display(),
+        root.display(),
+        photos.display()
+    ));
+    let phone = rx.key_for("phone");
+    let laptop = rx.key_for("laptop");
+    let tablet = rx.key_for("tablet");
+    let outbox = rx.sb.queue("outbox");
+    make_job(&outbox, &rx.sb.path("seq"), b"x", &[]);
+    let before = rx.sb.job_files(&outbox);
+
+    let p = push_jobs(&rx, &phone, "backups", &outbox, None);
+    let (line, kind) = failure(&p);
+    assert!(
+        line.contains("serve-stdin: identity \"phone\" may not write queue \"backups\""),
+        "{line}"
+    );
+    assert_eq!(kind, TransportErrorKind::Permanent);
+
+    let p = push_jobs(&rx, &tablet, "backups", &outbox, None);
+    let (line, kind) = failure(&p);
+    assert!(line.contains("identity \"tablet\" is not in the server's intake configuration"), "{line}");
+    assert_eq!(kind, TransportErrorKind::Permanent);
+
+    // The subtree rule takes existing queues only.
+    let p = push_jobs(&rx, &laptop, "mail", &outbox, None);
+    let (line, kind) = failure(&p);
+    assert!(line.contains("queue \"mail\" does not exist on the server"), "{line}");
+    assert!(!line.contains(&root.display().to_string()), "no server path: {line}");
+    assert_eq!(kind, TransportErrorKind::Permanent);
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing created");
+
+    for q in [&backups, &photos] {
+        assert!(rx.sb.job_files(q).is_empty());
+        assert_eq!(std::fs::read_dir(q.join("jobs")).unwrap().count(), 0);
+    }
+    assert_eq!(rx.sb.job_files(&outbox), before, "the job stays in the outbox");
+
+    // The same job goes where it may.
+    std::fs::create_dir(root.join("mail")).unwrap();
+    std::fs::remove_dir(root.join("mail")).unwrap();
+    ok(run(ours([OsStr::new("queue-init"), OsStr::new("-q"), root.join("mail").as_os_str()])));
+    let p = push_jobs(&rx, &laptop, "mail", &outbox, None);
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert_eq!(rx.sb.job_files(&root.join("mail")), before);
+}
+
+#[test]
+fn hostile_queue_names_are_refused_and_nothing_is_created() {
+    let rx = Receiver::new();
+    let root = rx.sb.path("tree");
+    std::fs::create_dir(&root).unwrap();
+    // What `../x` would reach, and a queue the subtree holds.
+    let victim = rx.sb.queue("x");
+    let fine = rx.sb.queue("tree/fine");
+    rx.configure(&format!(
+        "[identity.laptop.queues]\n\"<\" = \"{}\"\n",
+        root.display()
+    ));
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    make_job(&outbox, &rx.sb.path("seq"), b"x", &[]);
+    let long = "q".repeat(300);
+    for name in ["../x", "..", "a/b", "/etc", ".hidden", ".", "a\nb", "\x1b[2J", "tab\tq", &long] {
+        let p = push_jobs(&rx, &key, name, &outbox, None);
+        let (line, kind) = failure(&p);
+        assert!(line.contains("serve-stdin: refused: queue name"), "{name:?}: {line}");
+        assert!(!line.contains('\x1b'), "{line:?}");
+        assert_eq!(kind, TransportErrorKind::Permanent, "{name:?}");
+    }
+    assert!(rx.sb.job_files(&victim).is_empty());
+    assert!(rx.sb.job_files(&fine).is_empty());
+    let mut entries: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["fine"], "nothing created in the subtree");
+    // NUL cannot cross ssh (the request is a C string): the client cannot
+    // even start ssh with it.
+    let p = push_jobs(&rx, &key, "a\0b", &outbox, None);
+    assert!(p.error.is_some());
+    // The queue that is there takes the job.
+    let p = push_jobs(&rx, &key, "fine", &outbox, None);
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert_eq!(rx.sb.job_files(&fine).len(), 1);
+}
+
+#[test]
+fn a_client_asking_for_another_command_gets_a_one_line_refusal() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!("[identity.laptop.queues]\nq = \"{}\"\n", inbox.display()));
+    let key = rx.key_for("laptop");
+    let marker = rx.sb.path("ran");
+    let injected = format!("fspl-push q; touch {}", marker.display());
+    let substituted = format!("fspl-push \"$(touch {})\"", marker.display());
+    for (request, want) in [
+        (None, "the client asked for an interactive session"),
+        (Some("ls -la /"), "the client asked for \"ls -la /\""),
+        (Some("fspl-push"), "the client asked for \"fspl-push\""),
+        (Some("fspl-push a b"), "the client asked for"),
+        (Some("fspl serve-stdin root"), "the client asked for"),
+        (Some(injected.as_str()), "the client asked for"),
+        (Some("fspl-push 'unclosed"), "the client asked for"),
+    ] {
+        let mut c = rx.sshd.ssh(&key);
+        if let Some(r) = request {
+            c.arg(r);
+        }
+        let out = run(c);
+        assert!(!out.status.success(), "{request:?}");
+        assert!(out.stdout.is_empty(), "nothing on stdout: {:?}", out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{request:?}: {err}");
+        assert!(
+            lines[0].starts_with("fspl: error: this key only accepts `fspl push` (fspl-push QUEUE)")
+                || lines[0].starts_with("fspl: error: this key only accepts `fspl push`; "),
+            "{err}"
+        );
+        assert!(lines[0].contains(want), "{request:?}: {err}");
+    }
+    // A request that splits into two words is data: the queue name is
+    // checked, nothing is run.
+    let mut c = rx.sshd.ssh(&key);
+    c.arg(&substituted).stdin(Stdio::null());
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(!marker.exists(), "nothing the client sent was run");
+    assert!(rx.sb.job_files(&inbox).is_empty());
+}
+
+#[test]
+fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.path("inbox");
+    ok(run(ours([
+        OsStr::new("queue-init"),
+        OsStr::new("-q"),
+        inbox.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("backups"),
+    ])));
+    let sk = rx.sb.path("laptop.key");
+    ok(run(ours([OsStr::new("keygen"), OsStr::new("-o"), sk.as_os_str(), OsStr::new("-C"), OsStr::new("laptop")])));
+    let trust = rx.sb.path("trust.toml");
+    std::fs::write(
+        &trust,
+        format!(
+            "[[sender]]\nname = \"laptop\"\nkey = \"{}\"\nqueues = [\"backups\"]\n",
+            std::fs::read_to_string(sk.with_extension("key.pub")).unwrap().trim()
+        ),
+    )
+    .unwrap();
+    rx.configure(&format!(
+        "[identity.laptop]\ntrust = \"{}\"\n[identity.laptop.queues]\nbackups = \"{}\"\n",
+        trust.display(),
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    let seq = rx.sb.path("seq");
+    let sign = ["--sign", sk.to_str().unwrap(), "--to", "backups"];
+    make_job(&outbox, &seq, b"signed", &sign);
+    make_job(&outbox, &seq, b"unsigned", &[]);
+    make_job(&outbox, &seq, b"altered!", &sign);
+    make_job(&outbox, &seq, &vec![7u8; 300_000], &["--compress", "zstd", "--sign", sk.to_str().unwrap(), "--to", "backups"]);
+    let jobs = seqs(&outbox);
+    // Change the last payload byte of job 3 after signing.
+    let altered = outbox.join("jobs").join(&jobs[2].0);
+    let mut bytes = std::fs::read(&altered).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&altered, &bytes).unwrap();
+
+    let p = push_jobs(&rx, &key, "backups", &outbox, None);
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert_eq!(p.acked, [jobs[0].0.clone(), jobs[3].0.clone()]);
+    assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+    assert_eq!(p.refused[0].0, jobs[1].0);
+    assert!(p.refused[0].1.contains("seq 2: unsigned job"), "{:?}", p.refused);
+    assert_eq!(p.refused[1].0, jobs[2].0);
+    assert!(p.refused[1].1.contains("seq 3: payload"), "{:?}", p.refused);
+    assert!(p.refused[1].1.contains("does not match"), "{:?}", p.refused);
+    // Only the signed jobs are in the queue; nothing else was left there.
+    let names: Vec<String> = std::fs::read_dir(inbox.join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut want = vec![jobs[0].0.clone(), jobs[3].0.clone()];
+    want.sort();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, want);
+    let log = rx.sb.path("log");
+    let out = process(&inbox, &log, &["--trust", trust.to_str().unwrap()]);
+    ok(out);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 signed\n");
+}
