@@ -698,11 +698,11 @@ impl Session {
         if verdict.is_err() {
             st.sink = TeeSink::Discard;
         }
-        let early = st
-            .wire_error
-            .take()
-            .or(create_err)
-            .or_else(|| st.disk_error.take().map(|e| Fatal::io("cannot write a job", &e)));
+        let early = st.wire_error.take().or(create_err).or_else(|| {
+            st.disk_error
+                .take()
+                .map(|e| Fatal::io("cannot write a job", &e))
+        });
         if let Some(f) = early {
             self.inp = st.inp.take();
             drop(st);

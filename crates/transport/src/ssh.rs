@@ -116,16 +116,17 @@ pub fn ssh_command(
     target: &SshTarget,
     command: Option<&[String]>,
 ) -> Result<Command, TransportError> {
-    let words = match std::env::var(SSH_ENV) {
-        _ if command.is_some_and(|c| !c.is_empty()) => command.unwrap_or_default().to_vec(),
-        Ok(s) if !s.trim().is_empty() => shlex::split(&s)
-            .filter(|w| !w.is_empty())
-            .ok_or_else(|| TransportError::Backend {
-                message: format!("{SSH_ENV}={s:?} cannot be split into words"),
-                kind: TransportErrorKind::Permanent,
-            })?,
-        _ => vec!["ssh".to_string()],
-    };
+    let words =
+        match std::env::var(SSH_ENV) {
+            _ if command.is_some_and(|c| !c.is_empty()) => command.unwrap_or_default().to_vec(),
+            Ok(s) if !s.trim().is_empty() => shlex::split(&s)
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| TransportError::Backend {
+                    message: format!("{SSH_ENV}={s:?} cannot be split into words"),
+                    kind: TransportErrorKind::Permanent,
+                })?,
+            _ => vec!["ssh".to_string()],
+        };
     let mut c = Command::new(&words[0]);
     c.args(&words[1..]).arg("-T");
     if let Some(p) = target.port {
@@ -346,10 +347,7 @@ impl SshSink {
 
     /// Record a failure; every later call returns it.
     fn fail_now(&mut self, message: String, kind: TransportErrorKind) -> TransportError {
-        let message = format!(
-            "{}: {message}",
-            escape_controls(&self.target.url())
-        );
+        let message = format!("{}: {message}", escape_controls(&self.target.url()));
         if self.failed.is_none() {
             self.failed = Some((message, kind));
         }
@@ -452,7 +450,10 @@ impl SshSink {
         }
         if e.kind() == ErrorKind::TimedOut {
             return self.fail_now(
-                format!("the server took nothing for {} s; gave up", self.timeout.as_secs()),
+                format!(
+                    "the server took nothing for {} s; gave up",
+                    self.timeout.as_secs()
+                ),
                 TransportErrorKind::Transient,
             );
         }
@@ -611,8 +612,11 @@ impl Sink for SshSink {
 impl Drop for SshSink {
     fn drop(&mut self) {
         drop(self.out.take());
-        if wait_timeout(&mut self.child, Duration::from_millis(if self.done { 2000 } else { 0 }))
-            .is_none()
+        if wait_timeout(
+            &mut self.child,
+            Duration::from_millis(if self.done { 2000 } else { 0 }),
+        )
+        .is_none()
         {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -645,7 +649,9 @@ fn describe_exit(
     broken: Option<&str>,
 ) -> (String, TransportErrorKind) {
     let code = status.and_then(|s| s.code());
-    let line = last_line.map(str::to_string).or_else(|| broken.map(str::to_string));
+    let line = last_line
+        .map(str::to_string)
+        .or_else(|| broken.map(str::to_string));
     let mut message = match &line {
         Some(l) => l.clone(),
         None => "the connection was closed".to_string(),
@@ -698,13 +704,41 @@ mod tests {
     #[test]
     fn ssh_failures_are_classified() {
         let cases = [
-            (exit(255), "ssh: connect to host h port 22: Connection refused", TransportErrorKind::Transient),
-            (exit(255), "ssh: connect to host h port 22: Connection timed out", TransportErrorKind::Transient),
-            (exit(255), "ssh: Could not resolve hostname h: Temporary failure in name resolution", TransportErrorKind::Transient),
-            (exit(255), "me@h: Permission denied (publickey).", TransportErrorKind::Permanent),
-            (exit(255), "Host key verification failed.", TransportErrorKind::Permanent),
-            (exit(1), "fspl: error: this key only accepts `fspl push`", TransportErrorKind::Permanent),
-            (exit(127), "sh: 1: fspl: not found", TransportErrorKind::Permanent),
+            (
+                exit(255),
+                "ssh: connect to host h port 22: Connection refused",
+                TransportErrorKind::Transient,
+            ),
+            (
+                exit(255),
+                "ssh: connect to host h port 22: Connection timed out",
+                TransportErrorKind::Transient,
+            ),
+            (
+                exit(255),
+                "ssh: Could not resolve hostname h: Temporary failure in name resolution",
+                TransportErrorKind::Transient,
+            ),
+            (
+                exit(255),
+                "me@h: Permission denied (publickey).",
+                TransportErrorKind::Permanent,
+            ),
+            (
+                exit(255),
+                "Host key verification failed.",
+                TransportErrorKind::Permanent,
+            ),
+            (
+                exit(1),
+                "fspl: error: this key only accepts `fspl push`",
+                TransportErrorKind::Permanent,
+            ),
+            (
+                exit(127),
+                "sh: 1: fspl: not found",
+                TransportErrorKind::Permanent,
+            ),
             (None, "", TransportErrorKind::Transient),
         ];
         for (st, line, kind) in cases {
@@ -724,15 +758,30 @@ mod tests {
             queue: "my queue".into(),
         };
         let c = ssh_command(&t, None).unwrap();
-        let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(c.get_program(), "ssh");
         assert_eq!(
             args,
-            ["-T", "-p", "2222", "-l", "me", "--", "example.org", "fspl-push 'my queue'"]
+            [
+                "-T",
+                "-p",
+                "2222",
+                "-l",
+                "me",
+                "--",
+                "example.org",
+                "fspl-push 'my queue'"
+            ]
         );
         assert_eq!(t.url(), "ssh://me@example.org:2222/my queue");
         let c = ssh_command(&t, Some(&["ssh".into(), "-F".into(), "cfg".into()])).unwrap();
-        let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(&args[..3], ["-F", "cfg", "-T"]);
     }
 }

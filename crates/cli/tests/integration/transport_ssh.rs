@@ -72,7 +72,11 @@ fn make_job(outbox: &Path, seqfile: &Path, payload: &[u8], extra: &[&str]) {
     prep.args(["-i", "-", "--", "job"]);
     let job = ok(run_with_input(prep, payload));
     ok(run_with_input(
-        ours([OsStr::new("queue-write"), OsStr::new("-q"), outbox.as_os_str()]),
+        ours([
+            OsStr::new("queue-write"),
+            OsStr::new("-q"),
+            outbox.as_os_str(),
+        ]),
         &job,
     ));
 }
@@ -104,7 +108,13 @@ struct Pushed {
 /// Push every job of `outbox` (in seq order, or the order given) through
 /// an `SshSink`, removing each acknowledged one: the push driver in
 /// miniature.
-fn push_jobs(rx: &Receiver, key: &Path, queue: &str, outbox: &Path, only: Option<&[String]>) -> Pushed {
+fn push_jobs(
+    rx: &Receiver,
+    key: &Path,
+    queue: &str,
+    outbox: &Path,
+    only: Option<&[String]>,
+) -> Pushed {
     let mut names: Vec<String> = seqs(outbox).into_iter().map(|(n, _)| n).collect();
     if let Some(o) = only {
         names = o.to_vec();
@@ -125,7 +135,9 @@ fn push_jobs(rx: &Receiver, key: &Path, queue: &str, outbox: &Path, only: Option
                     std::fs::remove_file(outbox.join("jobs").join(n)).unwrap();
                     out.acked.push(n.clone());
                 }
-                Ack::Refused { id, reason } => out.refused.push((names[id as usize].clone(), reason)),
+                Ack::Refused { id, reason } => {
+                    out.refused.push((names[id as usize].clone(), reason))
+                }
             }
         }
     };
@@ -211,7 +223,10 @@ fn out_of_order_and_duplicated_pushes_end_in_order_at_the_receiver() {
     let p = push_jobs(&rx, &key, "backups", &outbox, Some(&first));
     assert!(p.error.is_none(), "{:?}", p.error);
     assert_eq!(p.acked, first);
-    assert!(rx.sb.job_files(&outbox).is_empty(), "acknowledged jobs leave the outbox");
+    assert!(
+        rx.sb.job_files(&outbox).is_empty(),
+        "acknowledged jobs leave the outbox"
+    );
     // Every job arrived under its outbox name, byte for byte, once.
     let arrived = seqs(&inbox);
     assert_eq!(
@@ -263,7 +278,11 @@ fn a_job_with_the_name_of_a_different_job_is_refused_and_the_first_kept() {
     // Another job under the same name.
     make_job(&outbox, &rx.sb.path("seq2"), b"impostor", &[]);
     let other = seqs(&outbox)[0].0.clone();
-    std::fs::rename(outbox.join("jobs").join(&other), outbox.join("jobs").join(&name)).unwrap();
+    std::fs::rename(
+        outbox.join("jobs").join(&other),
+        outbox.join("jobs").join(&name),
+    )
+    .unwrap();
     let p = push_jobs(&rx, &key, "q", &outbox, None);
     assert!(p.error.is_none(), "{:?}", p.error);
     assert!(p.acked.is_empty());
@@ -273,7 +292,10 @@ fn a_job_with_the_name_of_a_different_job_is_refused_and_the_first_kept() {
         "{:?}",
         p.refused
     );
-    assert_eq!(std::fs::read(inbox.join("jobs").join(&name)).unwrap(), genuine);
+    assert_eq!(
+        std::fs::read(inbox.join("jobs").join(&name)).unwrap(),
+        genuine
+    );
     assert_eq!(rx.sb.job_files(&inbox).len(), 1);
 }
 
@@ -316,27 +338,48 @@ fn an_identity_writing_a_queue_it_may_not_is_refused_and_nothing_is_stored() {
 
     let p = push_jobs(&rx, &tablet, "backups", &outbox, None);
     let (line, kind) = failure(&p);
-    assert!(line.contains("identity \"tablet\" is not in the server's intake configuration"), "{line}");
+    assert!(
+        line.contains("identity \"tablet\" is not in the server's intake configuration"),
+        "{line}"
+    );
     assert_eq!(kind, TransportErrorKind::Permanent);
 
     // The subtree rule takes existing queues only.
     let p = push_jobs(&rx, &laptop, "mail", &outbox, None);
     let (line, kind) = failure(&p);
-    assert!(line.contains("queue \"mail\" does not exist on the server"), "{line}");
-    assert!(!line.contains(&root.display().to_string()), "no server path: {line}");
+    assert!(
+        line.contains("queue \"mail\" does not exist on the server"),
+        "{line}"
+    );
+    assert!(
+        !line.contains(&root.display().to_string()),
+        "no server path: {line}"
+    );
     assert_eq!(kind, TransportErrorKind::Permanent);
-    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing created");
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing created"
+    );
 
     for q in [&backups, &photos] {
         assert!(rx.sb.job_files(q).is_empty());
         assert_eq!(std::fs::read_dir(q.join("jobs")).unwrap().count(), 0);
     }
-    assert_eq!(rx.sb.job_files(&outbox), before, "the job stays in the outbox");
+    assert_eq!(
+        rx.sb.job_files(&outbox),
+        before,
+        "the job stays in the outbox"
+    );
 
     // The same job goes where it may.
     std::fs::create_dir(root.join("mail")).unwrap();
     std::fs::remove_dir(root.join("mail")).unwrap();
-    ok(run(ours([OsStr::new("queue-init"), OsStr::new("-q"), root.join("mail").as_os_str()])));
+    ok(run(ours([
+        OsStr::new("queue-init"),
+        OsStr::new("-q"),
+        root.join("mail").as_os_str(),
+    ])));
     let p = push_jobs(&rx, &laptop, "mail", &outbox, None);
     assert!(p.error.is_none(), "{:?}", p.error);
     assert_eq!(rx.sb.job_files(&root.join("mail")), before);
@@ -358,10 +401,15 @@ fn hostile_queue_names_are_refused_and_nothing_is_created() {
     let outbox = rx.sb.queue("outbox");
     make_job(&outbox, &rx.sb.path("seq"), b"x", &[]);
     let long = "q".repeat(300);
-    for name in ["../x", "..", "a/b", "/etc", ".hidden", ".", "a\nb", "\x1b[2J", "tab\tq", &long] {
+    for name in [
+        "../x", "..", "a/b", "/etc", ".hidden", ".", "a\nb", "\x1b[2J", "tab\tq", &long,
+    ] {
         let p = push_jobs(&rx, &key, name, &outbox, None);
         let (line, kind) = failure(&p);
-        assert!(line.contains("serve-stdin: refused: queue name"), "{name:?}: {line}");
+        assert!(
+            line.contains("serve-stdin: refused: queue name"),
+            "{name:?}: {line}"
+        );
         assert!(!line.contains('\x1b'), "{line:?}");
         assert_eq!(kind, TransportErrorKind::Permanent, "{name:?}");
     }
@@ -387,7 +435,10 @@ fn hostile_queue_names_are_refused_and_nothing_is_created() {
 fn a_client_asking_for_another_command_gets_a_one_line_refusal() {
     let rx = Receiver::new();
     let inbox = rx.sb.queue("inbox");
-    rx.configure(&format!("[identity.laptop.queues]\nq = \"{}\"\n", inbox.display()));
+    rx.configure(&format!(
+        "[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
     let key = rx.key_for("laptop");
     let marker = rx.sb.path("ran");
     let injected = format!("fspl-push q; touch {}", marker.display());
@@ -412,7 +463,8 @@ fn a_client_asking_for_another_command_gets_a_one_line_refusal() {
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{request:?}: {err}");
         assert!(
-            lines[0].starts_with("fspl: error: this key only accepts `fspl push` (fspl-push QUEUE)")
+            lines[0]
+                .starts_with("fspl: error: this key only accepts `fspl push` (fspl-push QUEUE)")
                 || lines[0].starts_with("fspl: error: this key only accepts `fspl push`; "),
             "{err}"
         );
@@ -440,13 +492,21 @@ fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one()
         OsStr::new("backups"),
     ])));
     let sk = rx.sb.path("laptop.key");
-    ok(run(ours([OsStr::new("keygen"), OsStr::new("-o"), sk.as_os_str(), OsStr::new("-C"), OsStr::new("laptop")])));
+    ok(run(ours([
+        OsStr::new("keygen"),
+        OsStr::new("-o"),
+        sk.as_os_str(),
+        OsStr::new("-C"),
+        OsStr::new("laptop"),
+    ])));
     let trust = rx.sb.path("trust.toml");
     std::fs::write(
         &trust,
         format!(
             "[[sender]]\nname = \"laptop\"\nkey = \"{}\"\nqueues = [\"backups\"]\n",
-            std::fs::read_to_string(sk.with_extension("key.pub")).unwrap().trim()
+            std::fs::read_to_string(sk.with_extension("key.pub"))
+                .unwrap()
+                .trim()
         ),
     )
     .unwrap();
@@ -462,7 +522,19 @@ fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one()
     make_job(&outbox, &seq, b"signed", &sign);
     make_job(&outbox, &seq, b"unsigned", &[]);
     make_job(&outbox, &seq, b"altered!", &sign);
-    make_job(&outbox, &seq, &vec![7u8; 300_000], &["--compress", "zstd", "--sign", sk.to_str().unwrap(), "--to", "backups"]);
+    make_job(
+        &outbox,
+        &seq,
+        &vec![7u8; 300_000],
+        &[
+            "--compress",
+            "zstd",
+            "--sign",
+            sk.to_str().unwrap(),
+            "--to",
+            "backups",
+        ],
+    );
     let jobs = seqs(&outbox);
     // Change the last payload byte of job 3 after signing.
     let altered = outbox.join("jobs").join(&jobs[2].0);
@@ -475,7 +547,11 @@ fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one()
     assert_eq!(p.acked, [jobs[0].0.clone(), jobs[3].0.clone()]);
     assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
     assert_eq!(p.refused[0].0, jobs[1].0);
-    assert!(p.refused[0].1.contains("seq 2: unsigned job"), "{:?}", p.refused);
+    assert!(
+        p.refused[0].1.contains("seq 2: unsigned job"),
+        "{:?}",
+        p.refused
+    );
     assert_eq!(p.refused[1].0, jobs[2].0);
     assert!(p.refused[1].1.contains("seq 3: payload"), "{:?}", p.refused);
     assert!(p.refused[1].1.contains("does not match"), "{:?}", p.refused);
@@ -493,4 +569,497 @@ fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one()
     let out = process(&inbox, &log, &["--trust", trust.to_str().unwrap()]);
     ok(out);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 signed\n");
+}
+
+/// A raw session: ssh with `request`, our end of its pipes.
+struct Raw {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::process::ChildStdout,
+}
+
+impl Raw {
+    fn start(rx: &Receiver, key: &Path, request: &str) -> Raw {
+        let mut c = rx.sshd.ssh(key);
+        c.arg(request)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        Raw {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stdin.as_mut().unwrap().write_all(bytes);
+        let _ = self.stdin.as_mut().unwrap().flush();
+    }
+
+    fn msg(&mut self) -> Msg {
+        Msg::read_from(&mut self.stdout).unwrap()
+    }
+
+    /// Every message until the server's output ends, then its exit
+    /// status and stderr; fails the test if that takes more than `limit`
+    /// (a hang).
+    fn end(mut self, limit: Duration) -> (Vec<Msg>, std::process::ExitStatus, String) {
+        let pid = self.child.id() as i32;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        // A hang fails the test instead of blocking it: ssh is killed.
+        let watchdog = std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            true
+        });
+        let mut msgs = Vec::new();
+        while let Ok(m) = Msg::read_from(&mut self.stdout) {
+            msgs.push(m);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            !watchdog.join().unwrap(),
+            "the server did not end within {limit:?}"
+        );
+        drop(self.stdin.take());
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let st = self.child.wait().unwrap();
+        (msgs, st, err)
+    }
+}
+
+fn hello() -> Vec<u8> {
+    Msg::Hello {
+        min: wire::VERSION_MIN,
+        max: wire::VERSION_MAX,
+    }
+    .encode()
+}
+
+fn fatal(msgs: &[Msg]) -> (wire::FatalKind, String) {
+    match msgs.last() {
+        Some(Msg::Fatal { kind, message }) => (*kind, message.clone()),
+        other => panic!("expected a fatal message last, got {other:?} in {msgs:?}"),
+    }
+}
+
+#[test]
+fn a_protocol_version_mismatch_is_one_clear_line_on_both_sides() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    // A client from the future.
+    let mut raw = Raw::start(&rx, &key, "fspl-push q");
+    assert_eq!(
+        raw.msg(),
+        Msg::Hello {
+            min: wire::VERSION_MIN,
+            max: wire::VERSION_MAX
+        }
+    );
+    raw.send(&Msg::Hello { min: 7, max: 9 }.encode());
+    let (msgs, st, err) = raw.end(Duration::from_secs(20));
+    let (kind, message) = fatal(&msgs);
+    assert_eq!(kind, wire::FatalKind::Permanent);
+    assert!(
+        message.starts_with("protocol version mismatch: the client speaks versions 7 to 9, this fspl speaks version 1"),
+        "{message}"
+    );
+    assert!(!st.success());
+    assert_eq!(err.trim_end(), format!("fspl: error: {message}"));
+    // A server from the future, as our client sees it.
+    let script = "printf '\\001\\000\\000\\000\\014fspl-ssh\\000\\011\\000\\011'; cat > /dev/null";
+    let opts = SshOptions {
+        timeout: Duration::from_secs(10),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "fake-ssh".into(),
+        ]),
+    };
+    let e = SshSink::connect(&rx.target("q"), &opts)
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind(), TransportErrorKind::Permanent);
+    assert!(
+        e.to_string().contains(
+            "protocol version mismatch: the server speaks version 9, this fspl speaks version 1"
+        ),
+        "{e}"
+    );
+    // Something that is not fspl at all.
+    let opts = SshOptions {
+        timeout: Duration::from_secs(10),
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'Welcome to the server!'".into(),
+            "x".into(),
+        ]),
+    };
+    let e = SshSink::connect(&rx.target("q"), &opts)
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind(), TransportErrorKind::Permanent);
+    assert!(!e.to_string().contains('\n'), "{e}");
+}
+
+#[test]
+fn a_silent_client_is_hung_up_on() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "idle_timeout = 1\n[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    // Silent after its hello, and silent in the middle of a job.
+    for partial in [false, true] {
+        let mut raw = Raw::start(&rx, &key, "fspl-push q");
+        raw.send(&hello());
+        assert!(matches!(raw.msg(), Msg::Hello { .. }));
+        assert!(matches!(raw.msg(), Msg::Ready { .. }));
+        if partial {
+            raw.send(
+                &Msg::Job {
+                    id: 1,
+                    len: 1000,
+                    name: b"fspl-a.fspl".to_vec(),
+                }
+                .encode(),
+            );
+            raw.send(&[0u8; 10]);
+        }
+        let (msgs, st, _) = raw.end(Duration::from_secs(30));
+        let (kind, message) = fatal(&msgs);
+        assert_eq!(kind, wire::FatalKind::Transient);
+        assert!(
+            message.contains("the client went silent: nothing arrived for 1 s"),
+            "{message}"
+        );
+        assert!(!st.success());
+    }
+    assert_eq!(
+        std::fs::read_dir(inbox.join("jobs")).unwrap().count(),
+        0,
+        "no job, no temporary"
+    );
+}
+
+#[test]
+fn hostile_frames_end_the_session_without_storing_or_allocating() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "max_job_size = 1000\n[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let job = |len: u64| {
+        Msg::Job {
+            id: 1,
+            len,
+            name: b"fspl-a.fspl".to_vec(),
+        }
+        .encode()
+    };
+    let mut huge_frame = vec![0x10];
+    huge_frame.extend_from_slice(&u32::MAX.to_be_bytes());
+    let mut bad_digest = job(3);
+    bad_digest.extend_from_slice(b"abc");
+    bad_digest.extend_from_slice(&[0u8; 32]);
+    for (bytes, kind, want) in [
+        (
+            job(u64::MAX),
+            wire::FatalKind::Permanent,
+            "above the limit of 1000",
+        ),
+        (
+            huge_frame,
+            wire::FatalKind::Permanent,
+            "more than its limit",
+        ),
+        (
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            wire::FatalKind::Permanent,
+            "unknown message type",
+        ),
+        (bad_digest, wire::FatalKind::Transient, "arrived damaged"),
+        (
+            Msg::Ack { id: 3 }.encode(),
+            wire::FatalKind::Permanent,
+            "unexpected Ack",
+        ),
+    ] {
+        let mut raw = Raw::start(&rx, &key, "fspl-push q");
+        raw.send(&hello());
+        assert!(matches!(raw.msg(), Msg::Hello { .. }));
+        assert!(matches!(
+            raw.msg(),
+            Msg::Ready {
+                max_job_len: 1000,
+                ..
+            }
+        ));
+        raw.send(&bytes);
+        let (msgs, st, err) = raw.end(Duration::from_secs(20));
+        let (k, message) = fatal(&msgs);
+        assert_eq!(k, kind, "{message}");
+        assert!(message.contains(want), "{want}: {message}");
+        assert!(!st.success());
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A job name that is not one is refused alone; the session goes on.
+    let mut raw = Raw::start(&rx, &key, "fspl-push q");
+    raw.send(&hello());
+    raw.msg();
+    raw.msg();
+    for (id, name) in [(1u64, &b"../fspl-x.fspl"[..]), (2, b"fspl-ok.fspl")] {
+        let mut f = Msg::Job {
+            id,
+            len: 2,
+            name: name.to_vec(),
+        }
+        .encode();
+        f.extend_from_slice(b"hi");
+        f.extend_from_slice(blake3::hash(b"hi").as_bytes());
+        raw.send(&f);
+    }
+    raw.send(&Msg::End.encode());
+    let (msgs, st, _) = raw.end(Duration::from_secs(20));
+    assert!(st.success(), "{msgs:?}");
+    assert!(
+        matches!(&msgs[0], Msg::Refused { id: 1, reason } if reason.contains("is not a job file name")),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs[1..], [Msg::Ack { id: 2 }, Msg::Bye]);
+    assert_eq!(rx.sb.job_files(&inbox), ["fspl-ok.fspl"]);
+    assert_eq!(
+        std::fs::read(inbox.join("jobs/fspl-ok.fspl")).unwrap(),
+        b"hi"
+    );
+    assert_eq!(
+        std::fs::read_dir(inbox.join("jobs")).unwrap().count(),
+        1,
+        "no temporary left"
+    );
+}
+
+#[test]
+fn a_job_above_the_servers_limit_is_refused_and_the_others_go_through() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "max_job_size = 2000\n[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    let seq = rx.sb.path("seq");
+    make_job(&outbox, &seq, b"small", &[]);
+    make_job(&outbox, &seq, &vec![b'x'; 5000], &[]);
+    make_job(&outbox, &seq, b"small too", &[]);
+    let jobs = seqs(&outbox);
+    let p = push_jobs(&rx, &key, "q", &outbox, None);
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert_eq!(p.acked, [jobs[0].0.clone(), jobs[2].0.clone()]);
+    assert_eq!(p.refused.len(), 1);
+    assert!(
+        p.refused[0]
+            .1
+            .contains("more than the 2000 the server takes"),
+        "{:?}",
+        p.refused
+    );
+    assert_eq!(rx.sb.job_files(&inbox).len(), 2);
+}
+
+/// What the crash test kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Ssh,
+    ServeStdin,
+    SshdSession,
+}
+
+/// The pids of `victim` for this receiver.
+fn victims(rx: &Receiver, victim: Victim) -> Vec<i32> {
+    let config = rx.config.display().to_string();
+    let ssh_config = rx.sshd.ssh_config.display().to_string();
+    let listener = rx.sshd.pid() as i32;
+    crate::helper::sshd::processes()
+        .into_iter()
+        .filter(|(_, ppid, argv)| match victim {
+            Victim::Ssh => argv.first().is_some_and(|a| a == "ssh") && argv.contains(&ssh_config),
+            Victim::ServeStdin => argv.iter().any(|a| a == "serve-stdin") && argv.contains(&config),
+            Victim::SshdSession => *ppid == listener,
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+#[test]
+fn reliability_sigkill_on_either_side_of_an_ssh_push_loses_no_job_and_runs_none_twice() {
+    use crate::reliability_common::{Rng, Tally, long_mode, payload};
+    let mut tally = Tally::new("transport_ssh::sigkill_anywhere");
+    let rounds = if long_mode() { 150 } else { 20 };
+    let seed = std::env::var("FSPL_SSH_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let mut rng = Rng(seed);
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    let seqfile = rx.sb.path("seq");
+    let log = rx.sb.path("log");
+    let payloads = rx.sb.path("payloads");
+    std::fs::create_dir(&payloads).unwrap();
+    let mut made = 0u64;
+    let mut expected = String::new();
+    for round in 0..rounds {
+        let ctx = format!("seed {seed} round {round}");
+        // A few new jobs each round, now and then a larger one (a longer
+        // window to be killed in).
+        for _ in 0..3 {
+            made += 1;
+            let len = if rng.below(4) == 0 { 2 << 20 } else { 40 };
+            let p = payload(made, seed, len);
+            make_job(&outbox, &seqfile, &p, &[]);
+            std::fs::write(payloads.join(made.to_string()), &p).unwrap();
+            expected.push_str(&format!("{made} ok\n"));
+        }
+        let victim = match rng.below(3) {
+            0 => Victim::Ssh,
+            1 => Victim::ServeStdin,
+            _ => Victim::SshdSession,
+        };
+        let delay = Duration::from_millis(rng.below(400));
+        let killed = std::thread::scope(|s| {
+            let pusher = s.spawn(|| push_jobs(&rx, &key, "q", &outbox, None));
+            let start = Instant::now();
+            let mut killed = false;
+            while !pusher.is_finished() {
+                if start.elapsed() >= delay {
+                    for pid in victims(&rx, victim) {
+                        // SAFETY: a process of this test's own sshd session.
+                        killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let pushed = pusher.join().unwrap();
+            if !killed && pushed.error.is_some() {
+                tally.problems(
+                    &ctx,
+                    vec![format!("a push failed without a kill: {:?}", pushed.error)],
+                );
+            }
+            if !pushed.refused.is_empty() {
+                tally.problems(&ctx, vec![format!("refused: {:?}", pushed.refused)]);
+            }
+            killed
+        });
+        tally.runs += 1;
+        if killed {
+            tally.faults += 1;
+        }
+        // Now and then the receiver runs what it has.
+        if rng.below(3) == 0 {
+            let out = process_checked(&inbox, &payloads, &log);
+            if !out.status.success() {
+                tally.problems(
+                    &ctx,
+                    vec![format!(
+                        "queue-process failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )],
+                );
+            }
+        }
+    }
+    // Then a push nobody kills takes what is left.
+    let p = push_jobs(&rx, &key, "q", &outbox, None);
+    if let Some(e) = p.error {
+        tally.problems("final push", vec![e.to_string()]);
+    }
+    if !rx.sb.job_files(&outbox).is_empty() {
+        tally.problems(
+            "final push",
+            vec![format!(
+                "left in the outbox: {:?}",
+                rx.sb.job_files(&outbox)
+            )],
+        );
+    }
+    let out = process_checked(&inbox, &payloads, &log);
+    if !out.status.success() {
+        tally.problems(
+            "final run",
+            vec![String::from_utf8_lossy(&out.stderr).into_owned()],
+        );
+    }
+    let ran = std::fs::read_to_string(&log).unwrap_or_default();
+    tally.states += ran.lines().count() as u64;
+    if ran != expected {
+        let got: Vec<&str> = ran
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        tally.problems(
+            &format!("seed {seed}"),
+            vec![format!(
+                "every job once, in order: ran seqs {got:?}, expected 1..={made}"
+            )],
+        );
+    }
+    tally.finish();
+}
+
+/// Run the queue with a command that appends "SEQ ok" to `log` when the
+/// payload is the one in `payloads/SEQ`, "SEQ BAD" when not.
+fn process_checked(queue: &Path, payloads: &Path, log: &Path) -> std::process::Output {
+    let mut c = fspl();
+    c.arg("queue-process").arg("-q").arg(queue);
+    c.args(["sh", "--", "-c"]);
+    c.arg(format!(
+        "if cmp -s - '{p}'/\"$FSPL_SEQ\"; then r=ok; else r=BAD; fi; echo \"$FSPL_SEQ $r\" >> '{l}'",
+        p = payloads.display(),
+        l = log.display()
+    ));
+    run(c)
 }

@@ -234,6 +234,12 @@ impl Sshd {
         c
     }
 
+    /// The listening sshd's pid (each connection is served by a child of
+    /// it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What sshd wrote to its log (errors only).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -249,4 +255,35 @@ impl Drop for Sshd {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Processes as /proc shows them: pid, parent pid and argv.
+pub fn processes() -> Vec<(i32, i32, Vec<String>)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                // pid (comm) state ppid ...; comm may contain spaces.
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0);
+        out.push((pid, ppid, argv));
+    }
+    out
 }
