@@ -204,6 +204,19 @@ fn is_nonblocking(f: &File) -> bool {
     fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
+/// Ask for a pipe buffer of `bytes` (Linux `F_SETPIPE_SZ`; at most
+/// /proc/sys/fs/pipe-max-size, 1 MiB by default): fewer, larger hand-overs
+/// between the processes on either end. Anything but a pipe, or a refusal,
+/// is left as it is.
+pub fn grow_pipe(f: &impl AsFd, bytes: usize) {
+    let fd = f.as_fd().as_raw_fd();
+    // SAFETY: F_SETPIPE_SZ on a valid descriptor; fails harmlessly on
+    // anything that is not a pipe.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, bytes as libc::c_int);
+    }
+}
+
 /// Make our end of a pipe non-blocking (only for pipes we created: the
 /// flag belongs to the open file, which others may share).
 pub fn set_nonblocking(f: &impl AsFd) -> io::Result<()> {

@@ -46,8 +46,9 @@ pub const DEFAULT_MAX_JOB_SIZE: u64 = 16 << 30;
 /// A client that sends nothing for this long is hung up on.
 pub const DEFAULT_IDLE_TIMEOUT: u64 = 300;
 /// At most this many jobs (each holds an open, locked temporary file) or
-/// bytes are committed together.
-pub const BATCH_JOBS: usize = 256;
+/// bytes are committed together (fewer jobs when the limit on open files
+/// cannot be raised to fit them).
+pub const BATCH_JOBS: usize = 1024;
 pub const BATCH_BYTES: u64 = 64 << 20;
 /// With a trust file, the bytes of a job held in memory until its header
 /// is read and checked (a header is at most 16 MiB, compressed or not).
@@ -266,6 +267,7 @@ pub fn serve(
     output: File,
 ) -> Result<Summary, Fatal> {
     let queue_name = wire::parse_request(request).map_err(Fatal::permanent)?;
+    crate::fdio::grow_pipe(&input, 1 << 20);
     let timeout = Duration::from_secs(DEFAULT_IDLE_TIMEOUT);
     let mut out = TimedWriter::new(output, timeout);
     let hello = Msg::Hello {
@@ -287,6 +289,7 @@ pub fn serve(
         identities: None,
         allow_job_params: false,
         max_job_size: 0,
+        batch_jobs: batch_jobs(),
         buf: vec![0u8; 256 * 1024],
     };
     let r = session.run(config_path, identity, &queue_name);
@@ -329,7 +332,35 @@ struct Session {
     identities: Option<Arc<Identities>>,
     allow_job_params: bool,
     max_job_size: u64,
+    batch_jobs: usize,
     buf: Vec<u8>,
+}
+
+/// How many jobs a batch may hold: [`BATCH_JOBS`], each an open file,
+/// within the limit on open files (raised to its hard limit if needed).
+fn batch_jobs() -> usize {
+    let want = (BATCH_JOBS + 64) as libc::rlim_t;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 64;
+        }
+        if lim.rlim_cur < want && lim.rlim_max > lim.rlim_cur {
+            let raised = libc::rlimit {
+                rlim_cur: want.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = raised.rlim_cur;
+            }
+        }
+    }
+    let cur = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    cur.saturating_sub(64).clamp(1, BATCH_JOBS)
 }
 
 /// A job received and not yet acknowledged.
@@ -432,7 +463,7 @@ impl Session {
         loop {
             let idle = !self.inp().pending();
             if !self.batch.is_empty()
-                && (idle || self.batch.len() >= BATCH_JOBS || self.batch_bytes >= BATCH_BYTES)
+                && (idle || self.batch.len() >= self.batch_jobs || self.batch_bytes >= BATCH_BYTES)
             {
                 self.commit()?;
             }

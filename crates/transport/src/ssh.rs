@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use fspl_queue::escape_controls;
 
 use crate::error::{TransportError, TransportErrorKind};
-use crate::fdio::{TimedWriter, set_nonblocking};
+use crate::fdio::{TimedWriter, grow_pipe, set_nonblocking};
 use crate::wire::{self, DIGEST_LEN, FatalKind, Msg, WireError};
 use crate::{Ack, OutgoingJob, Sink};
 
@@ -218,6 +218,7 @@ impl SshSink {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let _ = set_nonblocking(&stdin);
+        grow_pipe(&stdin, 1 << 20);
         let (tx, events) = channel();
         let tail = Arc::new(Mutex::new(Tail::default()));
         let mut threads = Vec::new();
