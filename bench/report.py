@@ -32,6 +32,7 @@ B7_NOP = [int(x) for x in sizes["B7_NOP"].split()]
 B7_TRUE = [int(x) for x in sizes["B7_TRUE"].split()]
 NS1 = int(sizes.get("NS1", 0))
 D3N = int(sizes.get("D3N", 0))
+T3N = int(sizes.get("T3N", 0))
 
 bench = {}
 for path in sorted(glob.glob(os.path.join(res, "*.json"))):
@@ -171,6 +172,11 @@ if D3N and has(f"B7-true-{D3N}", "daemon"):
         "included) / `queue-process`",
         med(f"B7-true-{D3N}", "daemon"), med(f"B7-true-{D3N}"), 1.1)
 
+# T1-T3: transports
+if T3N and has("T3"):
+    row("T3", f"`fspl push` of {T3N} tiny jobs into a folder (`dir:`): ours / `cp` + `sync` of the same files",
+        med("T3"), med("T3", "cp"), 1.2)
+
 # ---------------------------------------------------------------- output
 out = []
 p = out.append
@@ -232,6 +238,9 @@ if "B5-prepare" in {k[0] for k in bench} and ("B5-prepare", "cat") in bench:
     p(f"For scale, `cat BIG >/dev/null` (the payload read once from the page cache): "
       f"{fmt_t(med('B5-prepare', 'cat'))}.\n")
 p(f"B2's queue holds {env.get('t2_from', 'generated jobs')}.\n")
+if has("T3", "ours-queue"):
+    p(f"T3 into a queue directory instead of a folder (the same push, jobs go into its `jobs/`): "
+      f"{fmt_t(med('T3', 'ours-queue'))}, {med('T3', 'ours-queue') / med('T3', 'cp'):.2f}× `cp` + `sync`.\n")
 if has("S3", "age"):
     p(f"S3 for scale: `age -d` (Debian's age, Go) decrypting the same job to /dev/null takes "
       f"{fmt_t(med('S3', 'age'))}; fspl's encrypted run is {med('S3', 'ours-encrypted') / med('S3', 'age'):.2f}× that.\n")

@@ -135,6 +135,58 @@ pub enum Cmd {
         #[command(flatten)]
         q: QueueArg,
     },
+    /// Send every job of an outbox to a destination (fspl extension)
+    ///
+    /// OUTBOX is a queue directory that is pushed instead of processed
+    /// (`fspl prepare ... | fspl queue-write -q OUTBOX`). Jobs go in seq
+    /// order; each leaves the outbox only once DEST has confirmed it
+    /// durable (--keep moves it to OUTBOX/sent/ instead). A killed push
+    /// loses nothing: run it again, and DEST gets identical copies, which
+    /// run once. DEST: a directory (a queue directory: into its jobs/; any
+    /// other folder, e.g. a Syncthing folder: files appear there as
+    /// fspl-<uuid>.fspl by atomic rename), dir:PATH, or
+    /// ssh://[USER@]HOST[:PORT]/QUEUE. Exit status: 0 = everything sent,
+    /// 1 = some job not sent (one line each, what and why), 2 = usage or
+    /// configuration error (see docs/transports.md).
+    #[command(after_help = "Examples:\n  \
+        fspl push -q ~/outbox /media/usb/queue\n  \
+        fspl push -q ~/outbox dir:$HOME/Sync/to-server --keep")]
+    Push {
+        /// The outbox (a queue directory)
+        #[arg(short = 'q', long = "queuedir", value_name = "OUTBOX")]
+        outbox: OsString,
+        /// Where to: a directory, dir:PATH or ssh://[USER@]HOST[:PORT]/QUEUE
+        #[arg(value_name = "DEST")]
+        dest: OsString,
+        /// Move sent jobs to OUTBOX/sent/ instead of deleting them
+        #[arg(long)]
+        keep: bool,
+        /// Print what was done as JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take every job from a source into a queue (fspl extension)
+    ///
+    /// Stores each job with the checks of queue-write (durably, under the
+    /// name it had at the source), and removes it at the source only once
+    /// it is durable here. A killed pull loses nothing: run it again. SRC:
+    /// a directory (a queue directory: from its jobs/, holding its lock;
+    /// any other folder: its fspl-*.fspl files) or dir:PATH. Exit status:
+    /// 0 = everything taken, 1 = some job not taken (one line each, what
+    /// and why), 2 = usage or configuration error.
+    #[command(after_help = "Examples:\n  \
+        fspl pull ~/Sync/from-laptop -q ~/queue\n  \
+        fspl pull dir:/media/usb/outbox -q ~/queue --json")]
+    Pull {
+        /// Where from: a directory or dir:PATH
+        #[arg(value_name = "SRC")]
+        src: OsString,
+        #[command(flatten)]
+        q: QueueArg,
+        /// Print what was done as JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// List the jobs in a queue
     #[command(after_help = "Examples:\n  \
         fspl queue-ls -q ~/queue\n  \
@@ -257,7 +309,9 @@ pub enum Cmd {
         /// The configuration file
         #[arg(short = 'c', long = "config", value_name = "CONFIG")]
         config: std::path::PathBuf,
-        /// Validate the configuration (syntax, queues, trust files, keys) and exit
+        /// Validate the configuration (syntax, values, queues, trust files,
+        /// keys, commands), print every problem, and exit: 0 when there is
+        /// none, 1 otherwise
         #[arg(long)]
         check: bool,
         /// Log format: human (default on a terminal), logfmt (default

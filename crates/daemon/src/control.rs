@@ -82,6 +82,9 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// `fspl status` found no daemon to talk to at `path`.
+    #[error("cannot reach the fspl daemon at {}: {why}", path.display())]
+    Unreachable { path: PathBuf, why: Unreachable },
     #[error("cannot reach the fspl daemon at {} (is it running?)", path.display())]
     Connect {
         path: PathBuf,
@@ -90,6 +93,43 @@ pub enum ControlError {
     },
     #[error("bad answer from the fspl daemon at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
+}
+
+/// Why nothing answers at a control socket's path, as precisely as can be
+/// told.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("its directory {} does not exist (is the daemon running?)", dir.display())]
+    DirMissing { dir: PathBuf },
+    #[error("it does not exist (is the daemon running?)")]
+    Missing,
+    #[error("it is {what}, not a socket")]
+    NotASocket { what: &'static str },
+    #[error("nothing listens on it (a socket left by a daemon that has stopped; is it running?)")]
+    Refused,
+    #[error("permission denied (the socket is mode 0600: ask as the daemon's user or root)")]
+    Denied,
+    #[error("{0}")]
+    Other(std::io::Error),
+}
+
+/// What a file that is not a socket is, for [`Unreachable::NotASocket`].
+fn what_is(m: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    Some(if t.is_socket() {
+        return None;
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a socket either"
+    })
 }
 
 /// Bind the control socket: create its directory (mode 0700) when missing
@@ -314,9 +354,9 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let dir_owner = match sockpath::check_dir(&dir, ours, ours == 0) {
         Ok(owner) => owner,
         Err(DirProblem::Missing) => {
-            return Err(ControlError::Connect {
+            return Err(ControlError::Unreachable {
                 path: path.to_path_buf(),
-                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+                why: Unreachable::DirMissing { dir },
             });
         }
         Err(problem) => {
@@ -327,12 +367,34 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
             });
         }
     };
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(ControlError::SymlinkSocket {
-            path: path.to_path_buf(),
-        });
+    let unreachable = |why| ControlError::Unreachable {
+        path: path.to_path_buf(),
+        why,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(ControlError::SymlinkSocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(m) => {
+            if let Some(what) = what_is(&m) {
+                return Err(unreachable(Unreachable::NotASocket { what }));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unreachable(Unreachable::Missing));
+        }
+        Err(_) => {}
     }
-    let s = connect(path)?;
+    let s = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        unreachable(match e.raw_os_error() {
+            Some(libc::ENOENT) => Unreachable::Missing,
+            Some(libc::ECONNREFUSED) => Unreachable::Refused,
+            Some(libc::EACCES) | Some(libc::EPERM) => Unreachable::Denied,
+            _ => Unreachable::Other(e),
+        })
+    })?;
     let uid = sockpath::peer_uid(s.as_fd()).map_err(|source| ControlError::Connect {
         path: path.to_path_buf(),
         source,

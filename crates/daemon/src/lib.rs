@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod log;
+pub mod program;
 pub mod sockpath;
 pub mod state;
 mod task;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
-pub use config::{Config, ConfigError, JobConfig, JobKind, LogFormat};
+pub use config::{Config, ConfigError, JobConfig, JobKind, LogFormat, Problem};
 use control::{ControlError, Request, Response};
 use state::Registry;
 use task::{Shared, TaskHandle};
@@ -49,15 +50,22 @@ pub enum DaemonError {
 }
 
 /// Check a configuration beyond its syntax: every queue exists and can be
-/// processed, every trust file and identity loads. Returns one message per
-/// problem.
-pub fn check(config: &Config) -> Vec<String> {
+/// processed, every trust file and identity loads, every command is an
+/// executable file (a bare name looked up in our PATH, as the daemon will
+/// when it runs it). Returns every problem of every job, each with the
+/// line of its key.
+pub fn check(config: &Config) -> Vec<Problem> {
+    let path_var = std::env::var_os("PATH");
     let mut problems = Vec::new();
     for j in &config.jobs {
         match &j.kind {
             JobKind::Process(p) => {
-                if let Err(e) = task::check(p) {
-                    problems.push(format!("{}: job {:?}: {e}", config.path.display(), j.name));
+                for (key, why) in task::check(p, path_var.as_deref()) {
+                    problems.push(Problem {
+                        path: config.path.clone(),
+                        line: Some(p.lines.of(key)),
+                        message: format!("job {:?}: {key}: {why}", j.name),
+                    });
                 }
             }
         }
@@ -187,6 +195,35 @@ fn sd_notify(state: &str) {
     }
 }
 
+/// The `fspl status` command that reaches this daemon, for the hints in
+/// its log: plain `fspl status` when it listens on the default socket;
+/// else `fspl status -c CONFIG` with the configuration's absolute path (a
+/// hint is pasted anywhere), or `--socket PATH` when the configured socket
+/// is a relative path (which `-c` would resolve elsewhere).
+fn status_command(config: &Config) -> String {
+    let socket = &config.daemon.socket;
+    if *socket == config::default_socket() {
+        return "fspl status".into();
+    }
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    };
+    if socket.is_relative() {
+        format!(
+            "fspl status --socket {}",
+            task::shell_quote(&absolute(socket))
+        )
+    } else {
+        format!(
+            "fspl status -c {}",
+            task::shell_quote(&absolute(&config.path))
+        )
+    }
+}
+
 /// Run the daemon until `shutdown` completes. Installs no signal handlers
 /// (tests run it in-process); see [`run_blocking`] for the real thing.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -218,6 +255,7 @@ async fn run_inner(
         shutting_down: Arc::new(AtomicBool::new(false)),
         running: Arc::new(Mutex::new(HashMap::new())),
         rescan_interval: config.daemon.rescan_interval,
+        status_command: status_command(&config).into(),
     };
     let running = Arc::new(tokio::sync::Mutex::new(Running {
         config: config.clone(),

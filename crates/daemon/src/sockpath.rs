@@ -46,6 +46,19 @@ pub fn default_socket() -> PathBuf {
     default_dir().join(SOCKET_NAME)
 }
 
+/// Every place a default socket may be, for whatever environment the
+/// daemon was started in: `$XDG_RUNTIME_DIR/fspl/` (when set),
+/// `/run/fspl/` (root's, and the systemd unit's), `/tmp/fspl-UID/`.
+pub fn usual_sockets() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        v.push(PathBuf::from(d).join("fspl").join(SOCKET_NAME));
+    }
+    v.push(PathBuf::from("/run/fspl").join(SOCKET_NAME));
+    v.push(PathBuf::from(format!("/tmp/fspl-{}", our_uid())).join(SOCKET_NAME));
+    v
+}
+
 /// What is wrong with a control socket's directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirProblem {

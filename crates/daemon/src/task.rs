@@ -12,7 +12,7 @@ use fspl_queue::Queue;
 use fspl_queue::decoder::Decoder;
 use fspl_queue::exec::{KillHandle, Outcome};
 use fspl_queue::process::{
-    JobReport, Observer, ProcessError, ProcessOptions, StopReason, Summary, process,
+    JobReport, Observer, OptionNames, ProcessError, ProcessOptions, StopReason, Summary, process,
 };
 use fspl_queue::status::State;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -33,6 +33,95 @@ pub struct Shared {
     /// nothing after that anyway.
     pub running: Arc<Mutex<HashMap<String, KillHandle>>>,
     pub rescan_interval: Duration,
+    /// The `fspl status` command that reaches this daemon, for hints:
+    /// `fspl status` with the default socket, else with `-c CONFIG` (the
+    /// configuration's absolute path, quoted for a shell).
+    pub status_command: Arc<str>,
+}
+
+/// Quote `s` for a POSIX shell when it needs it (hints are meant to be
+/// pasted).
+pub fn shell_quote(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("{s:?}"))
+}
+
+impl Shared {
+    /// The command that ends job `name`'s error state, for hints.
+    fn clear_hint(&self, name: &str) -> String {
+        format!("{} --clear {}", self.status_command, shell_quote(name))
+    }
+}
+
+/// Every `result` of `fspl_jobs_processed_total`: an [`Outcome`]'s label,
+/// or `not-started` (the command could not be started).
+pub const JOB_RESULTS: &[&str] = &[
+    "success",
+    "failed",
+    "timeout",
+    "fail-job",
+    "invalid",
+    "payload-error",
+    NOT_STARTED,
+];
+const NOT_STARTED: &str = "not-started";
+
+/// A job's metrics, every series at zero (so that they are there from the
+/// start, and a rate over them is right from the first event).
+fn init_metrics(name: &str) {
+    for r in JOB_RESULTS {
+        metrics::counter!("fspl_jobs_processed_total", "job" => name.to_string(), "result" => *r)
+            .increment(0);
+    }
+    metrics::counter!("fspl_jobs_refused_total", "job" => name.to_string()).increment(0);
+    for r in ["success", "failed"] {
+        metrics::counter!("fspl_runs_total", "job" => name.to_string(), "result" => r).increment(0);
+    }
+    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(0.0);
+}
+
+/// Count one job attempt that did not succeed, by its result.
+fn count_job_failure(shared: &Shared, name: &str, result: &'static str) {
+    metrics::counter!("fspl_jobs_processed_total", "job" => name.to_string(), "result" => result)
+        .increment(1);
+    shared.registry.update(name, |s| s.jobs_failed += 1);
+}
+
+/// Count one run of the queue; `failures`: failed runs in a row now.
+fn count_run(shared: &Shared, name: &str, failed: bool, failures: u32) {
+    let result = if failed { "failed" } else { "success" };
+    metrics::counter!("fspl_runs_total", "job" => name.to_string(), "result" => result)
+        .increment(1);
+    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(failures as f64);
+    shared.registry.update(name, |s| {
+        s.runs += 1;
+        if failed {
+            s.runs_failed += 1;
+        }
+        s.consecutive_failures = failures;
+    });
+}
+
+/// Failed runs in a row back to zero (a clear, a reload, the queue's
+/// directory back).
+fn reset_failures(shared: &Shared, name: &str) {
+    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(0.0);
+    shared.registry.update(name, |s| s.consecutive_failures = 0);
+}
+
+/// Why a run failed, in the daemon's words: a failed job names
+/// `on_error = "retry"` (the configuration's spelling), not the flag.
+fn describe_failure(e: &ProcessError) -> String {
+    match e {
+        ProcessError::JobFailed {
+            seq, path, outcome, ..
+        } => format!(
+            "job {seq} ({}): {outcome}; stopped with the job left in the queue (on_error = \"retry\")",
+            path.display()
+        ),
+        e => fspl_queue::display_chain(e),
+    }
 }
 
 /// How the daemon controls one task.
@@ -123,6 +212,13 @@ impl Observer for DaemonObserver {
 
     fn refused(&mut self, _seq: Option<u64>, _name: &std::ffi::OsStr, _reason: &str) {
         metrics::counter!("fspl_jobs_refused_total", "job" => self.name.clone()).increment(1);
+        self.shared
+            .registry
+            .update(&self.name, |s| s.jobs_refused += 1);
+    }
+
+    fn option_names(&self) -> OptionNames {
+        OptionNames::ConfigKeys
     }
 
     fn should_stop(&mut self) -> bool {
@@ -264,7 +360,12 @@ pub fn spawn(
         consecutive_failures: 0,
         jobs_succeeded: 0,
         jobs_failed: 0,
+        jobs_refused: 0,
+        runs: 0,
+        runs_failed: 0,
     });
+    init_metrics(&name);
+    set_gauges(&name, None, false, false);
     // The task's log context. Instrumented, not entered: an entered span
     // held across an await would lend its fields to whatever else runs on
     // the thread meanwhile.
@@ -352,12 +453,14 @@ async fn task(
             _ = back(), if backing_off => {
                 info!("queue directory is back; retrying now");
                 failures = 0;
+                reset_failures(&shared, &name);
                 backing_off = false;
                 interval = cfg.poll_min;
             }
             _ = clear.notified(), if backing_off => {
                 info!("cleared; retrying now");
                 failures = 0;
+                reset_failures(&shared, &name);
                 backing_off = false;
                 interval = cfg.poll_min;
             }
@@ -383,8 +486,13 @@ async fn task(
                     let cleared = clear.notified();
                     tokio::pin!(cleared);
                     cleared.as_mut().enable();
+                    // A run that could not start: it failed, and at once
+                    // puts the job in its error state.
+                    failures += 1;
+                    count_run(&shared, &name, true, failures);
                     error!(
-                        "cannot start processing: {message}; fix it, then `fspl status --clear {name}` or reload"
+                        "cannot start processing: {message}; fix it, then `{}` or reload",
+                        shared.clear_hint(&name)
                     );
                     shared.registry.update(&name, |s| {
                         s.state = JobState::Error {
@@ -393,10 +501,14 @@ async fn task(
                     });
                     set_gauges(&name, None, false, true);
                     tokio::select! {
-                        _ = cleared => { next_run = Instant::now(); continue; }
-                        _ = back() => { next_run = Instant::now(); continue; }
+                        _ = cleared => {}
+                        _ = back() => {}
                         _ = stop.changed() => return,
                     }
+                    failures = 0;
+                    reset_failures(&shared, &name);
+                    next_run = Instant::now();
+                    continue;
                 }
             },
         };
@@ -417,6 +529,7 @@ async fn task(
         match r.result {
             Ok(summary) => {
                 failures = 0;
+                count_run(&shared, &name, false, 0);
                 backing_off = false;
                 if summary.processed > 0 {
                     interval = cfg.poll_min;
@@ -454,9 +567,16 @@ async fn task(
             }
             Err(e) => {
                 failures += 1;
-                let message = fspl_queue::display_chain(&e);
+                // A job whose command could not be started (or waited
+                // for) failed too, though no observer saw it finish.
+                match &e {
+                    ProcessError::Spawn { .. } => count_job_failure(&shared, &name, NOT_STARTED),
+                    ProcessError::Wait { .. } => count_job_failure(&shared, &name, "failed"),
+                    _ => {}
+                }
+                count_run(&shared, &name, true, failures);
+                let message = describe_failure(&e);
                 shared.registry.update(&name, |s| {
-                    s.consecutive_failures = failures;
                     s.next_seq = r.next_seq;
                     s.queued = r.queued;
                 });
@@ -466,7 +586,8 @@ async fn task(
                     cleared.as_mut().enable();
                     error!(
                         failures,
-                        "stopped after {failures} failures in a row: {message}; `fspl status --clear {name}` resumes"
+                        "stopped after {failures} failures in a row: {message}; `{}` resumes",
+                        shared.clear_hint(&name)
                     );
                     shared.registry.update(&name, |s| {
                         s.state = JobState::Error {
@@ -480,7 +601,8 @@ async fn task(
                             failures = 0;
                             backing_off = false;
                             interval = cfg.poll_min;
-                            shared.registry.update(&name, |s| { s.state = JobState::Idle; s.consecutive_failures = 0; });
+                            shared.registry.update(&name, |s| s.state = JobState::Idle);
+                            reset_failures(&shared, &name);
                             set_gauges(&name, r.queued, false, false);
                             next_run = Instant::now();
                         }
@@ -489,7 +611,8 @@ async fn task(
                             failures = 0;
                             backing_off = false;
                             interval = cfg.poll_min;
-                            shared.registry.update(&name, |s| { s.state = JobState::Idle; s.consecutive_failures = 0; });
+                            shared.registry.update(&name, |s| s.state = JobState::Idle);
+                            reset_failures(&shared, &name);
                             set_gauges(&name, r.queued, false, false);
                             next_run = Instant::now();
                         }
@@ -540,8 +663,33 @@ pub fn jobs_dir(cfg: &ProcessJob) -> std::path::PathBuf {
     Queue::new(&cfg.queue).jobs_dir().to_path_buf()
 }
 
-/// Whether a job can start: queue present and processable, trust file and
-/// identities load (for `daemon --check`).
-pub fn check(cfg: &ProcessJob) -> Result<(), String> {
-    prepare(cfg).map(drop)
+/// What keeps a job from running, key by key (for `daemon --check`): its
+/// queue (present and processable; locked by someone else is fine), its
+/// trust file, its identities, its command (looked up in `path_var`, the
+/// PATH the daemon runs commands with). Values the configuration already
+/// found wrong (left empty) are not looked at again.
+pub fn check(cfg: &ProcessJob, path_var: Option<&std::ffi::OsStr>) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !cfg.queue.as_os_str().is_empty() {
+        match Queue::new(&cfg.queue).lock() {
+            Ok(_) | Err(fspl_queue::QueueError::Locked { .. }) => {}
+            Err(e) => problems.push(("queue", fspl_queue::display_chain(&e))),
+        }
+    }
+    if let Some(t) = &cfg.trust
+        && let Err(e) = fspl_trust::TrustFile::load(t)
+    {
+        problems.push(("trust", fspl_queue::display_chain(&e)));
+    }
+    if !cfg.identity.is_empty()
+        && let Err(e) = fspl_trust::crypt::Identities::load(&cfg.identity)
+    {
+        problems.push(("identity", fspl_queue::display_chain(&e)));
+    }
+    if !cfg.command.is_empty()
+        && let Err(why) = crate::program::find(&cfg.command, path_var)
+    {
+        problems.push(("command", why));
+    }
+    problems
 }

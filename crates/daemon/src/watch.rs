@@ -172,7 +172,12 @@ impl Watcher {
                 });
             }
         })
-        .map_err(|e| tracing::warn!(error = %e, "filesystem events unavailable; every queue polls"))
+        .map_err(|e| {
+            tracing::warn!(
+                "filesystem events unavailable; every queue polls: {}",
+                why_no_events(&e)
+            )
+        })
         .ok();
         let available = watcher.is_some();
         let inner: Inner = Arc::new(Mutex::new(watcher));
@@ -231,7 +236,7 @@ impl Watcher {
                 Some(dir)
             }
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for filesystem events; polling instead");
+                tracing::warn!(dir = %dir.display(), "cannot watch for filesystem events; polling instead: {}", why_unwatchable(&e));
                 None
             }
         }
@@ -322,7 +327,7 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path, forced: bool) 
             let _ = w.unwatch(target);
             if let Err(e) = w.watch(target, RecursiveMode::NonRecursive) {
                 if target.is_dir() {
-                    tracing::warn!(dir = %target.display(), error = %e, "cannot watch for filesystem events again; the safety rescan will find its jobs");
+                    tracing::warn!(dir = %target.display(), "cannot watch for filesystem events again; the safety rescan will find its jobs: {}", why_unwatchable(&e));
                     return;
                 }
                 continue;
@@ -402,5 +407,168 @@ fn arm(inner: &Inner, routes: &Arc<Mutex<Routes>>, target: &Path, forced: bool) 
         if !next_exists {
             return;
         }
+    }
+}
+
+/// A kernel setting under /proc/sys, for messages.
+fn sysctl(name: &str) -> String {
+    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+    std::fs::read_to_string(path)
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The soft limit on open files, and how many are open now (None: cannot
+/// tell).
+fn open_files() -> (Option<u64>, Option<u64>) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct given.
+    let limit = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0)
+        // rlim_t is u64 here, narrower on some 32-bit targets.
+        .then(|| {
+            #[allow(clippy::unnecessary_cast)]
+            let n = l.rlim_cur as u64;
+            n
+        });
+    // Reading the directory takes a descriptor of its own: not counted.
+    let open = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| (d.count() as u64).saturating_sub(1));
+    (limit, open)
+}
+
+/// What ran out when inotify (or the descriptors `notify` needs beside
+/// it) could not be had with EMFILE: this process's open files, or the
+/// user's inotify instances. Told apart by trying `inotify_init1` once
+/// more: it fails with EMFILE while a descriptor is free only when the
+/// instances are used up.
+#[derive(Debug, PartialEq, Eq)]
+enum Emfile {
+    OpenFiles {
+        open: Option<u64>,
+        limit: Option<u64>,
+    },
+    Instances,
+}
+
+fn which_emfile() -> Emfile {
+    // SAFETY: inotify_init1 has no memory arguments; a descriptor it
+    // returns is closed at once.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if fd >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd) };
+    }
+    let (limit, open) = open_files();
+    let free = match (limit, open) {
+        (Some(l), Some(o)) => l.saturating_sub(o),
+        // Cannot even read /proc/self/fd: out of descriptors.
+        _ => 0,
+    };
+    if fd < 0 && errno == Some(libc::EMFILE) && free > 0 {
+        Emfile::Instances
+    } else {
+        Emfile::OpenFiles { open, limit }
+    }
+}
+
+/// Why no watcher could be made (inotify_init, or notify's epoll and
+/// eventfd), and what to raise.
+fn why_no_events(e: &notify::Error) -> String {
+    let errno = match &e.kind {
+        notify::ErrorKind::Io(io) => io.raw_os_error(),
+        notify::ErrorKind::MaxFilesWatch => Some(libc::ENOSPC),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EMFILE) => describe_emfile(&which_emfile()),
+        Some(libc::ENFILE) => format!(
+            "the system is out of file descriptors (ENFILE: {e}); raise fs.file-max (now {}) with sysctl, or find what holds them",
+            sysctl("fs.file-max")
+        ),
+        Some(libc::ENOSPC) => why_unwatchable(e),
+        Some(libc::ENOMEM) => format!("the kernel is out of memory for inotify (ENOMEM: {e})"),
+        Some(libc::ENOSYS) => "the kernel has no inotify (ENOSYS)".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn describe_emfile(which: &Emfile) -> String {
+    match which {
+        Emfile::OpenFiles { open, limit } => {
+            let how_many = match (open, limit) {
+                (Some(o), Some(l)) => format!("{o} open, RLIMIT_NOFILE is {l}"),
+                // Not even /proc/self/fd could be opened.
+                (None, Some(l)) => format!("all {l} that RLIMIT_NOFILE allows are open"),
+                _ => "RLIMIT_NOFILE reached".into(),
+            };
+            format!(
+                "this process is out of file descriptors (EMFILE: {how_many}); raise the limit: LimitNOFILE= in the systemd unit, or ulimit -n where the daemon is started"
+            )
+        }
+        Emfile::Instances => {
+            let now = sysctl("fs.inotify.max_user_instances");
+            let more = now.parse::<u64>().map(|n| (n * 2).max(256)).unwrap_or(1024);
+            format!(
+                "this user has as many inotify instances as the kernel allows (EMFILE from inotify_init; fs.inotify.max_user_instances = {now}); raise it: sysctl -w fs.inotify.max_user_instances={more}, and in /etc/sysctl.d/ to keep it"
+            )
+        }
+    }
+}
+
+/// Why one directory could not be watched, and what to raise when a limit
+/// is the cause.
+fn why_unwatchable(e: &notify::Error) -> String {
+    match &e.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            let now = sysctl("fs.inotify.max_user_watches");
+            let more = now
+                .parse::<u64>()
+                .map(|n| (n * 2).max(65536))
+                .unwrap_or(524288);
+            format!(
+                "this user has as many inotify watches as the kernel allows (ENOSPC from inotify_add_watch; fs.inotify.max_user_watches = {now}); raise it: sysctl -w fs.inotify.max_user_watches={more}, and in /etc/sysctl.d/ to keep it"
+            )
+        }
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+            describe_emfile(&which_emfile())
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_limit_is_named_with_the_setting_to_raise() {
+        let m = why_unwatchable(&notify::Error::new(notify::ErrorKind::MaxFilesWatch));
+        assert!(
+            m.contains("ENOSPC") && m.contains("sysctl -w fs.inotify.max_user_watches="),
+            "{m}"
+        );
+        let m = describe_emfile(&Emfile::Instances);
+        assert!(
+            m.contains("fs.inotify.max_user_instances = ")
+                && m.contains("sysctl -w fs.inotify.max_user_instances="),
+            "{m}"
+        );
+        let m = describe_emfile(&Emfile::OpenFiles {
+            open: Some(7),
+            limit: Some(8),
+        });
+        assert!(
+            m.contains("7 open, RLIMIT_NOFILE is 8") && m.contains("LimitNOFILE="),
+            "{m}"
+        );
+        let m = why_no_events(&notify::Error::io(std::io::Error::from_raw_os_error(
+            libc::ENFILE,
+        )));
+        assert!(m.contains("fs.file-max"), "{m}");
     }
 }

@@ -56,6 +56,26 @@ pub fn open_dir(dir: &Path) -> Result<File> {
         })
 }
 
+/// Open a directory for `*at` calls and fsync, following a symbolic link
+/// (a queue's `jobs/` may be a link to a synced folder); anything but a
+/// directory is refused.
+pub fn open_dir_following(dir: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOTDIR) => QueueError::NotADirectory {
+                path: dir.to_path_buf(),
+            },
+            _ => QueueError::Io {
+                action: "open directory",
+                path: dir.to_path_buf(),
+                source,
+            },
+        })
+}
+
 /// The directory a path lives in ("." for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

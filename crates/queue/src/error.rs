@@ -56,6 +56,8 @@ pub enum QueueError {
     NotADirectory { path: PathBuf },
     #[error("{}: queue directory already exists", dir.display())]
     AlreadyExists { dir: PathBuf },
+    #[error("{name:?} is not a job name (fspl-*.fspl, one path component)")]
+    InvalidName { name: String },
 }
 
 /// `path` as one shell word, for commands suggested in messages: as is when
@@ -74,6 +76,13 @@ fn shell_word(path: &std::path::Path) -> String {
 }
 
 impl QueueError {
+    /// Whether the error is about the job itself (not a valid job, not a
+    /// job name), so that sending the same job again cannot help: a
+    /// transport reports it as refused rather than failing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, QueueError::InvalidName { .. })
+    }
+
     /// Whether the error may go away without anyone changing anything
     /// (another process holds the lock, the disk is full, the system is
     /// short of memory or descriptors, a network file system timed out):

@@ -36,6 +36,20 @@ pub const NAMES: &[&str] = &[
     "process:after-delete",
     "reject:before-move",
     "reject:after-move",
+    "batch:after-add",
+    "batch:before-flush",
+    "batch:before-rename",
+    "batch:mid-rename",
+    "batch:before-dirsync",
+    "batch:after-dirsync",
+    "push:after-ack",
+    "push:mid-remove",
+    "push:before-remove-sync",
+    "push:after-remove-sync",
+    "pull:after-commit",
+    "pull:mid-remove",
+    "pull:before-remove-sync",
+    "pull:after-remove-sync",
 ];
 
 /// Reached a step: act as configured (abort, fail, delay) or do nothing.

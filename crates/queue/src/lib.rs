@@ -2,6 +2,7 @@
 //! scanning, locking and the processing loop. Synchronous by design: the
 //! plain CLI starts in about a millisecond.
 
+pub mod batch;
 pub mod bounded;
 pub mod check;
 pub mod decoder;

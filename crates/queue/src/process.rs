@@ -68,6 +68,38 @@ pub enum OutputTo {
     SaveBoth,
 }
 
+/// How log messages name the options of [`ProcessOptions`]: as the
+/// `queue-process` flags, or as the keys of a configuration file (the
+/// daemon's). See [`Observer::option_names`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OptionNames {
+    /// `--on-error Delete`, `--allow-job-params`
+    #[default]
+    Flags,
+    /// `on_error = "delete"`, `allow_job_params`
+    ConfigKeys,
+}
+
+impl OptionNames {
+    /// The option `on_error` set to `v`.
+    pub fn on_error(self, v: OnError) -> String {
+        match self {
+            OptionNames::Flags => format!("--on-error {v:?}"),
+            OptionNames::ConfigKeys => {
+                format!("on_error = \"{}\"", format!("{v:?}").to_ascii_lowercase())
+            }
+        }
+    }
+
+    /// Why job params were not appended: `allow_job_params` is off.
+    pub fn params_not_allowed(self) -> &'static str {
+        match self {
+            OptionNames::Flags => "--allow-job-params was not given",
+            OptionNames::ConfigKeys => "allow_job_params is false",
+        }
+    }
+}
+
 /// Every `queue-process` option.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessOptions {
@@ -119,6 +151,10 @@ pub trait Observer {
     /// A job was refused (moved to `rejected/`) without running; `seq` is
     /// unknown for a file whose header cannot be read.
     fn refused(&mut self, _seq: Option<u64>, _name: &OsStr, _reason: &str) {}
+    /// How the run's log messages name options (default: as flags).
+    fn option_names(&self) -> OptionNames {
+        OptionNames::Flags
+    }
 }
 
 /// An observer that does nothing.
@@ -717,7 +753,7 @@ impl Run<'_> {
         self.processed += 1;
         self.failed += 1;
         if self.opts.on_error != OnError::Retry {
-            warn!(seq, file = %self.queue.job_path(name).display(), "job failed: {outcome}; moving on (--on-error {:?})", self.opts.on_error);
+            warn!(seq, file = %self.queue.job_path(name).display(), "job failed: {outcome}; moving on ({})", self.obs.option_names().on_error(self.opts.on_error));
         }
         outcome
     }
@@ -822,7 +858,8 @@ impl Run<'_> {
             self.warned_params = true;
             warn!(
                 seq,
-                "job params ignored because --allow-job-params was not given (shown once per run)"
+                "job params ignored because {} (shown once per run)",
+                self.obs.option_names().params_not_allowed()
             );
         }
         self.obs.started(&report);
@@ -880,7 +917,7 @@ impl Run<'_> {
                     OnError::Delete if !self.opts.never_delete => "deleted",
                     _ => "left in place",
                 };
-                warn!(seq, file = %path.display(), "job failed: {outcome}; {what}, moving on (--on-error {:?})", self.opts.on_error);
+                warn!(seq, file = %path.display(), "job failed: {outcome}; {what}, moving on ({})", self.obs.option_names().on_error(self.opts.on_error));
             }
         }
         self.obs.finished(&report, &outcome, t0.elapsed());

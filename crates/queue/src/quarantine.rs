@@ -29,9 +29,10 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::batch::rename_noreplace;
 use crate::durable::ensure_dir;
 use crate::error::{QueueError, Result};
 use crate::failpoint::hit;
@@ -214,24 +215,6 @@ fn write_reason(dir: &File, dir_path: &Path, name: &OsStr, contents: &[u8]) -> R
     })?;
     hit("replace:before-dirsync").map_err(QueueError::io("sync directory", dir_path))?;
     sync(dir, dir_path)
-}
-
-/// Rename without replacing: `renameat2(RENAME_NOREPLACE)`, or where the
-/// file system does not support it, `link` (which never replaces) and
-/// `unlink`.
-fn rename_noreplace(
-    from_dir: &File,
-    from: &OsStr,
-    to_dir: &File,
-    to: &OsStr,
-) -> rustix::io::Result<()> {
-    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
-        Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
-            rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
-            rustix::fs::unlinkat(from_dir, from, AtFlags::empty())
-        }
-        r => r,
-    }
 }
 
 #[cfg(test)]

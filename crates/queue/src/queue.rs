@@ -259,6 +259,10 @@ impl Queue {
         self.identities.as_deref()
     }
 
+    pub fn identities_arc(&self) -> Option<Arc<Identities>> {
+        self.identities.clone()
+    }
+
     /// The queue's name (`queue-init --name`), if it has one.
     pub fn name(&self) -> Result<Option<String>> {
         let p = self.dir.join(NAME_FILE);
@@ -403,42 +407,14 @@ impl Queue {
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
             hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
-            // Part of the job first, so that a fault can hit mid-copy.
-            let mut head = [0u8; 4096];
-            let n = fspl_format::read_full(input, &mut head).map_err(|source| QueueError::Io {
-                action: "read job from",
-                path: PathBuf::from("stdin"),
-                source,
-            })?;
-            f.write_all(&head[..n])
-                .map_err(QueueError::io("write", &tmp))?;
-            hit("write:mid-copy").map_err(QueueError::io("write", &tmp))?;
-            match input.as_file() {
-                // From a file or pipe the kernel copies (copy_file_range,
-                // splice): no pass through user space.
-                Some(src) => {
-                    let mut src: &File = src;
-                    std::io::copy(&mut src, &mut f).map_err(|source| QueueError::Io {
-                        action: "copy the job from stdin into",
-                        path: tmp.clone(),
-                        source,
-                    })?;
-                }
-                None => {
-                    copy_stream(input, &mut f).map_err(|e| match e {
-                        CopyError::Read(source) => QueueError::Io {
-                            action: "read job from",
-                            path: PathBuf::from("stdin"),
-                            source,
-                        },
-                        CopyError::Write(source) => QueueError::Io {
-                            action: "write",
-                            path: tmp.clone(),
-                            source,
-                        },
-                    })?;
-                }
-            }
+            receive(
+                input,
+                &mut f,
+                &tmp,
+                self.identities(),
+                &self.dir,
+                Path::new("stdin"),
+            )?;
             hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
             f.sync_all().map_err(QueueError::io("sync", &tmp))?;
             let dest = self.jobs.join(&name);
@@ -567,6 +543,59 @@ impl Queue {
             }
         }
     }
+}
+
+/// Copy a job from `input` (read from `from`, named in errors) into the
+/// temporary `file` (at `tmp`, in the directory of the queue or folder
+/// `dir`), checking it on the way. The
+/// one place where what a queue stores is received: `write_job` and
+/// [`crate::batch::Batch`] both call it.
+pub(crate) fn receive(
+    input: &mut dyn JobSource,
+    file: &mut File,
+    tmp: &Path,
+    identities: Option<&Identities>,
+    dir: &Path,
+    from: &Path,
+) -> Result<()> {
+    let _ = (identities, dir);
+    // Part of the job first, so that a fault can hit mid-copy.
+    let mut head = [0u8; 4096];
+    let n = fspl_format::read_full(input, &mut head).map_err(|source| QueueError::Io {
+        action: "read job from",
+        path: from.to_path_buf(),
+        source,
+    })?;
+    file.write_all(&head[..n])
+        .map_err(QueueError::io("write", tmp))?;
+    hit("write:mid-copy").map_err(QueueError::io("write", tmp))?;
+    match input.as_file() {
+        // From a file or pipe the kernel copies (copy_file_range,
+        // splice): no pass through user space.
+        Some(src) => {
+            let mut src: &File = src;
+            std::io::copy(&mut src, file).map_err(|source| QueueError::Io {
+                action: "copy the job into",
+                path: tmp.to_path_buf(),
+                source,
+            })?;
+        }
+        None => {
+            copy_stream(input, file).map_err(|e| match e {
+                CopyError::Read(source) => QueueError::Io {
+                    action: "read job from",
+                    path: from.to_path_buf(),
+                    source,
+                },
+                CopyError::Write(source) => QueueError::Io {
+                    action: "write",
+                    path: tmp.to_path_buf(),
+                    source,
+                },
+            })?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {

@@ -41,7 +41,7 @@ fn main() {
         let len = f.metadata().unwrap().len();
         let mut job = OutgoingJob {
             name,
-            seq: *seq,
+            seq: Some(*seq),
             len,
             reader: &mut f,
         };

@@ -19,18 +19,18 @@
 //!   disk, its payload (length and digest) before it is committed.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fspl_format::DigestAlg;
+use fspl_queue::batch::{Batch, BatchLimits, Outcome};
 use fspl_queue::bounded::{Bounded, too_long};
-use fspl_queue::{Queue, StreamPayload, TEMP_PREFIX, display_chain, escape_controls};
+use fspl_queue::{Queue, StreamPayload, display_chain, escape_controls};
 use fspl_trust::TrustFile;
 use fspl_trust::crypt::Identities;
 use serde::Deserialize;
@@ -268,6 +268,8 @@ pub fn serve(
 ) -> Result<Summary, Fatal> {
     let queue_name = wire::parse_request(request).map_err(Fatal::permanent)?;
     crate::fdio::grow_pipe(&input, 1 << 20);
+    // Batches hold one open temporary per job.
+    fspl_queue::batch::raise_fd_limit();
     let timeout = Duration::from_secs(DEFAULT_IDLE_TIMEOUT);
     let mut out = TimedWriter::new(output, timeout);
     let hello = Msg::Hello {
@@ -278,18 +280,16 @@ pub fn serve(
         .and_then(|()| out.flush_buf())
         .map_err(|e| Fatal::io("cannot answer the client", &e))?;
     let mut session = Session {
-        inp: Some(TimedReader::new(input, timeout)),
+        inp: TimedReader::new(input, timeout),
         out,
-        batch: Vec::new(),
-        batch_bytes: 0,
+        batch: None,
+        ids: Vec::new(),
         summary: Summary::default(),
         queue: None,
-        jobs_dir: None,
         trust: None,
         identities: None,
         allow_job_params: false,
         max_job_size: 0,
-        batch_jobs: batch_jobs(),
         buf: vec![0u8; 256 * 1024],
     };
     let r = session.run(config_path, identity, &queue_name);
@@ -320,78 +320,24 @@ pub fn serve(
 }
 
 struct Session {
-    /// `None` only while a trust check holds it.
-    inp: Option<TimedReader>,
+    inp: TimedReader,
     out: TimedWriter,
-    batch: Vec<Pending>,
-    batch_bytes: u64,
+    /// Jobs received and not yet committed (fspl-queue's group commit).
+    batch: Option<Batch>,
+    /// The client's ids of the jobs in `batch`, in the same order.
+    ids: Vec<u64>,
     summary: Summary,
     queue: Option<Queue>,
-    jobs_dir: Option<File>,
     trust: Option<TrustFile>,
     identities: Option<Arc<Identities>>,
     allow_job_params: bool,
     max_job_size: u64,
-    batch_jobs: usize,
     buf: Vec<u8>,
 }
 
-/// How many jobs a batch may hold: [`BATCH_JOBS`], each an open file,
-/// within the limit on open files (raised to its hard limit if needed).
-fn batch_jobs() -> usize {
-    let want = (BATCH_JOBS + 64) as libc::rlim_t;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 64;
-        }
-        if lim.rlim_cur < want && lim.rlim_max > lim.rlim_cur {
-            let raised = libc::rlimit {
-                rlim_cur: want.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = raised.rlim_cur;
-            }
-        }
-    }
-    let cur = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
-    cur.saturating_sub(64).clamp(1, BATCH_JOBS)
-}
-
-/// A job received and not yet acknowledged.
-struct Pending {
-    id: u64,
-    name: OsString,
-    what: PendingKind,
-}
-
-enum PendingKind {
-    /// In a temporary file (locked, written, not yet flushed).
-    New { tmp: OsString, file: File },
-    /// Already in `jobs/` with the same bytes.
-    Duplicate,
-}
-
-/// How a job's bytes were taken off the wire.
-enum Received {
-    Pending(PendingKind),
-    Refused(String),
-}
-
 impl Session {
-    fn inp(&mut self) -> &mut TimedReader {
-        self.inp
-            .as_mut()
-            .expect("the input is back after a trust check")
-    }
-
     fn read_msg(&mut self) -> Result<Msg, WireError> {
-        Msg::read_from(self.inp())
+        Msg::read_from(&mut self.inp)
     }
 
     fn run(&mut self, config_path: &Path, identity: &str, queue_name: &str) -> Result<(), Fatal> {
@@ -414,9 +360,8 @@ impl Session {
                 display_chain(&e)
             ))
         })?;
-        let timeout = config.idle_timeout;
-        self.inp().timeout = timeout;
-        self.out.timeout = timeout;
+        self.inp.timeout = config.idle_timeout;
+        self.out.timeout = config.idle_timeout;
         let dir = config
             .resolve(identity, queue_name)
             .map_err(Fatal::permanent)?;
@@ -451,8 +396,10 @@ impl Session {
         }
         self.allow_job_params = rules.allow_job_params;
         self.max_job_size = config.max_job_size;
-        self.jobs_dir =
-            Some(fspl_queue::durable::open_dir(queue.jobs_dir()).map_err(|e| Fatal::queue(&e))?);
+        self.batch = Some(
+            Batch::open(queue.jobs_dir(), queue.dir(), None, BatchLimits::default())
+                .map_err(|e| Fatal::queue(&e))?,
+        );
         self.summary.queue = dir;
         self.queue = Some(queue);
         self.send(&Msg::Ready {
@@ -461,10 +408,8 @@ impl Session {
         })?;
         self.flush()?;
         loop {
-            let idle = !self.inp().pending();
-            if !self.batch.is_empty()
-                && (idle || self.batch.len() >= self.batch_jobs || self.batch_bytes >= BATCH_BYTES)
-            {
+            let idle = !self.inp.pending();
+            if !self.ids.is_empty() && (idle || self.batch().is_full()) {
                 self.commit()?;
             }
             if idle || self.out.buffered() >= 32 * 1024 {
@@ -488,6 +433,10 @@ impl Session {
         }
     }
 
+    fn batch(&mut self) -> &mut Batch {
+        self.batch.as_mut().expect("opened before the first job")
+    }
+
     fn send(&mut self, m: &Msg) -> Result<(), Fatal> {
         self.out
             .put(&m.encode())
@@ -500,12 +449,7 @@ impl Session {
             .map_err(|e| Fatal::io("cannot write to the client", &e))
     }
 
-    fn queue(&self) -> &Queue {
-        self.queue.as_ref().expect("set before the first job")
-    }
-
-    /// Take one job off the wire and set it aside for the next commit (or
-    /// refuse it).
+    /// Take one job off the wire into the batch, or refuse it.
     fn job(&mut self, id: u64, len: u64, name: &[u8]) -> Result<(), Fatal> {
         if len > self.max_job_size {
             // The client was told the limit and refuses such jobs itself.
@@ -514,23 +458,16 @@ impl Session {
                 self.max_job_size
             )));
         }
-        let received = match check_job_name(name) {
+        let refusal = match check_job_name(name) {
             Err(reason) => {
-                self.discard(len)?;
-                Received::Refused(reason)
+                self.skip(len, blake3::Hasher::new(), name)?;
+                Some(reason)
             }
             Ok(name) => self.receive(name, len)?,
         };
-        match received {
-            Received::Pending(what) => {
-                self.batch_bytes += len;
-                self.batch.push(Pending {
-                    id,
-                    name: OsStr::from_bytes(name).to_os_string(),
-                    what,
-                });
-            }
-            Received::Refused(reason) => {
+        match refusal {
+            None => self.ids.push(id),
+            Some(reason) => {
                 self.summary.refused += 1;
                 self.send(&Msg::Refused { id, reason })?;
             }
@@ -538,139 +475,111 @@ impl Session {
         Ok(())
     }
 
-    fn receive(&mut self, name: &OsStr, len: u64) -> Result<Received, Fatal> {
-        let existing = self.queue().job_path(name);
-        match std::fs::symlink_metadata(&existing) {
-            Ok(_) => self.compare(name, &existing, len),
-            Err(e) if e.kind() == ErrorKind::NotFound => self.store(name, len),
-            Err(e) => Err(Fatal::io(
-                &format!("cannot look at {}", existing.display()),
-                &e,
-            )),
-        }
-    }
-
-    /// A job whose name is not in `jobs/`: into a temporary file.
-    fn store(&mut self, name: &OsStr, len: u64) -> Result<Received, Fatal> {
+    /// Receive a job into the batch; `Some(reason)` when it is refused
+    /// (and not in the batch).
+    fn receive(&mut self, name: &OsStr, len: u64) -> Result<Option<String>, Fatal> {
+        let mut hasher = blake3::Hasher::new();
+        let mut held = Vec::new();
+        let mut check = None;
         if self.trust.is_some() {
-            return self.receive_checked(name, len);
-        }
-        let (tmp, mut file) = self.create_temp()?;
-        let mut hasher = blake3::Hasher::new();
-        let mut left = len;
-        let result: Result<(), Fatal> = (|| {
-            while left > 0 {
-                let want = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                let n = read_some(self.inp.as_mut().expect("input"), &mut self.buf[..want])?;
-                hasher.update(&self.buf[..n]);
-                file.write_all(&self.buf[..n]).map_err(|e| {
-                    Fatal::io(
-                        &format!("cannot write {}", self.queue().job_path(&tmp).display()),
-                        &e,
-                    )
-                })?;
-                left -= n as u64;
-            }
-            self.check_trailer(hasher.finalize(), name)
-        })();
-        match result {
-            Ok(()) => Ok(Received::Pending(PendingKind::New { tmp, file })),
-            Err(f) => {
-                self.remove_temp(&tmp);
-                Err(f)
-            }
-        }
-    }
-
-    /// The name is taken: the same bytes are the same job, sent again.
-    fn compare(&mut self, name: &OsStr, path: &Path, len: u64) -> Result<Received, Fatal> {
-        let different = || {
-            Received::Refused(format!(
-                "a different job named {} is already in the queue",
-                escape_controls(&name.to_string_lossy())
-            ))
-        };
-        let mut existing = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) if f.metadata().is_ok_and(|m| m.is_file() && m.len() == len) => Some(f),
-            Ok(_) => None,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Processed and deleted meanwhile: store it again (a seq
-                // below nextseq never runs again).
-                return self.store(name, len);
-            }
-            Err(_) => None,
-        };
-        let mut hasher = blake3::Hasher::new();
-        let mut left = len;
-        let mut theirs = vec![0u8; self.buf.len()];
-        while left > 0 {
-            let want = self
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = read_some(self.inp.as_mut().expect("input"), &mut self.buf[..want])?;
-            hasher.update(&self.buf[..n]);
-            if let Some(f) = &mut existing {
-                let same = fspl_format::read_full(f, &mut theirs[..n])
-                    .is_ok_and(|k| k == n && theirs[..n] == self.buf[..n]);
-                if !same {
-                    existing = None;
+            // The header, from bytes held in memory, before anything is
+            // written: a refused job never takes disk space.
+            let (h, header) = self.read_header(len, &mut hasher)?;
+            held = h;
+            match header {
+                Err(reason) => {
+                    let left = len - held.len() as u64;
+                    return self
+                        .skip(left, hasher, name.as_bytes())
+                        .map(|()| Some(reason));
                 }
+                // The payload is checked as the bytes go by, by a thread
+                // that decodes it (it may be compressed or encrypted).
+                Ok(()) => check = Some(PayloadCheck::start(held.clone(), self.identities.clone())),
             }
-            left -= n as u64;
         }
-        self.check_trailer(hasher.finalize(), name)?;
-        if let Some(f) = &mut existing
-            && fspl_format::read_full(f, &mut theirs[..1]).is_ok_and(|k| k == 0)
-        {
-            return Ok(Received::Pending(PendingKind::Duplicate));
+        let left = len - held.len() as u64;
+        let mut stream = JobStream {
+            inp: &mut self.inp,
+            name: name.as_bytes(),
+            held,
+            held_pos: 0,
+            left,
+            hasher,
+            check,
+            veto: None,
+            ended: false,
+        };
+        let batch = self.batch.as_mut().expect("opened before the first job");
+        let added = batch.add_named(&mut stream, Path::new("the client"), name);
+        let veto = stream.veto.take();
+        drop(stream);
+        match (added, veto) {
+            (Ok(_), None) => Ok(None),
+            // The job was not added (its temporary is gone).
+            (_, Some(Veto::Refused(reason))) => Ok(Some(reason)),
+            (_, Some(Veto::Fatal(f))) => Err(f),
+            (Err(e), None) => Err(Fatal::queue(&e)),
         }
-        Ok(different())
     }
 
-    /// With a trust file: the header is read from the bytes held in memory
-    /// and checked before anything is written; the payload is checked as
-    /// it is written.
-    fn receive_checked(&mut self, name: &OsStr, len: u64) -> Result<Received, Fatal> {
-        let state = Arc::new(Mutex::new(Tee {
-            inp: self.inp.take(),
-            left: len,
-            hasher: blake3::Hasher::new(),
-            sink: TeeSink::Hold(Vec::new()),
-            wire_error: None,
-            disk_error: None,
-        }));
-        let queue = self.queue().clone();
-        let queue_name = queue.name().ok().flatten();
-        let trust = self.trust.as_ref().expect("trust mode");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut temp: Option<OsString> = None;
-        let mut create_err: Option<Fatal> = None;
-        let verdict: Result<(), String> = (|| {
-            let (decoded, payload) =
-                fspl_queue::open_stream(SharedTee(state.clone()), self.identities.as_deref())
-                    .map_err(|e| match e {
-                        fspl_format::HeaderError::Encrypted => "the job is encrypted, and the server has no identity to read it with for the trust check (decrypt_with)".to_string(),
-                        e => format!("not a readable job: {}", display_chain(&e)),
-                    })?;
-            fspl_queue::verify::check_header(
+    /// Read the first bytes of a job until its header can be read (or the
+    /// job ends, or 32 MiB are held), hashing them for the trailer; then
+    /// check the header against the trust file.
+    fn read_header(
+        &mut self,
+        len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<(Vec<u8>, Result<(), String>), Fatal> {
+        let mut held: Vec<u8> = Vec::new();
+        loop {
+            let left = len - held.len() as u64;
+            // At least as much again as is held: a few attempts at most.
+            let want = (held.len().max(64 * 1024))
+                .min(HEADER_HOLD - held.len())
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let start = held.len();
+            held.resize(start + want, 0);
+            let mut got = 0;
+            while got < want {
+                got += read_some(&mut self.inp, &mut held[start + got..start + want])?;
+            }
+            hasher.update(&held[start..]);
+            let parsed = fspl_queue::open_stream(
+                std::io::Cursor::new(held.clone()),
+                self.identities.as_deref(),
+            );
+            let left = len - held.len() as u64;
+            let decoded = match parsed {
+                Ok((d, _)) => d,
+                Err(e) if needs_more(&e) && left > 0 && held.len() < HEADER_HOLD => continue,
+                Err(fspl_format::HeaderError::Encrypted) => {
+                    return Ok((held, Err("the job is encrypted, and the server has no identity to read it with for the trust check (decrypt_with)".into())));
+                }
+                Err(e) if needs_more(&e) && left > 0 => {
+                    return Ok((held, Err("no job header within its first 32 MiB".into())));
+                }
+                Err(e) => {
+                    return Ok((
+                        held,
+                        Err(format!("not a readable job: {}", display_chain(&e))),
+                    ));
+                }
+            };
+            let queue_name = self.queue.as_ref().and_then(|q| q.name().ok().flatten());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let verdict = fspl_queue::verify::check_header(
                 &decoded.header,
                 &decoded.ext,
-                Some(trust),
+                self.trust.as_ref(),
                 queue_name.as_deref(),
                 self.allow_job_params,
                 now,
             )
+            .map(|_| ())
             .map_err(|r| {
                 let mut s = format!("seq {}: ", decoded.header.seq);
                 if let Some(who) = &r.sender {
@@ -678,247 +587,278 @@ impl Session {
                 }
                 s.push_str(&r.reason);
                 s
-            })?;
-            // The header passes: from here on the bytes go to disk.
-            match create_temp(&queue) {
-                Ok((tmp, mut file)) => {
-                    let mut st = state.lock().expect("tee");
-                    if let TeeSink::Hold(held) = std::mem::replace(&mut st.sink, TeeSink::Discard)
-                        && let Err(e) = file.write_all(&held)
-                    {
-                        st.disk_error = Some(e);
-                    }
-                    st.sink = TeeSink::File(file);
-                    temp = Some(tmp);
-                }
-                Err(f) => {
-                    create_err = Some(f);
-                    return Err(String::new());
-                }
-            }
-            let alg = decoded
-                .ext
-                .digest
-                .map(|d| d.alg)
-                .unwrap_or(DigestAlg::Blake3);
-            let mut reader: Box<dyn Read> = match payload {
-                StreamPayload::Plain(r) => Box::new(r),
-                StreamPayload::Decoded { reader, .. } => reader,
-            };
-            let hashed = fspl_trust::digest::hash_reader(
-                alg,
-                &mut Bounded::new(&mut reader, decoded.ext.payload_len),
-            );
-            match hashed {
-                Ok((n, digest)) => fspl_queue::verify::check_payload(&decoded.ext, n, &digest)
-                    .map_err(|r| format!("seq {}: {}", decoded.header.seq, r.reason)),
-                Err(e) if too_long(&e).is_some() => Err(format!("seq {}: {e}", decoded.header.seq)),
-                Err(e) => Err(format!(
-                    "seq {}: payload cannot be read to the end ({e}), so its length and digest cannot be checked",
-                    decoded.header.seq
-                )),
-            }
-        })();
-        let fail = |this: &mut Session, temp: &Option<OsString>, f: Fatal| {
-            if let Some(t) = temp {
-                this.remove_temp(t);
-            }
-            Err(f)
-        };
-        let mut st = state.lock().expect("tee");
-        if verdict.is_err() {
-            st.sink = TeeSink::Discard;
-        }
-        let early = st.wire_error.take().or(create_err).or_else(|| {
-            st.disk_error
-                .take()
-                .map(|e| Fatal::io("cannot write a job", &e))
-        });
-        if let Some(f) = early {
-            self.inp = st.inp.take();
-            drop(st);
-            return fail(self, &temp, f);
-        }
-        // The rest of the job's bytes (past a refused header, or whatever
-        // the payload reader did not need), then the digest.
-        drop(st);
-        let drained = io::copy(&mut SharedTee(state.clone()), &mut io::sink());
-        let mut st = state.lock().expect("tee");
-        self.inp = st.inp.take();
-        if let Some(e) = st.wire_error.take() {
-            return fail(self, &temp, e);
-        }
-        if let Err(e) = drained {
-            return fail(self, &temp, Fatal::io("cannot read a job", &e));
-        }
-        if let Some(e) = st.disk_error.take() {
-            return fail(self, &temp, Fatal::io("cannot write a job", &e));
-        }
-        let digest = std::mem::replace(&mut st.hasher, blake3::Hasher::new()).finalize();
-        let file = match std::mem::replace(&mut st.sink, TeeSink::Discard) {
-            TeeSink::File(f) => Some(f),
-            _ => None,
-        };
-        drop(st);
-        if let Err(f) = self.check_trailer(digest, name) {
-            return fail(self, &temp, f);
-        }
-        match (verdict, temp, file) {
-            (Ok(()), Some(tmp), Some(file)) => {
-                Ok(Received::Pending(PendingKind::New { tmp, file }))
-            }
-            (Err(reason), temp, _) => {
-                if let Some(t) = &temp {
-                    self.remove_temp(t);
-                }
-                Ok(Received::Refused(reason))
-            }
-            (Ok(()), temp, _) => fail(
-                self,
-                &temp,
-                Fatal::transient("internal error: no temporary file"),
-            ),
+            });
+            return Ok((held, verdict));
         }
     }
 
-    /// Read and drop a job's bytes and its digest (a job refused by name).
-    fn discard(&mut self, len: u64) -> Result<(), Fatal> {
-        let mut left = len;
+    /// Read and drop the rest of a refused job, and check its digest.
+    fn skip(
+        &mut self,
+        mut left: u64,
+        mut hasher: blake3::Hasher,
+        name: &[u8],
+    ) -> Result<(), Fatal> {
         while left > 0 {
             let want = self
                 .buf
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = read_some(self.inp.as_mut().expect("input"), &mut self.buf[..want])?;
+            let n = read_some(&mut self.inp, &mut self.buf[..want])?;
+            hasher.update(&self.buf[..n]);
             left -= n as u64;
         }
-        let mut d = [0u8; DIGEST_LEN];
-        read_exact_wire(self.inp(), &mut d)
+        check_trailer(&mut self.inp, hasher.finalize(), name)
     }
 
-    fn check_trailer(&mut self, ours: blake3::Hash, name: &OsStr) -> Result<(), Fatal> {
-        let mut theirs = [0u8; DIGEST_LEN];
-        read_exact_wire(self.inp(), &mut theirs)?;
-        if ours.as_bytes() != &theirs {
-            return Err(Fatal::transient(format!(
-                "job {} arrived damaged: its bytes do not match the digest the client sent",
-                escape_controls(&name.to_string_lossy())
-            )));
-        }
-        Ok(())
-    }
-
-    fn create_temp(&self) -> Result<(OsString, File), Fatal> {
-        create_temp(self.queue())
-    }
-
-    fn remove_temp(&self, tmp: &OsStr) {
-        let _ = std::fs::remove_file(self.queue().job_path(tmp));
-    }
-
-    /// Make every job of the batch durable under its name, then
-    /// acknowledge each: one flush of the data (the file's own fsync for a
-    /// single job, `syncfs` for several), the renames, one fsync of `jobs/`.
+    /// Commit the batch (one flush, the renames, one directory fsync) and
+    /// acknowledge each of its jobs.
     fn commit(&mut self) -> Result<(), Fatal> {
-        if self.batch.is_empty() {
+        if self.ids.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        let queue = self.queue().clone();
-        let jobs = self.jobs_dir.as_ref().expect("set with the queue");
-        let new: Vec<&File> = batch
-            .iter()
-            .filter_map(|p| match &p.what {
-                PendingKind::New { file, .. } => Some(file),
-                PendingKind::Duplicate => None,
-            })
-            .collect();
-        let flushed = match new.as_slice() {
-            [] => Ok(()),
-            [one] => one.sync_all(),
-            _ => rustix::fs::syncfs(jobs).map_err(io::Error::from),
-        };
-        if let Err(e) = flushed {
-            for p in &batch {
-                if let PendingKind::New { tmp, .. } = &p.what {
-                    let _ = std::fs::remove_file(queue.job_path(tmp));
+        let ids = std::mem::take(&mut self.ids);
+        let committed = self.batch().commit().map_err(|e| Fatal::queue(&e))?;
+        let mut failed = None;
+        for (id, c) in ids.into_iter().zip(committed) {
+            match c.outcome {
+                Outcome::Stored => {
+                    self.summary.stored += 1;
+                    self.send(&Msg::Ack { id })?;
                 }
-            }
-            return Err(Fatal::io(
-                &format!("cannot flush jobs to {}", queue.jobs_dir().display()),
-                &e,
-            ));
-        }
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut failed: Option<Fatal> = None;
-        for p in &batch {
-            match &p.what {
-                PendingKind::Duplicate => {
+                Outcome::AlreadyThere => {
                     self.summary.duplicates += 1;
-                    answers.push(Msg::Ack { id: p.id });
+                    self.send(&Msg::Ack { id })?;
                 }
-                PendingKind::New { tmp, .. } if failed.is_some() => {
-                    let _ = std::fs::remove_file(queue.job_path(tmp));
+                Outcome::Conflict => {
+                    self.summary.refused += 1;
+                    self.send(&Msg::Refused {
+                        id,
+                        reason: format!(
+                            "a different job named {} is already in the queue",
+                            escape_controls(&c.name.to_string_lossy())
+                        ),
+                    })?;
                 }
-                PendingKind::New { tmp, .. } => match rename_noreplace(jobs, tmp, &p.name) {
-                    Ok(()) => {
-                        self.summary.stored += 1;
-                        answers.push(Msg::Ack { id: p.id });
-                    }
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                        // Another session stored the same name meanwhile.
-                        let same = fspl_queue::scan::same_contents(
-                            &queue.job_path(tmp),
-                            &queue.job_path(&p.name),
-                        )
-                        .unwrap_or(false);
-                        let _ = std::fs::remove_file(queue.job_path(tmp));
-                        if same {
-                            self.summary.duplicates += 1;
-                            answers.push(Msg::Ack { id: p.id });
-                        } else {
-                            self.summary.refused += 1;
-                            answers.push(Msg::Refused {
-                                id: p.id,
-                                reason: format!(
-                                    "a different job named {} is already in the queue",
-                                    escape_controls(&p.name.to_string_lossy())
-                                ),
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(queue.job_path(tmp));
-                        failed = Some(Fatal::io(
-                            &format!(
-                                "cannot rename a job into place in {}",
-                                queue.jobs_dir().display()
-                            ),
-                            &e,
-                        ));
-                    }
-                },
+                // Not stored, not acknowledged: sent again next time.
+                Outcome::Failed(e) => {
+                    failed.get_or_insert(Fatal::queue(&e));
+                }
             }
-        }
-        // The renames (and a duplicate's rename by an earlier session that
-        // may not have reached its own fsync) are durable from here.
-        jobs.sync_all().map_err(|e| {
-            Fatal::io(
-                &format!("cannot sync directory {}", queue.jobs_dir().display()),
-                &e,
-            )
-        })?;
-        // Temporaries are unlocked only now that they are jobs.
-        drop(batch);
-        for m in &answers {
-            self.send(m)?;
         }
         match failed {
             Some(f) => Err(f),
             None => Ok(()),
         }
     }
+}
+
+/// Whether reading a header failed for want of bytes that may still come.
+fn needs_more(e: &fspl_format::HeaderError) -> bool {
+    use fspl_format::HeaderError as H;
+    e.is_truncation() || matches!(e, H::Io(_) | H::Decrypt(_))
+}
+
+/// Why a job's stream stopped the batch from taking it.
+enum Veto {
+    /// The job is refused (its payload fails the trust check); the session
+    /// goes on.
+    Refused(String),
+    /// The session ends (the connection failed, the job arrived damaged).
+    Fatal(Fatal),
+}
+
+/// One job's bytes as the batch reads them: first those held for the
+/// header check, then the rest from the wire; hashed for the trailer and,
+/// with a trust file, fed to the payload check. At the end it reads the
+/// trailer and fails the read (which makes the batch drop the job) when
+/// the digest does not match or the payload is refused.
+struct JobStream<'a> {
+    inp: &'a mut TimedReader,
+    name: &'a [u8],
+    held: Vec<u8>,
+    held_pos: usize,
+    /// Bytes still to come from the wire (after the held ones).
+    left: u64,
+    hasher: blake3::Hasher,
+    check: Option<PayloadCheck>,
+    veto: Option<Veto>,
+    /// The trailer was read: every later read is the end.
+    ended: bool,
+}
+
+impl fspl_queue::JobSource for JobStream<'_> {}
+
+impl JobStream<'_> {
+    fn stop(&mut self, v: Veto) -> io::Error {
+        let text = match &v {
+            Veto::Refused(r) => r.clone(),
+            Veto::Fatal(f) => f.message.clone(),
+        };
+        self.veto = Some(v);
+        io::Error::other(text)
+    }
+}
+
+impl Read for JobStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.veto.is_some() {
+            return Err(io::Error::other("stopped"));
+        }
+        if buf.is_empty() || self.ended {
+            return Ok(0);
+        }
+        if self.held_pos < self.held.len() {
+            let n = buf.len().min(self.held.len() - self.held_pos);
+            buf[..n].copy_from_slice(&self.held[self.held_pos..self.held_pos + n]);
+            self.held_pos += n;
+            return Ok(n);
+        }
+        if self.left == 0 {
+            // The end: the digest, then the payload's verdict.
+            let digest = std::mem::replace(&mut self.hasher, blake3::Hasher::new()).finalize();
+            let verdict = self.check.take().map(PayloadCheck::finish);
+            if let Err(f) = check_trailer(self.inp, digest, self.name) {
+                return Err(self.stop(Veto::Fatal(f)));
+            }
+            self.ended = true;
+            return match verdict {
+                Some(Err(reason)) => Err(self.stop(Veto::Refused(reason))),
+                _ => Ok(0),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = match read_some(self.inp, &mut buf[..want]) {
+            Ok(n) => n,
+            Err(f) => return Err(self.stop(Veto::Fatal(f))),
+        };
+        self.left -= n as u64;
+        self.hasher.update(&buf[..n]);
+        if let Some(c) = &mut self.check {
+            c.feed(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// The payload check of a job that passed the header check: a thread
+/// reads the job (held bytes, then what the wire brings) as
+/// `queue-process --trust` would, hashing the payload no further than its
+/// stated length, and says whether it matches.
+struct PayloadCheck {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl PayloadCheck {
+    fn start(held: Vec<u8>, identities: Option<Arc<Identities>>) -> PayloadCheck {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let thread = std::thread::spawn(move || {
+            let input = io::Cursor::new(held).chain(ChannelReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            });
+            let verdict = (|| {
+                let (decoded, payload) = fspl_queue::open_stream(input, identities.as_deref())
+                    .map_err(|e| format!("not a readable job: {}", display_chain(&e)))?;
+                let seq = decoded.header.seq;
+                let alg = decoded
+                    .ext
+                    .digest
+                    .map(|d| d.alg)
+                    .unwrap_or(DigestAlg::Blake3);
+                let mut reader: Box<dyn Read> = match payload {
+                    StreamPayload::Plain(r) => Box::new(r),
+                    StreamPayload::Decoded { reader, .. } => reader,
+                };
+                let hashed = fspl_trust::digest::hash_reader(
+                    alg,
+                    &mut Bounded::new(&mut reader, decoded.ext.payload_len),
+                );
+                let r = match hashed {
+                    Ok((n, digest)) => fspl_queue::verify::check_payload(&decoded.ext, n, &digest)
+                        .map_err(|r| format!("seq {seq}: {}", r.reason)),
+                    Err(e) if too_long(&e).is_some() => Err(format!("seq {seq}: {e}")),
+                    Err(e) => Err(format!(
+                        "seq {seq}: payload cannot be read to the end ({e}), so its length and digest cannot be checked"
+                    )),
+                };
+                // Whatever the decoder left unread (and the channel's end).
+                let _ = io::copy(&mut reader, &mut io::sink());
+                r
+            })();
+            verdict
+        });
+        PayloadCheck {
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if let Some(tx) = &self.tx
+            && tx.send(bytes.to_vec()).is_err()
+        {
+            // The checker has its verdict and needs no more.
+            self.tx = None;
+        }
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        drop(self.tx.take());
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the payload check failed".into()))
+    }
+}
+
+/// The bytes of a channel, as a reader; the end of the channel is the end
+/// of the stream.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Read a job's digest trailer and compare it with ours.
+fn check_trailer(inp: &mut TimedReader, ours: blake3::Hash, name: &[u8]) -> Result<(), Fatal> {
+    let mut theirs = [0u8; DIGEST_LEN];
+    let mut n = 0;
+    while n < theirs.len() {
+        n += read_some(inp, &mut theirs[n..])?;
+    }
+    if ours.as_bytes() != &theirs {
+        let shown = if name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", escape_controls(&String::from_utf8_lossy(name)))
+        };
+        return Err(Fatal::transient(format!(
+            "a job{shown} arrived damaged: its bytes do not match the digest the client sent"
+        )));
+    }
+    Ok(())
 }
 
 /// A job name as a sender's outbox has it: `fspl-*.fspl`, one path
@@ -937,38 +877,6 @@ pub fn check_job_name(name: &[u8]) -> Result<&OsStr, String> {
     Ok(OsStr::from_bytes(name))
 }
 
-fn create_temp(queue: &Queue) -> Result<(OsString, File), Fatal> {
-    let tmp = OsString::from(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4()));
-    let path = queue.job_path(&tmp);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| Fatal::io(&format!("cannot create {}", path.display()), &e))?;
-    // Locked while it is a temporary, as queue-write's are: a cleaner tells
-    // a live writer from a dead one by the lock.
-    file.lock()
-        .map_err(|e| Fatal::io(&format!("cannot lock {}", path.display()), &e))?;
-    Ok((tmp, file))
-}
-
-/// Rename within `dir`, failing with `AlreadyExists` rather than replacing
-/// a file (`renameat2(RENAME_NOREPLACE)`, or link and unlink where the file
-/// system does not support that).
-fn rename_noreplace(dir: &File, from: &OsStr, to: &OsStr) -> io::Result<()> {
-    use rustix::fs::{AtFlags, RenameFlags};
-    match rustix::fs::renameat_with(dir, from, dir, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?;
-            let _ = rustix::fs::unlinkat(dir, from, AtFlags::empty());
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn read_some(r: &mut TimedReader, buf: &mut [u8]) -> Result<usize, Fatal> {
     loop {
         match r.read(buf) {
@@ -984,14 +892,6 @@ fn read_some(r: &mut TimedReader, buf: &mut [u8]) -> Result<usize, Fatal> {
     }
 }
 
-fn read_exact_wire(r: &mut TimedReader, buf: &mut [u8]) -> Result<(), Fatal> {
-    let mut n = 0;
-    while n < buf.len() {
-        n += read_some(r, &mut buf[n..])?;
-    }
-    Ok(())
-}
-
 fn read_fatal(e: &io::Error) -> Fatal {
     if e.kind() == ErrorKind::TimedOut {
         Fatal::transient(format!("the client went silent: {e}"))
@@ -1005,79 +905,6 @@ fn wire_fatal(e: WireError) -> Fatal {
         WireError::Closed | WireError::Truncated => Fatal::transient(e.to_string()),
         WireError::Protocol(m) => Fatal::permanent(format!("protocol error: {m}")),
         WireError::Io(e) => read_fatal(&e),
-    }
-}
-
-/// A job's bytes on their way through a trust check: counted, hashed and
-/// passed on to where they go (held in memory until the header is
-/// checked, then a file; or nowhere, for a refused job).
-struct Tee {
-    inp: Option<TimedReader>,
-    left: u64,
-    hasher: blake3::Hasher,
-    sink: TeeSink,
-    /// What went wrong with the connection (ends the session) rather than
-    /// with the job.
-    wire_error: Option<Fatal>,
-    disk_error: Option<io::Error>,
-}
-
-enum TeeSink {
-    Hold(Vec<u8>),
-    File(File),
-    Discard,
-}
-
-/// The job's bytes as a reader that owns nothing the session needs back
-/// (header decoders want `'static` readers).
-struct SharedTee(Arc<Mutex<Tee>>);
-
-impl Read for SharedTee {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut st = self.0.lock().map_err(|_| io::Error::other("poisoned"))?;
-        let st = &mut *st;
-        if st.left == 0 || buf.is_empty() {
-            return Ok(0);
-        }
-        if st.wire_error.is_some() {
-            return Err(io::Error::other("the connection failed"));
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(st.left).unwrap_or(usize::MAX));
-        let Some(inp) = st.inp.as_mut() else {
-            return Err(io::Error::other("no input"));
-        };
-        let n = match read_some(inp, &mut buf[..want]) {
-            Ok(n) => n,
-            Err(f) => {
-                let msg = f.message.clone();
-                st.wire_error = Some(f);
-                return Err(io::Error::other(msg));
-            }
-        };
-        st.left -= n as u64;
-        st.hasher.update(&buf[..n]);
-        match &mut st.sink {
-            TeeSink::Hold(v) => {
-                if v.len() + n > HEADER_HOLD {
-                    return Err(io::Error::new(
-                        ErrorKind::InvalidData,
-                        "no job header within the first 32 MiB",
-                    ));
-                }
-                v.extend_from_slice(&buf[..n]);
-            }
-            TeeSink::File(f) => {
-                if st.disk_error.is_none()
-                    && let Err(e) = f.write_all(&buf[..n])
-                {
-                    st.disk_error = Some(e);
-                }
-            }
-            TeeSink::Discard => {}
-        }
-        Ok(n)
     }
 }
 

@@ -20,30 +20,61 @@
 //! takes a job again, and the receiving queue runs a byte-identical copy
 //! (or a seq below nextseq) once.
 
+pub mod dir;
 pub mod error;
 pub mod fdio;
 pub mod intake;
+pub mod pull;
+pub mod push;
 pub mod ssh;
 pub mod url;
 pub mod wire;
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use fspl_queue::JobSource;
 
 pub use error::{TransportError, TransportErrorKind};
 pub use url::Location;
+
+/// The destination a URL names, ready to take jobs.
+pub fn open_sink(location: &Location) -> Result<Box<dyn Sink>, TransportError> {
+    match location {
+        Location::Dir(path) => Ok(Box::new(dir::DirSink::open(path)?)),
+        Location::Ssh { .. } => {
+            let target = ssh::SshTarget::from_location(location).expect("an ssh location");
+            Ok(Box::new(ssh::SshSink::new(
+                target,
+                ssh::SshOptions::default(),
+            )))
+        }
+    }
+}
+
+/// The source a URL names, ready to list jobs.
+pub fn open_source(location: &Location) -> Result<Box<dyn Source>, TransportError> {
+    match location {
+        Location::Dir(path) => Ok(Box::new(dir::DirSource::open(path)?)),
+        Location::Ssh { .. } => Err(TransportError::Unsupported(
+            "ssh:// is a destination of `fspl push`; it cannot be pulled from".into(),
+        )),
+    }
+}
 
 /// One job file on its way out.
 pub struct OutgoingJob<'a> {
     /// Its name in the outbox (`fspl-<uuid>.fspl`); destinations that keep
     /// names use it, so a resent job lands under the same name.
     pub name: &'a std::ffi::OsStr,
-    /// The job's sequence number (from its header), for logs and ordering.
-    pub seq: u64,
+    /// The job's sequence number (from its header), for logs and
+    /// ordering; `None` for an encrypted job the sender cannot read.
+    pub seq: Option<u64>,
     /// Size of the job file in bytes.
     pub len: u64,
-    /// The job file's bytes, from the start.
-    pub reader: &'a mut dyn Read,
+    /// The job file's bytes, from the start (a file: local sinks let the
+    /// kernel copy it).
+    pub reader: &'a mut dyn JobSource,
 }
 
 /// What a destination says about a job it was sent.
@@ -67,6 +98,12 @@ pub trait Sink {
     /// Make everything sent durable at the destination and return the
     /// acknowledgements not yet returned by `poll`.
     fn finish(&mut self) -> Result<Vec<Ack>, TransportError>;
+    /// The local directory jobs land in, if any: the driver refuses to
+    /// push an outbox into itself (every job would be "already there" and
+    /// then removed).
+    fn delivers_into(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// A job file waiting at a source.
@@ -82,9 +119,20 @@ pub struct RemoteJob {
 pub trait Source {
     /// The jobs waiting now.
     fn list(&mut self) -> Result<Vec<RemoteJob>, TransportError>;
-    /// Read one job's bytes.
-    fn open(&mut self, job: &RemoteJob) -> Result<Box<dyn Read + '_>, TransportError>;
+    /// Read one job's bytes. `Ok(None)`: it is gone (taken by someone
+    /// else since the listing).
+    fn open(&mut self, job: &RemoteJob) -> Result<Option<Box<dyn JobSource + '_>>, TransportError>;
     /// Remove jobs that are durable at the receiver, durably (for a
-    /// directory: unlink them, then one fsync of the directory).
+    /// directory: unlink them, then one fsync of the directory). A job
+    /// that is gone already is not an error.
     fn remove(&mut self, jobs: &[RemoteJob]) -> Result<(), TransportError>;
+    /// How to name a job in messages (for a directory: its path).
+    fn describe(&self, job: &RemoteJob) -> PathBuf {
+        PathBuf::from(&job.key)
+    }
+    /// The local directory jobs are taken from, if any: the driver refuses
+    /// to pull a queue into itself.
+    fn takes_from(&self) -> Option<&Path> {
+        None
+    }
 }

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -171,48 +171,141 @@ impl Tail {
     }
 }
 
-/// An `ssh://` destination.
+/// An `ssh://` destination. It connects on the first job (an empty
+/// outbox needs no connection), or on `finish` when none was sent.
 pub struct SshSink {
     target: SshTarget,
+    opts: SshOptions,
+    conn: Option<Conn>,
+    /// Set once the session has failed; returned by every later call.
+    failed: Option<(String, TransportErrorKind)>,
+    /// Acknowledgements not yet returned, including refusals made here
+    /// (jobs above the server's limit, never sent).
+    acks: Vec<Ack>,
+    /// Every job sent was answered and the session ended (or none was
+    /// ever sent).
+    done: bool,
+}
+
+/// One ssh session speaking the protocol.
+struct Conn {
     timeout: Duration,
     child: Child,
     out: Option<TimedWriter>,
+    /// When the oldest bytes still in `out`'s buffer were put there.
+    buffered_since: Option<Instant>,
     events: Receiver<Event>,
     stderr: Arc<Mutex<Tail>>,
     threads: Vec<JoinHandle<()>>,
     max_job_len: u64,
     /// Sent and not yet acknowledged.
     outstanding: HashSet<u64>,
-    /// Acknowledgements received (or made up here: jobs refused without
-    /// being sent) and not yet returned.
-    acks: Vec<Ack>,
-    /// Set once the session has failed; returned by every later call.
-    failed: Option<(String, TransportErrorKind)>,
     /// The server said it was ready.
     ready: bool,
-    done: bool,
+    bye: bool,
     buf: Vec<u8>,
 }
 
+/// Written-but-unflushed frames go out when `poll` finds them this old,
+/// so a caller that sends a few jobs and then polls for their
+/// acknowledgements gets them, while back-to-back jobs share writes.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
+
 impl SshSink {
-    /// Start ssh and agree on the protocol with `serve-stdin`.
+    /// A sink for `target`; nothing happens until the first job.
+    pub fn new(target: SshTarget, opts: SshOptions) -> SshSink {
+        SshSink {
+            target,
+            opts,
+            conn: None,
+            failed: None,
+            acks: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Start ssh and agree on the protocol with `serve-stdin` now.
     pub fn connect(target: &SshTarget, opts: &SshOptions) -> Result<SshSink, TransportError> {
-        let mut cmd = ssh_command(target, opts.command.as_deref())?;
+        let mut s = SshSink::new(target.clone(), opts.clone());
+        s.conn()?;
+        Ok(s)
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, TransportError> {
+        if let Some(e) = self.failed_error() {
+            return Err(e);
+        }
+        if self.conn.is_none() {
+            match Conn::open(&self.target, &self.opts) {
+                Ok(c) => self.conn = Some(c),
+                Err((message, kind)) => return Err(self.fail(message, kind)),
+            }
+        }
+        Ok(self.conn.as_mut().expect("just opened"))
+    }
+
+    /// Record a failure (every later call returns it) and end the session.
+    fn fail(&mut self, message: String, kind: TransportErrorKind) -> TransportError {
+        if self.failed.is_none() {
+            let message = format!("{}: {message}", escape_controls(&self.target.url()));
+            self.failed = Some((message, kind));
+        }
+        if let Some(c) = &mut self.conn {
+            let _ = c.child.kill();
+        }
+        self.failed_error().expect("just set")
+    }
+
+    fn failed_error(&self) -> Option<TransportError> {
+        self.failed
+            .as_ref()
+            .map(|(message, kind)| TransportError::Backend {
+                message: message.clone(),
+                kind: *kind,
+            })
+    }
+
+    /// Run `f` on the connection; a failure it reports ends the session.
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut Conn, &mut Vec<Ack>) -> Result<T, Failure>,
+    ) -> Result<T, TransportError> {
+        self.conn()?;
+        let conn = self.conn.as_mut().expect("connected");
+        match f(conn, &mut self.acks) {
+            Ok(v) => Ok(v),
+            Err((message, kind)) => Err(self.fail(message, kind)),
+        }
+    }
+}
+
+/// Why a session failed, and whether trying again may help.
+type Failure = (String, TransportErrorKind);
+
+impl Conn {
+    /// Start ssh and agree on the protocol with `serve-stdin`.
+    fn open(target: &SshTarget, opts: &SshOptions) -> Result<Conn, Failure> {
+        let mut cmd = ssh_command(target, opts.command.as_deref())
+            .map_err(|e| (e.to_string(), TransportErrorKind::Permanent))?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd.spawn().map_err(|e| TransportError::Backend {
-            message: format!(
-                "{}: cannot run {program:?}: {}",
-                escape_controls(&target.url()),
-                fspl_queue::strip_os_errors(&e.to_string())
-            ),
-            kind: if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::PermissionDenied {
-                TransportErrorKind::Permanent
-            } else {
-                TransportErrorKind::Transient
-            },
+        let mut child = cmd.spawn().map_err(|e| {
+            (
+                format!(
+                    "cannot run {program:?}: {}",
+                    fspl_queue::strip_os_errors(&e.to_string())
+                ),
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::InvalidInput
+                ) {
+                    TransportErrorKind::Permanent
+                } else {
+                    TransportErrorKind::Transient
+                },
+            )
         })?;
         let stdin = File::from(OwnedFd::from(child.stdin.take().expect("piped")));
         let stdout = child.stdout.take().expect("piped");
@@ -257,27 +350,30 @@ impl SshSink {
                 }
             }
         }));
-        let mut sink = SshSink {
-            target: target.clone(),
+        let mut conn = Conn {
             timeout: opts.timeout,
             child,
             out: Some(TimedWriter::new(stdin, opts.timeout)),
+            buffered_since: None,
             events,
             stderr: tail,
             threads,
             max_job_len: 0,
             outstanding: HashSet::new(),
-            acks: Vec::new(),
-            failed: None,
             ready: false,
-            done: false,
+            bye: false,
             buf: vec![0u8; 256 * 1024],
         };
-        sink.handshake()?;
-        Ok(sink)
+        match conn.handshake() {
+            Ok(()) => Ok(conn),
+            Err(f) => {
+                conn.kill();
+                Err(f)
+            }
+        }
     }
 
-    fn handshake(&mut self) -> Result<(), TransportError> {
+    fn handshake(&mut self) -> Result<(), Failure> {
         let hello = Msg::Hello {
             min: wire::VERSION_MIN,
             max: wire::VERSION_MAX,
@@ -286,56 +382,53 @@ impl SshSink {
         // absence) below, with ssh's reason.
         let _ = self.writer().put(&hello.encode());
         let _ = self.writer().flush_buf();
-        let theirs = match self.next_event()? {
+        let theirs = match self.next_msg()? {
             Msg::Hello { min, max } => (min, max),
             other => {
-                return Err(self.fail_now(
+                return Err((
                     format!("the server began with {other:?} instead of its hello"),
                     TransportErrorKind::Permanent,
                 ));
             }
         };
         if wire::agree((wire::VERSION_MIN, wire::VERSION_MAX), theirs).is_none() {
-            return Err(self.fail_now(
+            return Err((
                 wire::version_mismatch("server", theirs),
                 TransportErrorKind::Permanent,
             ));
         }
-        match self.next_event()? {
+        match self.next_msg()? {
             Msg::Ready { max_job_len, .. } => {
                 self.max_job_len = max_job_len;
                 self.ready = true;
                 Ok(())
             }
-            other => Err(self.fail_now(
+            other => Err((
                 format!("protocol error: the server sent {other:?} instead of going ahead"),
                 TransportErrorKind::Permanent,
             )),
         }
     }
 
-    fn writer(&mut self) -> &mut TimedWriter {
-        self.out.as_mut().expect("open until finish")
+    fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 
-    /// The next message from the server; acknowledgements are collected
-    /// on the way only by the callers that expect them. Fails on a fatal
-    /// message, the end of the connection or a timeout.
-    fn next_event(&mut self) -> Result<Msg, TransportError> {
+    fn writer(&mut self) -> &mut TimedWriter {
+        self.out.as_mut().expect("open until the end is sent")
+    }
+
+    /// The next message from the server, waiting at most the timeout. A
+    /// fatal message, the end of the connection or the timeout fail.
+    fn next_msg(&mut self) -> Result<Msg, Failure> {
         match self.events.recv_timeout(self.timeout) {
-            Ok(Event::Msg(Msg::Fatal { kind, message })) => Err(self.fail_now(
-                format!("serve-stdin: {}", escape_controls(&message)),
-                match kind {
-                    FatalKind::Transient => TransportErrorKind::Transient,
-                    FatalKind::Permanent => TransportErrorKind::Permanent,
-                },
-            )),
+            Ok(Event::Msg(Msg::Fatal { kind, message })) => Err(fatal(kind, &message)),
             Ok(Event::Msg(m)) => Ok(m),
             Ok(Event::Closed) | Err(RecvTimeoutError::Disconnected) => Err(self.ssh_ended(None)),
             Ok(Event::Broken(why)) => Err(self.ssh_ended(Some(why))),
             Err(RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                Err(self.fail_now(
+                self.kill();
+                Err((
                     format!(
                         "no answer from the server for {} s; gave up",
                         self.timeout.as_secs()
@@ -346,28 +439,9 @@ impl SshSink {
         }
     }
 
-    /// Record a failure; every later call returns it.
-    fn fail_now(&mut self, message: String, kind: TransportErrorKind) -> TransportError {
-        let message = format!("{}: {message}", escape_controls(&self.target.url()));
-        if self.failed.is_none() {
-            self.failed = Some((message, kind));
-        }
-        let _ = self.child.kill();
-        self.failed_error().expect("just set")
-    }
-
-    fn failed_error(&self) -> Option<TransportError> {
-        self.failed
-            .as_ref()
-            .map(|(message, kind)| TransportError::Backend {
-                message: message.clone(),
-                kind: *kind,
-            })
-    }
-
     /// The connection ended early: say why, from ssh's exit status and the
     /// last line it printed.
-    fn ssh_ended(&mut self, broken: Option<String>) -> TransportError {
+    fn ssh_ended(&mut self, broken: Option<String>) -> Failure {
         // Its exit status and last words are a moment away.
         let status = wait_timeout(&mut self.child, Duration::from_secs(5));
         let tail = self.stderr_line();
@@ -376,7 +450,7 @@ impl SshSink {
             // It had been going well: a connection or a process lost.
             kind = TransportErrorKind::Transient;
         }
-        self.fail_now(message, kind)
+        (message, kind)
     }
 
     fn stderr_line(&self) -> Option<String> {
@@ -389,42 +463,32 @@ impl SshSink {
         self.stderr.lock().ok().and_then(|t| t.last_line())
     }
 
-    /// Take acknowledgements that arrived, without waiting.
-    fn drain_events(&mut self) -> Result<(), TransportError> {
+    /// Take the acknowledgements that arrived, without waiting.
+    fn drain(&mut self, acks: &mut Vec<Ack>) -> Result<(), Failure> {
         loop {
             match self.events.try_recv() {
-                Ok(Event::Msg(m)) => self.note(m)?,
+                Ok(Event::Msg(m)) => self.note(m, acks)?,
                 Ok(Event::Closed) => return Err(self.ssh_ended(None)),
                 Ok(Event::Broken(why)) => return Err(self.ssh_ended(Some(why))),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return Err(self.ssh_ended(None));
-                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(self.ssh_ended(None)),
             }
         }
     }
 
-    fn note(&mut self, m: Msg) -> Result<(), TransportError> {
+    fn note(&mut self, m: Msg, acks: &mut Vec<Ack>) -> Result<(), Failure> {
         match m {
-            Msg::Ack { id } if self.outstanding.remove(&id) => self.acks.push(Ack::Durable(id)),
+            Msg::Ack { id } if self.outstanding.remove(&id) => acks.push(Ack::Durable(id)),
             Msg::Refused { id, reason } if self.outstanding.remove(&id) => {
-                self.acks.push(Ack::Refused {
+                acks.push(Ack::Refused {
                     id,
                     reason: escape_controls(&reason).into_owned(),
                 })
             }
-            Msg::Fatal { kind, message } => {
-                return Err(self.fail_now(
-                    format!("serve-stdin: {}", escape_controls(&message)),
-                    match kind {
-                        FatalKind::Transient => TransportErrorKind::Transient,
-                        FatalKind::Permanent => TransportErrorKind::Permanent,
-                    },
-                ));
-            }
-            Msg::Bye => self.done = true,
+            Msg::Fatal { kind, message } => return Err(fatal(kind, &message)),
+            Msg::Bye => self.bye = true,
             other => {
-                return Err(self.fail_now(
+                return Err((
                     format!("protocol error: the server sent {other:?}"),
                     TransportErrorKind::Permanent,
                 ));
@@ -434,13 +498,13 @@ impl SshSink {
     }
 
     /// A write failed: the server most likely said why before it went.
-    fn write_failed(&mut self, e: std::io::Error) -> TransportError {
+    fn write_failed(&mut self, e: std::io::Error, acks: &mut Vec<Ack>) -> Failure {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             match self.events.recv_timeout(Duration::from_millis(50)) {
                 Ok(Event::Msg(m)) => {
-                    if let Err(e) = self.note(m) {
-                        return e;
+                    if let Err(f) = self.note(m, acks) {
+                        return f;
                     }
                 }
                 Ok(Event::Closed | Event::Broken(_)) | Err(RecvTimeoutError::Disconnected) => {
@@ -450,7 +514,8 @@ impl SshSink {
             }
         }
         if e.kind() == ErrorKind::TimedOut {
-            return self.fail_now(
+            self.kill();
+            return (
                 format!(
                     "the server took nothing for {} s; gave up",
                     self.timeout.as_secs()
@@ -464,7 +529,36 @@ impl SshSink {
         )))
     }
 
-    fn send_job(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
+    fn put(&mut self, bytes: &[u8], acks: &mut Vec<Ack>) -> Result<(), Failure> {
+        let before = self.writer().buffered();
+        match self.writer().put(bytes) {
+            Ok(()) => {
+                let w = self.writer();
+                if w.buffered() == 0 {
+                    self.buffered_since = None;
+                } else if before == 0 || w.buffered() < before {
+                    self.buffered_since = Some(Instant::now());
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.write_failed(e, acks)),
+        }
+    }
+
+    fn flush(&mut self, acks: &mut Vec<Ack>) -> Result<(), Failure> {
+        self.buffered_since = None;
+        match self.writer().flush_buf() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(e, acks)),
+        }
+    }
+
+    fn send_job(
+        &mut self,
+        id: u64,
+        job: &mut OutgoingJob<'_>,
+        acks: &mut Vec<Ack>,
+    ) -> Result<(), Failure> {
         let name = std::os::unix::ffi::OsStrExt::as_bytes(job.name).to_vec();
         let frame = Msg::Job {
             id,
@@ -473,12 +567,11 @@ impl SshSink {
         }
         .encode();
         self.outstanding.insert(id);
-        if let Err(e) = self.writer().put(&frame) {
-            return Err(self.write_failed(e));
-        }
+        self.put(&frame, acks)?;
         let mut hasher = blake3::Hasher::new();
         let mut left = job.len;
         let mut buf = std::mem::take(&mut self.buf);
+        let shown = || escape_controls(&job.name.to_string_lossy()).into_owned();
         let r = (|| {
             while left > 0 {
                 let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
@@ -489,7 +582,7 @@ impl SshSink {
                     Err(e) => return Err(Local::Read(e)),
                 };
                 hasher.update(&buf[..n]);
-                self.writer().put(&buf[..n]).map_err(Local::Write)?;
+                self.put(&buf[..n], acks).map_err(Local::Sent)?;
                 left -= n as u64;
             }
             // A file that grew after its length was taken is not sent cut.
@@ -501,69 +594,107 @@ impl SshSink {
                     Err(e) => return Err(Local::Read(e)),
                 }
             }
-            self.writer()
-                .put(hasher.finalize().as_bytes())
-                .map_err(Local::Write)
+            self.put(hasher.finalize().as_bytes(), acks)
+                .map_err(Local::Sent)
         })();
         self.buf = buf;
         match r {
             Ok(()) => Ok(()),
-            Err(Local::Write(e)) => Err(self.write_failed(e)),
+            Err(Local::Sent(f)) => Err(f),
             // The frame promised bytes that cannot be sent: the stream is
             // out of step and this session is over (the jobs sent before
             // stay unacknowledged and are sent again next time).
-            Err(Local::Read(e)) => Err(self.fail_now(
+            Err(Local::Read(e)) => Err((
                 format!(
                     "cannot read job {}: {}",
-                    escape_controls(&job.name.to_string_lossy()),
+                    shown(),
                     fspl_queue::strip_os_errors(&e.to_string())
                 ),
                 TransportErrorKind::Transient,
             )),
-            Err(Local::Changed) => Err(self.fail_now(
+            Err(Local::Changed) => Err((
                 format!(
                     "job {} changed while it was sent (it is not {} bytes long any more)",
-                    escape_controls(&job.name.to_string_lossy()),
+                    shown(),
                     job.len
                 ),
                 TransportErrorKind::Transient,
             )),
         }
     }
+
+    /// Say no more jobs come; collect every acknowledgement; wait for the
+    /// server's goodbye and for ssh to exit.
+    fn finish(&mut self, acks: &mut Vec<Ack>) -> Result<(), Failure> {
+        if self.out.is_some() {
+            self.put(&Msg::End.encode(), acks)?;
+            self.flush(acks)?;
+            // Our end closed: the server sees the end of its input too.
+            drop(self.out.take());
+        }
+        while !self.bye {
+            let m = self.next_msg()?;
+            self.note(m, acks)?;
+        }
+        if !self.outstanding.is_empty() {
+            return Err((
+                format!(
+                    "the server ended the session with {} jobs unacknowledged",
+                    self.outstanding.len()
+                ),
+                TransportErrorKind::Transient,
+            ));
+        }
+        if wait_timeout(&mut self.child, self.timeout).is_none() {
+            self.kill();
+        }
+        Ok(())
+    }
+}
+
+fn fatal(kind: FatalKind, message: &str) -> Failure {
+    (
+        format!("serve-stdin: {}", escape_controls(message)),
+        match kind {
+            FatalKind::Transient => TransportErrorKind::Transient,
+            FatalKind::Permanent => TransportErrorKind::Permanent,
+        },
+    )
 }
 
 enum Local {
     Read(std::io::Error),
-    Write(std::io::Error),
+    Sent(Failure),
     Changed,
 }
 
 impl Sink for SshSink {
     fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
-        if let Some(e) = self.failed_error() {
-            return Err(e);
-        }
-        if job.len > self.max_job_len {
+        let max = self.conn()?.max_job_len;
+        if job.len > max {
             self.acks.push(Ack::Refused {
                 id,
                 reason: format!(
-                    "{} bytes, more than the {} the server takes (its max_job_size)",
-                    job.len, self.max_job_len
+                    "{} bytes, more than the {max} the server takes (its max_job_size)",
+                    job.len
                 ),
             });
             return Ok(());
         }
-        self.send_job(id, job)
+        self.with_conn(|c, acks| c.send_job(id, job, acks))
     }
 
     fn poll(&mut self) -> Result<Vec<Ack>, TransportError> {
-        if self.failed.is_none() {
-            if let Err(e) = self.writer().flush_buf() {
-                let e = self.write_failed(e);
-                if self.acks.is_empty() {
-                    return Err(e);
+        if self.failed.is_none() && self.conn.is_some() {
+            let r = self.with_conn(|c, acks| {
+                if c.buffered_since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
+                    c.flush(acks)?;
                 }
-            } else if let Err(e) = self.drain_events()
+                c.drain(acks)
+            });
+            // Acknowledgements that came before a failure are returned
+            // first; the failure on the next call.
+            if let Err(e) = r
                 && self.acks.is_empty()
             {
                 return Err(e);
@@ -581,44 +712,19 @@ impl Sink for SshSink {
         if let Some(e) = self.failed_error() {
             return Err(e);
         }
-        if let Some(mut w) = self.out.take() {
-            let r = w.put(&Msg::End.encode()).and_then(|()| w.flush_buf());
-            // Our end closed: the server sees the end of its input too.
-            drop(w);
-            if let Err(e) = r {
-                return Err(self.write_failed(e));
-            }
+        if self.conn.is_some() && !self.done {
+            self.with_conn(|c, acks| c.finish(acks))?;
         }
-        while !self.done {
-            let m = self.next_event()?;
-            self.note(m)?;
-        }
-        if !self.outstanding.is_empty() {
-            return Err(self.fail_now(
-                format!(
-                    "the server ended the session with {} jobs unacknowledged",
-                    self.outstanding.len()
-                ),
-                TransportErrorKind::Transient,
-            ));
-        }
-        let status = wait_timeout(&mut self.child, self.timeout);
-        if status.is_none() {
-            let _ = self.child.kill();
-        }
+        self.done = true;
         Ok(std::mem::take(&mut self.acks))
     }
 }
 
-impl Drop for SshSink {
+impl Drop for Conn {
     fn drop(&mut self) {
         drop(self.out.take());
-        if wait_timeout(
-            &mut self.child,
-            Duration::from_millis(if self.done { 2000 } else { 0 }),
-        )
-        .is_none()
-        {
+        let grace = if self.bye { 2000 } else { 0 };
+        if wait_timeout(&mut self.child, Duration::from_millis(grace)).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -28,6 +28,20 @@ pub enum Location {
 pub const KNOWN: &str = "a plain path, dir:PATH, ssh://[USER@]HOST[:PORT]/QUEUE";
 
 impl Location {
+    /// As [`Location::parse`], for a command-line argument: a name that is
+    /// not UTF-8 can only be a path (`dir:` is stripped from it).
+    pub fn parse_os(s: &std::ffi::OsStr) -> Result<Location, TransportError> {
+        use std::os::unix::ffi::OsStrExt;
+        match s.to_str() {
+            Some(s) => Location::parse(s),
+            None => {
+                let b = s.as_bytes();
+                let b = b.strip_prefix(b"dir:").unwrap_or(b);
+                Ok(Location::Dir(PathBuf::from(std::ffi::OsStr::from_bytes(b))))
+            }
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Location, TransportError> {
         let bad = |reason: &str| TransportError::BadUrl {
             url: s.to_string(),

@@ -6,28 +6,64 @@ use std::process::ExitCode;
 
 use fspl_daemon::control::{Request, Response, request};
 use fspl_daemon::state::JobStatus;
-use fspl_daemon::{Config, LogFormat};
+use fspl_daemon::{Config, ConfigError, LogFormat};
 
 use crate::output::write_stdout;
 
+/// Print each problem as one `fspl: error:` line.
+fn print_problems(problems: &[fspl_daemon::Problem]) {
+    for p in problems {
+        eprintln!(
+            "fspl: error: {}",
+            fspl_queue::escape_controls(&p.to_string())
+        );
+    }
+}
+
+/// `fspl daemon`. Exit status: 0 after a clean shutdown (or, with
+/// `--check`, for a configuration without problems); 1 when the
+/// configuration has problems (each printed on a line of its own) or the
+/// daemon cannot start; clap's 2 for a usage error.
 pub fn daemon(
     config: &Path,
     check: bool,
     log_format: Option<LogFormat>,
     level: tracing::Level,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(config)?;
     if check {
-        let problems = fspl_daemon::check(&cfg);
-        if let Some(first) = problems.first() {
-            for p in &problems[1..] {
-                eprintln!("fspl: error: {}", fspl_queue::escape_controls(p));
-            }
-            anyhow::bail!("{first}");
+        let text = std::fs::read_to_string(config).map_err(|source| ConfigError::Io {
+            path: config.to_path_buf(),
+            source,
+        })?;
+        let (cfg, mut problems) = Config::parse_all(config, &text);
+        if let Some(cfg) = &cfg {
+            problems.extend(fspl_daemon::check(cfg));
         }
-        write_stdout(format!("{}: OK, {} jobs\n", config.display(), cfg.jobs.len()).as_bytes())?;
+        // In the order of the file (stable: a key's own problems first).
+        problems.sort_by_key(|p| p.line);
+        if !problems.is_empty() {
+            print_problems(&problems);
+            return Ok(ExitCode::from(1));
+        }
+        let n = cfg.map(|c| c.jobs.len()).unwrap_or(0);
+        write_stdout(
+            format!(
+                "{}: OK, {n} job{}\n",
+                config.display(),
+                if n == 1 { "" } else { "s" }
+            )
+            .as_bytes(),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid { problems }) => {
+            print_problems(&problems);
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let format =
         log_format
             .or(cfg.daemon.log_format)
@@ -46,12 +82,63 @@ pub fn daemon(
     Ok(ExitCode::SUCCESS)
 }
 
-fn socket_of(config: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Where `fspl status` looks for the daemon, and why there.
+enum Source {
+    /// `--socket PATH`
+    Flag,
+    /// The `socket` key of `-c CONFIG` (or its default).
+    Config(PathBuf),
+    /// Neither given: the default socket.
+    Default,
+}
+
+fn socket_of(config: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<(PathBuf, Source)> {
     Ok(match (config, socket) {
-        (_, Some(s)) => s.to_path_buf(),
-        (Some(c), None) => Config::load(c)?.daemon.socket,
-        (None, None) => fspl_daemon::config::default_socket(),
+        (_, Some(s)) => (s.to_path_buf(), Source::Flag),
+        (Some(c), None) => (
+            Config::load(c)?.daemon.socket,
+            Source::Config(c.to_path_buf()),
+        ),
+        (None, None) => (fspl_daemon::config::default_socket(), Source::Default),
     })
+}
+
+/// Ask the daemon; when nothing answers, say which socket was tried, why
+/// that one, and how to point at another.
+fn ask(path: &Path, source: &Source, req: &Request) -> anyhow::Result<Response> {
+    use fspl_daemon::control::ControlError;
+    let e = match request(path, req) {
+        Ok(r) => return Ok(r),
+        Err(e @ ControlError::Unreachable { .. }) => e,
+        Err(e) => return Err(e.into()),
+    };
+    let mut hint = match source {
+        Source::Default => "this is the default socket; for a daemon with a socket of its own, give -c CONFIG (its configuration) or --socket PATH".to_string(),
+        Source::Config(c) => format!(
+            "this is the socket {} configures; give -c CONFIG with the configuration the daemon was started with, or --socket PATH",
+            c.display()
+        ),
+        Source::Flag => "give --socket PATH with the daemon's socket (the `socket` key of its configuration), or -c CONFIG with its configuration".to_string(),
+    };
+    // A daemon's socket in one of the usual places (another user's
+    // default, root's, the systemd unit's): name it.
+    let others: Vec<String> = fspl_daemon::sockpath::usual_sockets()
+        .into_iter()
+        .filter(|s| s != path)
+        .filter(|s| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::symlink_metadata(s).is_ok_and(|m| m.file_type().is_socket())
+        })
+        .map(|s| s.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        hint.push_str(&format!(
+            " (there is a socket at {}: --socket {})",
+            others.join(" and at "),
+            others[0]
+        ));
+    }
+    Err(anyhow::anyhow!("{e}; {hint}"))
 }
 
 pub fn status(
@@ -60,10 +147,11 @@ pub fn status(
     json: bool,
     clear: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let path = socket_of(config, socket)?;
+    let (path, source) = socket_of(config, socket)?;
     if let Some(job) = clear {
-        return match request(
+        return match ask(
             &path,
+            &source,
             &Request::Clear {
                 job: job.to_string(),
             },
@@ -76,7 +164,7 @@ pub fn status(
             Response::Status { .. } => anyhow::bail!("unexpected answer from the daemon"),
         };
     }
-    let jobs = match request(&path, &Request::Status)? {
+    let jobs = match ask(&path, &source, &Request::Status)? {
         Response::Status { jobs } => jobs,
         Response::Error { message } => anyhow::bail!("{message}"),
         Response::Cleared { .. } => anyhow::bail!("unexpected answer from the daemon"),
@@ -96,40 +184,45 @@ pub fn status(
     Ok(ExitCode::from(if erring { 1 } else { 0 }))
 }
 
+/// The status table. OK, FAILED and REFUSED count jobs (`jobs_succeeded`,
+/// `jobs_failed`, `jobs_refused`); failed runs show in STATE.
 fn table(jobs: &[JobStatus]) -> String {
-    // STATE last: it can be long (an error message).
-    let mut rows = vec![[
-        "NAME".to_string(),
-        "NEXT".into(),
-        "QUEUED".into(),
-        "LAST SUCCESS".into(),
-        "FAILURES".into(),
-        "STATE".into(),
-    ]];
+    const HEADER: [&str; 8] = [
+        "NAME",
+        "NEXT",
+        "QUEUED",
+        "LAST SUCCESS",
+        "OK",
+        "FAILED",
+        "REFUSED",
+        "STATE",
+    ];
+    let opt = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let mut rows = vec![HEADER.map(String::from)];
     for j in jobs {
         rows.push([
             j.name.clone(),
-            j.next_seq
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
-            j.queued
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "-".into()),
+            opt(j.next_seq),
+            opt(j.queued),
             j.last_success.clone().unwrap_or_else(|| "-".into()),
-            j.consecutive_failures.to_string(),
+            j.jobs_succeeded.to_string(),
+            j.jobs_failed.to_string(),
+            j.jobs_refused.to_string(),
+            // STATE last: it can be long (an error message).
             j.state.describe(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let last = HEADER.len() - 1;
+    let mut widths = [0usize; 8];
     for r in &rows {
-        for (i, c) in r.iter().enumerate().take(5) {
+        for (i, c) in r.iter().enumerate().take(last) {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            if i < 5 {
+            if i < last {
                 out.push_str(&format!("{:<w$}  ", c, w = widths[i]));
             } else {
                 out.push_str(c);

@@ -15,6 +15,7 @@ mod process;
 mod queue;
 mod serve;
 mod status;
+mod transport;
 
 #[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
 pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
@@ -51,6 +52,13 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             name,
         } => queue::init(&q.queuedir, append_only, name.as_deref()),
         Cmd::QueueWrite { q } => queue::write(&q.queuedir),
+        Cmd::Push {
+            outbox,
+            dest,
+            keep,
+            json,
+        } => transport::push(&outbox, &dest, keep, json),
+        Cmd::Pull { src, q, json } => transport::pull(&src, &q.queuedir, json),
         Cmd::QueueLs { q, d, json, keys } => {
             queue::ls(&q.queuedir, d.decoder.as_deref(), json, &keys)
         }

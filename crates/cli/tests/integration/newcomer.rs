@@ -26,10 +26,10 @@ use crate::helper::*;
 
 /// A fenced block of a Markdown section.
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     /// The info string: `sh` blocks run, all others do not.
-    lang: String,
-    body: String,
+    pub(crate) lang: String,
+    pub(crate) body: String,
     /// The first word of the last paragraph before the block that starts
     /// with bold text (`**Server, once.**` gives `server`), if any.
     label: Option<String>,
@@ -38,14 +38,14 @@ struct Block {
 }
 
 impl Block {
-    fn runs(&self) -> bool {
+    pub(crate) fn runs(&self) -> bool {
         self.lang == "sh"
     }
 }
 
 /// The fenced blocks under the heading `heading` (e.g. `## Tutorial`), up
 /// to the next heading of the same or a higher level.
-fn blocks(md: &str, heading: &str) -> Vec<Block> {
+pub(crate) fn blocks(md: &str, heading: &str) -> Vec<Block> {
     let level = heading.chars().take_while(|&c| c == '#').count();
     let mut out = Vec::new();
     let mut inside = false;
@@ -123,17 +123,17 @@ fn promises(body: &str) -> (Vec<String>, Vec<(String, i32)>) {
 // Running blocks in one bash.
 
 /// One simulated machine: a home directory and a working directory.
-struct Host {
-    home: PathBuf,
-    cwd: PathBuf,
+pub(crate) struct Host {
+    pub(crate) home: PathBuf,
+    pub(crate) cwd: PathBuf,
 }
 
 /// What one block did.
 #[derive(Debug)]
-struct Ran {
-    block: Block,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) block: Block,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     /// The exit status of its last command.
     status: i32,
     /// Every command that failed, as bash's ERR trap saw it: "CMD (exit N)".
@@ -142,7 +142,7 @@ struct Ran {
 
 /// A directory holding only a `fspl` link to our binary: with /usr/bin and
 /// /bin after it, the whole PATH of the documentation runs.
-fn path_with_only_fspl(dir: &Path) -> String {
+pub(crate) fn path_with_only_fspl(dir: &Path) -> String {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::os::unix::fs::symlink(fspl_bin(), bin.join("fspl")).unwrap();
@@ -153,7 +153,7 @@ fn path_with_only_fspl(dir: &Path) -> String {
 /// the host its label names (or `default`), with nothing in the environment
 /// but HOME, PATH, LANG and TZ. Each block's stdout and stderr are captured
 /// separately; shell state carries over from block to block.
-fn run_blocks(
+pub(crate) fn run_blocks(
     blocks: &[Block],
     hosts: &BTreeMap<&str, Host>,
     default: &str,
@@ -223,7 +223,7 @@ fn run_blocks(
 /// Check what every block promised (`# prints:`, `# exit status`) and that
 /// nothing else failed. Blocks listed in `may_warn` (by index) may write to
 /// stderr; all others must not.
-fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
+pub(crate) fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
     for (n, r) in ran.iter().enumerate() {
         let at = format!(
             "{doc}, block at line {} (#{n}):\n{}\nstdout: {:?}\nstderr: {:?}",
@@ -263,11 +263,11 @@ fn check_promises(doc: &str, ran: &[Ran], may_warn: &[usize]) {
     }
 }
 
-fn read_doc(rel: &str) -> String {
+pub(crate) fn read_doc(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap()
 }
 
-fn host(base: &Path, name: &str) -> Host {
+pub(crate) fn host(base: &Path, name: &str) -> Host {
     let h = Host {
         home: base.join(name).join("home"),
         cwd: base.join(name).join("work"),
@@ -278,7 +278,7 @@ fn host(base: &Path, name: &str) -> Host {
 }
 
 /// The `text` block right after command block `ran[n]` in `all`.
-fn shown_after<'a>(all: &'a [Block], ran: &Ran) -> &'a str {
+pub(crate) fn shown_after<'a>(all: &'a [Block], ran: &Ran) -> &'a str {
     let i = all
         .iter()
         .position(|b| b.line == ran.block.line)
@@ -481,6 +481,51 @@ fn security_worked_example_runs_verbatim_on_two_hosts() {
     // Nothing is left in transit.
     let left: Vec<_> = std::fs::read_dir(&sync).unwrap().collect();
     assert!(left.is_empty(), "left in ~/sync: {left:?}");
+}
+
+/// Run the command blocks of section `heading` of `doc` on one host, "me"
+/// (home `sb/me/home`), with `env` exported first (e.g. a private
+/// XDG_RUNTIME_DIR); check their promises (no block may write to stderr).
+/// Returns each command block's text and stdout.
+pub(crate) fn run_doc_section(
+    sb: &Sandbox,
+    doc: &str,
+    heading: &str,
+    env: &[(&str, &Path)],
+) -> Vec<(String, String)> {
+    let path = path_with_only_fspl(sb.dir.path());
+    let hosts = BTreeMap::from([("me", host(sb.dir.path(), "me"))]);
+    let md = read_doc(doc);
+    let all = blocks(&md, heading);
+    let mut cmds: Vec<Block> = all.iter().filter(|b| b.runs()).cloned().collect();
+    assert!(!cmds.is_empty(), "no command blocks under {heading}");
+    // A watchdog: a block that waits forever (a daemon that never
+    // answers) ends the script after two minutes instead of hanging the
+    // test; on the way out, whatever the blocks left running in the
+    // background (a daemon) is stopped. `disown`: the blocks' own
+    // background jobs are %1, %2...
+    let mut setup = String::from(
+        "( sleep 120; kill -TERM $$ ) > /dev/null 2>&1 & __wd=$!; disown\n\
+         trap 'kill $__wd $(jobs -p) 2> /dev/null' EXIT\n",
+    );
+    for (k, v) in env {
+        setup.push_str(&format!("export {k}='{}'\n", v.display()));
+    }
+    cmds.insert(
+        0,
+        Block {
+            lang: "sh".into(),
+            body: setup,
+            label: None,
+            line: 0,
+        },
+    );
+    let ran = run_blocks(&cmds, &hosts, "me", &path, sb.dir.path());
+    check_promises(&format!("{doc} {heading}"), &ran, &[]);
+    ran.into_iter()
+        .skip(1)
+        .map(|r| (r.block.body, r.stdout))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------

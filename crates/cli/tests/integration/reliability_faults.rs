@@ -72,6 +72,8 @@ fn drivers_for(point: &str) -> Vec<Driver> {
         "replace" => vec![Driver::Prepare, Driver::Refuse],
         "nextseq" | "process" => vec![Driver::Process],
         "reject" => vec![Driver::Refuse],
+        // Transports: transport_dir::reliability_transport_faults_at_every_step.
+        "batch" | "push" | "pull" => vec![],
         other => panic!(
             "failpoint {point}: no reliability scenario reaches the {other}:* family; \
              add one to drivers_for in reliability_faults.rs"

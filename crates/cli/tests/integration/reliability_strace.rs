@@ -13,7 +13,15 @@
 //!   fdatasync'ed before anything else happens: before the next job's
 //!   command is spawned (clone/clone3/vfork/fork, or any execve), before
 //!   a job file is unlinked, before nextseq is written again, before exit;
-//! - a job file is unlinked only after such a synced advance.
+//! - a job file is unlinked only after such a synced advance;
+//! - transports (push, pull; docs/transports.md): a `syncfs` of the file
+//!   system counts as the sync of every file written before it (a batch's
+//!   one flush); a job delivered into a folder (`.fspl-tmp-*` renamed to
+//!   `fspl-*.fspl`) follows the rules of a rename into `jobs/`; a job
+//!   file removed from an outbox or a source (unlinked, or moved to
+//!   `sent/`) must first have a copy under its name in another directory,
+//!   renamed there and that directory fsynced, and its own directory is
+//!   fsynced after the removal, before exit.
 //!
 //! A sync counts only if it returned 0. The checker itself is tested first
 //! on hand-written traces that lack each sync, so it cannot pass vacuously;
@@ -30,7 +38,7 @@ use crate::reliability_common::*;
 
 /// The system calls traced (`?`: may not exist on this architecture).
 const SYSCALLS: &str = "trace=write,pwrite64,writev,pwritev,pwritev2,copy_file_range,\
-sendfile,splice,ftruncate,fallocate,fsync,fdatasync,?rename,renameat,renameat2,\
+sendfile,splice,ftruncate,fallocate,fsync,fdatasync,syncfs,?rename,renameat,renameat2,\
 ?clone,clone3,?vfork,?fork,execve,exit_group,?unlink,unlinkat";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +46,10 @@ enum Kind {
     /// fsync/fdatasync of a file or directory.
     Sync {
         path: String,
+        ok: bool,
+    },
+    /// syncfs: every file of the file system (the tests use one).
+    SyncFs {
         ok: bool,
     },
     /// A call that writes through one of these descriptors (every
@@ -293,6 +305,7 @@ fn parse(trace: &str, cwd: &Path) -> Result<Vec<Event>, String> {
                 };
                 Kind::Sync { path, ok: ok0 }
             }
+            "syncfs" => Kind::SyncFs { ok: ok0 },
             "write" | "pwrite64" | "writev" | "pwritev" | "pwritev2" | "copy_file_range"
             | "sendfile" | "splice" | "ftruncate" | "fallocate" => {
                 let paths = fd_paths(&args);
@@ -343,6 +356,8 @@ struct Verdict {
     other_renames: u64,
     advances: u64,
     unlinks: u64,
+    /// Job files removed from an outbox or source by a transport.
+    removals: u64,
     spawns: u64,
     problems: Vec<String>,
 }
@@ -377,13 +392,64 @@ fn verify(ev: &[Event]) -> Verdict {
                 && matches!(&e.kind, Kind::Sync { path: p, ok: true } if p == path)
         })
     };
+    let file_synced_between = |path: &str, after: usize, before: usize| {
+        synced_between(path, after, before)
+            || ev.iter().any(|e| {
+                e.start > after && e.end < before && matches!(&e.kind, Kind::SyncFs { ok: true })
+            })
+    };
+    // A transport removed the job file `path` (event `i`) only after a copy
+    // under its name in another directory was renamed there and that
+    // directory fsynced; its own directory is fsynced before exit.
+    let removal_rule = |v: &mut Verdict, i: usize, path: &str, text: &str| {
+        let name = Path::new(path).file_name();
+        let copy = ev[..i].iter().rposition(|r| {
+            matches!(&r.kind, Kind::Rename { to, ok: true, .. }
+                if Path::new(to).file_name() == name && parent(to) != parent(path))
+        });
+        match copy {
+            Some(r) => {
+                let Kind::Rename { to, .. } = &ev[r].kind else {
+                    unreachable!()
+                };
+                if !synced_between(&parent(to), ev[r].end, ev[i].start) {
+                    v.problems.push(format!(
+                        "{text}: removed before the directory of its copy `{}` was synced",
+                        ev[r].text
+                    ));
+                }
+            }
+            None => v.problems.push(format!(
+                "{text}: a job file removed without a durable copy elsewhere"
+            )),
+        }
+        if !synced_between(&parent(path), ev[i].end, exit) {
+            v.problems.push(format!(
+                "{text}: no fsync of {} after the removal and before exit",
+                parent(path)
+            ));
+        }
+    };
     for (i, e) in ev.iter().enumerate() {
         match &e.kind {
             Kind::Rename { from, to, ok } => {
                 if !ok {
                     continue;
                 }
-                let into_jobs = in_jobs_dir(to) && is_job_name(to);
+                let delivered = is_job_name(to)
+                    && Path::new(from)
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".fspl-tmp-"));
+                let into_jobs = (in_jobs_dir(to) && is_job_name(to)) || delivered;
+                if is_job_name(from)
+                    && Path::new(to)
+                        .parent()
+                        .and_then(Path::file_name)
+                        .is_some_and(|n| n == "sent")
+                {
+                    v.removals += 1;
+                    removal_rule(&mut v, i, from, &e.text);
+                }
                 let replace = *from == format!("{to}.tmp");
                 if into_jobs {
                     v.renames_into_jobs += 1;
@@ -399,7 +465,7 @@ fn verify(ev: &[Event]) -> Verdict {
                     .find(|w| matches!(&w.kind, Kind::Write { paths, .. } if paths.contains(from)))
                     .map(|w| w.end);
                 match last_write {
-                    Some(w) if !synced_between(from, w, e.start) => {
+                    Some(w) if !file_synced_between(from, w, e.start) => {
                         v.problems.push(format!(
                             "{}: renamed without an fsync of {from} after its last write",
                             e.text
@@ -452,6 +518,21 @@ fn verify(ev: &[Event]) -> Verdict {
                         .push(format!("{}: not fdatasync'ed before `{}`", e.text, b.text)),
                     None => v.problems.push(format!("{}: never synced", e.text)),
                 }
+            }
+            Kind::Unlink { path }
+                if is_job_name(path)
+                    && ev[..i].iter().any(|r| {
+                        matches!(&r.kind, Kind::Rename { to, ok: true, .. }
+                            if Path::new(to).file_name() == Path::new(path).file_name()
+                                && parent(to) != parent(path))
+                    }) =>
+            {
+                v.removals += 1;
+                removal_rule(&mut v, i, path, &e.text);
+            }
+            Kind::Unlink { path } if is_job_name(path) && !in_jobs_dir(path) => {
+                v.removals += 1;
+                removal_rule(&mut v, i, path, &e.text);
             }
             Kind::Unlink { path } if is_job_name(path) && in_jobs_dir(path) => {
                 v.unlinks += 1;
@@ -588,8 +669,57 @@ fn self_test(tally: &mut Tally) {
 1 fdatasync(4</w/q/nextseq>) = 0
 1 exit_group(0) = ?
 ";
+    // A push of two jobs: one syncfs, two renames, the destination's
+    // fsync, then the outbox's unlinks and its fsync.
+    let ok_push = "\
+1 write(5</w/d/jobs/.fspl-tmp-a>, \"x\", 1) = 1
+1 write(6</w/d/jobs/.fspl-tmp-b>, \"y\", 1) = 1
+1 syncfs(3</w/d/jobs>) = 0
+1 renameat2(3</w/d/jobs>, \".fspl-tmp-a\", 3</w/d/jobs>, \"fspl-a.fspl\", RENAME_NOREPLACE) = 0
+1 renameat2(3</w/d/jobs>, \".fspl-tmp-b\", 3</w/d/jobs>, \"fspl-b.fspl\", RENAME_NOREPLACE) = 0
+1 fsync(3</w/d/jobs>) = 0
+1 unlinkat(4</w/o/jobs>, \"fspl-a.fspl\", 0) = 0
+1 unlinkat(4</w/o/jobs>, \"fspl-b.fspl\", 0) = 0
+1 fsync(4</w/o/jobs>) = 0
+1 exit_group(0) = ?
+";
     let cases: Vec<(&str, String, bool)> = vec![
         ("a correct queue-write", ok_write.to_string(), true),
+        ("a correct push", ok_push.to_string(), true),
+        (
+            "push: renames without the batch's flush",
+            ok_push.replace("1 syncfs(3</w/d/jobs>) = 0\n", ""),
+            false,
+        ),
+        (
+            "push: a job written after the flush",
+            ok_push.replace(
+                "1 renameat2(3</w/d/jobs>, \".fspl-tmp-b",
+                "1 write(6</w/d/jobs/.fspl-tmp-b>, \"z\", 1) = 1\n1 renameat2(3</w/d/jobs>, \".fspl-tmp-b",
+            ),
+            false,
+        ),
+        (
+            "push: outbox unlinked before the destination's fsync",
+            ok_push.replace("1 fsync(3</w/d/jobs>) = 0\n", "").replace(
+                "1 fsync(4</w/o/jobs>) = 0\n",
+                "1 fsync(4</w/o/jobs>) = 0\n1 fsync(3</w/d/jobs>) = 0\n",
+            ),
+            false,
+        ),
+        (
+            "push: a job unlinked that was never delivered",
+            ok_push.replace(
+                "1 fsync(4</w/o/jobs>) = 0\n",
+                "1 unlinkat(4</w/o/jobs>, \"fspl-c.fspl\", 0) = 0\n1 fsync(4</w/o/jobs>) = 0\n",
+            ),
+            false,
+        ),
+        (
+            "push: the outbox's removals never synced",
+            ok_push.replace("1 fsync(4</w/o/jobs>) = 0\n", ""),
+            false,
+        ),
         ("a correct queue-process", ok_process.to_string(), true),
         (
             "rename without fsync of the file",
@@ -671,6 +801,7 @@ struct Expect {
     other_renames: u64,
     advances: u64,
     unlinks: u64,
+    removals: u64,
     spawns: u64,
 }
 
@@ -683,12 +814,14 @@ fn record(
     totals: &mut BTreeMap<&'static str, u64>,
 ) {
     tally.runs += 1;
-    tally.states += v.renames_into_jobs + v.replaces + v.other_renames + v.advances + v.unlinks;
+    tally.states +=
+        v.renames_into_jobs + v.replaces + v.other_renames + v.advances + v.unlinks + v.removals;
     *totals.entry("renames into jobs/").or_default() += v.renames_into_jobs;
     *totals.entry("replacements").or_default() += v.replaces;
     *totals.entry("other renames").or_default() += v.other_renames;
     *totals.entry("in-place advances").or_default() += v.advances;
     *totals.entry("job unlinks").or_default() += v.unlinks;
+    *totals.entry("transport removals").or_default() += v.removals;
     if !out.status.success() {
         tally.failures.push(format!(
             "{label}: the traced command failed ({}): {}",
@@ -706,6 +839,7 @@ fn record(
         ("other renames", v.other_renames, want.other_renames),
         ("in-place advances", v.advances, want.advances),
         ("job unlinks", v.unlinks, want.unlinks),
+        ("transport removals", v.removals, want.removals),
         ("spawns", v.spawns, want.spawns),
     ];
     for (what, got, min) in short {
@@ -881,6 +1015,135 @@ fn reliability_durability_order_under_strace() {
 
     eprintln!(
         "strace-order: {}",
+        totals
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    tally.finish();
+}
+
+/// push (into a queue, into a folder with --keep, a single job), pull
+/// from the folder, then queue-process of everything: the transport rules
+/// of the module doc on real traces.
+#[test]
+fn reliability_transport_durability_order_under_strace() {
+    require_strace();
+    let mut tally = Tally::new("strace-order-transport");
+    let mut totals = BTreeMap::new();
+    let sb = Sandbox::new();
+    let make = |name: &str, seqs: std::ops::RangeInclusive<u64>| {
+        let ob = sb.path(name);
+        ok(run(clean_fspl([
+            OsStr::new("queue-init"),
+            OsStr::new("-q"),
+            ob.as_os_str(),
+        ])));
+        for n in seqs {
+            let p = sb.path(format!("p{n}"));
+            std::fs::write(
+                &p,
+                payload(n, 9, [0usize, 300, 5_000, 70_000][(n % 4) as usize]),
+            )
+            .unwrap();
+            let mut c = clean_fspl(["prepare", "--seq", &n.to_string(), "-i"]);
+            c.arg(&p);
+            let job = ok(run(c));
+            ok(run_with_input(
+                clean_fspl([OsStr::new("queue-write"), OsStr::new("-q"), ob.as_os_str()]),
+                &job,
+            ));
+        }
+        ob
+    };
+    let a = make("a", 1..=5);
+    let b = make("b", 6..=8);
+    let c = make("c", 9..=9);
+    let q = sb.path("q");
+    ok(run(clean_fspl([
+        OsStr::new("queue-init"),
+        OsStr::new("-q"),
+        q.as_os_str(),
+    ])));
+    let folder = sb.path("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let push = |ob: &Path, dest: &Path, keep: bool| {
+        let mut c = clean_fspl([OsStr::new("push"), OsStr::new("-q"), ob.as_os_str()]);
+        c.arg(dest);
+        if keep {
+            c.arg("--keep");
+        }
+        c
+    };
+    let runs: Vec<(&str, Command, Expect)> = vec![
+        (
+            "push",
+            push(&a, &q, false),
+            Expect {
+                renames_into_jobs: 5,
+                removals: 5,
+                ..Expect::default()
+            },
+        ),
+        (
+            "push-keep",
+            push(&b, &folder, true),
+            Expect {
+                renames_into_jobs: 3,
+                other_renames: 3,
+                removals: 3,
+                ..Expect::default()
+            },
+        ),
+        (
+            "push-one",
+            push(&c, &q, false),
+            Expect {
+                renames_into_jobs: 1,
+                removals: 1,
+                ..Expect::default()
+            },
+        ),
+        (
+            "pull",
+            {
+                let mut c = clean_fspl([OsStr::new("pull")]);
+                c.arg(&folder).arg("-q").arg(&q);
+                c
+            },
+            Expect {
+                renames_into_jobs: 3,
+                removals: 3,
+                ..Expect::default()
+            },
+        ),
+    ];
+    for (label, cmd, want) in runs {
+        let (out, v) = traced(&sb, label, cmd, None);
+        record(&mut tally, label, &out, v, want, &mut totals);
+    }
+    mutants_flagged(&sb, "push", &["syncfs", "fsync"], &mut tally);
+    mutants_flagged(&sb, "push-keep", &["syncfs", "fsync"], &mut tally);
+    mutants_flagged(&sb, "push-one", &["fsync"], &mut tally);
+    mutants_flagged(&sb, "pull", &["syncfs", "fsync"], &mut tally);
+    let lab = sb.path("lab");
+    std::fs::create_dir(&lab).unwrap();
+    for n in 1..=9 {
+        std::fs::copy(sb.path(format!("p{n}")), lab.join(format!("p{n}"))).unwrap();
+    }
+    let mut c = clean_fspl([OsStr::new("queue-process"), OsStr::new("-q"), q.as_os_str()]);
+    c.args(["sh", "--", "-c", SCRIPT]).arg(&lab);
+    ok(run(c));
+    let log = std::fs::read_to_string(lab.join("log")).unwrap_or_default();
+    let expected: String = (1..=9).map(|n| format!("{n} ok\n")).collect();
+    if log != expected {
+        tally
+            .failures
+            .push(format!("queue-process ran {log:?}, expected {expected:?}"));
+    }
+    eprintln!(
+        "strace-order-transport: {}",
         totals
             .iter()
             .map(|(k, v)| format!("{v} {k}"))

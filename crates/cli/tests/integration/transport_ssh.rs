@@ -100,14 +100,16 @@ fn seqs(queue: &Path) -> Vec<(String, u64)> {
 /// What one push did.
 #[derive(Debug, Default)]
 struct Pushed {
+    /// Jobs that left the outbox (acknowledged), in seq order.
     acked: Vec<String>,
+    /// Jobs refused by the receiver: (name, reason).
     refused: Vec<(String, String)>,
     error: Option<fspl_transport::TransportError>,
 }
 
-/// Push every job of `outbox` (in seq order, or the order given) through
-/// an `SshSink`, removing each acknowledged one: the push driver in
-/// miniature.
+/// Push `outbox` with fspl-transport's push driver and the ssh sink (the
+/// code `fspl push` runs, in this process, so that the error's kind can
+/// be asserted); with `only`, just those jobs (the others wait outside).
 fn push_jobs(
     rx: &Receiver,
     key: &Path,
@@ -115,59 +117,46 @@ fn push_jobs(
     outbox: &Path,
     only: Option<&[String]>,
 ) -> Pushed {
-    let mut names: Vec<String> = seqs(outbox).into_iter().map(|(n, _)| n).collect();
-    if let Some(o) = only {
-        names = o.to_vec();
+    let aside = outbox.join("aside");
+    let mut moved = Vec::new();
+    if let Some(keep) = only {
+        std::fs::create_dir_all(&aside).unwrap();
+        for (n, _) in seqs(outbox) {
+            if !keep.contains(&n) {
+                std::fs::rename(outbox.join("jobs").join(&n), aside.join(&n)).unwrap();
+                moved.push(n);
+            }
+        }
+    }
+    let before = seqs(outbox);
+    let mut sink = SshSink::new(rx.target(queue), rx.opts(key));
+    let report = fspl_transport::push::push(outbox, &mut sink, &Default::default());
+    drop(sink);
+    let after: Vec<String> = seqs(outbox).into_iter().map(|(n, _)| n).collect();
+    for n in moved {
+        std::fs::rename(aside.join(&n), outbox.join("jobs").join(&n)).unwrap();
     }
     let mut out = Pushed::default();
-    let mut sink = match SshSink::connect(&rx.target(queue), &rx.opts(key)) {
-        Ok(s) => s,
-        Err(e) => {
-            out.error = Some(e);
-            return out;
+    out.acked = before
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !after.contains(n))
+        .collect();
+    match report {
+        Ok(r) => {
+            out.refused = r
+                .refused
+                .into_iter()
+                .map(|f| {
+                    (
+                        f.file.file_name().unwrap().to_string_lossy().into_owned(),
+                        f.reason,
+                    )
+                })
+                .collect();
+            out.error = r.error;
         }
-    };
-    let note = |acks: Vec<Ack>, out: &mut Pushed| {
-        for a in acks {
-            match a {
-                Ack::Durable(id) => {
-                    let n = &names[id as usize];
-                    std::fs::remove_file(outbox.join("jobs").join(n)).unwrap();
-                    out.acked.push(n.clone());
-                }
-                Ack::Refused { id, reason } => {
-                    out.refused.push((names[id as usize].clone(), reason))
-                }
-            }
-        }
-    };
-    for (i, n) in names.iter().enumerate() {
-        let path = outbox.join("jobs").join(n);
-        let mut f = std::fs::File::open(&path).unwrap();
-        let len = f.metadata().unwrap().len();
-        let mut job = OutgoingJob {
-            name: OsStr::new(n),
-            seq: 0,
-            len,
-            reader: &mut f,
-        };
-        if let Err(e) = sink.send(i as u64, &mut job) {
-            out.error = Some(e);
-            break;
-        }
-        match sink.poll() {
-            Ok(a) => note(a, &mut out),
-            Err(e) => {
-                out.error = Some(e);
-                break;
-            }
-        }
-    }
-    if out.error.is_none() {
-        match sink.finish() {
-            Ok(a) => note(a, &mut out),
-            Err(e) => out.error = Some(e),
-        }
+        Err(e) => out.error = Some(e),
     }
     out
 }

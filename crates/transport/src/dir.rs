@@ -1,0 +1,363 @@
+//! `dir:PATH` (or a plain path): a local directory as destination and
+//! source.
+//!
+//! - **A queue directory** (it has `jobs/`): jobs are delivered into its
+//!   `jobs/`, and taken from there, like `queue-write` and `queue-process`
+//!   would, so a queue on a mounted disk or a shared file system can be
+//!   pushed to and pulled from. Taking jobs from a queue holds its lock
+//!   (`nextseq.lock`, or `push.lock` when it has none), as a push from it
+//!   would, so nothing processes or pushes them meanwhile.
+//! - **Any other directory** (a Syncthing or Dropbox folder, a USB stick):
+//!   a job appears as `PATH/fspl-<uuid>.fspl`, by an atomic rename of a
+//!   complete, flushed `PATH/.fspl-tmp-<uuid>`, so a watcher on the other
+//!   side never sees a partial file. Pulling takes `fspl-*.fspl` regular
+//!   files (no link is followed; temporaries, which synced folders also
+//!   use under their own names, are ignored).
+//!
+//! Either way jobs are stored through [`fspl_queue::batch::Batch`]: checked
+//! as `queue-write` checks them, one flush and one directory fsync per
+//! batch, and under the name they had in the outbox, never replacing a
+//! file: a resent job lands on its own earlier copy (identical bytes: an
+//! acknowledgement), and a different file under that name is a refusal.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use fspl_queue::batch::{Batch, BatchLimits, Outcome};
+use fspl_queue::lock::FileLock;
+use fspl_queue::{EntryKind, JobSource, Queue, classify};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+use tracing::warn;
+
+use crate::error::TransportError;
+use crate::{Ack, OutgoingJob, RemoteJob, Sink, Source};
+
+/// The lock file an outbox without `nextseq.lock` (an append-only queue)
+/// gets for pushes and pulls.
+pub const PUSH_LOCK: &str = "push.lock";
+
+/// Where jobs go in `path`: its `jobs/` when it is a queue directory, else
+/// the directory itself. Errors when it is missing or not a directory.
+fn target(path: &Path) -> Result<(PathBuf, bool), TransportError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(TransportError::NotADir {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TransportError::NoSuchDir {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(TransportError::io("open directory", path, e)),
+    }
+    let q = Queue::new(path);
+    if std::fs::metadata(q.jobs_dir()).is_ok_and(|m| m.is_dir()) {
+        Ok((q.jobs_dir().to_path_buf(), true))
+    } else {
+        Ok((path.to_path_buf(), false))
+    }
+}
+
+/// Take the lock that keeps two pushes (or a push and a queue-process) of
+/// one queue directory apart: `nextseq.lock` when it has one, else
+/// `push.lock` (created).
+pub fn lock_queue(dir: &Path) -> Result<FileLock, TransportError> {
+    let q = Queue::new(dir);
+    let (path, create) = if q.lock_path().exists() {
+        (q.lock_path(), false)
+    } else {
+        (dir.join(PUSH_LOCK), true)
+    };
+    FileLock::try_acquire(&path, create).map_err(|e| match e {
+        e @ fspl_queue::QueueError::Locked { .. } => TransportError::Busy {
+            outbox: dir.to_path_buf(),
+            source: e,
+        },
+        e => TransportError::Queue(e),
+    })
+}
+
+/// An exclusive `flock` on an open directory, released when it is closed.
+fn lock_dir(dir_fd: &File, dir: &Path) -> Result<(), TransportError> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(dir_fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(Errno::WOULDBLOCK) => Err(TransportError::Busy {
+            outbox: dir.to_path_buf(),
+            source: fspl_queue::QueueError::Locked {
+                path: dir.to_path_buf(),
+                holder: fspl_queue::lock::lock_holder(dir_fd),
+            },
+        }),
+        Err(e) => Err(TransportError::io("lock directory", dir, e.into())),
+    }
+}
+
+/// A local directory as the destination of a push.
+pub struct DirSink {
+    batch: Batch,
+    /// The caller's ids of the jobs in the batch, in order.
+    ids: Vec<u64>,
+    acks: Vec<Ack>,
+}
+
+impl DirSink {
+    pub fn open(path: &Path) -> Result<DirSink, TransportError> {
+        DirSink::with_limits(path, BatchLimits::default())
+    }
+
+    pub fn with_limits(path: &Path, limits: BatchLimits) -> Result<DirSink, TransportError> {
+        let (dir, queue) = target(path)?;
+        let batch = Batch::open(&dir, path, None, limits)?;
+        if !queue {
+            // In a queue, queue-process removes what a killed writer left;
+            // in a plain folder, nobody else would.
+            remove_stale_temps(&dir);
+        }
+        Ok(DirSink {
+            batch,
+            ids: Vec::new(),
+            acks: Vec::new(),
+        })
+    }
+
+    /// Commit the batch: an acknowledgement for each job (durable, or
+    /// refused when another file has its name). A job that could not be
+    /// renamed fails the whole call, after the others' acknowledgements
+    /// are queued for `poll`.
+    fn commit(&mut self) -> Result<(), TransportError> {
+        let ids = std::mem::take(&mut self.ids);
+        let done = self.batch.commit()?;
+        let mut failed = None;
+        for (id, c) in ids.into_iter().zip(done) {
+            match c.outcome {
+                Outcome::Stored | Outcome::AlreadyThere => self.acks.push(Ack::Durable(id)),
+                Outcome::Conflict => self.acks.push(Ack::Refused {
+                    id,
+                    reason: format!(
+                        "a different file named {} is already in {} (not replaced)",
+                        c.name.to_string_lossy(),
+                        self.batch.dir().display()
+                    ),
+                }),
+                Outcome::Failed(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sink for DirSink {
+    fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
+        match self
+            .batch
+            .add_named(job.reader, Path::new(job.name), job.name)
+        {
+            Ok(_) => self.ids.push(id),
+            Err(e) if e.is_refusal() => self.acks.push(Ack::Refused {
+                id,
+                reason: fspl_queue::display_chain(&e),
+            }),
+            Err(e) => return Err(e.into()),
+        }
+        if self.batch.is_full() {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<Vec<Ack>, TransportError> {
+        Ok(std::mem::take(&mut self.acks))
+    }
+
+    fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
+        self.commit()?;
+        Ok(std::mem::take(&mut self.acks))
+    }
+
+    fn delivers_into(&self) -> Option<&Path> {
+        Some(self.batch.dir())
+    }
+}
+
+/// A local directory as the source of a pull.
+pub struct DirSource {
+    dir: PathBuf,
+    dir_fd: File,
+    /// Held while jobs are taken from a queue directory.
+    _lock: Option<FileLock>,
+}
+
+impl DirSource {
+    pub fn open(path: &Path) -> Result<DirSource, TransportError> {
+        let (dir, queue) = target(path)?;
+        let lock = if queue { Some(lock_queue(path)?) } else { None };
+        let dir_fd = fspl_queue::durable::open_dir_following(&dir)?;
+        Ok(DirSource {
+            dir,
+            dir_fd,
+            _lock: lock,
+        })
+    }
+}
+
+impl Source for DirSource {
+    fn list(&mut self) -> Result<Vec<RemoteJob>, TransportError> {
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| TransportError::io("read directory", &self.dir, e))?;
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| TransportError::io("read directory", &self.dir, e))?;
+            let name = entry.file_name();
+            if classify(&name) != EntryKind::Job {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(TransportError::io("stat", entry.path(), e)),
+            };
+            if !meta.file_type().is_file() {
+                let what = if meta.file_type().is_symlink() {
+                    "a symbolic link (not followed)"
+                } else {
+                    "not a regular file"
+                };
+                warn!(file = %entry.path().display(), "not taking {what}");
+                continue;
+            }
+            out.push(RemoteJob {
+                key: name,
+                len: Some(meta.size()),
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn open(&mut self, job: &RemoteJob) -> Result<Option<Box<dyn JobSource + '_>>, TransportError> {
+        let path = self.dir.join(&job.key);
+        let fd = match rustix::fs::openat(
+            &self.dir_fd,
+            job.key.as_os_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(TransportError::io("open", path, e.into())),
+        };
+        let f = File::from(fd);
+        let meta = f
+            .metadata()
+            .map_err(|e| TransportError::io("stat", &path, e))?;
+        if !meta.is_file() {
+            return Err(TransportError::io(
+                "read",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        Ok(Some(Box::new(f)))
+    }
+
+    fn remove(&mut self, jobs: &[RemoteJob]) -> Result<(), TransportError> {
+        remove_durably(
+            &self.dir_fd,
+            &self.dir,
+            jobs.iter().map(|j| j.key.as_os_str()),
+            "pull",
+        )
+    }
+
+    fn describe(&self, job: &RemoteJob) -> PathBuf {
+        self.dir.join(&job.key)
+    }
+
+    fn takes_from(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+}
+
+/// Remove temporaries (`.fspl-tmp-*`) that a killed push left in a plain
+/// folder: unlocked and not written to for
+/// [`fspl_queue::scan::STALE_TEMP_AGE`], as `queue-process` does in
+/// queues. Best effort: a failure only leaves the file.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in rd.flatten() {
+        if classify(&e.file_name()) != EntryKind::Temp {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags())
+            .open(&path)
+        else {
+            continue;
+        };
+        let stale = f
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= fspl_queue::scan::STALE_TEMP_AGE);
+        if stale && f.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
+            tracing::debug!(file = %path.display(), "removed a temporary file left by a killed push");
+        }
+    }
+}
+
+fn libc_flags() -> i32 {
+    (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32
+}
+
+/// Unlink every name in `dir` (one that is gone already is fine), then
+/// fsync `dir` once. `family` names the failpoints (`push:`, `pull:`).
+pub(crate) fn remove_durably<'a>(
+    dir_fd: &File,
+    dir: &Path,
+    names: impl IntoIterator<Item = &'a OsStr>,
+    family: &str,
+) -> Result<(), TransportError> {
+    use fspl_queue::failpoint::hit;
+    let fp = |step: &str| format!("{family}:{step}");
+    for (i, name) in names.into_iter().enumerate() {
+        if i == 1 {
+            hit(&fp("mid-remove")).map_err(|e| TransportError::io("remove", dir.join(name), e))?;
+        }
+        match rustix::fs::unlinkat(dir_fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(TransportError::io("remove", dir.join(name), e.into())),
+        }
+    }
+    hit(&fp("before-remove-sync")).map_err(|e| TransportError::io("sync directory", dir, e))?;
+    dir_fd
+        .sync_all()
+        .map_err(|e| TransportError::io("sync directory", dir, e))?;
+    hit(&fp("after-remove-sync")).map_err(|e| TransportError::io("sync directory", dir, e))
+}
+
+/// Whether two paths are the same directory (device and inode).
+pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
