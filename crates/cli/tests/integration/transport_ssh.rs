@@ -889,6 +889,7 @@ fn a_job_above_the_servers_limit_is_refused_and_the_others_go_through() {
 /// What the crash test kills.
 #[derive(Clone, Copy, Debug)]
 enum Victim {
+    Push,
     Ssh,
     ServeStdin,
     SshdSession,
@@ -905,6 +906,7 @@ fn victims(rx: &Receiver, victim: Victim) -> Vec<i32> {
             Victim::Ssh => argv.first().is_some_and(|a| a == "ssh") && argv.contains(&ssh_config),
             Victim::ServeStdin => argv.iter().any(|a| a == "serve-stdin") && argv.contains(&config),
             Victim::SshdSession => *ppid == listener,
+            Victim::Push => false,
         })
         .map(|(pid, _, _)| pid)
         .collect()
@@ -951,38 +953,50 @@ fn reliability_sigkill_on_either_side_of_an_ssh_push_loses_no_job_and_runs_none_
             std::fs::write(payloads.join(made.to_string()), &p).unwrap();
             expected.push_str(&format!("{made} ok\n"));
         }
-        let victim = match rng.below(3) {
-            0 => Victim::Ssh,
-            1 => Victim::ServeStdin,
+        let victim = match rng.below(4) {
+            0 => Victim::Push,
+            1 => Victim::Ssh,
+            2 => Victim::ServeStdin,
             _ => Victim::SshdSession,
         };
         let delay = Duration::from_millis(rng.below(400));
-        let killed = std::thread::scope(|s| {
-            let pusher = s.spawn(|| push_jobs(&rx, &key, "q", &outbox, None));
-            let start = Instant::now();
-            let mut killed = false;
-            while !pusher.is_finished() {
-                if start.elapsed() >= delay {
-                    for pid in victims(&rx, victim) {
-                        // SAFETY: a process of this test's own sshd session.
-                        killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
-                    }
-                    break;
+        // `fspl push`, as a user or the daemon runs it.
+        let mut child = fspl()
+            .args(["push", "-q"])
+            .arg(&outbox)
+            .arg("ssh://fspl-test-host/q")
+            .env(fspl_transport::ssh::SSH_ENV, rx.sshd.fspl_ssh(&key))
+            .env(fspl_transport::ssh::TIMEOUT_ENV, "30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut killed = false;
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() >= delay {
+                let pids = match victim {
+                    Victim::Push => vec![child.id() as i32],
+                    v => victims(&rx, v),
+                };
+                for pid in pids {
+                    // SAFETY: our child, or a process of this test's own
+                    // sshd session.
+                    killed |= unsafe { libc::kill(pid, libc::SIGKILL) } == 0;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                break;
             }
-            let pushed = pusher.join().unwrap();
-            if !killed && pushed.error.is_some() {
-                tally.problems(
-                    &ctx,
-                    vec![format!("a push failed without a kill: {:?}", pushed.error)],
-                );
-            }
-            if !pushed.refused.is_empty() {
-                tally.problems(&ctx, vec![format!("refused: {:?}", pushed.refused)]);
-            }
-            killed
-        });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !killed && !out.status.success() {
+            tally.problems(&ctx, vec![format!("a push failed without a kill: {err}")]);
+        }
+        if err.contains("error: not sent: ") {
+            tally.problems(&ctx, vec![format!("refused: {err}")]);
+        }
         tally.runs += 1;
         if killed {
             tally.faults += 1;
@@ -1051,4 +1065,59 @@ fn process_checked(queue: &Path, payloads: &Path, log: &Path) -> std::process::O
         l = log.display()
     ));
     run(c)
+}
+
+#[test]
+fn fspl_push_over_ssh_reports_in_one_line_and_needs_no_connection_for_an_empty_outbox() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    rx.configure(&format!(
+        "[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    let push = |url: &str, ssh: &str| {
+        let mut c = fspl();
+        c.args(["push", "-q"])
+            .arg(&outbox)
+            .arg(url)
+            .env(fspl_transport::ssh::SSH_ENV, ssh)
+            .env(fspl_transport::ssh::TIMEOUT_ENV, "30");
+        run(c)
+    };
+    // Nothing to send: ssh is never started.
+    let out = push("ssh://fspl-test-host/q", "/nonexistent/ssh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seq = rx.sb.path("seq");
+    make_job(&outbox, &seq, b"one", &[]);
+    make_job(&outbox, &seq, b"two", &[]);
+    // A queue the key may not write: one error line, the jobs stay.
+    let out = push("ssh://fspl-test-host/other", &rx.sshd.fspl_ssh(&key));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("fspl: error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(
+            "ssh://fspl-test-host/other: serve-stdin: identity \"laptop\" may not write queue \"other\""
+        ),
+        "{err}"
+    );
+    assert_eq!(rx.sb.job_files(&outbox).len(), 2);
+    // ssh itself failing (no such program) is one line too.
+    let out = push("ssh://fspl-test-host/q", "/nonexistent/ssh");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot run \"/nonexistent/ssh\""), "{err}");
+    // And the real thing.
+    let mut c = fspl();
+    c.args(["push", "--json", "-q"])
+        .arg(&outbox)
+        .arg("ssh://fspl-test-host/q")
+        .env(fspl_transport::ssh::SSH_ENV, rx.sshd.fspl_ssh(&key));
+    let json: serde_json::Value = serde_json::from_slice(&ok(run(c))).unwrap();
+    assert_eq!(json["sent"], 2, "{json}");
+    assert!(rx.sb.job_files(&outbox).is_empty());
+    assert_eq!(rx.sb.job_files(&inbox).len(), 2);
 }
