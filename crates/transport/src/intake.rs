@@ -580,13 +580,9 @@ impl Session {
                 now,
             )
             .map(|_| ())
-            .map_err(|r| {
-                let mut s = format!("seq {}: ", decoded.header.seq);
-                if let Some(who) = &r.sender {
-                    s.push_str(&format!("sender {who:?}: "));
-                }
-                s.push_str(&r.reason);
-                s
+            .map_err(|r| match &r.sender {
+                Some(who) => format!("sender {who:?}: {}", r.reason),
+                None => r.reason,
             });
             return Ok((held, verdict));
         }
@@ -764,7 +760,6 @@ impl PayloadCheck {
             let verdict = (|| {
                 let (decoded, payload) = fspl_queue::open_stream(input, identities.as_deref())
                     .map_err(|e| format!("not a readable job: {}", display_chain(&e)))?;
-                let seq = decoded.header.seq;
                 let alg = decoded
                     .ext
                     .digest
@@ -780,10 +775,10 @@ impl PayloadCheck {
                 );
                 let r = match hashed {
                     Ok((n, digest)) => fspl_queue::verify::check_payload(&decoded.ext, n, &digest)
-                        .map_err(|r| format!("seq {seq}: {}", r.reason)),
-                    Err(e) if too_long(&e).is_some() => Err(format!("seq {seq}: {e}")),
+                        .map_err(|r| r.reason),
+                    Err(e) if too_long(&e).is_some() => Err(e.to_string()),
                     Err(e) => Err(format!(
-                        "seq {seq}: payload cannot be read to the end ({e}), so its length and digest cannot be checked"
+                        "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
                     )),
                 };
                 // Whatever the decoder left unread (and the channel's end).
@@ -914,6 +909,159 @@ mod tests {
 
     fn cfg(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/fspl/intake.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// A session over pipes, as sshd would run it: `frames` are what the
+    /// client sends; returns what the server answered and how it ended.
+    fn session(
+        config: &Path,
+        request: &str,
+        frames: Vec<u8>,
+    ) -> (Vec<Msg>, Result<Summary, Fatal>) {
+        let (from_client, to_server) = std::io::pipe().unwrap();
+        let (from_server, to_client) = std::io::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = to_server;
+            let _ = std::io::Write::write_all(&mut w, &frames);
+        });
+        let config = config.to_path_buf();
+        let request = request.to_string();
+        let server = std::thread::spawn(move || {
+            serve(
+                &config,
+                "laptop",
+                Some(&request),
+                File::from(std::os::fd::OwnedFd::from(from_client)),
+                File::from(std::os::fd::OwnedFd::from(to_client)),
+            )
+        });
+        let mut r = from_server;
+        let mut msgs = Vec::new();
+        while let Ok(m) = Msg::read_from(&mut r) {
+            msgs.push(m);
+        }
+        writer.join().unwrap();
+        (msgs, server.join().unwrap())
+    }
+
+    fn frame(id: u64, name: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut f = Msg::Job {
+            id,
+            len: bytes.len() as u64,
+            name: name.as_bytes().to_vec(),
+        }
+        .encode();
+        f.extend_from_slice(bytes);
+        f.extend_from_slice(blake3::hash(bytes).as_bytes());
+        f
+    }
+
+    fn hello() -> Vec<u8> {
+        Msg::Hello {
+            min: wire::VERSION_MIN,
+            max: wire::VERSION_MAX,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_session_stores_jobs_under_their_names_and_takes_a_resend_as_delivered() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::init(d.path().join("q").as_os_str(), false).unwrap();
+        let config = d.path().join("intake.toml");
+        std::fs::write(
+            &config,
+            format!("[identity.laptop.queues]\nq = \"{}\"\n", q.dir().display()),
+        )
+        .unwrap();
+        // Small jobs (read whole by the batch's first 4 KiB read, after
+        // which it reads once more) and a larger one; then the first again,
+        // and a different job under its name.
+        let big = vec![7u8; 300_000];
+        let mut frames = hello();
+        frames.extend(frame(1, "fspl-a.fspl", b"one"));
+        frames.extend(frame(2, "fspl-b.fspl", &big));
+        frames.extend(frame(3, "fspl-c.fspl", b""));
+        frames.extend(Msg::End.encode());
+        let (msgs, r) = session(&config, "fspl-push q", frames);
+        let s = r.unwrap();
+        assert_eq!((s.stored, s.duplicates, s.refused), (3, 0, 0));
+        assert!(matches!(msgs[0], Msg::Hello { .. }));
+        assert!(matches!(msgs[1], Msg::Ready { .. }));
+        let mut acks: Vec<&Msg> = msgs[2..msgs.len() - 1].iter().collect();
+        acks.sort_by_key(|m| format!("{m:?}"));
+        assert_eq!(
+            acks,
+            [
+                &Msg::Ack { id: 1 },
+                &Msg::Ack { id: 2 },
+                &Msg::Ack { id: 3 }
+            ]
+        );
+        assert_eq!(msgs.last(), Some(&Msg::Bye));
+        assert_eq!(
+            std::fs::read(q.job_path(OsStr::new("fspl-a.fspl"))).unwrap(),
+            b"one"
+        );
+        assert_eq!(
+            std::fs::read(q.job_path(OsStr::new("fspl-b.fspl"))).unwrap(),
+            big
+        );
+        assert_eq!(
+            std::fs::read(q.job_path(OsStr::new("fspl-c.fspl"))).unwrap(),
+            b""
+        );
+
+        let mut frames = hello();
+        frames.extend(frame(7, "fspl-a.fspl", b"one"));
+        frames.extend(frame(8, "fspl-b.fspl", b"not b"));
+        frames.extend(Msg::End.encode());
+        let (msgs, r) = session(&config, "fspl-push q", frames);
+        let s = r.unwrap();
+        assert_eq!((s.stored, s.duplicates, s.refused), (0, 1, 1));
+        assert!(msgs.contains(&Msg::Ack { id: 7 }), "{msgs:?}");
+        assert!(
+            msgs.iter().any(|m| matches!(m, Msg::Refused { id: 8, reason } if reason.contains("a different job named fspl-b.fspl"))),
+            "{msgs:?}"
+        );
+        assert_eq!(
+            std::fs::read(q.job_path(OsStr::new("fspl-b.fspl"))).unwrap(),
+            big
+        );
+        let names: Vec<_> = std::fs::read_dir(q.jobs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary left: {names:?}");
+    }
+
+    #[test]
+    fn a_damaged_job_ends_the_session_and_is_not_stored_but_the_jobs_before_it_are() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::init(d.path().join("q").as_os_str(), false).unwrap();
+        let config = d.path().join("intake.toml");
+        std::fs::write(
+            &config,
+            format!("[identity.laptop.queues]\nq = \"{}\"\n", q.dir().display()),
+        )
+        .unwrap();
+        let mut frames = hello();
+        frames.extend(frame(1, "fspl-a.fspl", b"good"));
+        let mut bad = frame(2, "fspl-b.fspl", b"bad");
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        frames.extend(bad);
+        frames.extend(frame(3, "fspl-c.fspl", b"never read"));
+        let (msgs, r) = session(&config, "fspl-push q", frames);
+        let f = r.unwrap_err();
+        assert_eq!(f.kind, FatalKind::Transient);
+        assert!(f.message.contains("fspl-b.fspl arrived damaged"), "{f}");
+        assert!(matches!(msgs.last(), Some(Msg::Fatal { .. })), "{msgs:?}");
+        let names: Vec<_> = std::fs::read_dir(q.jobs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [OsStr::new("fspl-a.fspl")]);
     }
 
     #[test]

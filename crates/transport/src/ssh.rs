@@ -25,7 +25,7 @@ use fspl_queue::escape_controls;
 
 use crate::error::{TransportError, TransportErrorKind};
 use crate::fdio::{TimedWriter, grow_pipe, set_nonblocking};
-use crate::wire::{self, DIGEST_LEN, FatalKind, Msg, WireError};
+use crate::wire::{self, FatalKind, Msg, WireError};
 use crate::{Ack, OutgoingJob, Sink};
 
 /// The environment variable that replaces the `ssh` command.
@@ -794,10 +794,6 @@ fn describe_exit(
     };
     (message, kind)
 }
-
-/// A `serve-stdin` on the other end of two pipes read a job whose
-/// digest trailer is this many bytes long.
-const _: () = assert!(DIGEST_LEN == 32);
 
 #[cfg(test)]
 mod tests {

@@ -537,12 +537,12 @@ fn trust_at_intake_refuses_an_unsigned_or_altered_job_and_accepts_a_signed_one()
     assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
     assert_eq!(p.refused[0].0, jobs[1].0);
     assert!(
-        p.refused[0].1.contains("seq 2: unsigned job"),
+        p.refused[0].1.starts_with("unsigned job"),
         "{:?}",
         p.refused
     );
     assert_eq!(p.refused[1].0, jobs[2].0);
-    assert!(p.refused[1].1.contains("seq 3: payload"), "{:?}", p.refused);
+    assert!(p.refused[1].1.starts_with("payload"), "{:?}", p.refused);
     assert!(p.refused[1].1.contains("does not match"), "{:?}", p.refused);
     // Only the signed jobs are in the queue; nothing else was left there.
     let names: Vec<String> = std::fs::read_dir(inbox.join("jobs"))
@@ -1088,7 +1088,11 @@ fn fspl_push_over_ssh_reports_in_one_line_and_needs_no_connection_for_an_empty_o
     };
     // Nothing to send: ssh is never started.
     let out = push("ssh://fspl-test-host/q", "/nonexistent/ssh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seq = rx.sb.path("seq");
     make_job(&outbox, &seq, b"one", &[]);
     make_job(&outbox, &seq, b"two", &[]);
@@ -1096,7 +1100,10 @@ fn fspl_push_over_ssh_reports_in_one_line_and_needs_no_connection_for_an_empty_o
     let out = push("ssh://fspl-test-host/other", &rx.sshd.fspl_ssh(&key));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("fspl: error: ")).collect();
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("fspl: error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(
         errors[0].contains(
