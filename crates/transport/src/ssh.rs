@@ -100,8 +100,8 @@ impl Default for SshOptions {
         let timeout = std::env::var(TIMEOUT_ENV)
             .ok()
             .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
+            .filter(|s| *s > 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .unwrap_or(DEFAULT_TIMEOUT);
         SshOptions {
             timeout,
@@ -116,17 +116,22 @@ pub fn ssh_command(
     target: &SshTarget,
     command: Option<&[String]>,
 ) -> Result<Command, TransportError> {
-    let words =
-        match std::env::var(SSH_ENV) {
-            _ if command.is_some_and(|c| !c.is_empty()) => command.unwrap_or_default().to_vec(),
+    let bad = |message: String| TransportError::Backend {
+        message,
+        kind: TransportErrorKind::Permanent,
+    };
+    let words = match command.filter(|c| !c.is_empty()) {
+        Some(c) => c.to_vec(),
+        None => match std::env::var(SSH_ENV) {
             Ok(s) if !s.trim().is_empty() => shlex::split(&s)
                 .filter(|w| !w.is_empty())
-                .ok_or_else(|| TransportError::Backend {
-                    message: format!("{SSH_ENV}={s:?} cannot be split into words"),
-                    kind: TransportErrorKind::Permanent,
-                })?,
+                .ok_or_else(|| bad(format!("{SSH_ENV}={s:?} cannot be split into words")))?,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(bad(format!("{SSH_ENV} is not valid UTF-8")));
+            }
             _ => vec!["ssh".to_string()],
-        };
+        },
+    };
     let mut c = Command::new(&words[0]);
     c.args(&words[1..]).arg("-T");
     if let Some(p) = target.port {
