@@ -8,13 +8,13 @@
 def notes(c):
     return {
         "B1": f"""
-Each job is two process starts and, in fspl, four flushes where Filespooler
-does two: `prepare -s` replaces the sequence file (write, `fsync`, `rename`)
-and then `fsync`s its directory, and `queue-write` `fsync`s the new job and
-then its directory (syscall table: B1 ours 2 `fsync`, ref 1, for
-`queue-write` alone). The directory flushes are what makes an acknowledged
-job and a used sequence number survive a power cut (docs/durability.md);
-Filespooler skips them and can lose both, so we keep them. On this disk a
+Each job is two process starts and, in fspl, three flushes where Filespooler
+makes two: `prepare -s` advances the sequence file in place (`pwrite` +
+`fdatasync`, no journal commit while its length stays), and `queue-write`
+`fsync`s the new job and then its directory (syscall table: B1 ours 2
+`fsync`, ref 1, for `queue-write` alone). Each is needed for a promise
+(docs/durability.md, "Every flush"): Filespooler skips the directory
+flushes and can lose an acknowledged job or a used number. On this disk a
 create + `fsync` + directory `fsync` costs {c['create_ms']} ms, an in-place
 `fdatasync` {c['fdatasync_ms']} ms; per job fspl takes {c['b1_ours_ms']} ms
 and Filespooler {c['b1_ref_ms']} ms. Measured alone (B0 under "All
@@ -22,15 +22,15 @@ measurements"): `prepare -s SEQ` {c['prepseq_ours']} against
 {c['prepseq_ref']}, the same without a sequence file (`-s -`, no flush)
 {c['prep_ours']} against {c['prep_ref']}, one `queue-write` {c['qw_ours']}
 against {c['qw_ref']}, and `--version` {c['start_ours']} against
-{c['start_ref']}. So the gap is part flushes and part process start; fspl's binary is larger (text {c['text_ours']} against
-{c['text_ref']}: zstd, xz, gzip, lz4, BLAKE3, signatures and encryption) and, in a VM, its CPU feature
-probes trap to the hypervisor (a `perf` profile of 300 tiny `prepare`s
-puts about 8 % of fspl's samples in `std_detect`, BLAKE3's AVX-512 probe,
-libgcc's `__cpu_indicator_init` and ld.so's `init_cpu_features`).
-What could be gained without weakening anything: `prepare -s` could
-advance the sequence file in place (`pwrite` + `fdatasync`, one flush, as
-`queue-process` already does for nextseq, by the same argument: numbers
-only grow) instead of the replace protocol (two journal commits).
+{c['start_ref']}. fspl's binary is larger (text {c['text_ours']} against
+{c['text_ref']}: zstd, xz, gzip, lz4, BLAKE3, signatures and encryption),
+and `queue-write` now checks every job (header CRCs, payload digest), whose
+CPU feature probes trap to the hypervisor in a VM (`std_detect`, BLAKE3's
+AVX-512 probe). Start-up was trimmed already: fspl loads neither
+`libgcc_s` (its `__cpu_indicator_init` alone is a series of trapping
+`cpuid`s) nor `libm`, and clap builds only the options of the command
+used. The flush latency of this shared virtual disk moves the row more
+than any of that; read the spread under "All measurements".
 """,
         "B2": f"""
 Per job: fspl {c['b2_ours_ms']} ms, Filespooler {c['b2_ref_ms']} ms, plain
@@ -75,35 +75,39 @@ of the first cost. Most of the time is still the command's own start
 (`true` in `ld-linux`).
 """,
         "B5": f"""
-The job made by `fspl prepare -i BIG` carries a payload length and a BLAKE3
-digest (fspl's default for a regular file). `prepare` therefore reads the
-file twice, once to hash it (the header, which holds the digest, comes
-first) and once to send it; `queue-process` reads and hashes the whole
-payload before it starts the command, so that a cut-short or altered
-payload is refused before anything runs, and then hands the file to the
-command. That extra pass is the whole difference: `_blake3_hash_many_avx512`
-is {c['blake_prepare']} of the prepare samples and {c['blake_process']} of
-the process samples (profiles below), the rest is the kernel copying the
-page cache; for a job made with `--no-digest` the same commands are at or
-below the targets (process {c['nd_process']}× cat, prepare {c['nd_prepare']}×
-ref). Dropping the check is not an option (it is a safety feature), but it
-can be cheaper: hash through `mmap` instead of `read` (no copy) and with
-BLAKE3's multi-threaded mode (`Hasher::update_mmap_rayon`), which on this
-2-core machine would roughly halve the hashing time. `queue-write` does no
-hashing: it hands the copy to the kernel (`copy_file_range`, two calls for
-the whole GiB) and flushes file and directory. On ext4, which cannot
-reflink, `copy_file_range` falls back to an in-kernel splice through the
-page cache, and on this machine that copy was slower than `dd`'s 1 MiB
-`read`/`write` loop: a Python `os.copy_file_range` loop over the same file
-took 0.37-0.50 s against 0.31-0.33 s for `dd bs=1M` without the flush,
-the flush itself being the same (0.35-0.40 s), and `perf` shows the
-splice path's `__pi_memcpy` plus page-cache locking. A plain 1 MiB
-`read`/`write` loop for regular-file input was tried (2026-11-23): over 8
-runs its median was 0.73 s against 0.78 s for `copy_file_range` and
-0.90 s for `dd`, with a spread (0.55-2.7 s for `dd`) larger than any of
-the differences, because the flush of 1 GiB to this virtual disk
-dominates and varies; not a clear gain, so it was not kept. The
-directory `fsync` costs well under a millisecond.
+`queue-process` without `--trust` hands the job file itself to the command
+and checks the payload's digest beside it: a second read of the payload
+(`pread`, never a mapping), hashed on all cores as BLAKE3 subtrees that are
+merged at the end; the job counts as done only when both have finished. A
+checked run cannot be faster than reading the payload once and hashing it
+once, which `cat` ({c['b5_cat']}) and `b3sum` ({c['b5_b3sum']}, mapped,
+all cores) show; fspl took {c['b5_ours']} (the reference, which checks
+nothing, {c['b5_ref']}). On two cores the command's read and the hash
+share the CPU: the floor is the sum of their CPU times spread over both
+cores, and anything else running on the machine comes off it. With a command
+slower than the hash (`sha256sum`) the check is hidden behind it:
+{c['b5_sha_ours']} against the reference's {c['b5_sha_ref']}. With
+`--trust` the command must read only checked bytes: the payload is hashed
+under a read lease before the command starts (the S2 time,
+{c['b5_true']}), then fed to it through a pipe from the leased file;
+{c['b5_trust']} against {c['b5_notrust']} without `--trust`. The pipe
+costs about as much again as reading the file (the kernel copies each
+byte into the pipe and out of it), which is the price of the command
+never holding the job file (docs/security.md explains why it must not).
+The job made by `fspl prepare -i BIG` carries a payload length and a
+BLAKE3 digest (fspl's default for a regular file). `prepare` hashes the file first (the header, which holds the digest, comes
+first) on two threads, with positional reads, cutting BLAKE3's tree into
+subtrees, and then has the kernel send the payload (`copy_file_range`,
+`sendfile`). `queue-write` has the kernel copy the payload into the
+temporary while a second thread hashes what was stored, read back from the
+page cache; the kernel is asked to start writing every 8 MiB
+(`sync_file_range`) and the `fsync` runs while the hashing ends.
+`_blake3_hash_many_avx512` is {c['blake_prepare']} of the prepare
+samples (profile below); for a job made with `--no-digest`, prepare is at
+{c['nd_prepare']}× ref. On a machine whose other core is busy, the hashing
+thread competes for it; and the flush of a large file to this virtual disk
+dominates and varies from run to run (compare the min … max spreads of `dd`
+and fspl under "All measurements").
 """,
         "B6": f"""
 Peak RSS is dominated by the binary itself: even `--version` peaks at
@@ -138,23 +142,20 @@ same size as the difference (see the min … max spread under "All
 measurements").
 """,
         "S3": f"""
-The goal is below the cost of decryption itself on this machine: `age -d`
-alone (Debian's Go implementation, assembly ChaCha20-Poly1305), writing
-to /dev/null, takes {c['s3_age_ratio']}× as long as fspl's whole plaintext
-run. fspl's encrypted run does more than decrypt: the job promises a payload
-length and digest, and fspl checks them before the command sees a byte,
-so the decrypted payload is hashed and kept in an unlinked temporary file
-in `jobs/` (a decrypted stream cannot be rewound, and decrypting twice
-would let a rewritten file feed the command bytes that were never checked),
-and the command then reads that file. Decryption runs on one core while
-a second thread (`fspl-spool`) hashes and writes the temporary file. In
-the profile of one run (below), ChaCha20 and Poly1305 take
-{c['s3_crypto']} of the samples, BLAKE3 {c['s3_blake']}, and the largest
-single item is the kernel copying the decrypted GiB into the temporary
-file's page cache (`copy_folio_from_iter_atomic`, in `fspl-spool`). What
-could still be gained: decrypting age's independent 64 KiB chunks in
-parallel; it cannot get under the 1.5× while the decryption alone costs
-more than that.
+Without `--trust` the encrypted payload is decrypted on all cores (age's
+64 KiB STREAM chunks are independent: worker threads read and decrypt
+batches of them with `pread`, the reader hands them out in order), hashed
+on its way and written to a pipe that the command reads; its length is
+checked from the age file's size before anything runs. The plaintext run
+does one read and one hash ({c['s3_plain']}); the encrypted one adds
+ChaCha20-Poly1305 over every byte ({c['s3_crypto']} of the samples, in
+RustCrypto's AVX2 code) and the pipe (every byte copied into it and out of
+it), on the same two cores: {c['s3_enc']}. Decryption alone, on one core,
+is `age -d` ({c['s3_age']}, Debian's Go build with assembly
+ChaCha20-Poly1305, {c['s3_age_ratio']}× the plaintext run); spread over two
+cores it is still more than half of the plaintext run, so 1.5× cannot be
+reached here whatever the rest costs. More cores, or a faster AEAD (an
+AVX-512 ChaCha20), would move it.
 """,
         "D1": f"""
 Latency is measured from the exit of the `queue-write` that delivered a

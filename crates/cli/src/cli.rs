@@ -29,7 +29,11 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// Each command's options are built only when that command is used (or
+/// its help, completions or manual page are asked for): every call starts
+/// faster than if the whole tree were built first.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Cmd {
     /// Print a fresh UUID (version 4)
     #[command(after_help = "Examples:\n  fspl gen-uuid")]
@@ -128,12 +132,19 @@ pub enum Cmd {
         keys: KeyArgs,
     },
     /// Store a job read from stdin in a queue (durably, under a fresh name)
+    ///
+    /// The job is checked as it is copied: header, and the payload's length
+    /// and digest when the job carries them (compressed jobs are decoded to
+    /// check them; encrypted ones only with --identity). A job that is not
+    /// valid is refused (exit 1) and nothing is stored.
     #[command(after_help = "Examples:\n  \
         for f in sync/*.fspl; do fspl queue-write -q ~/queue < \"$f\" && rm \"$f\"; done\n  \
         base64 -d < job.b64 | fspl queue-write -q ~/queue")]
     QueueWrite {
         #[command(flatten)]
         q: QueueArg,
+        #[command(flatten)]
+        ids: IdentityArgs,
     },
     /// Send every job of an outbox to a destination (fspl extension)
     ///

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 mod cli;
 mod cmd;
 mod logging;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod mathshim;
 mod output;
 
 /// Exit statuses (docs/cli.md): 0 success; 1 failure (a job failed, an I/O

@@ -5,7 +5,7 @@
 //! (`fspl push`, `fspl pull`, an SSH intake) stores them as a batch:
 //!
 //! 1. [`Batch::add`] / [`Batch::add_named`]: each job is received into its
-//!    own temporary `DIR/.fspl-tmp-<uuid>` (created `O_EXCL`, never
+//!    own temporary `DIR/.fspl-tmp-<uuid>-<n>` (created `O_EXCL`, never
 //!    following a link, and `flock`ed while the batch holds it, so a
 //!    cleaner can tell it from a dead writer's), checked on the way by the
 //!    same code as `queue-write` ([`crate::queue`]'s `receive`);
@@ -118,6 +118,10 @@ pub struct Batch {
     pending: Vec<Pending>,
     bytes: u64,
     first: Option<Instant>,
+    /// Temporaries are named `.fspl-tmp-<tag>-<n>`: one random tag per
+    /// batch (unique among writers), a counter within it.
+    tag: uuid::Uuid,
+    counter: u64,
 }
 
 impl Queue {
@@ -154,6 +158,8 @@ impl Batch {
             pending: Vec::new(),
             bytes: 0,
             first: None,
+            tag: uuid::Uuid::new_v4(),
+            counter: 0,
         })
     }
 
@@ -202,7 +208,8 @@ impl Batch {
         name: &OsStr,
     ) -> Result<OsString> {
         check_name(name)?;
-        let tmp = OsString::from(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4()));
+        self.counter += 1;
+        let tmp = OsString::from(format!("{TEMP_PREFIX}{}-{}", self.tag, self.counter));
         let tmp_path = self.dir.join(&tmp);
         let fd = rustix::fs::openat(
             &self.dir_fd,
@@ -215,16 +222,18 @@ impl Batch {
             path: tmp_path.clone(),
             source: e.into(),
         })?;
-        let mut file = File::from(fd);
+        let file = File::from(fd);
         let result = (|| {
             file.lock().map_err(QueueError::io("lock", &tmp_path))?;
+            // Flushed with the rest of the batch at commit.
             receive(
                 input,
-                &mut file,
+                &file,
                 &tmp_path,
                 self.identities.as_deref(),
                 &self.owner,
                 from,
+                &|| Ok(()),
             )?;
             let len = file
                 .metadata()
@@ -475,11 +484,12 @@ fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
     }
 }
 
-/// How many temporaries a batch may hold open: half of the soft limit on
-/// open files, less a margin for everything else.
+/// How many temporaries a batch may hold open: the soft limit on open
+/// files, less a margin for everything else (the job being read, the
+/// directories, a few hundred to spare).
 fn fd_budget() -> usize {
     match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
-        Some(n) => (n as usize / 2).saturating_sub(64).max(1),
+        Some(n) => (n as usize).saturating_sub(256).max(1),
         None => usize::MAX,
     }
 }

@@ -54,10 +54,26 @@ pub enum QueueError {
     },
     #[error("{}: not a real directory (a symbolic link or another kind of file is in its place); refusing to move anything into it", path.display())]
     NotADirectory { path: PathBuf },
+    #[error("refusing the job {}, nothing was stored in {}: {reason}", origin(from), dir.display())]
+    InvalidJob {
+        dir: PathBuf,
+        /// Where the job came from: "stdin", or a file.
+        from: PathBuf,
+        reason: String,
+    },
     #[error("{}: queue directory already exists", dir.display())]
     AlreadyExists { dir: PathBuf },
     #[error("{name:?} is not a job name (fspl-*.fspl, one path component)")]
     InvalidName { name: String },
+}
+
+/// "on stdin", or "from FILE".
+fn origin(from: &std::path::Path) -> String {
+    if from == std::path::Path::new("stdin") {
+        "on stdin".to_string()
+    } else {
+        format!("from {}", from.display())
+    }
 }
 
 /// `path` as one shell word, for commands suggested in messages: as is when
@@ -80,7 +96,10 @@ impl QueueError {
     /// job name), so that sending the same job again cannot help: a
     /// transport reports it as refused rather than failing.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, QueueError::InvalidName { .. })
+        matches!(
+            self,
+            QueueError::InvalidName { .. } | QueueError::InvalidJob { .. }
+        )
     }
 
     /// Whether the error may go away without anyone changing anything

@@ -38,6 +38,10 @@ pub enum Outcome {
     Invalid(String),
     /// The command exited 0 but the payload reached it incomplete.
     PayloadError(String),
+    /// The payload, checked while the command read it, did not match its
+    /// header's length or digest (whatever the command's own status), or
+    /// the job file was opened for writing while the command read it.
+    PayloadCheckFailed(String),
 }
 
 impl Outcome {
@@ -53,7 +57,7 @@ impl Outcome {
             Outcome::TimedOut(_) => "timeout",
             Outcome::FailJob => "fail-job",
             Outcome::Invalid(_) => "invalid",
-            Outcome::PayloadError(_) => "payload-error",
+            Outcome::PayloadError(_) | Outcome::PayloadCheckFailed(_) => "payload-error",
         }
     }
 }
@@ -73,6 +77,7 @@ impl std::fmt::Display for Outcome {
             Outcome::FailJob => f.write_str("it is a Fail job"),
             Outcome::Invalid(why) => write!(f, "job cannot be run: {why}"),
             Outcome::PayloadError(why) => write!(f, "payload incomplete: {why}"),
+            Outcome::PayloadCheckFailed(why) => write!(f, "payload check failed: {why}"),
         }
     }
 }

@@ -15,6 +15,9 @@ use std::io;
 pub const NAMES: &[&str] = &[
     "prepare:after-lock",
     "prepare:after-header",
+    "seqfile:before-write",
+    "seqfile:before-sync",
+    "seqfile:after-sync",
     "prepare:after-commit",
     "prepare:mid-payload",
     "write:after-create",

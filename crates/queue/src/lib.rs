@@ -5,12 +5,15 @@
 pub mod batch;
 pub mod bounded;
 pub mod check;
+pub mod concurrent;
 pub mod decoder;
 pub mod durable;
 mod error;
 pub mod exec;
 pub mod failpoint;
+mod intake;
 pub mod last_failure;
+pub mod lease;
 pub mod lock;
 pub mod nextseq;
 pub mod process;

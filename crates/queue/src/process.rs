@@ -26,21 +26,23 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use fspl_format::{DigestAlg, Extension, JobHeader, JobLocation};
 use fspl_trust::TrustFile;
-use fspl_trust::digest::hash_reader;
 use tracing::{debug, warn};
 
-use crate::bounded::{Bounded, too_long};
+use crate::bounded::too_long;
+use crate::concurrent::{self, FileCheck, HashingReader, Problem, ProblemKind};
 use crate::decoder::Decoder;
 use crate::error::QueueError;
 use crate::exec::{self, KillHandle, Outcome, Output, RunSpec, SpawnError};
 use crate::failpoint::hit;
 use crate::last_failure;
+use crate::lease::{LeaseFeed, Leased, ReadLease, check_under_lease};
 use crate::nextseq::NextSeq;
-use crate::pump::Check;
+use crate::pump::{Check, Pump};
 use crate::queue::{CopyError, OpenedJob, Payload, PayloadFinish, Queue};
 use crate::scan::{self, JobEntry};
 use crate::spool;
@@ -258,11 +260,34 @@ struct Run<'a> {
 
 /// What vetting a job's payload decided.
 enum Verdict {
-    Run(Box<OpenedJob>),
+    Run(Box<OpenedJob>, Plan),
     Refuse(Refusal),
     /// The payload cannot be read to the end (e.g. corrupt compression):
     /// a failed job, as if the command had failed on it.
     Fail(Outcome),
+}
+
+/// How a payload that passed reaches the command.
+enum Plan {
+    /// As it is: checked already, or nothing to check.
+    AsIs,
+    /// The job file itself; its digest is checked meanwhile (no trust file).
+    CheckWhileRunning,
+    /// Through a pipe from the decrypting reader, hashed on its way (no
+    /// trust file; the length was checked from the file's size).
+    HashOnTheWay,
+    /// Checked under a read lease; fed to the command through a pipe from
+    /// the leased file (`len` bytes).
+    Leased(ReadLease, u64),
+}
+
+/// Why a payload is vetted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Its command is about to run.
+    Run,
+    /// Telling copies of one seq apart: nothing runs on it.
+    Judge,
 }
 
 /// Job files by seq, built from one scan and extended by rescans.
@@ -401,8 +426,8 @@ impl Run<'_> {
             let path = self.queue.job_path(&name);
             hit("process:before-run").map_err(QueueError::io("run", &path))?;
             let header = job.header.clone();
-            let outcome = match self.verify_payload(&name, job)? {
-                Verdict::Run(job) => self.run_job(&name, *job)?,
+            let outcome = match self.verify_payload(&name, job, Purpose::Run)? {
+                Verdict::Run(job, plan) => self.run_job(&name, *job, plan)?,
                 Verdict::Fail(outcome) => self.count(&header, &name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&name, Some(seq), &r)?;
@@ -461,8 +486,8 @@ impl Run<'_> {
                 continue;
             }
             let header = job.header.clone();
-            let outcome = match self.verify_payload(&entry.name, job)? {
-                Verdict::Run(job) => self.run_job(&entry.name, *job)?,
+            let outcome = match self.verify_payload(&entry.name, job, Purpose::Run)? {
+                Verdict::Run(job, plan) => self.run_job(&entry.name, *job, plan)?,
                 Verdict::Fail(outcome) => self.count(&header, &entry.name, outcome),
                 Verdict::Refuse(r) => {
                     self.refuse(&entry.name, Some(seq), &r)?;
@@ -556,9 +581,9 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            match self.verify_payload(&name, job)? {
+            match self.verify_payload(&name, job, Purpose::Judge)? {
                 Verdict::Refuse(r) => self.refuse(&name, Some(seq), &r)?,
-                Verdict::Run(job) => {
+                Verdict::Run(job, _) => {
                     job.payload.close();
                     kept.push(name);
                 }
@@ -576,12 +601,28 @@ impl Run<'_> {
         trust.sender(&key).map(|s| s.name.clone())
     }
 
-    /// Read the payload once, before anything runs, when the job promises
-    /// a length or digest; then hand back a payload positioned at its start.
+    /// Decide how the payload of a job that promises a length or digest
+    /// is checked, and check what must be checked before anything runs.
+    ///
+    /// - The length of a job file's payload is always checked first, from
+    ///   the file's size (and an encrypted one's from the age file's size):
+    ///   a file cut short or grown in transit is refused before any of it
+    ///   is read.
+    /// - Without a trust file the digest guards against accidental damage
+    ///   only; when the command reads the payload it gets it at once and
+    ///   the digest is checked meanwhile (`Plan::CheckWhileRunning`,
+    ///   `Plan::HashOnTheWay`): a mismatch then fails the job.
+    /// - With a trust file the command reads nothing unchecked: the job
+    ///   file's payload is hashed under a read lease and fed to the command
+    ///   from it (`Plan::Leased`), or, where no lease can be had, copied
+    ///   while hashed; a decoded payload is copied while hashed.
+    /// - Judging copies of one job (`Purpose::Judge`), or a command that
+    ///   ignores the payload: hashed before, nothing copied.
     fn verify_payload(
         &mut self,
         name: &OsStr,
         mut job: OpenedJob,
+        purpose: Purpose,
     ) -> Result<Verdict, ProcessError> {
         let ext = job.ext.clone();
         // The header of the file actually opened is what counts: the one
@@ -594,48 +635,133 @@ impl Run<'_> {
             return Ok(Verdict::Refuse(r));
         }
         if ext.payload_len.is_none() && ext.digest.is_none() {
-            return Ok(Verdict::Run(Box::new(job)));
+            return Ok(Verdict::Run(Box::new(job), Plan::AsIs));
         }
         let alg = ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
         let path = self.queue.job_path(name);
         let declared = ext.payload_len;
+        let trusted = self.opts.trust.is_some();
+        // Whether the command will read the payload.
+        let reads = purpose == Purpose::Run && !self.opts.ignore_payload;
+        let refuse = |this: &Self, job: OpenedJob, mut r: Refusal| {
+            job.payload.close();
+            // With a trust file the header has passed: name its signer.
+            r.sender = this.signer_name(&job.ext);
+            Ok(Verdict::Refuse(r))
+        };
+        match &mut job.payload {
+            Payload::File(f) => {
+                let size = f
+                    .metadata()
+                    .map_err(|source| QueueError::Io {
+                        action: "stat",
+                        path: path.clone(),
+                        source,
+                    })?
+                    .len()
+                    .saturating_sub(job.header_len);
+                if let Some(r) = concurrent::length_refusal(&ext, size) {
+                    return refuse(self, job, r);
+                }
+                if ext.digest.is_none() {
+                    // A length alone: the file's size says it all.
+                    return Ok(Verdict::Run(Box::new(job), Plan::AsIs));
+                }
+                if reads && !trusted {
+                    debug!(
+                        seq = job.header.seq,
+                        "payload checked while the command reads it"
+                    );
+                    return Ok(Verdict::Run(Box::new(job), Plan::CheckWhileRunning));
+                }
+                if reads {
+                    // With a trust file.
+                    match check_under_lease(f, job.header_len, &ext) {
+                        Ok(Leased::Passed(lease, len)) => {
+                            debug!(seq = job.header.seq, "payload checked under a read lease");
+                            return Ok(Verdict::Run(Box::new(job), Plan::Leased(lease, len)));
+                        }
+                        Ok(Leased::Failed(why)) => return refuse(self, job, Refusal::new(why)),
+                        Err(e) => {
+                            job.payload.close();
+                            return Ok(self.unreadable_payload(&ext, e, false));
+                        }
+                        // Copied below.
+                        Ok(Leased::Unavailable) => {
+                            debug!(
+                                seq = job.header.seq,
+                                "no read lease on the job file; copying the payload"
+                            );
+                        }
+                    }
+                } else {
+                    // Nothing runs on it, or not on the payload: hash it
+                    // where it is.
+                    let never = AtomicBool::new(false);
+                    return match concurrent::check_file_range(f, job.header_len, &ext, &never) {
+                        Ok(None) => Ok(Verdict::Run(Box::new(job), Plan::AsIs)),
+                        Ok(Some(why)) => refuse(self, job, Refusal::new(why)),
+                        Err(e) => {
+                            job.payload.close();
+                            Ok(self.unreadable_payload(&ext, e, false))
+                        }
+                    };
+                }
+            }
+            Payload::Stream { size, .. } => {
+                if let Some(have) = *size
+                    && let Some(r) = concurrent::length_refusal(&ext, have)
+                {
+                    return refuse(self, job, r);
+                }
+                if reads && !trusted && size.is_some() {
+                    debug!(
+                        seq = job.header.seq,
+                        "payload hashed on its way to the command"
+                    );
+                    return Ok(Verdict::Run(Box::new(job), Plan::HashOnTheWay));
+                }
+            }
+            Payload::Decoded { .. } => {}
+        }
         let decoded = !matches!(job.payload, Payload::File(_));
-        if let (Payload::File(f), None) = (&mut job.payload, &self.opts.trust) {
-            // Without a trust file a plain payload is hashed through the
-            // descriptor the command then gets, rewound: no copy. This
-            // catches damage in transit, not a writer changing the file
-            // while the job runs (docs/security.md).
-            let hashed = hash_reader(alg, &mut Bounded::new(&mut *f, declared));
-            let (len, digest) = match hashed {
-                Ok(v) => v,
+        if !reads {
+            // Nothing runs on it (or the command does not read it): hash
+            // it, keep nothing.
+            let hashed = fspl_trust::digest::hash_reader(alg, &mut job.payload_reader());
+            return match hashed {
+                Ok((len, digest)) => match verify::check_payload(&ext, len, &digest) {
+                    Ok(()) => Ok(Verdict::Run(Box::new(job), Plan::AsIs)),
+                    Err(r) => refuse(self, job, r),
+                },
                 Err(e) => {
                     job.payload.close();
-                    return Ok(self.unreadable_payload(&ext, e, false));
+                    Ok(self.unreadable_payload(&ext, e, decoded))
                 }
             };
-            if let Err(r) = verify::check_payload(&ext, len, &digest) {
-                job.payload.close();
-                return Ok(Verdict::Refuse(r));
-            }
-            f.seek(SeekFrom::Start(job.header_len))
-                .map_err(|source| QueueError::Io {
-                    action: "seek back to the payload of",
-                    path,
-                    source,
-                })?;
-            return Ok(Verdict::Run(Box::new(job)));
         }
         // The command reads a private copy, made while the payload is
         // hashed: an unlinked temporary file next to the queue. A decoded
         // stream (compressed, encrypted, -d) cannot be rewound, and decoding
         // it twice would let a swapped file feed the command bytes that were
-        // never checked; with a trust file, a plain one is copied (or
-        // reflinked) too, so that a writer changing the job file in place
-        // after the check cannot change what the command reads. Never more
-        // than one byte past the header's length is read.
+        // never checked; with a trust file, a plain one that cannot be
+        // leased is copied (or reflinked) too, so that a writer changing the
+        // job file in place after the check cannot change what the command
+        // reads. Never more than one byte past the header's length is read.
         let jobs_dir = self.queue.jobs_dir();
         let copied = match &mut job.payload {
-            Payload::File(f) => spool::private_copy_of_file(jobs_dir, f, alg, declared),
+            Payload::File(f) => {
+                if let Err(source) = f.seek(SeekFrom::Start(job.header_len)) {
+                    job.payload.close();
+                    return Err(QueueError::Io {
+                        action: "seek to the payload of",
+                        path,
+                        source,
+                    }
+                    .into());
+                }
+                spool::private_copy_of_file(jobs_dir, f, alg, declared)
+            }
             other => spool::private_copy_of_stream(Some(jobs_dir), other.reader(), alg, declared),
         };
         let OpenedJob {
@@ -658,16 +784,18 @@ impl Run<'_> {
             }
         };
         if let Err(mut r) = verify::check_payload(&ext, spooled.len, &spooled.digest) {
-            // With a trust file the header has passed: name its signer.
             r.sender = self.signer_name(&ext);
             return Ok(Verdict::Refuse(r));
         }
-        Ok(Verdict::Run(Box::new(OpenedJob {
-            header,
-            header_len,
-            ext,
-            payload: Payload::File(spooled.file),
-        })))
+        Ok(Verdict::Run(
+            Box::new(OpenedJob {
+                header,
+                header_len,
+                ext,
+                payload: Payload::File(spooled.file),
+            }),
+            Plan::AsIs,
+        ))
     }
 
     /// What a payload that cannot be read to the end gets: one longer than
@@ -837,6 +965,7 @@ impl Run<'_> {
         &mut self,
         name: &OsStr,
         job: crate::queue::OpenedJob,
+        plan: Plan,
     ) -> Result<Outcome, ProcessError> {
         let seq = job.header.seq;
         let path = self.queue.job_path(name);
@@ -883,10 +1012,12 @@ impl Run<'_> {
             // inherited), not redirected from /dev/null.
             (Stdio::inherit(), PayloadFinish::Nothing)
         } else {
-            job.payload.into_stdio().map_err(|source| QueueError::Io {
-                action: "set up the payload pipe for",
-                path: path.clone(),
-                source,
+            payload_stdio(job.payload, job.header_len, &job.ext, plan).map_err(|source| {
+                QueueError::Io {
+                    action: "set up the payload for",
+                    path: path.clone(),
+                    source,
+                }
             })?
         };
         let location = JobLocation {
@@ -965,6 +1096,33 @@ fn open_output(path: &std::path::Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// The command's stdin for a payload, and what settles it afterwards.
+fn payload_stdio(
+    payload: Payload,
+    header_len: u64,
+    ext: &Extension,
+    plan: Plan,
+) -> io::Result<(Stdio, PayloadFinish)> {
+    Ok(match (plan, payload) {
+        (Plan::CheckWhileRunning, Payload::File(f)) => {
+            // A descriptor of its own for the check (only `pread`: the
+            // command's file position is its own business).
+            let check = FileCheck::start(f.try_clone()?, header_len, ext)?;
+            (Stdio::from(f), PayloadFinish::Check(check))
+        }
+        (Plan::HashOnTheWay, Payload::Stream { reader, what, .. }) => {
+            let (pipe, pump) = Pump::start(Box::new(HashingReader::new(reader, ext)))?;
+            (Stdio::from(pipe), PayloadFinish::Pump(pump, what))
+        }
+        (Plan::Leased(lease, len), payload) => {
+            payload.close();
+            let (pipe, feed) = LeaseFeed::new(lease, header_len, len)?;
+            (Stdio::from(pipe), PayloadFinish::Lease(feed))
+        }
+        (_, payload) => payload.into_stdio()?,
+    })
+}
+
 /// What happens to a job's command, for a supervisor.
 enum CommandEvent<'a> {
     Spawned(&'a KillHandle),
@@ -979,7 +1137,7 @@ enum CommandEvent<'a> {
 /// checked only until the job's timeout.
 fn run_to_end(
     spec: RunSpec<'_>,
-    finish: PayloadFinish,
+    mut finish: PayloadFinish,
     seq: u64,
     path: &std::path::Path,
     on_event: &mut dyn FnMut(CommandEvent<'_>),
@@ -997,7 +1155,9 @@ fn run_to_end(
         Ok(Err(outcome)) => outcome,
         Ok(Ok(running)) => {
             debug!(seq, pid = running.pid(), "started command");
-            on_event(CommandEvent::Spawned(&running.handle()));
+            let handle = running.handle();
+            on_event(CommandEvent::Spawned(&handle));
+            finish.spawned(&handle);
             let waited = running.wait();
             on_event(CommandEvent::Reaped);
             match waited {
@@ -1018,10 +1178,21 @@ fn run_to_end(
     } else {
         Check::Skip
     };
-    match (finish.finish(check), outcome) {
-        (Some(why), Outcome::Success) => Ok(Outcome::PayloadError(why)),
-        (_, outcome) => Ok(outcome),
-    }
+    Ok(match (finish.settle(check), outcome) {
+        // The command may have been killed for it: whatever its status.
+        (
+            Some(Problem {
+                why,
+                kind: ProblemKind::Tampered,
+            }),
+            _,
+        ) => Outcome::PayloadCheckFailed(why),
+        (Some(p), Outcome::Success) => match p.kind {
+            ProblemKind::Incomplete => Outcome::PayloadError(p.why),
+            _ => Outcome::PayloadCheckFailed(p.why),
+        },
+        (_, outcome) => outcome,
+    })
 }
 
 /// Run one job read from a stream (`stdin-process`): header already read,

@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use crate::concurrent::{Problem, ProblemKind};
+
+/// The pipe's size asked for (Linux lets anyone have 1 MiB by default).
+const PIPE_SIZE: usize = 1 << 20;
+
 /// How a pump ended.
 #[derive(Debug)]
 pub enum PumpResult {
@@ -32,10 +37,27 @@ pub enum PumpResult {
 impl PumpResult {
     /// `None` when the payload was whole, else why it was not.
     pub fn payload_error(&self) -> Option<String> {
+        self.problem().map(|p| p.why)
+    }
+
+    /// `None` when the payload was whole, else what was wrong: a payload
+    /// checked on its way (see [`crate::concurrent::HashingReader`]) that
+    /// did not match its header, or one that could not be read or decoded
+    /// to the end.
+    pub fn problem(&self) -> Option<Problem> {
         match self {
             PumpResult::Complete { .. } | PumpResult::ConsumerStopped { verified: Ok(_) } => None,
             PumpResult::ConsumerStopped { verified: Err(e) } | PumpResult::SourceError(e) => {
-                Some(e.to_string())
+                Some(match crate::concurrent::mismatch(e) {
+                    Some(why) => Problem {
+                        why,
+                        kind: ProblemKind::Mismatch,
+                    },
+                    None => Problem {
+                        why: e.to_string(),
+                        kind: ProblemKind::Incomplete,
+                    },
+                })
             }
         }
     }
@@ -79,6 +101,16 @@ impl Pump {
     pub fn start(mut src: Box<dyn Read + Send>) -> io::Result<(PipeReader, Pump)> {
         let (reader, writer) = io::pipe()?;
         set_nonblocking(&writer)?;
+        // A larger pipe means fewer wake-ups of pump and command; without
+        // one (a system limit), nothing else changes.
+        // SAFETY: fcntl on our own pipe descriptor.
+        unsafe {
+            libc::fcntl(
+                writer.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         let (cancel_rx, cancel_tx) = io::pipe()?;
         let flags = Arc::new(Flags::default());
         let (tx, rx) = mpsc::sync_channel(1);
@@ -108,6 +140,12 @@ impl Pump {
     /// deadline never waits for the source past it either: a pump still
     /// busy then is left to stop on its own at its next read.
     pub fn finish(self, check: Check) -> Option<String> {
+        self.finish_problem(check).map(|p| p.why)
+    }
+
+    /// [`Pump::finish`], telling a payload that did not match its header
+    /// from one that could not be read to the end.
+    pub fn finish_problem(self, check: Check) -> Option<Problem> {
         let Pump {
             result,
             cancel,
@@ -128,23 +166,26 @@ impl Pump {
                     mpsc::RecvTimeoutError::Disconnected => None,
                 }),
         };
+        let incomplete = |why: &str| Problem {
+            why: why.into(),
+            kind: ProblemKind::Incomplete,
+        };
         match got {
-            Ok(r) => r.payload_error(),
+            Ok(r) => r.problem(),
             Err(Some(_)) => {
                 flags.abandoned.store(true, Ordering::SeqCst);
-                Some(
+                Some(incomplete(
                     "the command ended before reading all of it, and the rest could not be \
-                     checked before the timeout"
-                        .into(),
-                )
+                     checked before the timeout",
+                ))
             }
-            Err(None) => Some("payload thread failed".into()),
+            Err(None) => Some(incomplete("payload thread failed")),
         }
     }
 }
 
 fn pump(src: &mut dyn Read, writer: PipeWriter, cancel: &PipeReader, flags: &Flags) -> PumpResult {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; PIPE_SIZE / 4];
     let mut total = 0u64;
     loop {
         if flags.abandoned.load(Ordering::SeqCst) {

@@ -2,7 +2,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -12,13 +12,16 @@ use std::sync::Arc;
 
 use fspl_codec::{Compression, Peeked};
 use fspl_format::{Decoded, Extension, HeaderError, JobHeader, read_header};
-use fspl_trust::crypt::{Identities, decrypt, is_age};
+use fspl_trust::crypt::{BINARY_MAGIC, Identities, decrypt, decrypt_file, is_age};
 
 use crate::bounded::Bounded;
+use crate::concurrent::{FileCheck, Problem, ProblemKind};
 use crate::decoder::{Decoder, DecoderChild};
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{QueueError, Result};
+use crate::exec::KillHandle;
 use crate::failpoint::hit;
+use crate::lease::LeaseFeed;
 use crate::lock::FileLock;
 use crate::pump::{Check, Pump};
 use crate::seqnum;
@@ -101,6 +104,10 @@ pub enum Payload {
     Stream {
         reader: Box<dyn Read + Send>,
         what: &'static str,
+        /// The payload's length as the container says, when it says
+        /// (an encrypted file whose content is not compressed: its size
+        /// tells the plaintext's), before a byte of it is read.
+        size: Option<u64>,
     },
 }
 
@@ -111,21 +118,45 @@ pub enum PayloadFinish {
     KillDecoder(DecoderChild),
     /// Collect the pump and check that the payload was whole.
     Pump(Pump, &'static str),
+    /// Collect the check of a payload that the command read meanwhile.
+    Check(FileCheck),
+    /// Stop feeding a leased payload and release the lease.
+    Lease(LeaseFeed),
 }
 
 impl PayloadFinish {
+    /// The command has started (and can be killed through `command`).
+    pub fn spawned(&mut self, command: &KillHandle) {
+        if let PayloadFinish::Lease(f) = self {
+            f.spawned(command);
+        }
+    }
+
     /// Clean up once the command has ended (been reaped); `Some(reason)`
     /// when the payload turned out to be incomplete or corrupt. A pump stops
     /// writing at once (whatever still holds the pipe is not the job) and
     /// checks the rest of the payload as `check` says.
     pub fn finish(self, check: Check) -> Option<String> {
+        self.settle(check).map(|p| p.why)
+    }
+
+    /// [`PayloadFinish::finish`], saying what kind of problem it was.
+    pub fn settle(self, check: Check) -> Option<Problem> {
         match self {
             PayloadFinish::Nothing => None,
             PayloadFinish::KillDecoder(d) => {
                 d.kill();
                 None
             }
-            PayloadFinish::Pump(p, what) => p.finish(check).map(|e| format!("{what} data: {e}")),
+            PayloadFinish::Pump(p, what) => p.finish_problem(check).map(|p| match p.kind {
+                ProblemKind::Incomplete => Problem {
+                    why: format!("{what} data: {}", p.why),
+                    kind: p.kind,
+                },
+                _ => p,
+            }),
+            PayloadFinish::Check(c) => c.finish(check),
+            PayloadFinish::Lease(f) => f.finish(),
         }
     }
 }
@@ -139,7 +170,7 @@ impl Payload {
             Payload::Decoded { stdout, decoder } => {
                 (Stdio::from(stdout), PayloadFinish::KillDecoder(decoder))
             }
-            Payload::Stream { reader, what } => {
+            Payload::Stream { reader, what, .. } => {
                 let (pipe, pump) = Pump::start(reader)?;
                 (Stdio::from(pipe), PayloadFinish::Pump(pump, what))
             }
@@ -174,25 +205,7 @@ pub fn open_stream<R: Read + Send + 'static>(
         let ids = identities.ok_or(HeaderError::Encrypted)?;
         let plain =
             decrypt(&ids.0, peeked).map_err(|e| HeaderError::Decrypt(crate::display_chain(&e)))?;
-        let inner = Peeked::new(plain).map_err(|e| HeaderError::Decrypt(e.to_string()))?;
-        let (mut reader, what): (Box<dyn Read + Send>, &'static str) = match inner.compression() {
-            None => (Box::new(inner), "age"),
-            Some(c) => (
-                c.decoder(inner).map_err(HeaderError::Io)?,
-                match c {
-                    Compression::Zstd => "age+zstd",
-                    Compression::Gzip => "age+gzip",
-                    Compression::Xz => "age+xz",
-                    Compression::Lz4 => "age+lz4",
-                },
-            ),
-        };
-        let d = read_header(&mut reader).map_err(|e| match e {
-            HeaderError::Io(io) => {
-                HeaderError::Io(io::Error::new(io.kind(), format!("{what} data: {io}")))
-            }
-            other => other,
-        })?;
+        let (d, reader, what) = decrypted_job(plain)?;
         return Ok((d, StreamPayload::Decoded { reader, what }));
     }
     match peeked.compression() {
@@ -212,6 +225,57 @@ pub fn open_stream<R: Read + Send + 'static>(
             ))
         }
     }
+}
+
+/// Read the job header from a decrypted age stream (which may hold a
+/// compressed job). Returns the header, the payload reader and its name.
+fn decrypted_job(
+    plain: Box<dyn Read + Send>,
+) -> std::result::Result<(Decoded, Box<dyn Read + Send>, &'static str), HeaderError> {
+    let inner = Peeked::new(plain).map_err(|e| HeaderError::Decrypt(e.to_string()))?;
+    let (mut reader, what): (Box<dyn Read + Send>, &'static str) = match inner.compression() {
+        None => (Box::new(inner), "age"),
+        Some(c) => (
+            c.decoder(inner).map_err(HeaderError::Io)?,
+            match c {
+                Compression::Zstd => "age+zstd",
+                Compression::Gzip => "age+gzip",
+                Compression::Xz => "age+xz",
+                Compression::Lz4 => "age+lz4",
+            },
+        ),
+    };
+    let d = read_header(&mut reader).map_err(|e| match e {
+        HeaderError::Io(io) => {
+            HeaderError::Io(io::Error::new(io.kind(), format!("{what} data: {io}")))
+        }
+        other => other,
+    })?;
+    Ok((d, reader, what))
+}
+
+/// Open a job file that is a binary age file: decrypted on several
+/// threads, with the payload's length known from the file's size when
+/// the job inside is not compressed.
+fn open_age_file(
+    file: File,
+    ids: &Identities,
+) -> std::result::Result<(Decoded, Payload), HeaderError> {
+    let df = decrypt_file(&ids.0, file, crate::concurrent::threads())
+        .map_err(|e| HeaderError::Decrypt(crate::display_chain(&e)))?;
+    let (d, reader, what) = decrypted_job(df.reader)?;
+    let size = match what {
+        "age" => df.len.map(|l| l.saturating_sub(d.header_len)),
+        _ => None,
+    };
+    Ok((d, Payload::Stream { reader, what, size }))
+}
+
+/// Whether `file` starts like a binary age file.
+fn is_binary_age(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; BINARY_MAGIC.len()];
+    matches!(file.read_exact_at(&mut head, 0), Ok(()) if head[..] == *BINARY_MAGIC)
 }
 
 /// The payload of a job read by `open_stream`.
@@ -391,14 +455,20 @@ impl Queue {
 
     /// Durably store a job read from `input` under a fresh
     /// `fspl-<uuid>.fspl` name: stream into a temporary name (locked, so a
-    /// cleaner can tell a live writer from a dead one), fsync, rename, fsync
-    /// the directory. Returns the new name once all of that is done.
+    /// cleaner can tell a live writer from a dead one), checking it on the
+    /// way (see [`crate::intake`]: header, payload length and digest,
+    /// compressed and encrypted jobs; encrypted ones in full only with
+    /// the queue's identities), fsync, rename, fsync the directory. Returns
+    /// the new name once all of that is done. A job that is not valid is
+    /// [`QueueError::InvalidJob`], and nothing is left behind.
     pub fn write_job(&self, input: &mut dyn JobSource) -> Result<OsString> {
         self.check_exists()?;
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
         let tmp = self.jobs.join(format!("{TEMP_PREFIX}{id}"));
-        let mut f = OpenOptions::new()
+        // Readable too: a large payload is hashed as stored, read back.
+        let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -407,16 +477,22 @@ impl Queue {
         let result = (|| {
             f.lock().map_err(QueueError::io("lock", &tmp))?;
             hit("write:after-create").map_err(QueueError::io("write", &tmp))?;
+            // Copied and checked in one pass, and synced (a large payload's
+            // flush overlaps with the end of its hashing): only a valid job
+            // is kept.
+            let sync = || {
+                hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
+                f.sync_all().map_err(QueueError::io("sync", &tmp))
+            };
             receive(
                 input,
-                &mut f,
+                &f,
                 &tmp,
                 self.identities(),
                 &self.dir,
                 Path::new("stdin"),
+                &sync,
             )?;
-            hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
-            f.sync_all().map_err(QueueError::io("sync", &tmp))?;
             let dest = self.jobs.join(&name);
             hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
@@ -472,11 +548,23 @@ impl Queue {
         let file = self.open_file(name)?;
         match decoder {
             None => {
-                let (d, payload) = open_stream(file, self.identities())
-                    .map_err(|source| bad_job(&path, source))?;
-                let payload = match payload {
-                    StreamPayload::Plain(f) => Payload::File(f),
-                    StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what },
+                let (d, payload) = match self.identities() {
+                    Some(ids) if is_binary_age(&file) => {
+                        open_age_file(file, ids).map_err(|source| bad_job(&path, source))?
+                    }
+                    ids => {
+                        let (d, payload) =
+                            open_stream(file, ids).map_err(|source| bad_job(&path, source))?;
+                        let payload = match payload {
+                            StreamPayload::Plain(f) => Payload::File(f),
+                            StreamPayload::Decoded { reader, what } => Payload::Stream {
+                                reader,
+                                what,
+                                size: None,
+                            },
+                        };
+                        (d, payload)
+                    }
                 };
                 Ok(OpenedJob {
                     header: d.header,
@@ -545,57 +633,31 @@ impl Queue {
     }
 }
 
-/// Copy a job from `input` (read from `from`, named in errors) into the
+/// Receive a job from `input` (read from `from`, named in errors) into the
 /// temporary `file` (at `tmp`, in the directory of the queue or folder
-/// `dir`), checking it on the way. The
-/// one place where what a queue stores is received: `write_job` and
-/// [`crate::batch::Batch`] both call it.
+/// `dir`), checking it as it is copied ([`crate::intake`]), and flush it
+/// with `sync`. The one place where what a queue stores is received:
+/// `write_job` and [`crate::batch::Batch`] (whose `sync` does nothing: the
+/// batch is flushed at once) both call it. A job that is not valid is
+/// [`QueueError::InvalidJob`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn receive(
     input: &mut dyn JobSource,
-    file: &mut File,
+    file: &File,
     tmp: &Path,
     identities: Option<&Identities>,
     dir: &Path,
     from: &Path,
+    sync: crate::intake::SyncFn,
 ) -> Result<()> {
-    let _ = (identities, dir);
-    // Part of the job first, so that a fault can hit mid-copy.
-    let mut head = [0u8; 4096];
-    let n = fspl_format::read_full(input, &mut head).map_err(|source| QueueError::Io {
-        action: "read job from",
-        path: from.to_path_buf(),
-        source,
-    })?;
-    file.write_all(&head[..n])
-        .map_err(QueueError::io("write", tmp))?;
-    hit("write:mid-copy").map_err(QueueError::io("write", tmp))?;
-    match input.as_file() {
-        // From a file or pipe the kernel copies (copy_file_range,
-        // splice): no pass through user space.
-        Some(src) => {
-            let mut src: &File = src;
-            std::io::copy(&mut src, file).map_err(|source| QueueError::Io {
-                action: "copy the job into",
-                path: tmp.to_path_buf(),
-                source,
-            })?;
-        }
-        None => {
-            copy_stream(input, file).map_err(|e| match e {
-                CopyError::Read(source) => QueueError::Io {
-                    action: "read job from",
-                    path: from.to_path_buf(),
-                    source,
-                },
-                CopyError::Write(source) => QueueError::Io {
-                    action: "write",
-                    path: tmp.to_path_buf(),
-                    source,
-                },
-            })?;
-        }
-    }
-    Ok(())
+    crate::intake::receive(input, file, tmp, identities, from, sync).map_err(|e| match e {
+        crate::intake::Failure::Io(e) => e,
+        crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
+            dir: dir.to_path_buf(),
+            from: from.to_path_buf(),
+            reason,
+        },
+    })
 }
 
 pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
@@ -614,7 +676,7 @@ pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
 
 /// What `write_job` reads from: any reader, and when it is a file (stdin
 /// is one, even when it is a pipe) the kernel can copy it directly.
-pub trait JobSource: Read {
+pub trait JobSource: Read + Send {
     fn as_file(&self) -> Option<&File> {
         None
     }

@@ -30,7 +30,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: impl Into<String>) -> Refusal {
+    pub(crate) fn new(reason: impl Into<String>) -> Refusal {
         Refusal {
             reason: reason.into(),
             sender: None,

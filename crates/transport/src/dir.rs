@@ -204,6 +204,12 @@ impl DirSource {
         let (dir, queue) = target(path)?;
         let lock = if queue { Some(lock_queue(path)?) } else { None };
         let dir_fd = fspl_queue::durable::open_dir_following(&dir)?;
+        if !queue {
+            // Two pulls of one folder on this machine take turns (a lock
+            // file would be synced to the other side: the directory
+            // itself is locked).
+            lock_dir(&dir_fd, &dir)?;
+        }
         Ok(DirSource {
             dir,
             dir_fd,

@@ -27,10 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fspl_format::DigestAlg;
 use fspl_queue::batch::{Batch, BatchLimits, Outcome};
-use fspl_queue::bounded::{Bounded, too_long};
-use fspl_queue::{Queue, StreamPayload, display_chain, escape_controls};
+use fspl_queue::{Queue, display_chain, escape_controls};
 use fspl_trust::TrustFile;
 use fspl_trust::crypt::Identities;
 use serde::Deserialize;
@@ -397,8 +395,13 @@ impl Session {
         self.allow_job_params = rules.allow_job_params;
         self.max_job_size = config.max_job_size;
         self.batch = Some(
-            Batch::open(queue.jobs_dir(), queue.dir(), None, BatchLimits::default())
-                .map_err(|e| Fatal::queue(&e))?,
+            Batch::open(
+                queue.jobs_dir(),
+                queue.dir(),
+                self.identities.clone(),
+                BatchLimits::default(),
+            )
+            .map_err(|e| Fatal::queue(&e))?,
         );
         self.summary.queue = dir;
         self.queue = Some(queue);
@@ -480,7 +483,6 @@ impl Session {
     fn receive(&mut self, name: &OsStr, len: u64) -> Result<Option<String>, Fatal> {
         let mut hasher = blake3::Hasher::new();
         let mut held = Vec::new();
-        let mut check = None;
         if self.trust.is_some() {
             // The header, from bytes held in memory, before anything is
             // written: a refused job never takes disk space.
@@ -493,9 +495,9 @@ impl Session {
                         .skip(left, hasher, name.as_bytes())
                         .map(|()| Some(reason));
                 }
-                // The payload is checked as the bytes go by, by a thread
-                // that decodes it (it may be compressed or encrypted).
-                Ok(()) => check = Some(PayloadCheck::start(held.clone(), self.identities.clone())),
+                // The batch checks the payload (its length and digest,
+                // decompressed or decrypted) as it stores it.
+                Ok(()) => {}
             }
         }
         let left = len - held.len() as u64;
@@ -506,19 +508,29 @@ impl Session {
             held_pos: 0,
             left,
             hasher,
-            check,
             veto: None,
             ended: false,
         };
         let batch = self.batch.as_mut().expect("opened before the first job");
         let added = batch.add_named(&mut stream, Path::new("the client"), name);
+        // The batch refuses what queue-write would (not a job, a payload
+        // that does not match its header) as soon as it knows, maybe
+        // before the end: the rest is read (and its digest checked) to
+        // stay in step with the client.
+        if let Err(e) = &added
+            && e.is_refusal()
+            && stream.veto.is_none()
+        {
+            let _ = io::copy(&mut stream, &mut io::sink());
+        }
         let veto = stream.veto.take();
         drop(stream);
         match (added, veto) {
             (Ok(_), None) => Ok(None),
             // The job was not added (its temporary is gone).
-            (_, Some(Veto::Refused(reason))) => Ok(Some(reason)),
-            (_, Some(Veto::Fatal(f))) => Err(f),
+            (_, Some(f)) => Err(f),
+            (Err(fspl_queue::QueueError::InvalidJob { reason, .. }), None) => Ok(Some(reason)),
+            (Err(e), None) if e.is_refusal() => Ok(Some(display_chain(&e))),
             (Err(e), None) => Err(Fatal::queue(&e)),
         }
     }
@@ -655,20 +667,11 @@ fn needs_more(e: &fspl_format::HeaderError) -> bool {
     e.is_truncation() || matches!(e, H::Io(_) | H::Decrypt(_))
 }
 
-/// Why a job's stream stopped the batch from taking it.
-enum Veto {
-    /// The job is refused (its payload fails the trust check); the session
-    /// goes on.
-    Refused(String),
-    /// The session ends (the connection failed, the job arrived damaged).
-    Fatal(Fatal),
-}
-
 /// One job's bytes as the batch reads them: first those held for the
-/// header check, then the rest from the wire; hashed for the trailer and,
-/// with a trust file, fed to the payload check. At the end it reads the
-/// trailer and fails the read (which makes the batch drop the job) when
-/// the digest does not match or the payload is refused.
+/// header check, then the rest from the wire, hashed for the trailer. At
+/// the end it reads the trailer and fails the read (which makes the batch
+/// drop the job) when the digest does not match; a failing connection
+/// fails the read too. Either ends the session.
 struct JobStream<'a> {
     inp: &'a mut TimedReader,
     name: &'a [u8],
@@ -677,8 +680,7 @@ struct JobStream<'a> {
     /// Bytes still to come from the wire (after the held ones).
     left: u64,
     hasher: blake3::Hasher,
-    check: Option<PayloadCheck>,
-    veto: Option<Veto>,
+    veto: Option<Fatal>,
     /// The trailer was read: every later read is the end.
     ended: bool,
 }
@@ -686,13 +688,10 @@ struct JobStream<'a> {
 impl fspl_queue::JobSource for JobStream<'_> {}
 
 impl JobStream<'_> {
-    fn stop(&mut self, v: Veto) -> io::Error {
-        let text = match &v {
-            Veto::Refused(r) => r.clone(),
-            Veto::Fatal(f) => f.message.clone(),
-        };
-        self.veto = Some(v);
-        io::Error::other(text)
+    fn stop(&mut self, f: Fatal) -> io::Error {
+        let e = io::Error::other(f.message.clone());
+        self.veto = Some(f);
+        e
     }
 }
 
@@ -711,127 +710,23 @@ impl Read for JobStream<'_> {
             return Ok(n);
         }
         if self.left == 0 {
-            // The end: the digest, then the payload's verdict.
+            // The end: the digest.
             let digest = std::mem::replace(&mut self.hasher, blake3::Hasher::new()).finalize();
-            let verdict = self.check.take().map(PayloadCheck::finish);
             if let Err(f) = check_trailer(self.inp, digest, self.name) {
-                return Err(self.stop(Veto::Fatal(f)));
+                return Err(self.stop(f));
             }
             self.ended = true;
-            return match verdict {
-                Some(Err(reason)) => Err(self.stop(Veto::Refused(reason))),
-                _ => Ok(0),
-            };
+            return Ok(0);
         }
         let want = buf
             .len()
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = match read_some(self.inp, &mut buf[..want]) {
             Ok(n) => n,
-            Err(f) => return Err(self.stop(Veto::Fatal(f))),
+            Err(f) => return Err(self.stop(f)),
         };
         self.left -= n as u64;
         self.hasher.update(&buf[..n]);
-        if let Some(c) = &mut self.check {
-            c.feed(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
-/// The payload check of a job that passed the header check: a thread
-/// reads the job (held bytes, then what the wire brings) as
-/// `queue-process --trust` would, hashing the payload no further than its
-/// stated length, and says whether it matches.
-struct PayloadCheck {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Result<(), String>>,
-}
-
-impl PayloadCheck {
-    fn start(held: Vec<u8>, identities: Option<Arc<Identities>>) -> PayloadCheck {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
-        let thread = std::thread::spawn(move || {
-            let input = io::Cursor::new(held).chain(ChannelReader {
-                rx,
-                cur: Vec::new(),
-                pos: 0,
-            });
-            let verdict = (|| {
-                let (decoded, payload) = fspl_queue::open_stream(input, identities.as_deref())
-                    .map_err(|e| format!("not a readable job: {}", display_chain(&e)))?;
-                let alg = decoded
-                    .ext
-                    .digest
-                    .map(|d| d.alg)
-                    .unwrap_or(DigestAlg::Blake3);
-                let mut reader: Box<dyn Read> = match payload {
-                    StreamPayload::Plain(r) => Box::new(r),
-                    StreamPayload::Decoded { reader, .. } => reader,
-                };
-                let hashed = fspl_trust::digest::hash_reader(
-                    alg,
-                    &mut Bounded::new(&mut reader, decoded.ext.payload_len),
-                );
-                let r = match hashed {
-                    Ok((n, digest)) => fspl_queue::verify::check_payload(&decoded.ext, n, &digest)
-                        .map_err(|r| r.reason),
-                    Err(e) if too_long(&e).is_some() => Err(e.to_string()),
-                    Err(e) => Err(format!(
-                        "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
-                    )),
-                };
-                // Whatever the decoder left unread (and the channel's end).
-                let _ = io::copy(&mut reader, &mut io::sink());
-                r
-            })();
-            verdict
-        });
-        PayloadCheck {
-            tx: Some(tx),
-            thread,
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        if let Some(tx) = &self.tx
-            && tx.send(bytes.to_vec()).is_err()
-        {
-            // The checker has its verdict and needs no more.
-            self.tx = None;
-        }
-    }
-
-    fn finish(mut self) -> Result<(), String> {
-        drop(self.tx.take());
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err("the payload check failed".into()))
-    }
-}
-
-/// The bytes of a channel, as a reader; the end of the channel is the end
-/// of the stream.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(v) => {
-                    self.cur = v;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
         Ok(n)
     }
 }
@@ -944,6 +839,26 @@ mod tests {
         (msgs, server.join().unwrap())
     }
 
+    /// A job (a NOP header, then `payload`, with its length and digest).
+    fn job(seq: u64, payload: &[u8]) -> Vec<u8> {
+        let h = fspl_format::JobHeader {
+            seq,
+            ctime: fspl_format::Ctime { secs: 1, nanos: 2 },
+            cmd_type: fspl_format::CmdType::Nop,
+        };
+        let (len, digest) =
+            fspl_trust::digest::hash_reader(fspl_format::DigestAlg::Blake3, &mut &payload[..])
+                .unwrap();
+        let ext = fspl_format::Extension {
+            payload_len: Some(len),
+            digest: Some(digest),
+            ..Default::default()
+        };
+        let mut out = h.encode_with(&ext).unwrap();
+        out.extend_from_slice(payload);
+        out
+    }
+
     fn frame(id: u64, name: &str, bytes: &[u8]) -> Vec<u8> {
         let mut f = Msg::Job {
             id,
@@ -977,11 +892,11 @@ mod tests {
         // Small jobs (read whole by the batch's first 4 KiB read, after
         // which it reads once more) and a larger one; then the first again,
         // and a different job under its name.
-        let big = vec![7u8; 300_000];
+        let (one, big, empty) = (job(1, b"one"), job(2, &vec![7u8; 3_000_000]), job(3, b""));
         let mut frames = hello();
-        frames.extend(frame(1, "fspl-a.fspl", b"one"));
+        frames.extend(frame(1, "fspl-a.fspl", &one));
         frames.extend(frame(2, "fspl-b.fspl", &big));
-        frames.extend(frame(3, "fspl-c.fspl", b""));
+        frames.extend(frame(3, "fspl-c.fspl", &empty));
         frames.extend(Msg::End.encode());
         let (msgs, r) = session(&config, "fspl-push q", frames);
         let s = r.unwrap();
@@ -1001,7 +916,7 @@ mod tests {
         assert_eq!(msgs.last(), Some(&Msg::Bye));
         assert_eq!(
             std::fs::read(q.job_path(OsStr::new("fspl-a.fspl"))).unwrap(),
-            b"one"
+            one
         );
         assert_eq!(
             std::fs::read(q.job_path(OsStr::new("fspl-b.fspl"))).unwrap(),
@@ -1009,16 +924,35 @@ mod tests {
         );
         assert_eq!(
             std::fs::read(q.job_path(OsStr::new("fspl-c.fspl"))).unwrap(),
-            b""
+            empty
         );
 
+        // A job that is not one, and a job whose payload was cut, are
+        // refused without ending the session (the rest of each is read).
+        let mut cut = job(9, b"cut short");
+        cut.truncate(cut.len() - 3);
         let mut frames = hello();
-        frames.extend(frame(7, "fspl-a.fspl", b"one"));
-        frames.extend(frame(8, "fspl-b.fspl", b"not b"));
+        frames.extend(frame(7, "fspl-a.fspl", &one));
+        frames.extend(frame(8, "fspl-b.fspl", &job(2, b"not b")));
+        frames.extend(frame(
+            9,
+            "fspl-x.fspl",
+            b"not a job at all, but long enough to be read",
+        ));
+        frames.extend(frame(10, "fspl-y.fspl", &cut));
+        frames.extend(frame(11, "fspl-d.fspl", &job(4, b"four")));
         frames.extend(Msg::End.encode());
         let (msgs, r) = session(&config, "fspl-push q", frames);
         let s = r.unwrap();
-        assert_eq!((s.stored, s.duplicates, s.refused), (0, 1, 1));
+        assert_eq!((s.stored, s.duplicates, s.refused), (1, 1, 3), "{msgs:?}");
+        assert!(msgs.contains(&Msg::Ack { id: 11 }), "{msgs:?}");
+        for id in [9, 10] {
+            assert!(
+                msgs.iter()
+                    .any(|m| matches!(m, Msg::Refused { id: i, .. } if *i == id)),
+                "{id}: {msgs:?}"
+            );
+        }
         assert!(msgs.contains(&Msg::Ack { id: 7 }), "{msgs:?}");
         assert!(
             msgs.iter().any(|m| matches!(m, Msg::Refused { id: 8, reason } if reason.contains("a different job named fspl-b.fspl"))),
@@ -1032,7 +966,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 3, "no temporary left: {names:?}");
+        assert_eq!(names.len(), 4, "no temporary left: {names:?}");
     }
 
     #[test]
@@ -1046,12 +980,12 @@ mod tests {
         )
         .unwrap();
         let mut frames = hello();
-        frames.extend(frame(1, "fspl-a.fspl", b"good"));
-        let mut bad = frame(2, "fspl-b.fspl", b"bad");
+        frames.extend(frame(1, "fspl-a.fspl", &job(1, b"good")));
+        let mut bad = frame(2, "fspl-b.fspl", &job(2, b"bad"));
         let n = bad.len();
         bad[n - 1] ^= 1;
         frames.extend(bad);
-        frames.extend(frame(3, "fspl-c.fspl", b"never read"));
+        frames.extend(frame(3, "fspl-c.fspl", &job(3, b"never read")));
         let (msgs, r) = session(&config, "fspl-push q", frames);
         let f = r.unwrap_err();
         assert_eq!(f.kind, FatalKind::Transient);

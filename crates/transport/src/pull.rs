@@ -43,6 +43,8 @@ pub struct PullReport {
     pub refused: Vec<Refusal>,
     /// Jobs listed but neither taken nor refused (the pull stopped early).
     pub untaken: u64,
+    /// Jobs that left the source by other means while the pull ran.
+    pub gone: u64,
     /// What stopped the pull early, if anything.
     pub error: Option<TransportError>,
     pub elapsed: Duration,
@@ -79,7 +81,7 @@ pub fn pull(
     if let Err(e) = result {
         report.error = Some(e);
     }
-    report.untaken = total.saturating_sub(report.taken + report.refused.len() as u64);
+    report.untaken = total.saturating_sub(report.taken + report.refused.len() as u64 + report.gone);
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -95,6 +97,7 @@ fn take_all(
         let from = source.describe(&job);
         let added = {
             let Some(mut reader) = source.open(&job)? else {
+                report.gone += 1;
                 continue;
             };
             // The source's name when it is a job name (a directory's

@@ -67,6 +67,8 @@ pub struct PushReport {
     pub refused: Vec<Refusal>,
     /// Jobs found but neither sent nor refused (the push stopped early).
     pub unsent: u64,
+    /// Jobs that left the outbox by other means while the push ran.
+    pub gone: u64,
     /// What stopped the push early, if anything.
     pub error: Option<TransportError>,
     pub elapsed: Duration,
@@ -130,7 +132,7 @@ pub fn push(
     }
     let mut report = run.report;
     let refused_sent = (report.refused.len() - unreadable) as u64;
-    report.unsent = total.saturating_sub(report.sent + refused_sent);
+    report.unsent = total.saturating_sub(report.sent + refused_sent + report.gone);
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -186,12 +188,14 @@ impl Run<'_> {
     fn send_all(&mut self, sink: &mut dyn Sink, items: Vec<Item>) -> Result<(), TransportError> {
         for (id, item) in items.into_iter().enumerate() {
             let id = id as u64;
-            let mut file = match self.q.open_file(&item.name) {
+            let path = self.q.job_path(&item.name);
+            let (mut file, len) = match open_job(&self.jobs_fd, &item.name, &path) {
                 Ok(f) => f,
                 Err(QueueError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     debug!(file = ?item.name, "gone from the outbox before it was sent");
+                    self.report.gone += 1;
                     continue;
                 }
                 Err(e) => {
@@ -203,11 +207,6 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let path = self.q.job_path(&item.name);
-            let len = file
-                .metadata()
-                .map_err(|e| TransportError::io("stat", &path, e))?
-                .len();
             let mut job = OutgoingJob {
                 name: &item.name,
                 seq: item.seq,
@@ -283,6 +282,41 @@ impl Run<'_> {
         self.report.bytes += acked.iter().map(|a| a.1).sum::<u64>();
         Ok(())
     }
+}
+
+/// Open a job file of the outbox for sending (no link followed, no
+/// blocking on a FIFO, regular files only): the file and its length.
+fn open_job(jobs: &File, name: &OsStr, path: &Path) -> Result<(File, u64), QueueError> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        jobs,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| QueueError::Io {
+        action: if e == rustix::io::Errno::LOOP {
+            "open (symbolic links are not followed)"
+        } else {
+            "open"
+        },
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(|source| QueueError::Io {
+        action: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(QueueError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        });
+    }
+    Ok((file, meta.len()))
 }
 
 /// Move each job from `jobs/` to `sent/` without replacing anything there

@@ -32,6 +32,8 @@ pub enum CryptError {
     Encrypt(#[source] age::EncryptError),
     #[error("cannot decrypt: {0}")]
     Decrypt(String),
+    #[error("invalid age header: {0}")]
+    Header(String),
 }
 
 /// Whether a stream starts like an age file (binary or armored); needs at
@@ -205,6 +207,8 @@ pub fn encrypt<W: Write>(
     Ok(Encrypting { inner })
 }
 
+pub use crate::agefile::{BINARY_MAGIC, DecryptedFile, decrypt_file};
+
 /// Decrypt an age stream (binary or armored) with any of `identities`.
 pub fn decrypt<'a, R: Read + Send + 'a>(
     identities: &[Box<dyn age::Identity + Send + Sync>],
@@ -219,6 +223,17 @@ pub fn decrypt<'a, R: Read + Send + 'a>(
     Ok(Box::new(reader))
 }
 
+/// Check that an age stream (binary or armored) starts with a well-formed
+/// header, without decrypting anything (the header's MAC needs the file
+/// key, so it is not checked). Reads the header and at most a buffer's
+/// worth beyond it.
+pub fn check_header<R: Read>(r: R) -> Result<(), CryptError> {
+    let armored = age::armor::ArmoredReader::new(BufReader::new(r));
+    age::Decryptor::new(HeaderLimit::new(armored))
+        .map(|_| ())
+        .map_err(|e| CryptError::Header(e.to_string()))
+}
+
 /// Longest age header we read (about 70 recipients). age re-parses its
 /// header from the start every time it needs more bytes, so reading time
 /// grows with the square of the header's length: a crafted file with a
@@ -227,7 +242,7 @@ pub const MAX_AGE_HEADER: u64 = 8 * 1024;
 
 /// Passes an age stream through, failing once more than `MAX_AGE_HEADER`
 /// bytes went by without the header's last line (`--- MAC`) ending.
-struct HeaderLimit<R> {
+pub(crate) struct HeaderLimit<R> {
     inner: R,
     seen: u64,
     /// The last four bytes, to spot "\n---".
@@ -237,7 +252,7 @@ struct HeaderLimit<R> {
 }
 
 impl<R> HeaderLimit<R> {
-    fn new(inner: R) -> HeaderLimit<R> {
+    pub(crate) fn new(inner: R) -> HeaderLimit<R> {
         HeaderLimit {
             inner,
             seen: 0,
@@ -398,5 +413,31 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert_eq!(plain, b"job");
+    }
+
+    #[test]
+    fn check_header_accepts_an_age_header_and_refuses_a_broken_one() {
+        let (_, recipients) = x25519_ids(2);
+        let mut out = Vec::new();
+        let mut e = encrypt(&recipients, &mut out).unwrap();
+        e.write_all(b"job").unwrap();
+        e.finish().unwrap();
+        check_header(&out[..]).unwrap();
+        // Cut inside the header, a changed stanza line, garbage, a header
+        // that never ends.
+        let header_end = out.windows(4).position(|w| w == b"\n---").unwrap();
+        let mut changed = out.clone();
+        changed[25] = b'\n';
+        let mut endless = out[..30].to_vec();
+        endless.extend(std::iter::repeat_n(b'a', 100_000));
+        for (what, bad) in [
+            ("cut", &out[..header_end - 3]),
+            ("changed", &changed[..]),
+            ("garbage", &b"age-encryption.org/v1\nnonsense\n"[..]),
+            ("endless", &endless[..]),
+        ] {
+            let e = check_header(bad).unwrap_err();
+            assert!(matches!(e, CryptError::Header(_)), "{what}: {e}");
+        }
     }
 }

@@ -51,7 +51,7 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             append_only,
             name,
         } => queue::init(&q.queuedir, append_only, name.as_deref()),
-        Cmd::QueueWrite { q } => queue::write(&q.queuedir),
+        Cmd::QueueWrite { q, ids } => queue::write(&q.queuedir, &ids),
         Cmd::Push {
             outbox,
             dest,

@@ -23,7 +23,7 @@ use fspl_queue::seqfile::SenderSeq;
 use fspl_queue::{CopyError, copy_stream};
 use fspl_trust::SecretKey;
 use fspl_trust::crypt::{Encrypting, encrypt, parse_recipient};
-use fspl_trust::digest::hash_reader;
+use fspl_trust::digest::{hash_file, hash_reader};
 
 use crate::cli::SeqArgs;
 use crate::output::{print_error, raw_stdin, raw_stdout};
@@ -167,8 +167,10 @@ impl Input {
         }
     }
 
-    /// Length and digest of the whole input, rewound afterwards; for a
-    /// regular file also a guard that tells whether it changed since.
+    /// Length and digest of the whole input (read with positional reads,
+    /// so the file offset stays at the start; a large file is hashed on
+    /// two threads); for a regular file also a guard that tells whether it
+    /// changed since.
     fn digest(&mut self) -> anyhow::Result<(u64, fspl_format::Digest, Option<Unchanged>)> {
         match self {
             Input::Empty => {
@@ -178,8 +180,8 @@ impl Input {
             Input::Stdin | Input::Stream(..) => bail!("a pipe cannot be read twice"),
             Input::File(f, _) => {
                 let guard = Unchanged::of(f);
-                let (n, d) = hash_reader(DigestAlg::Blake3, f)?;
-                f.seek(SeekFrom::Start(0))?;
+                let n = f.metadata()?.len();
+                let d = hash_file(DigestAlg::Blake3, f, n)?;
                 Ok((n, d, guard))
             }
         }
@@ -244,15 +246,15 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
     };
 
     // Take a number (holding the sequence file's lock until it is committed).
-    let sender = match (&seq.seq, &seq.seqfile) {
+    let mut sender = match (&seq.seq, &seq.seqfile) {
         (Some(_), _) => None,
         (None, Some(f)) if f == "-" => None,
         (None, Some(f)) => Some(SenderSeq::lock(f.as_ref())?),
         (None, None) => bail!("either -s/--seqfile or --seq is needed"),
     };
-    let number = match (&seq.seq, &sender) {
+    let number = match (&seq.seq, &mut sender) {
         (Some(n), _) => *n,
-        (None, Some(s)) => s.next()?,
+        (None, Some(s)) => s.read_next()?,
         (None, None) => 1,
     };
     failpoint::hit("prepare:after-lock").context("cannot take a sequence number")?;
@@ -280,14 +282,15 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
         ))
     })?;
     failpoint::hit("prepare:after-header").context("cannot commit the sequence number")?;
-    if let Some(s) = &sender
+    if let Some(s) = &mut sender
         && let Err(e) = s.commit(number)
     {
-        // The rename comes before the directory sync: when only the sync
-        // failed, the file already says number + 1 and the number is used.
+        // The write (in place, or the rename) comes before the sync: when
+        // only the sync failed, the file already says number + 1 and the
+        // number is used.
         let used = number
             .checked_add(1)
-            .is_some_and(|n| s.next().ok() == Some(n));
+            .is_some_and(|n| s.read_next().ok() == Some(n));
         let msg = if used {
             format!(
                 "job {number} was written to stdout without its payload, and the sequence file {} \
@@ -316,14 +319,13 @@ fn prepare_inner(seq: &SeqArgs, input: Option<&OsStr>, kind: Kind) -> anyhow::Re
     })?;
 
     let mut stdin = raw_stdin();
-    let reader: Option<&mut dyn Read> = match &mut input {
-        Input::Empty => None,
-        Input::Stdin => Some(&mut *stdin),
-        Input::File(f, _) | Input::Stream(f, _) => Some(f),
-    };
-    let copied = match reader {
-        None => Ok(0),
-        Some(r) => copy_with_failpoint(r, &mut out),
+    let copied = match &mut input {
+        // A regular file straight to stdout: the kernel copies it
+        // (copy_file_range, sendfile), no pass through our memory.
+        Input::File(f, _) if out.is_plain() => send_file(f, ext.payload_len),
+        Input::Empty => Ok(0),
+        Input::Stdin => copy_with_failpoint(&mut *stdin, &mut out),
+        Input::File(f, _) | Input::Stream(f, _) => copy_with_failpoint(f, &mut out),
     }
     .and_then(|n| {
         if let (Some(g), Input::File(f, _)) = (&guard, &input)
@@ -357,6 +359,119 @@ fn copy_with_failpoint(r: &mut dyn Read, out: &mut dyn Write) -> Result<u64, Cop
     out.write_all(&head[..n]).map_err(CopyError::Write)?;
     failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
     Ok(n as u64 + copy_stream(r, out)?)
+}
+
+/// Send a regular file from its start to stdout: `len` bytes (all of it
+/// when `None`). The kernel copies (copy_file_range, else sendfile); where
+/// it cannot (stdout opened for appending, ...), or when a kernel copy
+/// fails, the rest goes through a buffer, which also tells a read error
+/// from a write error. The `prepare:mid-payload` failpoint sits after the
+/// first block.
+fn send_file(f: &File, len: Option<u64>) -> Result<u64, CopyError> {
+    use std::os::fd::AsRawFd;
+    #[derive(PartialEq)]
+    enum Way {
+        CopyFileRange,
+        Sendfile,
+        Buffer,
+    }
+    let end = len.unwrap_or(u64::MAX);
+    let mut at = 0u64;
+    let mut way = Way::CopyFileRange;
+    let mut failpoint_done = false;
+    while at < end && way != Way::Buffer {
+        // The first block alone, then the failpoint.
+        let cap = if failpoint_done { 1 << 30 } else { 4096 };
+        let want = usize::try_from((end - at).min(cap)).unwrap_or(4096);
+        let mut off = at as libc::off64_t;
+        // SAFETY: both descriptors are open for the duration of the call;
+        // `off` is a valid pointer to the input offset (the file's own
+        // offset is not used or moved), NULL means stdout's own offset.
+        let r = unsafe {
+            match way {
+                Way::CopyFileRange => {
+                    libc::copy_file_range(f.as_raw_fd(), &mut off, 1, std::ptr::null_mut(), want, 0)
+                }
+                _ => libc::sendfile64(1, f.as_raw_fd(), &mut off, want),
+            }
+        };
+        match r {
+            n if n > 0 => at += n as u64,
+            0 if len.is_none() => {
+                // The end of the file (or a kernel path that copies
+                // nothing: the buffer will tell).
+                way = match way {
+                    Way::CopyFileRange => Way::Sendfile,
+                    _ => Way::Buffer,
+                };
+                continue;
+            }
+            0 => way = Way::Buffer,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Not supported for these files, or an error whose side the
+                // buffered copy will name.
+                way = match (way, e.raw_os_error()) {
+                    (
+                        Way::CopyFileRange,
+                        Some(
+                            libc::EXDEV
+                            | libc::EINVAL
+                            | libc::EOPNOTSUPP
+                            | libc::ENOSYS
+                            | libc::EBADF
+                            | libc::EPERM,
+                        ),
+                    ) => Way::Sendfile,
+                    _ => Way::Buffer,
+                };
+                continue;
+            }
+        }
+        if !failpoint_done {
+            failpoint_done = true;
+            failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
+        }
+    }
+    if at >= end {
+        if !failpoint_done {
+            failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
+        }
+        return Ok(at);
+    }
+    // The rest through a buffer, with positional reads.
+    use std::os::unix::fs::FileExt;
+    let mut out = raw_stdout();
+    let mut buf = vec![0u8; 128 * 1024];
+    while at < end {
+        let block = if failpoint_done { buf.len() } else { 4096 };
+        let want = usize::try_from((end - at).min(block as u64)).unwrap_or(block);
+        let n = match f.read_at(&mut buf[..want], at) {
+            Ok(0) if len.is_none() => break,
+            Ok(0) => {
+                return Err(CopyError::Read(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file ended early (it changed while it was being sent)",
+                )));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        at += n as u64;
+        if !failpoint_done {
+            failpoint_done = true;
+            failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
+        }
+    }
+    if !failpoint_done {
+        failpoint::hit("prepare:mid-payload").map_err(CopyError::Read)?;
+    }
+    Ok(at)
 }
 
 /// `--encrypt-to` values: a recipient, or `@FILE` with one per line.
@@ -424,6 +539,11 @@ pub fn set_next(seqfile: &OsStr, id: u64) -> anyhow::Result<ExitCode> {
 /// encryptor whose trailers (checksum, last chunk) are written at the end.
 trait Output: Write {
     fn finish(&mut self) -> std::io::Result<()>;
+    /// True when what is written goes to stdout unchanged (no compressor,
+    /// no encryptor), so the kernel may copy a file there directly.
+    fn is_plain(&self) -> bool {
+        false
+    }
 }
 
 struct Plain(std::mem::ManuallyDrop<File>);
@@ -481,6 +601,12 @@ impl Write for Shared {
 }
 
 impl Output for Shared {
+    fn is_plain(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|g| matches!(g.as_ref(), Some(Sink::Plain(_))))
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         let sink = self
             .0

@@ -12,7 +12,7 @@ use fspl_queue::process::{
     self, JobReport, Observer, OnError, OrderBy, OutputTo, ProcessError, ProcessOptions, StopReason,
 };
 use fspl_queue::{CopyError, Payload, PayloadFinish, Queue, StreamPayload};
-use fspl_queue::{spool, verify};
+use fspl_queue::{concurrent, lease, spool, verify};
 use fspl_trust::digest::hash_reader;
 
 use crate::output::RawStdin;
@@ -106,12 +106,24 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
         .map_err(|r| anyhow::anyhow!("job {seq} (stdin) refused: {}", r.reason))?;
     }
     let (stdin, finish) = match payload {
-        // The whole payload is checked before the command sees a byte: a
-        // regular file is read twice (with --trust: copied while it is
-        // checked, so that a writer cannot change it after the check),
-        // anything else spooled. Also with --ignore-payload, where the
-        // command inherits our stdin and so could read it: it then gets the
-        // checked copy (or our stdin itself, rewound to the payload).
+        // A regular file read by the command: as queue-process does (the
+        // file itself, its digest checked meanwhile; with --trust, checked
+        // under a read lease and fed through a pipe, or copied).
+        StreamPayload::Plain(stdin)
+            if (d.ext.payload_len.is_some() || d.ext.digest.is_some())
+                && !a.run.ignore_payload
+                && stdin_is_file() =>
+        {
+            let f = stdin.into_file().context("cannot duplicate stdin")?;
+            file_payload(f, &d.ext, trust.is_some())
+                .map_err(|e| anyhow::anyhow!("job {seq} (stdin) refused: {e}"))?
+        }
+        // Otherwise the whole payload is checked before the command sees
+        // a byte: a regular file is read twice (with --trust: copied while
+        // it is checked), anything else spooled. Also with
+        // --ignore-payload, where the command inherits our stdin and so
+        // could read it: it then gets the checked copy (or our stdin
+        // itself, rewound to the payload).
         payload if d.ext.payload_len.is_some() || d.ext.digest.is_some() => {
             let file = checked_payload(payload, &d.ext, trust.is_some())
                 .map_err(|e| anyhow::anyhow!("job {seq} (stdin) refused: {e}"))?;
@@ -122,9 +134,13 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
         _ if a.run.ignore_payload => (Stdio::inherit(), PayloadFinish::Nothing),
         // Our stdin is positioned at the payload: the command inherits it.
         StreamPayload::Plain(_) => (Stdio::inherit(), PayloadFinish::Nothing),
-        StreamPayload::Decoded { reader, what } => Payload::Stream { reader, what }
-            .into_stdio()
-            .context("cannot set up the payload pipe")?,
+        StreamPayload::Decoded { reader, what } => Payload::Stream {
+            reader,
+            what,
+            size: None,
+        }
+        .into_stdio()
+        .context("cannot set up the payload pipe")?,
     };
     let outcome = process::run_stream_job(
         &d.header,
@@ -139,6 +155,76 @@ pub fn stdin_process(a: StdinProcessArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("job {seq} (stdin): {outcome}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether fd 0 is a regular file.
+fn stdin_is_file() -> bool {
+    // SAFETY: stat is plain data, filled in by fstat on fd 0; the result
+    // is checked.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    unsafe { libc::fstat(0, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG }
+}
+
+/// The payload of a regular file on stdin (positioned at it) for a command
+/// that reads it. The length is checked from the file's size first. Without
+/// `trusted` the command gets the file and the digest is checked meanwhile;
+/// with it the payload is checked under a read lease and fed through a pipe
+/// (or, where no lease can be had, checked while copied).
+fn file_payload(
+    mut f: File,
+    ext: &Extension,
+    trusted: bool,
+) -> anyhow::Result<(Stdio, PayloadFinish)> {
+    let pos = f
+        .stream_position()
+        .context("cannot tell stdin's position")?;
+    let size = f.metadata().context("cannot stat stdin")?.len();
+    if let Some(r) = concurrent::length_refusal(ext, size.saturating_sub(pos)) {
+        anyhow::bail!(r.reason);
+    }
+    if ext.digest.is_none() {
+        return Ok((Stdio::from(f), PayloadFinish::Nothing));
+    }
+    if !trusted {
+        let check = concurrent::FileCheck::start(
+            f.try_clone().context("cannot duplicate stdin")?,
+            pos,
+            ext,
+        )
+        .context("cannot start checking the payload")?;
+        return Ok((Stdio::from(f), PayloadFinish::Check(check)));
+    }
+    match lease::check_under_lease(&f, pos, ext) {
+        Ok(lease::Leased::Passed(l, len)) => {
+            tracing::debug!("payload checked under a read lease");
+            let (pipe, feed) =
+                lease::LeaseFeed::new(l, pos, len).context("cannot set up the payload pipe")?;
+            Ok((Stdio::from(pipe), PayloadFinish::Lease(feed)))
+        }
+        Ok(lease::Leased::Failed(why)) => Err(anyhow::anyhow!(why)),
+        Err(e) => Err(unreadable(&e)),
+        Ok(lease::Leased::Unavailable) => {
+            tracing::debug!("no read lease on stdin; copying the payload");
+            let copied = spool::private_copy_of_file(
+                &std::env::temp_dir(),
+                &mut f,
+                ext.digest.map_or(DigestAlg::Blake3, |d| d.alg),
+                ext.payload_len,
+            );
+            let spooled = match copied {
+                Ok(s) => s,
+                Err(CopyError::Read(e)) => return Err(unreadable(&e)),
+                Err(CopyError::Write(e)) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot write the temporary payload copy: {e}"
+                    ));
+                }
+            };
+            verify::check_payload(ext, spooled.len, &spooled.digest)
+                .map_err(|r| anyhow::anyhow!(r.reason))?;
+            Ok((Stdio::from(spooled.file), PayloadFinish::Nothing))
+        }
+    }
 }
 
 /// Read a stdin payload to the end (no further than one byte past the

@@ -74,8 +74,8 @@ fn is_encrypted(e: &fspl_queue::QueueError) -> bool {
     )
 }
 
-pub fn write(dir: &OsStr) -> anyhow::Result<ExitCode> {
-    let q = Queue::new(dir);
+pub fn write(dir: &OsStr, ids: &IdentityArgs) -> anyhow::Result<ExitCode> {
+    let q = open(dir, ids)?;
     let name = q.write_job(&mut *raw_stdin())?;
     tracing::debug!(file = %q.job_path(&name).display(), "job stored");
     Ok(ExitCode::SUCCESS)

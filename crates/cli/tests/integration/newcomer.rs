@@ -726,7 +726,10 @@ fn error_and_warning_lines_carry_no_os_error_numbers() {
     assert!(e.ends_with(": No such file or directory"), "{e}");
     let mut w = ours([OsStr::new("queue-write"), OsStr::new("-q"), q.as_os_str()]);
     w.env("FAILPOINTS", "write:before-fsync=return(eio)");
-    let e = one_line_error(run_with_input(w, b"x"));
+    let e = one_line_error(run_with_input(
+        w,
+        &ok(run(ours(["prepare-nop", "--seq", "9"]))),
+    ));
     assert!(e.ends_with(": Input/output error"), "{e}");
     assert!(!e.contains("os error"), "{e}");
 

@@ -632,8 +632,10 @@ impl Lab {
         p
     }
 
-    /// Put `partial` (a sender's incomplete output) in a scratch queue and
-    /// insist that queue-check reports it bad rather than good.
+    /// Offer `partial` (a sender's incomplete output) to queue-write, which
+    /// must refuse it and store nothing; then put it in a scratch queue by
+    /// hand (as a sync tool could) and insist that queue-check reports it
+    /// bad rather than good.
     pub fn partial_is_detected(&self, partial: &[u8], tally: &mut Tally) -> Option<String> {
         tally.states += 1;
         let q = self.sb.path("scratch");
@@ -644,10 +646,24 @@ impl Lab {
                 q.as_os_str(),
             ])));
         }
-        ok(run_with_input(
+        let out = run_with_input(
             clean_fspl([OsStr::new("queue-write"), OsStr::new("-q"), q.as_os_str()]),
             partial,
-        ));
+        );
+        let left = std::fs::read_dir(q.join("jobs")).unwrap().count();
+        if out.status.code() != Some(1) || left != 0 {
+            return Some(format!(
+                "queue-write of a partial job ({} bytes) exited {:?} and left {left} files: {}",
+                partial.len(),
+                out.status.code(),
+                text(&out.stderr).trim()
+            ));
+        }
+        std::fs::write(
+            q.join("jobs/fspl-00000000-0000-4000-8000-000000000001.fspl"),
+            partial,
+        )
+        .unwrap();
         let out = run(clean_fspl([
             OsStr::new("queue-check"),
             OsStr::new("--json"),

@@ -162,8 +162,10 @@ fn on_tmpfs(tally: &mut Tally, sb: Sandbox, disk: PathBuf, mut fs: Tmpfs, big: u
     let filled = fill(&filler);
     eprintln!("full-disk: filled the last {filled} bytes");
 
-    // prepare -s: the header goes out, the number cannot be committed.
+    // prepare -s with a sequence file that must be replaced (padded by
+    // hand): the header goes out, the number cannot be committed.
     let seq_before = lab.seqfile_value();
+    std::fs::write(&lab.seqfile, format!("{seq_before}          \n")).unwrap();
     let (_, c) = lab.prepare_cmd();
     let out = run(c);
     tally.runs += 1;
@@ -182,6 +184,32 @@ fn on_tmpfs(tally: &mut Tally, sb: Sandbox, disk: PathBuf, mut fs: Tmpfs, big: u
         ));
     }
     step(&mut lab, tally, "prepare commit on a full disk", p);
+
+    // The usual sequence file ("N\n") is advanced in place, which takes no
+    // space: prepare succeeds on a full disk, and its job is whole. It is
+    // written once there is room again.
+    std::fs::write(&lab.seqfile, format!("{seq_before}\n")).unwrap();
+    let (held, c) = lab.prepare_cmd();
+    let out = run(c);
+    tally.runs += 1;
+    let mut p = Vec::new();
+    if !out.status.success() {
+        p.push(format!(
+            "prepare -s advancing the sequence file in place failed on a full disk: {}",
+            text(&out.stderr).trim()
+        ));
+    }
+    if lab.seqfile_value() != held + 1 {
+        p.push(format!(
+            "after prepare -s on a full disk the sequence file says {}, expected {}",
+            lab.seqfile_value(),
+            held + 1
+        ));
+    }
+    let held_job = out.stdout;
+    lab.note_sent(held, &held_job);
+    let seq_before = held + 1;
+    step(&mut lab, tally, "prepare in place on a full disk", p);
 
     // prepare with stdout on the full disk: the header cannot be written.
     let (_, mut c) = lab.prepare_cmd();
@@ -239,6 +267,7 @@ fn on_tmpfs(tally: &mut Tally, sb: Sandbox, disk: PathBuf, mut fs: Tmpfs, big: u
     // 4. Space freed: every failed write is retried and succeeds.
     std::fs::remove_file(&filler).unwrap();
     lab.write_ok(n4, &job4);
+    lab.write_ok(held, &held_job);
     let n5 = lab.send();
     let mut p = Vec::new();
     if n5 != seq_before {

@@ -54,7 +54,9 @@ use crate::reliability_common::*;
 /// Which command a failpoint is reached through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Driver {
-    /// `prepare -s SEQFILE -i FILE` (the sender; replace:* is its commit).
+    /// `prepare -s SEQFILE -i FILE` (the sender; seqfile:* is its commit
+    /// in place, replace:* its commit when the file must be replaced, which
+    /// the scenario arranges by padding the file).
     Prepare,
     /// `queue-write`.
     Write,
@@ -67,7 +69,7 @@ enum Driver {
 
 fn drivers_for(point: &str) -> Vec<Driver> {
     match point.split(':').next().unwrap() {
-        "prepare" => vec![Driver::Prepare],
+        "prepare" | "seqfile" => vec![Driver::Prepare],
         "write" => vec![Driver::Write],
         "replace" => vec![Driver::Prepare, Driver::Refuse],
         "nextseq" | "process" => vec![Driver::Process],
@@ -197,6 +199,12 @@ fn run_case(case: Case, tally: &mut Tally) -> bool {
     // The faulted command.
     let (out, job_n, job_bytes) = match driver {
         Driver::Prepare => {
+            if point.starts_with("replace:") {
+                // A sequence file padded by hand (longer than the next
+                // line) is replaced rather than advanced in place.
+                let n = lab.seqfile_value();
+                std::fs::write(&lab.seqfile, format!("{n}{}\n", " ".repeat(30))).unwrap();
+            }
             let (n, mut c) = lab.prepare_cmd();
             c.env("FAILPOINTS", &fp);
             (run(c), n, Vec::new())
@@ -421,23 +429,42 @@ fn reliability_enospc_at_every_failpoint() {
 /// failed, `prepare` said the number was not used ("discard that job, or
 /// the next prepare will use seq N again") although the file already said
 /// N+1: a sender who followed that advice left the receiver waiting for N
-/// forever. The error must say that N is used and how to fill it.
+/// forever. The error must say that N is used and how to fill it. The same
+/// holds for the in-place advance when its `fdatasync` fails after the
+/// write (the file says N+1), and the opposite when the write itself
+/// failed (the file still says N: nothing used).
 #[test]
 fn regression_prepare_dirsync_failure_said_discard_although_seq_was_used() {
     require_failpoints();
-    let lab = Lab::new(false, 1, vec![10]);
-    std::fs::write(&lab.seqfile, "7\n").unwrap();
-    let (n, mut c) = lab.prepare_cmd();
-    assert_eq!(n, 7);
-    c.env("FAILPOINTS", "replace:before-dirsync=return(eio)");
-    let line = one_line_error(run(c));
-    assert_eq!(
-        lab.seqfile_value(),
-        8,
-        "the rename happened before the fault"
-    );
-    assert!(
-        line.contains("--seq 7") && !line.contains("discard"),
-        "the error must say seq 7 is used and how to fill it: {line}"
-    );
+    for (content, point, used) in [
+        // Padded: replaced, and the rename came before the failed sync.
+        ("7                 \n", "replace:before-dirsync", true),
+        // In place: written, then the sync failed.
+        ("7\n", "seqfile:before-sync", true),
+        // In place: the write failed.
+        ("7\n", "seqfile:before-write", false),
+    ] {
+        let lab = Lab::new(false, 1, vec![10]);
+        std::fs::write(&lab.seqfile, content).unwrap();
+        let (n, mut c) = lab.prepare_cmd();
+        assert_eq!(n, 7);
+        c.env("FAILPOINTS", format!("{point}=return(eio)"));
+        let line = one_line_error(run(c));
+        assert_eq!(
+            lab.seqfile_value(),
+            if used { 8 } else { 7 },
+            "{point}: {line}"
+        );
+        if used {
+            assert!(
+                line.contains("--seq 7") && !line.contains("discard"),
+                "{point}: the error must say seq 7 is used and how to fill it: {line}"
+            );
+        } else {
+            assert!(
+                line.contains("discard") && !line.contains("--seq 7"),
+                "{point}: the error must say seq 7 is not used: {line}"
+            );
+        }
+    }
 }

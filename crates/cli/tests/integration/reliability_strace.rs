@@ -22,6 +22,10 @@
 //!   `sent/`) must first have a copy under its name in another directory,
 //!   renamed there and that directory fsynced, and its own directory is
 //!   fsynced after the removal, before exit.
+//! - every in-place advance of a sender's sequence file (`prepare -s`,
+//!   `pwrite64` at offset 0 of the file named `SEQFILE_NAME`) is
+//!   fdatasync'ed before the payload goes out (any write to another file,
+//!   stdout included), before the file is written again, before exit.
 //!
 //! A sync counts only if it returned 0. The checker itself is tested first
 //! on hand-written traces that lack each sync, so it cannot pass vacuously;
@@ -35,6 +39,14 @@ use std::process::Command;
 
 use crate::helper::*;
 use crate::reliability_common::*;
+
+/// The name of the sender's sequence file in the traced runs (the checker
+/// recognises its in-place advances by it).
+const SEQFILE_NAME: &str = "seq";
+
+fn is_seqfile(p: &str) -> bool {
+    Path::new(p).file_name().is_some_and(|n| n == SEQFILE_NAME)
+}
 
 /// The system calls traced (`?`: may not exist on this architecture).
 const SYSCALLS: &str = "trace=write,pwrite64,writev,pwritev,pwritev2,copy_file_range,\
@@ -355,6 +367,7 @@ struct Verdict {
     replaces: u64,
     other_renames: u64,
     advances: u64,
+    seqfile_advances: u64,
     unlinks: u64,
     /// Job files removed from an outbox or source by a transport.
     removals: u64,
@@ -534,6 +547,34 @@ fn verify(ev: &[Event]) -> Verdict {
                 v.removals += 1;
                 removal_rule(&mut v, i, path, &e.text);
             }
+            Kind::Write {
+                at_zero: Some(path),
+                ..
+            } if is_seqfile(path) => {
+                v.seqfile_advances += 1;
+                // The first later event that must wait for the sync: the
+                // payload going out (a write to anything else), another
+                // write of the file, a new process, exit.
+                let barrier = ev[i + 1..]
+                    .iter()
+                    .find(|x| match &x.kind {
+                        Kind::Spawn | Kind::Exec | Kind::Exit => true,
+                        Kind::Write { .. } => true,
+                        Kind::Sync { path: p, ok: true } => p == path,
+                        _ => false,
+                    })
+                    .cloned();
+                match barrier {
+                    Some(Event {
+                        kind: Kind::Sync { .. },
+                        ..
+                    }) => {}
+                    Some(b) => v
+                        .problems
+                        .push(format!("{}: not fdatasync'ed before `{}`", e.text, b.text)),
+                    None => v.problems.push(format!("{}: never synced", e.text)),
+                }
+            }
             Kind::Unlink { path } if is_job_name(path) && in_jobs_dir(path) => {
                 v.unlinks += 1;
                 // The latest advance before it, and its sync, precede it.
@@ -683,6 +724,13 @@ fn self_test(tally: &mut Tally) {
 1 fsync(4</w/o/jobs>) = 0
 1 exit_group(0) = ?
 ";
+    let ok_prepare = "\
+1 write(1<pipe:[77]>, \"*FILESPOOLER\\0\\1\", 60) = 60
+1 pwrite64(3</w/seq>, \"8\\n\", 2, 0) = 2
+1 fdatasync(3</w/seq>) = 0
+1 sendfile(1<pipe:[77]>, 4</w/p>, NULL, 300) = 300
+1 exit_group(0) = ?
+";
     let cases: Vec<(&str, String, bool)> = vec![
         ("a correct queue-write", ok_write.to_string(), true),
         ("a correct push", ok_push.to_string(), true),
@@ -696,6 +744,20 @@ fn self_test(tally: &mut Tally) {
             ok_push.replace(
                 "1 renameat2(3</w/d/jobs>, \".fspl-tmp-b",
                 "1 write(6</w/d/jobs/.fspl-tmp-b>, \"z\", 1) = 1\n1 renameat2(3</w/d/jobs>, \".fspl-tmp-b",
+            ),
+            false,
+        ),
+        ("a correct prepare", ok_prepare.to_string(), true),
+        (
+            "sequence file advance never synced",
+            ok_prepare.replace("1 fdatasync(3</w/seq>) = 0\n", ""),
+            false,
+        ),
+        (
+            "payload sent before the sequence file advance is synced",
+            ok_prepare.replace(
+                "1 fdatasync(3</w/seq>) = 0\n1 sendfile(1<pipe:[77]>, 4</w/p>, NULL, 300) = 300\n",
+                "1 sendfile(1<pipe:[77]>, 4</w/p>, NULL, 300) = 300\n1 fdatasync(3</w/seq>) = 0\n",
             ),
             false,
         ),
@@ -718,6 +780,11 @@ fn self_test(tally: &mut Tally) {
         (
             "push: the outbox's removals never synced",
             ok_push.replace("1 fsync(4</w/o/jobs>) = 0\n", ""),
+            false,
+        ),
+        (
+            "a failed sequence file sync",
+            ok_prepare.replace("fdatasync(3</w/seq>) = 0", "fdatasync(3</w/seq>) = -1 EIO (Input/output error)"),
             false,
         ),
         ("a correct queue-process", ok_process.to_string(), true),
@@ -784,7 +851,7 @@ fn self_test(tally: &mut Tally) {
         }
         if good {
             let v = v.unwrap();
-            if v.renames_into_jobs + v.advances == 0 {
+            if v.renames_into_jobs + v.advances + v.seqfile_advances == 0 {
                 tally
                     .failures
                     .push(format!("checker self-test \"{label}\": saw nothing"));
@@ -800,6 +867,7 @@ struct Expect {
     replaces: u64,
     other_renames: u64,
     advances: u64,
+    seqfile_advances: u64,
     unlinks: u64,
     removals: u64,
     spawns: u64,
@@ -814,12 +882,18 @@ fn record(
     totals: &mut BTreeMap<&'static str, u64>,
 ) {
     tally.runs += 1;
-    tally.states +=
-        v.renames_into_jobs + v.replaces + v.other_renames + v.advances + v.unlinks + v.removals;
+    tally.states += v.renames_into_jobs
+        + v.replaces
+        + v.other_renames
+        + v.advances
+        + v.seqfile_advances
+        + v.unlinks
+        + v.removals;
     *totals.entry("renames into jobs/").or_default() += v.renames_into_jobs;
     *totals.entry("replacements").or_default() += v.replaces;
     *totals.entry("other renames").or_default() += v.other_renames;
     *totals.entry("in-place advances").or_default() += v.advances;
+    *totals.entry("sequence file advances").or_default() += v.seqfile_advances;
     *totals.entry("job unlinks").or_default() += v.unlinks;
     *totals.entry("transport removals").or_default() += v.removals;
     if !out.status.success() {
@@ -838,6 +912,11 @@ fn record(
         ("replacements", v.replaces, want.replaces),
         ("other renames", v.other_renames, want.other_renames),
         ("in-place advances", v.advances, want.advances),
+        (
+            "sequence file advances",
+            v.seqfile_advances,
+            want.seqfile_advances,
+        ),
         ("job unlinks", v.unlinks, want.unlinks),
         ("transport removals", v.removals, want.removals),
         ("spawns", v.spawns, want.spawns),
@@ -865,7 +944,7 @@ fn reliability_durability_order_under_strace() {
     // queue-init, prepare, queue-write, queue-process, set-next.
     let sb = Sandbox::new();
     let q = sb.path("q");
-    let seq = sb.path("seq");
+    let seq = sb.path(SEQFILE_NAME);
     let lab_dir = sb.path("lab");
     std::fs::create_dir(&lab_dir).unwrap();
     let (out, v) = traced(
@@ -887,9 +966,18 @@ fn reliability_durability_order_under_strace() {
         let mut c = clean_fspl([OsStr::new("prepare"), OsStr::new("-s"), seq.as_os_str()]);
         c.arg("-i").arg(&p);
         let (out, v) = traced(&sb, &format!("prepare-{n}"), c, None);
-        let want = Expect {
-            replaces: 1,
-            ..Expect::default()
+        // The first prepare creates the sequence file (replace protocol);
+        // the others advance it in place.
+        let want = if n == 1 {
+            Expect {
+                replaces: 1,
+                ..Expect::default()
+            }
+        } else {
+            Expect {
+                seqfile_advances: 1,
+                ..Expect::default()
+            }
         };
         record(
             &mut tally,
@@ -913,6 +1001,9 @@ fn reliability_durability_order_under_strace() {
         if n == 1 {
             mutants_flagged(&sb, "write-1", &["fsync"], &mut tally);
             mutants_flagged(&sb, "prepare-1", &["fsync"], &mut tally);
+        }
+        if n == 2 {
+            mutants_flagged(&sb, "prepare-2", &["fdatasync"], &mut tally);
         }
         record(
             &mut tally,

@@ -246,17 +246,11 @@ queues = ["backups", "db-*"]"#,
         )
     }
 
-    /// `queue-write` into `q`; the new file's name.
+    /// `queue-write` into `q` (or, for a job queue-write refuses, straight
+    /// into `jobs/`, as an attacker or a sync tool could); the new file's
+    /// name.
     pub fn write(&self, q: &Path, job: &[u8]) -> String {
-        let before = self.s.job_files(q);
-        ok(run_with_input(
-            fs([OsStr::new("queue-write"), OsStr::new("-q"), q.as_os_str()]),
-            job,
-        ));
-        let mut after = self.s.job_files(q);
-        after.retain(|n| !before.contains(n));
-        assert_eq!(after.len(), 1, "queue-write made {after:?}");
-        after.remove(0)
+        deliver(q, job)
     }
 
     /// `queue-process -q Q --trust TRUST EXTRA sh -c SCRIPT MARKS`.
@@ -637,8 +631,14 @@ fn a_changed_payload_is_refused_by_its_digest_and_length() {
     t.genuine_runs(1);
 }
 
+/// Without a trust file the digest is checked while the command reads
+/// the payload (docs/security.md): a changed payload of the right length
+/// reaches the command, but the job then fails (never a success) and stays
+/// queued under --on-error retry. A copy of the right length but another
+/// digest lying next to the genuine job is still refused before anything
+/// runs, and a payload of the wrong length too (its file's size says so).
 #[test]
-fn a_digest_mismatch_is_refused_without_a_trust_file_too() {
+fn a_digest_mismatch_without_a_trust_file_fails_the_job_and_a_bad_copy_is_refused() {
     let t = Setup::new();
     // An unsigned job from a regular file carries length and digest.
     let job = t.prepare(1, None, None, &[], &[]);
@@ -651,12 +651,30 @@ fn a_digest_mismatch_is_refused_without_a_trust_file_too() {
     bad[n - 2] ^= 0x40;
     let f = t.write(&unnamed, &bad);
     let out = t.process_with(&unnamed, None, &[]);
-    t.not_run(1);
-    assert_refused(&unnamed, &out, &f, Some(1), None, "does not match");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("payload check failed: payload blake3 digest"),
+        "{err}"
+    );
     assert_eq!(nextseq(&unnamed), 1);
+    assert!(unnamed.join("jobs").join(&f).exists(), "{err}");
+    assert!(!unnamed.join("rejected").exists(), "{err}");
+    // Cut short: refused before anything runs.
+    std::fs::remove_file(t.marker(1)).unwrap();
+    std::fs::remove_file(unnamed.join("jobs").join(&f)).unwrap();
+    let f = t.write(&unnamed, &job[..n - 1]);
+    let out = t.process_with(&unnamed, None, &[]);
+    t.not_run(1);
+    assert_refused(&unnamed, &out, &f, Some(1), None, "the header says");
+    // The damaged copy next to the genuine job: refused, and the genuine
+    // one runs.
+    let f = t.write(&unnamed, &bad);
     t.write(&unnamed, &job);
-    ok(t.process_with(&unnamed, None, &[]));
+    let out = t.process_with(&unnamed, None, &[]);
+    assert_refused(&unnamed, &out, &f, Some(1), None, "does not match");
     assert_eq!(std::fs::read(t.marker(1)).unwrap(), PAYLOAD);
+    assert_eq!(nextseq(&unnamed), 2);
 }
 
 #[test]
@@ -991,14 +1009,14 @@ fn regression_a_cut_short_compressed_or_encrypted_job_advanced_nextseq_under_on_
             &["--on-error", "delete", "--identity", id_arg],
         );
         t.not_run(seq);
-        assert_refused(
-            &t.q,
-            &out,
-            &f,
-            Some(seq),
-            trust.then_some("laptop"),
-            "payload cannot be read to the end",
-        );
+        // An encrypted file's size tells its payload's length: cut short,
+        // it is refused by that before any of it is decrypted.
+        let reason = if extra[0] == "--encrypt-to" {
+            "(cut short or altered)"
+        } else {
+            "payload cannot be read to the end"
+        };
+        assert_refused(&t.q, &out, &f, Some(seq), trust.then_some("laptop"), reason);
         assert_eq!(nextseq(&t.q), seq, "{extra:?}");
         t.write(&t.q, &job);
         ok(t.process_with(&t.q, trust_file, &["--identity", id_arg]));

@@ -302,6 +302,64 @@ fn a_corrupt_job_in_the_outbox_is_reported_and_kept_and_the_others_sent() {
     );
 }
 
+/// A job whose header reads but whose payload is not what the header
+/// says (cut short) is refused by the destination's checks, as
+/// `queue-write` would refuse it: by push (it stays in the outbox) and by
+/// pull (it stays in the folder). Nothing of it is stored.
+#[test]
+fn a_job_with_a_cut_payload_is_refused_at_the_destination_by_push_and_pull() {
+    let sb = Sandbox::new();
+    let (ob, sent) = outbox_with(&sb, "outbox", &[1]);
+    // A job from a regular file carries its payload's length and digest.
+    let p = sb.path("payload");
+    std::fs::write(&p, b"a payload of some length").unwrap();
+    let mut c = clean_fspl(["prepare", "--seq", "2", "-i"]);
+    c.arg(&p);
+    let mut cut = ok(run(c));
+    cut.truncate(cut.len() - 5);
+    std::fs::write(ob.join("jobs/fspl-cut.fspl"), &cut).unwrap();
+    let dest = sb.queue("dest");
+    let out = push(&ob, &dest, &[]);
+    exit_code(&out, 1);
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(
+            "fspl-cut.fspl (seq 2): refusing the job from fspl-cut.fspl, nothing was stored"
+        ),
+        "{errors:?}"
+    );
+    assert_eq!(
+        jobs_in(&dest.join("jobs")),
+        sent,
+        "only the good job arrived"
+    );
+    assert_eq!(
+        entries(&dest.join("jobs")).len(),
+        1,
+        "no temporary left behind"
+    );
+    assert_eq!(
+        jobs_in(&ob.join("jobs")).into_keys().collect::<Vec<_>>(),
+        ["fspl-cut.fspl"]
+    );
+
+    let folder = sb.path("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("fspl-cut.fspl"), &cut).unwrap();
+    let out = pull(&folder, &dest);
+    exit_code(&out, 1);
+    let errors = error_lines(&out);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("fspl: error: not taken: ")
+            && errors[0].contains("folder/fspl-cut.fspl: refusing the job from"),
+        "{errors:?}"
+    );
+    assert!(folder.join("fspl-cut.fspl").exists());
+    assert_eq!(jobs_in(&dest.join("jobs")), sent);
+}
+
 #[test]
 fn a_different_file_under_a_jobs_name_at_the_destination_is_not_replaced() {
     let sb = Sandbox::new();
@@ -399,6 +457,22 @@ fn pull_takes_regular_job_files_only() {
         "{}",
         text(&out.stderr)
     );
+    // A second pull of the folder at once is refused, naming the holder.
+    std::fs::write(folder.join("fspl-next.fspl"), job(2, "p2")).unwrap();
+    let held = std::fs::File::open(&folder).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let out = pull(&folder, &q);
+    exit_code(&out, 1);
+    let line = one_line_error(out);
+    assert!(
+        line.contains("is busy") && line.contains(&format!("(pid {})", std::process::id())),
+        "{line}"
+    );
+    assert!(folder.join("fspl-next.fspl").exists());
 }
 
 /// A pull from a queue directory (an outbox on a mounted disk) holds its

@@ -89,7 +89,10 @@ fn seqs(queue: &Path) -> Vec<(String, u64)> {
         .map(|e| e.unwrap().file_name())
         .filter(|n| fspl_queue::classify(n) == fspl_queue::EntryKind::Job)
         .map(|n| {
-            let seq = q.read_job_header(&n, None).unwrap().header.seq;
+            // An encrypted job (unreadable here) sorts last.
+            let seq = q
+                .read_job_header(&n, None)
+                .map_or(u64::MAX, |d| d.header.seq);
             (n.to_string_lossy().into_owned(), seq)
         })
         .collect();
@@ -821,20 +824,29 @@ fn hostile_frames_end_the_session_without_storing_or_allocating() {
         assert!(!st.success());
         assert_eq!(err.lines().count(), 1, "{err}");
     }
-    // A job name that is not one is refused alone; the session goes on.
+    // A job name that is not one, or bytes that are not a job, are refused
+    // alone; the session goes on.
+    let job = ok(run_with_input(
+        ours(["prepare", "--seq", "1", "-i", "-"]),
+        b"hi",
+    ));
     let mut raw = Raw::start(&rx, &key, "fspl-push q");
     raw.send(&hello());
     raw.msg();
     raw.msg();
-    for (id, name) in [(1u64, &b"../fspl-x.fspl"[..]), (2, b"fspl-ok.fspl")] {
+    for (id, name, bytes) in [
+        (1u64, &b"../fspl-x.fspl"[..], &job[..]),
+        (2, b"fspl-junk.fspl", b"junk, not a job"),
+        (3, b"fspl-ok.fspl", &job[..]),
+    ] {
         let mut f = Msg::Job {
             id,
-            len: 2,
+            len: bytes.len() as u64,
             name: name.to_vec(),
         }
         .encode();
-        f.extend_from_slice(b"hi");
-        f.extend_from_slice(blake3::hash(b"hi").as_bytes());
+        f.extend_from_slice(bytes);
+        f.extend_from_slice(blake3::hash(bytes).as_bytes());
         raw.send(&f);
     }
     raw.send(&Msg::End.encode());
@@ -844,12 +856,13 @@ fn hostile_frames_end_the_session_without_storing_or_allocating() {
         matches!(&msgs[0], Msg::Refused { id: 1, reason } if reason.contains("is not a job file name")),
         "{msgs:?}"
     );
-    assert_eq!(msgs[1..], [Msg::Ack { id: 2 }, Msg::Bye]);
-    assert_eq!(rx.sb.job_files(&inbox), ["fspl-ok.fspl"]);
-    assert_eq!(
-        std::fs::read(inbox.join("jobs/fspl-ok.fspl")).unwrap(),
-        b"hi"
+    assert!(
+        matches!(&msgs[1], Msg::Refused { id: 2, reason } if reason.contains("bad magic")),
+        "{msgs:?}"
     );
+    assert_eq!(msgs[2..], [Msg::Ack { id: 3 }, Msg::Bye]);
+    assert_eq!(rx.sb.job_files(&inbox), ["fspl-ok.fspl"]);
+    assert_eq!(std::fs::read(inbox.join("jobs/fspl-ok.fspl")).unwrap(), job);
     assert_eq!(
         std::fs::read_dir(inbox.join("jobs")).unwrap().count(),
         1,
@@ -1127,4 +1140,89 @@ fn fspl_push_over_ssh_reports_in_one_line_and_needs_no_connection_for_an_empty_o
     assert_eq!(json["sent"], 2, "{json}");
     assert!(rx.sb.job_files(&outbox).is_empty());
     assert_eq!(rx.sb.job_files(&inbox).len(), 2);
+}
+
+#[test]
+fn trust_at_intake_reads_encrypted_jobs_only_with_decrypt_with() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.path("inbox");
+    ok(run(ours([
+        OsStr::new("queue-init"),
+        OsStr::new("-q"),
+        inbox.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("q"),
+    ])));
+    let sk = rx.sb.path("laptop.key");
+    let server = rx.sb.path("server.key");
+    for (k, c) in [(&sk, "laptop"), (&server, "server")] {
+        ok(run(ours([
+            OsStr::new("keygen"),
+            OsStr::new("-o"),
+            k.as_os_str(),
+            OsStr::new("-C"),
+            OsStr::new(c),
+        ])));
+    }
+    let trust = rx.sb.path("trust.toml");
+    std::fs::write(
+        &trust,
+        format!(
+            "[[sender]]\nname = \"laptop\"\nkey = \"{}\"\n",
+            std::fs::read_to_string(sk.with_extension("key.pub"))
+                .unwrap()
+                .trim()
+        ),
+    )
+    .unwrap();
+    let configure = |decrypt: bool| {
+        let extra = if decrypt {
+            format!("decrypt_with = [\"{}\"]\n", server.display())
+        } else {
+            String::new()
+        };
+        rx.configure(&format!(
+            "[identity.laptop]\ntrust = \"{}\"\n{extra}[identity.laptop.queues]\nq = \"{}\"\n",
+            trust.display(),
+            inbox.display()
+        ));
+    };
+    let key = rx.key_for("laptop");
+    let outbox = rx.sb.queue("outbox");
+    let recipient = format!("@{}", server.with_extension("key.pub").display());
+    make_job(
+        &outbox,
+        &rx.sb.path("seq"),
+        b"sealed",
+        &[
+            "--sign",
+            sk.to_str().unwrap(),
+            "--to",
+            "q",
+            "--encrypt-to",
+            &recipient,
+        ],
+    );
+    configure(false);
+    let p = push_jobs(&rx, &key, "q", &outbox, None);
+    assert!(p.error.is_none(), "{:?}", p.error);
+    assert_eq!(p.refused.len(), 1, "{p:?}");
+    assert!(p.refused[0].1.contains("the job is encrypted"), "{p:?}");
+    assert!(rx.sb.job_files(&inbox).is_empty());
+    configure(true);
+    let p = push_jobs(&rx, &key, "q", &outbox, None);
+    assert!(p.error.is_none() && p.refused.is_empty(), "{p:?}");
+    assert_eq!(p.acked.len(), 1);
+    let log = rx.sb.path("log");
+    ok(process(
+        &inbox,
+        &log,
+        &[
+            "--trust",
+            trust.to_str().unwrap(),
+            "--identity",
+            server.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 sealed\n");
 }

@@ -204,3 +204,61 @@ where
     c.args(args);
     c
 }
+
+/// Put `job` into `queue` as a sync tool (or anything else that writes
+/// into `jobs/`) could, also when `queue-write` would refuse it: through
+/// `queue-write` when that stores it; otherwise, after checking that the
+/// refusal was clean (exit 1, one line saying nothing was stored, nothing
+/// left in `jobs/`), by writing the file into `jobs/` directly. For tests
+/// of what readers and processors make of bad files. The new file's name.
+#[track_caller]
+pub fn deliver(queue: &Path, job: &[u8]) -> String {
+    let listing = |q: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(q.join("jobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(queue);
+    let mut c = fspl();
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FSPL_") || k == "FAILPOINTS" {
+            c.env_remove(k);
+        }
+    }
+    c.args([
+        OsStr::new("queue-write"),
+        OsStr::new("-q"),
+        queue.as_os_str(),
+    ]);
+    let out = run_with_input(c, job);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "queue-write: {err}");
+        assert!(
+            err.lines().count() == 1 && err.contains("nothing was stored"),
+            "queue-write refused the job without saying nothing was stored: {err}"
+        );
+        assert_eq!(listing(queue), before, "queue-write refused but left files");
+        return place(queue, job);
+    }
+    let mut after = listing(queue);
+    after.retain(|n| !before.contains(n));
+    assert_eq!(after.len(), 1, "queue-write made {after:?}");
+    after.remove(0)
+}
+
+/// Write `job` straight into `queue/jobs/` under a fresh job name (no
+/// `queue-write`, no checks); the name.
+pub fn place(queue: &Path, job: &[u8]) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let name = format!(
+        "fspl-00000000-0000-4000-8000-{:012x}.fspl",
+        (u64::from(std::process::id()) << 20) | NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::write(queue.join("jobs").join(&name), job).unwrap();
+    name
+}
