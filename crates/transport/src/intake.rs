@@ -488,17 +488,14 @@ impl Session {
             // written: a refused job never takes disk space.
             let (h, header) = self.read_header(len, &mut hasher)?;
             held = h;
-            match header {
-                Err(reason) => {
-                    let left = len - held.len() as u64;
-                    return self
-                        .skip(left, hasher, name.as_bytes())
-                        .map(|()| Some(reason));
-                }
-                // The batch checks the payload (its length and digest,
-                // decompressed or decrypted) as it stores it.
-                Ok(()) => {}
+            if let Err(reason) = header {
+                let left = len - held.len() as u64;
+                return self
+                    .skip(left, hasher, name.as_bytes())
+                    .map(|()| Some(reason));
             }
+            // The batch checks the payload (its length and digest,
+            // decompressed or decrypted) as it stores it.
         }
         let left = len - held.len() as u64;
         let mut stream = JobStream {

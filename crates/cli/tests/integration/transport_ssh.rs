@@ -6,12 +6,12 @@
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fspl_transport::TransportErrorKind;
 use fspl_transport::ssh::{SshOptions, SshSink, SshTarget};
 use fspl_transport::wire::{self, Msg};
-use fspl_transport::{Ack, OutgoingJob, Sink, TransportErrorKind};
 
 use crate::helper::sshd::Sshd;
 use crate::helper::*;
@@ -139,12 +139,14 @@ fn push_jobs(
     for n in moved {
         std::fs::rename(aside.join(&n), outbox.join("jobs").join(&n)).unwrap();
     }
-    let mut out = Pushed::default();
-    out.acked = before
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| !after.contains(n))
-        .collect();
+    let mut out = Pushed {
+        acked: before
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !after.contains(n))
+            .collect(),
+        ..Pushed::default()
+    };
     match report {
         Ok(r) => {
             out.refused = r
@@ -266,7 +268,7 @@ fn a_job_with_the_name_of_a_different_job_is_refused_and_the_first_kept() {
     let name = seqs(&outbox)[0].0.clone();
     let genuine = std::fs::read(outbox.join("jobs").join(&name)).unwrap();
     let p = push_jobs(&rx, &key, "q", &outbox, None);
-    assert_eq!(p.acked, [name.clone()], "{:?}", p.error);
+    assert_eq!(p.acked, std::slice::from_ref(&name), "{:?}", p.error);
     // Another job under the same name.
     make_job(&outbox, &rx.sb.path("seq2"), b"impostor", &[]);
     let other = seqs(&outbox)[0].0.clone();
