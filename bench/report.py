@@ -268,6 +268,9 @@ p(f"B2's queue holds {env.get('t2_from', 'generated jobs')}.\n")
 if has("T3", "ours-queue"):
     p(f"T3 into a queue directory instead of a folder (the same push, jobs go into its `jobs/`): "
       f"{fmt_t(med('T3', 'ours-queue'))}, {med('T3', 'ours-queue') / med('T3', 'cp'):.2f}× `cp` + `sync`.\n")
+if has("T3", "cp-rm"):
+    p(f"T3 against the same move by hand (`cp` + `sync` + `rm` + `sync`, as a push also empties the "
+      f"outbox): {fmt_t(med('T3', 'cp-rm'))}; the push is {med('T3') / med('T3', 'cp-rm'):.2f}× that.\n")
 if has("S3", "age"):
     p(f"S3 for scale: `age -d` (Debian's age, Go) decrypting the same job to /dev/null takes "
       f"{fmt_t(med('S3', 'age'))}; fspl's encrypted run is {med('S3', 'ours-encrypted') / med('S3', 'age'):.2f}× that.\n")
@@ -349,6 +352,9 @@ ctx = {
     "s1_unsign": fmt_t(med("S1-sign", "ours-unsigned")) if has("S1-sign", "ours-unsigned") else "n/a",
     "s1_ver": fmt_t(med("S1-verify", "ours-signed")) if has("S1-verify", "ours-signed") else "n/a",
     "s1_unver": fmt_t(med("S1-verify", "ours-unsigned")) if has("S1-verify", "ours-unsigned") else "n/a",
+    "t3_ours": fmt_t(med("T3")) if has("T3") else "n/a",
+    "t3_cp": fmt_t(med("T3", "cp")) if has("T3", "cp") else "n/a",
+    "t3_cprm": fmt_t(med("T3", "cp-rm")) if has("T3", "cp-rm") else "n/a",
     "s1_ver_us": f"{(med('S1-verify', 'ours-signed') - med('S1-verify', 'ours-unsigned')) / NS1 * 1e6:.0f}" if has("S1-verify", "ours-signed") else "n/a",
     "s3_age_ratio": f"{med('S3', 'age') / med('S3', 'ours-plain'):.2f}" if has("S3", "age") else "n/a",
     "s3_crypto": perf_share("S3", ("chacha20", "poly1305")),

@@ -5,10 +5,13 @@
 //! (`fspl push`, `fspl pull`, an SSH intake) stores them as a batch:
 //!
 //! 1. [`Batch::add`] / [`Batch::add_named`]: each job is received into its
-//!    own temporary `DIR/.fspl-tmp-<uuid>-<n>` (created `O_EXCL`, never
-//!    following a link, and `flock`ed while the batch holds it, so a
-//!    cleaner can tell it from a dead writer's), checked on the way by the
-//!    same code as `queue-write` ([`crate::queue`]'s `receive`);
+//!    own temporary, checked on the way by the same code as `queue-write`
+//!    ([`crate::queue`]'s `receive`): an unnamed file in DIR
+//!    (`O_TMPFILE`: no directory entry until it is complete and flushed,
+//!    nothing left behind by a crash), or where the file system lacks
+//!    that, `DIR/.fspl-tmp-<uuid>-<n>` (created `O_EXCL`, never following
+//!    a link, and `flock`ed while the batch holds it, so a cleaner can
+//!    tell it from a dead writer's);
 //! 2. [`Batch::commit`]: the data of every temporary is made durable with
 //!    ONE flush: `syncfs(2)` of the file system holding DIR (a single
 //!    temporary: `fsync` of that file). Measured on ext4 for 10,000 small
@@ -18,19 +21,23 @@
 //!    better. The price: `syncfs` also writes out other programs' dirty
 //!    data on that file system. On kernels before 5.8, where `syncfs`
 //!    does not report write errors, every file is `fsync`ed instead;
-//! 3. every temporary is renamed to its job name without replacing
-//!    anything (`renameat2(RENAME_NOREPLACE)`). A name that is already
+//! 3. every temporary gets its job name without replacing anything: an
+//!    unnamed one is linked (`linkat` of `/proc/self/fd/N`, which never
+//!    replaces), a named one renamed (`renameat2(RENAME_NOREPLACE)`).
+//!    (Creating unnamed files and linking them costs the directory less
+//!    than creating named ones and renaming them.) A name that is already
 //!    taken by a file with the same bytes is a job delivered before (a
-//!    resend): that copy is `fsync`ed and the job counts as stored; a name
-//!    taken by other bytes is a conflict, and the job is not stored;
+//!    resend): that copy is `fsync`ed and the job counts as stored; a
+//!    name taken by other bytes is a conflict, and the job is not stored;
 //! 4. ONE `fsync` of DIR;
 //! 5. only now is every job of the batch reported stored.
 //!
-//! A crash before step 4 returns leaves complete files under job names or
-//! temporaries (never a partial file under a job name), and nothing was
-//! acknowledged: the sender sends the batch again, and a job whose name
-//! was kept lands on its own earlier copy. A temporary left by a crash is
-//! removed by `queue-process` once stale, like any other.
+//! A crash before step 4 returns leaves complete files under job names
+//! (and named temporaries; unnamed ones vanish), never a partial file
+//! under a job name, and nothing was acknowledged: the sender sends the
+//! batch again, and a job whose name was kept lands on its own earlier
+//! copy. A named temporary left by a crash is removed by `queue-process`
+//! once stale, like any other.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -100,17 +107,27 @@ pub struct Committed {
 }
 
 struct Pending {
-    tmp: OsString,
+    /// The temporary's name; `None` for an unnamed file (`O_TMPFILE`).
+    tmp: Option<OsString>,
     name: OsString,
-    /// Open and locked until the batch is done with it.
+    /// Open (and, when named, locked) until the batch is done with it.
     file: File,
+}
+
+impl Pending {
+    /// Remove the temporary (an unnamed one goes when it is closed).
+    fn discard(&self, dir: &File) {
+        if let Some(t) = &self.tmp {
+            let _ = rustix::fs::unlinkat(dir, t.as_os_str(), AtFlags::empty());
+        }
+    }
 }
 
 /// Jobs being stored in one directory, committed together.
 pub struct Batch {
     /// Where the jobs go: a queue's `jobs/`, or any folder.
     dir: PathBuf,
-    dir_fd: File,
+    dir_fd: Arc<File>,
     /// The queue (or folder) named in refusals.
     owner: PathBuf,
     identities: Option<Arc<Identities>>,
@@ -118,7 +135,11 @@ pub struct Batch {
     pending: Vec<Pending>,
     bytes: u64,
     first: Option<Instant>,
-    /// Temporaries are named `.fspl-tmp-<tag>-<n>`: one random tag per
+    /// Whether temporaries are unnamed files (`O_TMPFILE`, linked to their
+    /// names at commit); false where the file system (or a missing /proc)
+    /// does not allow it.
+    unnamed: bool,
+    /// Named temporaries are `.fspl-tmp-<tag>-<n>`: one random tag per
     /// batch (unique among writers), a counter within it.
     tag: uuid::Uuid,
     counter: u64,
@@ -147,7 +168,7 @@ impl Batch {
         identities: Option<Arc<Identities>>,
         mut limits: BatchLimits,
     ) -> Result<Batch> {
-        let dir_fd = crate::durable::open_dir_following(dir)?;
+        let dir_fd = Arc::new(crate::durable::open_dir_following(dir)?);
         limits.max_jobs = limits.max_jobs.clamp(1, fd_budget());
         Ok(Batch {
             dir: dir.to_path_buf(),
@@ -158,6 +179,7 @@ impl Batch {
             pending: Vec::new(),
             bytes: 0,
             first: None,
+            unnamed: proc_fd_links(),
             tag: uuid::Uuid::new_v4(),
             counter: 0,
         })
@@ -208,23 +230,11 @@ impl Batch {
         name: &OsStr,
     ) -> Result<OsString> {
         check_name(name)?;
-        self.counter += 1;
-        let tmp = OsString::from(format!("{TEMP_PREFIX}{}-{}", self.tag, self.counter));
-        let tmp_path = self.dir.join(&tmp);
-        let fd = rustix::fs::openat(
-            &self.dir_fd,
-            tmp.as_os_str(),
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o666),
-        )
-        .map_err(|e| QueueError::Io {
-            action: "create",
-            path: tmp_path.clone(),
-            source: e.into(),
-        })?;
-        let file = File::from(fd);
+        let (file, tmp, tmp_path) = self.create_temp()?;
         let result = (|| {
-            file.lock().map_err(QueueError::io("lock", &tmp_path))?;
+            if tmp.is_some() {
+                file.lock().map_err(QueueError::io("lock", &tmp_path))?;
+            }
             // Flushed with the rest of the batch at commit.
             receive(
                 input,
@@ -254,26 +264,107 @@ impl Batch {
                 Ok(name.to_os_string())
             }
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&self.dir_fd, tmp.as_os_str(), AtFlags::empty());
+                if let Some(t) = &tmp {
+                    let _ = rustix::fs::unlinkat(&self.dir_fd, t.as_os_str(), AtFlags::empty());
+                }
                 Err(e)
             }
         }
+    }
+
+    /// A new temporary in the directory: an unnamed file where the file
+    /// system allows (nothing to see, nothing left behind by a crash),
+    /// else `.fspl-tmp-<tag>-<n>`. Returns the file, its name if any, and
+    /// a path for messages.
+    fn create_temp(&mut self) -> Result<(File, Option<OsString>, PathBuf)> {
+        if self.unnamed {
+            match rustix::fs::openat(
+                &self.dir_fd,
+                ".",
+                OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            ) {
+                Ok(fd) => {
+                    return Ok((File::from(fd), None, self.dir.join("(new unnamed file)")));
+                }
+                // No O_TMPFILE here: named temporaries from now on.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+                    self.unnamed = false;
+                }
+                Err(e) => {
+                    return Err(QueueError::Io {
+                        action: "create a file in",
+                        path: self.dir.clone(),
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        self.counter += 1;
+        let tmp = OsString::from(format!("{TEMP_PREFIX}{}-{}", self.tag, self.counter));
+        let tmp_path = self.dir.join(&tmp);
+        let fd = rustix::fs::openat(
+            &self.dir_fd,
+            tmp.as_os_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )
+        .map_err(|e| QueueError::Io {
+            action: "create",
+            path: tmp_path.clone(),
+            source: e.into(),
+        })?;
+        Ok((File::from(fd), Some(tmp), tmp_path))
+    }
+
+    /// Take the jobs received so far, to be committed (on this thread or
+    /// another: a [`Sealed`] batch can be sent); the batch is empty again
+    /// and takes more jobs.
+    pub fn seal(&mut self) -> Sealed {
+        self.bytes = 0;
+        self.first = None;
+        Sealed {
+            dir: self.dir.clone(),
+            dir_fd: self.dir_fd.clone(),
+            pending: std::mem::take(&mut self.pending),
+        }
+    }
+
+    /// Store every job received so far: `self.seal().commit()`.
+    pub fn commit(&mut self) -> Result<Vec<Committed>> {
+        self.seal().commit()
+    }
+}
+
+/// Jobs of a [`Batch`] taken to be stored together. Dropped without being
+/// committed, its temporaries are removed.
+pub struct Sealed {
+    dir: PathBuf,
+    dir_fd: Arc<File>,
+    pending: Vec<Pending>,
+}
+
+impl Sealed {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 
     /// Store every job received so far (the order of the module doc):
     /// one flush, the renames, one directory fsync. Returns what became of
     /// each job, in the order they were added; an error means nothing of
     /// the batch may be taken as stored (its temporaries are removed).
-    pub fn commit(&mut self) -> Result<Vec<Committed>> {
+    pub fn commit(mut self) -> Result<Vec<Committed>> {
         let pending = std::mem::take(&mut self.pending);
-        self.bytes = 0;
-        self.first = None;
         if pending.is_empty() {
             return Ok(Vec::new());
         }
         let remove_all = |pending: &[Pending]| {
             for p in pending {
-                let _ = rustix::fs::unlinkat(&self.dir_fd, p.tmp.as_os_str(), AtFlags::empty());
+                p.discard(&self.dir_fd);
             }
         };
         if let Err(e) = self.flush(&pending) {
@@ -329,21 +420,28 @@ impl Batch {
             });
         }
         for p in pending {
-            p.file
-                .sync_all()
-                .map_err(QueueError::io("sync", self.dir.join(&p.tmp)))?;
+            p.file.sync_all().map_err(QueueError::io(
+                "sync",
+                self.dir
+                    .join(p.tmp.as_deref().unwrap_or(p.name.as_os_str())),
+            ))?;
         }
         Ok(())
     }
 
-    /// Rename one temporary to its name, never replacing a file.
+    /// Give one temporary its name, never replacing a file: link an
+    /// unnamed one, rename a named one.
     fn place(&self, p: &Pending) -> Outcome {
         let dest = self.dir.join(&p.name);
-        match rename_noreplace(&self.dir_fd, &p.tmp, &self.dir_fd, &p.name) {
+        let placed = match &p.tmp {
+            None => link_unnamed(&p.file, &self.dir_fd, &p.name),
+            Some(t) => rename_noreplace(&self.dir_fd, t, &self.dir_fd, &p.name),
+        };
+        match placed {
             Ok(()) => Outcome::Stored,
             Err(Errno::EXIST) => {
                 let same = same_bytes(&self.dir_fd, &p.name, &p.file, &dest);
-                let _ = rustix::fs::unlinkat(&self.dir_fd, p.tmp.as_os_str(), AtFlags::empty());
+                p.discard(&self.dir_fd);
                 match same {
                     Ok(Some(existing)) => match existing.sync_all() {
                         Ok(()) => Outcome::AlreadyThere,
@@ -358,7 +456,7 @@ impl Batch {
                 }
             }
             Err(e) => {
-                let _ = rustix::fs::unlinkat(&self.dir_fd, p.tmp.as_os_str(), AtFlags::empty());
+                p.discard(&self.dir_fd);
                 Outcome::Failed(QueueError::Io {
                     action: "rename into place",
                     path: dest,
@@ -369,11 +467,19 @@ impl Batch {
     }
 }
 
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        for p in &self.pending {
+            p.discard(&self.dir_fd);
+        }
+    }
+}
+
 impl Drop for Batch {
     /// Temporaries of a batch never committed are removed.
     fn drop(&mut self) {
         for p in &self.pending {
-            let _ = rustix::fs::unlinkat(&self.dir_fd, p.tmp.as_os_str(), AtFlags::empty());
+            p.discard(&self.dir_fd);
         }
     }
 }
@@ -444,6 +550,37 @@ fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Give the unnamed file `file` the name `name` in `dir`: `linkat` with
+/// `AT_EMPTY_PATH` where the process may (it needs `CAP_DAC_READ_SEARCH`;
+/// the cheaper call), else of `/proc/self/fd/N`. A link never replaces
+/// anything: a taken name is `EEXIST`.
+fn link_unnamed(file: &File, dir: &File, name: &OsStr) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_EMPTY_PATH: AtomicBool = AtomicBool::new(false);
+    if !NO_EMPTY_PATH.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(file, "", dir, name, AtFlags::EMPTY_PATH) {
+            Err(Errno::NOENT | Errno::PERM | Errno::INVAL) => {
+                NO_EMPTY_PATH.store(true, Ordering::Relaxed);
+            }
+            r => return r,
+        }
+    }
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
+}
+
+/// Whether unnamed files can be linked by their /proc/self/fd path.
+fn proc_fd_links() -> bool {
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| Path::new("/proc/self/fd").is_dir())
 }
 
 /// Rename without replacing: `renameat2(RENAME_NOREPLACE)`, or where the
@@ -547,12 +684,9 @@ mod tests {
             added.push((b.add(&mut j.as_slice(), Path::new("test")).unwrap(), j));
         }
         assert_eq!(b.len(), 5);
-        let before = names(q.jobs_dir());
-        assert_eq!(before.len(), 5);
-        assert!(
-            before.iter().all(|n| n.starts_with(TEMP_PREFIX)),
-            "{before:?}"
-        );
+        // Unnamed files here (ext4, tmpfs): nothing at all to see.
+        assert!(b.unnamed, "this test's file system has O_TMPFILE");
+        assert_eq!(names(q.jobs_dir()), Vec::<String>::new());
         let done = b.commit().unwrap();
         assert_eq!(done.len(), 5);
         for (c, (name, bytes)) in done.iter().zip(&added) {
@@ -625,22 +759,42 @@ mod tests {
         let (_d, q) = queue();
         let mut b = q.batch().unwrap();
         b.add(&mut job(1, b"x").as_slice(), Path::new("t")).unwrap();
-        assert_eq!(names(q.jobs_dir()).len(), 1);
         drop(b);
         assert!(names(q.jobs_dir()).is_empty());
     }
 
     #[test]
-    fn pending_temporaries_are_locked_so_no_cleaner_takes_them() {
+    fn named_temporaries_are_invisible_as_jobs_and_locked_so_no_cleaner_takes_them() {
         let (_d, q) = queue();
         let mut b = q.batch().unwrap();
+        // As where the file system has no O_TMPFILE.
+        b.unnamed = false;
         b.add(&mut job(1, b"x").as_slice(), Path::new("t")).unwrap();
-        let tmp = q.jobs_dir().join(&names(q.jobs_dir())[0]);
-        let other = File::open(&tmp).unwrap();
+        b.add(&mut job(2, b"y").as_slice(), Path::new("t")).unwrap();
+        let before = names(q.jobs_dir());
+        assert_eq!(before.len(), 2);
+        assert!(
+            before.iter().all(|n| n.starts_with(TEMP_PREFIX)),
+            "{before:?}"
+        );
+        let other = File::open(q.jobs_dir().join(&before[0])).unwrap();
         assert!(
             other.try_lock().is_err(),
             "a pending temporary is not locked"
         );
+        drop(other);
+        let done = b.commit().unwrap();
+        assert!(done.iter().all(|c| c.outcome.is_stored()), "{done:?}");
+        let after = names(q.jobs_dir());
+        assert_eq!(after.len(), 2);
+        assert!(after.iter().all(|n| n.starts_with("fspl-")), "{after:?}");
+        // A dropped batch removes its named temporaries.
+        let mut b = q.batch().unwrap();
+        b.unnamed = false;
+        b.add(&mut job(3, b"z").as_slice(), Path::new("t")).unwrap();
+        assert_eq!(names(q.jobs_dir()).len(), 3);
+        drop(b);
+        assert_eq!(names(q.jobs_dir()), after);
     }
 
     #[test]

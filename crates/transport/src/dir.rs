@@ -25,7 +25,7 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use fspl_queue::batch::{Batch, BatchLimits, Outcome};
+use fspl_queue::batch::{Batch, BatchLimits, Outcome, Sealed};
 use fspl_queue::lock::FileLock;
 use fspl_queue::{EntryKind, JobSource, Queue, classify};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -99,17 +99,153 @@ fn lock_dir(dir_fd: &File, dir: &Path) -> Result<(), TransportError> {
     }
 }
 
-/// A local directory as the destination of a push.
+/// How many jobs a push into a directory commits at a time: several
+/// batches, so that one is flushed and linked while the next is received
+/// and the one before is removed from the outbox (three threads).
+pub const SINK_BATCH_JOBS: usize = 2048;
+
+/// A local directory as the destination of a push. Jobs are received into
+/// a batch on the caller's thread; a full batch is committed on a thread
+/// of its own while the next one fills (at most one batch waits), and its
+/// acknowledgements come back through `poll`.
 pub struct DirSink {
     batch: Batch,
+    dir: PathBuf,
     /// The caller's ids of the jobs in the batch, in order.
     ids: Vec<u64>,
+    /// Acknowledgements ready for `poll` (refusals found while receiving,
+    /// and what the committer sent back).
     acks: Vec<Ack>,
+    committer: Committer,
+}
+
+/// What a committed batch gives back: an acknowledgement per job, and the
+/// error of a job (or of the whole batch) that could not be stored.
+type Done = (Vec<Ack>, Option<TransportError>);
+
+struct Committer {
+    tx: Option<std::sync::mpsc::SyncSender<(Vec<u64>, Sealed)>>,
+    rx: std::sync::mpsc::Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Batches handed over and not yet answered.
+    outstanding: usize,
+}
+
+impl Committer {
+    fn start(dir: &Path) -> Result<Committer, TransportError> {
+        // A rendezvous: handing over a batch waits until the previous one
+        // is being committed, so at most two batches hold files open.
+        let (tx, jobs) = std::sync::mpsc::sync_channel::<(Vec<u64>, Sealed)>(0);
+        let (done, rx) = std::sync::mpsc::channel::<Done>();
+        let path = dir.to_path_buf();
+        let dir = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("fspl-commit".into())
+            .spawn(move || {
+                for (ids, sealed) in jobs {
+                    if done.send(commit(&dir, ids, sealed)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| TransportError::io("start a thread to commit into", &path, e))?;
+        Ok(Committer {
+            tx: Some(tx),
+            rx,
+            thread: Some(thread),
+            outstanding: 0,
+        })
+    }
+
+    fn submit(&mut self, ids: Vec<u64>, sealed: Sealed) -> Result<(), TransportError> {
+        let gone = || TransportError::Backend {
+            message: "the thread committing batches stopped".into(),
+            kind: crate::TransportErrorKind::Permanent,
+        };
+        let tx = self.tx.as_ref().ok_or_else(gone)?;
+        tx.send((ids, sealed)).map_err(|_| gone())?;
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    /// Answers that arrived, without waiting (`wait`: every outstanding
+    /// one).
+    fn collect(&mut self, wait: bool) -> Vec<Done> {
+        let mut out = Vec::new();
+        while self.outstanding > 0 {
+            let r = if wait {
+                self.rx.recv().ok()
+            } else {
+                self.rx.try_recv().ok()
+            };
+            match r {
+                Some(d) => {
+                    self.outstanding -= 1;
+                    out.push(d);
+                }
+                None if wait => {
+                    // The thread died (a panic): nothing more will come.
+                    self.outstanding = 0;
+                    out.push((
+                        Vec::new(),
+                        Some(TransportError::Backend {
+                            message: "the thread committing batches stopped".into(),
+                            kind: crate::TransportErrorKind::Permanent,
+                        }),
+                    ));
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Commit one sealed batch: an acknowledgement for each job (durable, or
+/// refused when another file has its name); a job that could not be
+/// placed, or a failed flush, is the error.
+fn commit(dir: &Path, ids: Vec<u64>, sealed: Sealed) -> Done {
+    let done = match sealed.commit() {
+        Ok(d) => d,
+        Err(e) => return (Vec::new(), Some(e.into())),
+    };
+    let mut acks = Vec::with_capacity(done.len());
+    let mut failed = None;
+    for (id, c) in ids.into_iter().zip(done) {
+        match c.outcome {
+            Outcome::Stored | Outcome::AlreadyThere => acks.push(Ack::Durable(id)),
+            Outcome::Conflict => acks.push(Ack::Refused {
+                id,
+                reason: format!(
+                    "a different file named {} is already in {} (not replaced)",
+                    c.name.to_string_lossy(),
+                    dir.display()
+                ),
+            }),
+            Outcome::Failed(e) => {
+                failed.get_or_insert(e.into());
+            }
+        }
+    }
+    (acks, failed)
 }
 
 impl DirSink {
     pub fn open(path: &Path) -> Result<DirSink, TransportError> {
-        DirSink::with_limits(path, BatchLimits::default())
+        let limits = BatchLimits {
+            max_jobs: SINK_BATCH_JOBS,
+            ..BatchLimits::default()
+        };
+        DirSink::with_limits(path, limits)
     }
 
     pub fn with_limits(path: &Path, limits: BatchLimits) -> Result<DirSink, TransportError> {
@@ -122,37 +258,34 @@ impl DirSink {
         }
         Ok(DirSink {
             batch,
+            committer: Committer::start(&dir)?,
+            dir,
             ids: Vec::new(),
             acks: Vec::new(),
         })
     }
 
-    /// Commit the batch: an acknowledgement for each job (durable, or
-    /// refused when another file has its name). A job that could not be
-    /// renamed fails the whole call, after the others' acknowledgements
-    /// are queued for `poll`.
-    fn commit(&mut self) -> Result<(), TransportError> {
+    /// Hand the batch to the committer.
+    fn seal(&mut self) -> Result<(), TransportError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
         let ids = std::mem::take(&mut self.ids);
-        let done = self.batch.commit()?;
-        let mut failed = None;
-        for (id, c) in ids.into_iter().zip(done) {
-            match c.outcome {
-                Outcome::Stored | Outcome::AlreadyThere => self.acks.push(Ack::Durable(id)),
-                Outcome::Conflict => self.acks.push(Ack::Refused {
-                    id,
-                    reason: format!(
-                        "a different file named {} is already in {} (not replaced)",
-                        c.name.to_string_lossy(),
-                        self.batch.dir().display()
-                    ),
-                }),
-                Outcome::Failed(e) => {
-                    failed.get_or_insert(e);
-                }
+        self.committer.submit(ids, self.batch.seal())
+    }
+
+    /// Move what the committer answered into `acks`; the first error, if
+    /// any (the acknowledgements stay for the next `poll`).
+    fn gather(&mut self, wait: bool) -> Result<(), TransportError> {
+        let mut first = None;
+        for (acks, err) in self.committer.collect(wait) {
+            self.acks.extend(acks);
+            if let Some(e) = err {
+                first.get_or_insert(e);
             }
         }
-        match failed {
-            Some(e) => Err(e.into()),
+        match first {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -172,22 +305,24 @@ impl Sink for DirSink {
             Err(e) => return Err(e.into()),
         }
         if self.batch.is_full() {
-            self.commit()?;
+            self.seal()?;
         }
         Ok(())
     }
 
     fn poll(&mut self) -> Result<Vec<Ack>, TransportError> {
+        self.gather(false)?;
         Ok(std::mem::take(&mut self.acks))
     }
 
     fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
-        self.commit()?;
+        self.seal()?;
+        self.gather(true)?;
         Ok(std::mem::take(&mut self.acks))
     }
 
     fn delivers_into(&self) -> Option<&Path> {
-        Some(self.batch.dir())
+        Some(&self.dir)
     }
 }
 

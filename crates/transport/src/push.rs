@@ -14,7 +14,9 @@
 //! 4. for acknowledged jobs, a batch at a time: unlink each from `jobs/`
 //!    (`--keep`: move it to `OUTBOX/sent/`, never replacing a file there),
 //!    then ONE fsync of `jobs/` (and of `sent/`). Only then do they count
-//!    as sent.
+//!    as sent. This runs on a thread of its own (the outbox is not the
+//!    destination's directory), overlapping with the sending of the next
+//!    jobs.
 //!
 //! A crash anywhere leaves every job not yet removed in the outbox, and
 //! the next push sends it again: the destination gets a byte-identical
@@ -110,12 +112,14 @@ pub fn push(
     let mut report = PushReport::default();
     let items = list(&q, &mut report)?;
     let unreadable = report.refused.len();
+    let jobs_fd = fspl_queue::durable::open_dir_following(q.jobs_dir())?;
+    let remover = Remover::start(&q, &jobs_fd, opts.keep)?;
     let mut run = Run {
         q: &q,
-        opts,
-        jobs_fd: fspl_queue::durable::open_dir_following(q.jobs_dir())?,
+        jobs_fd,
         inflight: HashMap::new(),
         acked: Vec::new(),
+        remover,
         report,
     };
     let total = items.len() as u64;
@@ -127,10 +131,14 @@ pub fn push(
         }
         run.report.error = Some(e);
     }
-    if let Err(e) = run.remove_acked() {
-        run.report.error.get_or_insert(e);
-    }
+    run.remove_acked();
     let mut report = run.report;
+    let (sent, bytes, error) = run.remover.finish();
+    report.sent = sent;
+    report.bytes = bytes;
+    if let Some(e) = error {
+        report.error.get_or_insert(e);
+    }
     let refused_sent = (report.refused.len() - unreadable) as u64;
     report.unsent = total.saturating_sub(report.sent + refused_sent + report.gone);
     report.elapsed = started.elapsed();
@@ -176,17 +184,21 @@ fn list(q: &Queue, report: &mut PushReport) -> Result<Vec<Item>, TransportError>
 
 struct Run<'a> {
     q: &'a Queue,
-    opts: &'a PushOptions,
     jobs_fd: File,
     inflight: HashMap<u64, (Item, u64)>,
-    /// Acknowledged, not yet removed: (name, len).
+    /// Acknowledged, not yet handed to the remover: (name, len).
     acked: Vec<(OsString, u64)>,
+    remover: Remover,
     report: PushReport,
 }
 
 impl Run<'_> {
     fn send_all(&mut self, sink: &mut dyn Sink, items: Vec<Item>) -> Result<(), TransportError> {
         for (id, item) in items.into_iter().enumerate() {
+            if self.remover.failed() {
+                // Its error is reported when it is joined.
+                return Ok(());
+            }
             let id = id as u64;
             let path = self.q.job_path(&item.name);
             let (mut file, len) = match open_job(&self.jobs_fd, &item.name, &path) {
@@ -218,7 +230,7 @@ impl Run<'_> {
             let acks = sink.poll()?;
             self.take_acks(acks)?;
             if self.acked.len() >= REMOVE_BATCH {
-                self.remove_acked()?;
+                self.remove_acked();
             }
         }
         let acks = sink.finish()?;
@@ -260,27 +272,104 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Remove (or move to sent/) every acknowledged job, durably.
-    fn remove_acked(&mut self) -> Result<(), TransportError> {
-        if self.acked.is_empty() {
-            return Ok(());
+    /// Hand every acknowledged job to the remover.
+    fn remove_acked(&mut self) {
+        if !self.acked.is_empty() {
+            self.remover.submit(std::mem::take(&mut self.acked));
         }
-        hit("push:after-ack").map_err(|e| TransportError::io("remove", self.q.jobs_dir(), e))?;
-        let acked = std::mem::take(&mut self.acked);
-        let jobs = self.q.jobs_dir();
-        if self.opts.keep {
-            move_to_sent(self.q, &self.jobs_fd, acked.iter().map(|a| a.0.as_os_str()))?;
-        } else {
-            remove_durably(
-                &self.jobs_fd,
-                jobs,
-                acked.iter().map(|a| a.0.as_os_str()),
-                "push",
-            )?;
+    }
+}
+
+/// Removes acknowledged jobs from the outbox (or moves them to `sent/`),
+/// a batch at a time, durably, on a thread of its own: the outbox's
+/// directory is not the destination's, so unlinking one batch overlaps
+/// with receiving the next on another core.
+struct Remover {
+    tx: Option<std::sync::mpsc::Sender<Vec<(OsString, u64)>>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, u64, Option<TransportError>)>>,
+}
+
+impl Remover {
+    fn start(q: &Queue, jobs_fd: &File, keep: bool) -> Result<Remover, TransportError> {
+        let q = q.clone();
+        let jobs_path = q.jobs_dir().to_path_buf();
+        let jobs_fd = jobs_fd
+            .try_clone()
+            .map_err(|e| TransportError::io("open directory", &jobs_path, e))?;
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = failed.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(OsString, u64)>>();
+        let thread = std::thread::Builder::new()
+            .name("fspl-remove".into())
+            .spawn(move || {
+                let (mut sent, mut bytes) = (0u64, 0u64);
+                for acked in rx {
+                    let done = remove_batch(&q, &jobs_fd, keep, &acked);
+                    if let Err(e) = done {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return (sent, bytes, Some(e));
+                    }
+                    sent += acked.len() as u64;
+                    bytes += acked.iter().map(|a| a.1).sum::<u64>();
+                }
+                (sent, bytes, None)
+            })
+            .map_err(|e| TransportError::io("start a thread to clean up", &jobs_path, e))?;
+        Ok(Remover {
+            tx: Some(tx),
+            failed,
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&self, batch: Vec<(OsString, u64)>) {
+        if let Some(tx) = &self.tx {
+            // A remover that stopped has its error; the rest stays.
+            let _ = tx.send(batch);
         }
-        self.report.sent += acked.len() as u64;
-        self.report.bytes += acked.iter().map(|a| a.1).sum::<u64>();
-        Ok(())
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait for every batch handed over: jobs and bytes removed, and the
+    /// error that stopped it, if any.
+    fn finish(&mut self) -> (u64, u64, Option<TransportError>) {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => (
+                0,
+                0,
+                Some(TransportError::Backend {
+                    message: "the thread removing sent jobs from the outbox panicked".into(),
+                    kind: crate::TransportErrorKind::Permanent,
+                }),
+            ),
+            None => (0, 0, None),
+        }
+    }
+}
+
+/// Remove (or move to sent/) one batch of acknowledged jobs, durably.
+fn remove_batch(
+    q: &Queue,
+    jobs_fd: &File,
+    keep: bool,
+    acked: &[(OsString, u64)],
+) -> Result<(), TransportError> {
+    hit("push:after-ack").map_err(|e| TransportError::io("remove", q.jobs_dir(), e))?;
+    if keep {
+        move_to_sent(q, jobs_fd, acked.iter().map(|a| a.0.as_os_str()))
+    } else {
+        remove_durably(
+            jobs_fd,
+            q.jobs_dir(),
+            acked.iter().map(|a| a.0.as_os_str()),
+            "push",
+        )
     }
 }
 

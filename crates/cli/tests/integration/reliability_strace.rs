@@ -50,7 +50,7 @@ fn is_seqfile(p: &str) -> bool {
 
 /// The system calls traced (`?`: may not exist on this architecture).
 const SYSCALLS: &str = "trace=write,pwrite64,writev,pwritev,pwritev2,copy_file_range,\
-sendfile,splice,ftruncate,fallocate,fsync,fdatasync,syncfs,?rename,renameat,renameat2,\
+sendfile,splice,ftruncate,fallocate,fsync,fdatasync,syncfs,?rename,renameat,renameat2,linkat,\
 ?clone,clone3,?vfork,?fork,execve,exit_group,?unlink,unlinkat";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +168,32 @@ fn fd_paths(s: &str) -> Vec<String> {
     out
 }
 
+/// `(N, path)` for every `N<path>` descriptor in `s` (outside quoted data).
+fn fd_numbers_and_paths(s: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut in_str = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_str => i += 1,
+            b'"' => in_str = !in_str,
+            b'<' if !in_str && i > 0 && b[i - 1].is_ascii_digit() => {
+                let digits = s[..i].bytes().rev().take_while(u8::is_ascii_digit).count();
+                let n = s[i - digits..i].parse().ok();
+                if let (Some(n), Some(len)) = (n, s[i + 1..].find('>')) {
+                    out.push((n, s[i + 1..i + 1 + len].to_string()));
+                    i += len + 2;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
 /// The string of a quoted argument (escapes `\"` and `\\` undone).
 fn unquote(a: &str) -> Option<String> {
     let inner = a.strip_prefix('"')?;
@@ -273,10 +299,19 @@ fn parse(trace: &str, cwd: &Path) -> Result<Vec<Event>, String> {
     }
     let root = root.ok_or("empty trace")?;
 
-    // Classify, following fspl's threads.
+    // Classify, following fspl's threads. `fds`: the last path seen for
+    // each descriptor number (a `linkat` of `/proc/self/fd/N` links the
+    // file open as N: an unnamed temporary of a batch).
     let mut out = Vec::new();
+    let mut fds: HashMap<u32, String> = HashMap::new();
     for (name, args, ret, start, end, pid) in events {
         let ret = ret.trim().to_string();
+        for (fd, path) in fd_numbers_and_paths(&args)
+            .into_iter()
+            .chain(fd_numbers_and_paths(&ret))
+        {
+            fds.insert(fd, path);
+        }
         let ok0 = ret == "0" || ret.starts_with("0 ");
         let text = format!("{pid} {name}({args}) = {ret}");
         if matches!(name.as_str(), "clone" | "clone3" | "vfork" | "fork") && ours.contains(&pid) {
@@ -339,6 +374,25 @@ fn parse(trace: &str, cwd: &Path) -> Result<Vec<Event>, String> {
                     )
                 };
                 Kind::Rename { from, to, ok: ok0 }
+            }
+            "linkat" => {
+                // linkat(AT_FDCWD, "/proc/self/fd/N", DIR, NAME, AT_SYMLINK_FOLLOW),
+                // or linkat(N, "", DIR, NAME, AT_EMPTY_PATH): the file open
+                // as N gets the name; a link never replaces, like a rename
+                // without replacing.
+                let src = unquote(&a[1]).unwrap_or_default();
+                let from = if let Some(n) = src.strip_prefix("/proc/self/fd/") {
+                    n.parse().ok().and_then(|n: u32| fds.get(&n).cloned())
+                } else if src.is_empty() {
+                    fd_paths(&a[0]).into_iter().next()
+                } else {
+                    Some(resolve(Some(&a[0]), &src, cwd))
+                };
+                Kind::Rename {
+                    from: from.unwrap_or(src),
+                    to: resolve(Some(&a[2]), &unquote(&a[3]).unwrap_or_default(), cwd),
+                    ok: ok0,
+                }
             }
             "unlink" => Kind::Unlink {
                 path: resolve(None, &unquote(&a[0]).unwrap_or_default(), cwd),
@@ -449,10 +503,14 @@ fn verify(ev: &[Event]) -> Verdict {
                 if !ok {
                     continue;
                 }
+                // A temporary given its job name: a named one
+                // (`.fspl-tmp-*`), or an unnamed one (`O_TMPFILE`, shown
+                // by strace as `DIR/#INODE (deleted)`).
                 let delivered = is_job_name(to)
-                    && Path::new(from)
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(".fspl-tmp-"));
+                    && Path::new(from).file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with(".fspl-tmp-") || n.starts_with('#')
+                    });
                 let into_jobs = (in_jobs_dir(to) && is_job_name(to)) || delivered;
                 if is_job_name(from)
                     && Path::new(to)
@@ -724,6 +782,20 @@ fn self_test(tally: &mut Tally) {
 1 fsync(4</w/o/jobs>) = 0
 1 exit_group(0) = ?
 ";
+    // The same with unnamed temporaries (O_TMPFILE), linked by their
+    // /proc/self/fd path, as strace -y shows them.
+    let ok_push_unnamed = "\
+1 write(7</w/d/jobs/#101>(deleted), \"x\", 1) = 1
+1 write(8</w/d/jobs/#102>(deleted), \"y\", 1) = 1
+1 syncfs(3</w/d/jobs>) = 0
+1 linkat(AT_FDCWD</w>, \"/proc/self/fd/7\", 3</w/d/jobs>, \"fspl-a.fspl\", AT_SYMLINK_FOLLOW) = 0
+1 linkat(AT_FDCWD</w>, \"/proc/self/fd/8\", 3</w/d/jobs>, \"fspl-b.fspl\", AT_SYMLINK_FOLLOW) = 0
+1 fsync(3</w/d/jobs>) = 0
+1 unlinkat(4</w/o/jobs>, \"fspl-a.fspl\", 0) = 0
+1 unlinkat(4</w/o/jobs>, \"fspl-b.fspl\", 0) = 0
+1 fsync(4</w/o/jobs>) = 0
+1 exit_group(0) = ?
+";
     let ok_prepare = "\
 1 write(1<pipe:[77]>, \"*FILESPOOLER\\0\\1\", 60) = 60
 1 pwrite64(3</w/seq>, \"8\\n\", 2, 0) = 2
@@ -734,6 +806,17 @@ fn self_test(tally: &mut Tally) {
     let cases: Vec<(&str, String, bool)> = vec![
         ("a correct queue-write", ok_write.to_string(), true),
         ("a correct push", ok_push.to_string(), true),
+        ("a correct push of unnamed files", ok_push_unnamed.to_string(), true),
+        (
+            "push: unnamed files linked without the batch's flush",
+            ok_push_unnamed.replace("1 syncfs(3</w/d/jobs>) = 0\n", ""),
+            false,
+        ),
+        (
+            "push: outbox unlinked before the links' directory fsync",
+            ok_push_unnamed.replace("1 fsync(3</w/d/jobs>) = 0\n", ""),
+            false,
+        ),
         (
             "push: renames without the batch's flush",
             ok_push.replace("1 syncfs(3</w/d/jobs>) = 0\n", ""),
