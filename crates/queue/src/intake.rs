@@ -331,7 +331,8 @@ impl Read for Tee<'_> {
 /// The flush of the temporary, done once everything is stored.
 pub(crate) type SyncFn<'a> = &'a dyn Fn() -> Result<(), QueueError>;
 
-/// Read the job from `input` into `file` (the open temporary at `tmp`),
+/// Read the job from `input` (`from` names it in errors: "stdin", a file,
+/// a transport) into `file` (the open temporary at `tmp`),
 /// check it, and flush it with `sync` once it is wholly stored (for a
 /// large payload while its hashing ends; otherwise after the check). `Ok`
 /// when the job is valid, wholly stored and synced.
@@ -699,5 +700,67 @@ mod tests {
                 assert!(names(&q).is_empty(), "{n} {why}: {:?}", names(&q));
             }
         }
+    }
+
+    /// An input whose reads fail after `ok` bytes of a job.
+    struct FailingInput {
+        job: Vec<u8>,
+        ok: usize,
+    }
+
+    impl std::io::Read for FailingInput {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.ok == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            let n = buf.len().min(self.ok).min(self.job.len());
+            buf[..n].copy_from_slice(&self.job[..n]);
+            self.job.drain(..n);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    impl crate::JobSource for FailingInput {}
+
+    #[test]
+    fn write_job_errors_said_stdin_for_a_job_from_elsewhere() {
+        let (_d, q) = queue();
+        let from = std::path::Path::new("ssh intake from laptop");
+        let j = job(&payload(100), true);
+        // Not a valid job: refused, naming where it came from.
+        let e = q.write_job_from(&mut &j[..j.len() - 1], from).unwrap_err();
+        let msg = crate::display_chain(&e);
+        assert!(
+            msg.starts_with("refusing the job from ssh intake from laptop, nothing was stored in "),
+            "{msg}"
+        );
+        assert!(!msg.contains("stdin"), "{msg}");
+        // The input fails: the read error names it too.
+        let mut input = FailingInput {
+            job: j.clone(),
+            ok: 20,
+        };
+        let e = q.write_job_from(&mut input, from).unwrap_err();
+        let msg = crate::display_chain(&e);
+        assert!(
+            msg.starts_with("cannot read job from ssh intake from laptop: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("stdin"), "{msg}");
+        // write_job still reads stdin, and says so.
+        let e = q.write_job(&mut &j[..j.len() - 1]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("refusing the job on stdin, nothing was stored in "),
+            "{e}"
+        );
+        let mut input = FailingInput { job: j, ok: 20 };
+        let e = q.write_job(&mut input).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cannot read job from stdin"),
+            "{e}"
+        );
+        assert!(names(&q).is_empty(), "{:?}", names(&q));
     }
 }

@@ -460,8 +460,16 @@ impl Queue {
     /// compressed and encrypted jobs; encrypted ones in full only with
     /// the queue's identities), fsync, rename, fsync the directory. Returns
     /// the new name once all of that is done. A job that is not valid is
-    /// [`QueueError::InvalidJob`], and nothing is left behind.
+    /// [`QueueError::InvalidJob`], and nothing is left behind. Errors say
+    /// the job came from stdin (see [`Queue::write_job_from`]).
     pub fn write_job(&self, input: &mut dyn JobSource) -> Result<OsString> {
+        self.write_job_from(input, Path::new("stdin"))
+    }
+
+    /// [`Queue::write_job`] for a job read from `from`, which errors name
+    /// ("refusing the job from FROM", "cannot read job from FROM"): a file,
+    /// a transport's source (`ssh intake from laptop`, a URL).
+    pub fn write_job_from(&self, input: &mut dyn JobSource, from: &Path) -> Result<OsString> {
         self.check_exists()?;
         let id = uuid::Uuid::new_v4();
         let name = OsString::from(format!("fspl-{id}.fspl"));
@@ -484,15 +492,7 @@ impl Queue {
                 hit("write:before-fsync").map_err(QueueError::io("sync", &tmp))?;
                 f.sync_all().map_err(QueueError::io("sync", &tmp))
             };
-            receive(
-                input,
-                &f,
-                &tmp,
-                self.identities(),
-                &self.dir,
-                Path::new("stdin"),
-                &sync,
-            )?;
+            receive(input, &f, &tmp, self.identities(), &self.dir, from, &sync)?;
             let dest = self.jobs.join(&name);
             hit("write:before-rename").map_err(QueueError::io("rename into place", &dest))?;
             std::fs::rename(&tmp, &dest).map_err(QueueError::io("rename into place", &dest))?;
@@ -637,8 +637,8 @@ impl Queue {
 /// temporary `file` (at `tmp`, in the directory of the queue or folder
 /// `dir`), checking it as it is copied ([`crate::intake`]), and flush it
 /// with `sync`. The one place where what a queue stores is received:
-/// `write_job` and [`crate::batch::Batch`] (whose `sync` does nothing: the
-/// batch is flushed at once) both call it. A job that is not valid is
+/// `write_job_from` and [`crate::batch::Batch`] (whose `sync` does nothing:
+/// the batch is flushed at once) both call it. A job that is not valid is
 /// [`QueueError::InvalidJob`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn receive(

@@ -12,7 +12,8 @@ use tracing::debug;
 
 use crate::decoder::Decoder;
 use crate::error::{QueueError, Result};
-use crate::queue::{EntryKind, Payload, Queue, classify};
+use crate::process::{JobCheck, PayloadUse, Verdict};
+use crate::queue::{EntryKind, Queue, classify};
 use crate::verify::{Refusal, Vetted};
 
 /// A temporary file older than this, whose writer holds no lock on it, is
@@ -454,40 +455,33 @@ fn signed_identity(
 
 /// Why `queue-process` would refuse this file for its payload (length or
 /// digest not matching the header's, or a compressed or encrypted payload
-/// that cannot be decoded to the end), as its `verify_payload` decides;
-/// `None` when it would not (or the file has gone).
+/// that cannot be decoded to the end), as its check
+/// ([`crate::process::JobCheck::job`]) decides; `None` when it would not
+/// (or the file has gone).
 pub fn payload_refusal(
     queue: &Queue,
     decoder: Option<&Decoder>,
     name: &OsStr,
 ) -> Result<Option<String>> {
-    let mut job = match queue.open_job(name, decoder) {
+    let job = match queue.open_job(name, decoder) {
         Ok(j) => j,
         Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(None);
         }
         Err(e) => return Err(e),
     };
-    if job.ext.payload_len.is_none() && job.ext.digest.is_none() {
-        job.payload.close();
-        return Ok(None);
-    }
-    let decoded = !matches!(job.payload, Payload::File(_));
-    let alg = job.ext.digest.map(|d| d.alg).unwrap_or(DigestAlg::Blake3);
-    // No further than one byte past the stated length (a decoding bomb).
-    let hashed = fspl_trust::digest::hash_reader(alg, &mut job.payload_reader());
-    job.payload.close();
-    Ok(match hashed {
-        Ok((len, digest)) => crate::verify::check_payload(&job.ext, len, &digest)
-            .err()
-            .map(|r| r.reason),
-        Err(e) if crate::bounded::too_long(&e).is_some() => Some(e.to_string()),
-        Err(e) if decoded => Some(format!(
-            "payload cannot be read to the end ({e}), so its length and digest cannot be checked"
-        )),
-        // A plain file that cannot be read fails when run; not refused.
-        Err(_) => None,
-    })
+    let check = JobCheck::new(None, None, false);
+    Ok(
+        match check.job(job, PayloadUse::Unused, &queue.job_path(name))? {
+            Verdict::Refuse(r) => Some(r.reason),
+            Verdict::Run(cleared) => {
+                cleared.close();
+                None
+            }
+            // A plain file that cannot be read fails when run; not refused.
+            Verdict::Fail(_) => None,
+        },
+    )
 }
 
 /// Several files claim the same seq. Byte-identical copies (a sync tool
