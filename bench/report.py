@@ -33,6 +33,9 @@ B7_TRUE = [int(x) for x in sizes["B7_TRUE"].split()]
 NS1 = int(sizes.get("NS1", 0))
 D3N = int(sizes.get("D3N", 0))
 T3N = int(sizes.get("T3N", 0))
+T1N = int(sizes.get("T1N", 0))
+T1S = int(sizes.get("T1S", 0))
+T2_MIB = int(sizes.get("T2_MIB", 0))
 
 bench = {}
 for path in sorted(glob.glob(os.path.join(res, "*.json"))):
@@ -186,6 +189,17 @@ if D3N and has(f"B7-true-{D3N}", "daemon"):
         med(f"B7-true-{D3N}", "daemon"), med(f"B7-true-{D3N}"), 1.1)
 
 # T1-T3: transports
+if T1N and has("T1"):
+    row("T1", f"`fspl push` of {T1N} tiny jobs over ssh to 127.0.0.1: ours / `tar c \\| ssh tar x` of the same files",
+        med("T1"), med("T1", "tar"), 1.5)
+    each = med("T1", "per-job-sample") * T1N / T1S
+    x = each / med("T1")
+    row_abs("T1", f"the same {T1N} jobs, one `ssh HOST fspl queue-write` each (measured on {T1S} jobs, "
+            f"scaled by {T1N // T1S}) / ours", fmt_t(med("T1")), fmt_t(each), f"{x:.0f}×", "≥ 50×", x >= 50)
+if T2_MIB and has("T2"):
+    big2 = f"{T2_MIB} MiB" if T2_MIB != 1024 else "1 GiB"
+    row("T2", f"`fspl push` of one {big2} job over ssh to 127.0.0.1: ours / `ssh HOST 'cat > FILE && sync'`",
+        med("T2"), med("T2", "cat"), 1.1)
 if T3N and has("T3"):
     row("T3", f"`fspl push` of {T3N} tiny jobs into a folder (`dir:`): ours / `cp` + `sync` of the same files",
         med("T3"), med("T3", "cp"), 1.2)

@@ -361,6 +361,34 @@ pub enum Cmd {
         #[arg(long = "clear", value_name = "NAME")]
         clear: Option<String>,
     },
+    /// Receive jobs over ssh: an authorized_keys forced command (fspl extension)
+    ///
+    /// Run by sshd for `fspl push ssh://HOST/QUEUE`, never by hand: the
+    /// authorized_keys line fixes IDENTITY, the client only names QUEUE
+    /// (in SSH_ORIGINAL_COMMAND, `fspl-push QUEUE`), which CONFIG must
+    /// allow IDENTITY to write. Each job is acknowledged once it is durable
+    /// in the queue. Anything else the client asks for is refused with one
+    /// line on stderr. Exit status: 0 = the client sent its jobs and said
+    /// it was done; 1 = the session ended early (a refusal, a broken
+    /// connection, a timeout), with one line on stderr, also sent to the
+    /// client. See docs/transports.md.
+    #[command(after_help = "Examples:\n  \
+        restrict,command=\"fspl serve-stdin laptop\" ssh-ed25519 AAAAC3Nz... laptop    # in ~/.ssh/authorized_keys\n  \
+        restrict,command=\"fspl serve-stdin laptop -c /srv/fspl/intake.toml\" ssh-ed25519 AAAAC3Nz... laptop")]
+    ServeStdin {
+        /// Who the client is (a table in CONFIG); set by the authorized_keys
+        /// line, never by the client
+        #[arg(value_name = "IDENTITY")]
+        identity: String,
+        /// The intake configuration: which queues each identity may write
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "CONFIG",
+            default_value = fspl_transport::intake::DEFAULT_CONFIG
+        )]
+        config: std::path::PathBuf,
+    },
     /// Make an ed25519 key pair for signing and encryption (fspl extension)
     ///
     /// Writes PATH (the secret key, mode 0600, never overwritten) and

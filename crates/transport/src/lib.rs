@@ -22,9 +22,13 @@
 
 pub mod dir;
 pub mod error;
+pub mod fdio;
+pub mod intake;
 pub mod pull;
 pub mod push;
+pub mod ssh;
 pub mod url;
+pub mod wire;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,9 +42,13 @@ pub use url::Location;
 pub fn open_sink(location: &Location) -> Result<Box<dyn Sink>, TransportError> {
     match location {
         Location::Dir(path) => Ok(Box::new(dir::DirSink::open(path)?)),
-        Location::Ssh { .. } => Err(TransportError::Unsupported(
-            "ssh:// destinations are not built yet".into(),
-        )),
+        Location::Ssh { .. } => {
+            let target = ssh::SshTarget::from_location(location).expect("an ssh location");
+            Ok(Box::new(ssh::SshSink::new(
+                target,
+                ssh::SshOptions::default(),
+            )))
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod keys;
 mod prepare;
 mod process;
 mod queue;
+mod serve;
 mod status;
 mod transport;
 
@@ -87,6 +88,7 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::StdinInfo { ids } => info::stdin_info(&ids),
         Cmd::StdinPayload { ids } => info::stdin_payload(&ids),
         Cmd::StdinProcess(args) => process::stdin_process(args),
+        Cmd::ServeStdin { identity, config } => serve::serve_stdin(&identity, &config),
     }
 }
 

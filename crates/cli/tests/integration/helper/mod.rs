@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
