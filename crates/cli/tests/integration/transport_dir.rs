@@ -16,7 +16,9 @@
 //!   once, in order (short mode here; FSPL_RELIABILITY_LONG=1, as
 //!   scripts/reliability sets it, runs more rounds).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+#[cfg(feature = "failpoints")]
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -555,6 +557,7 @@ fn a_second_push_of_one_outbox_is_refused_naming_the_first() {
 }
 
 /// The pid holding an flock on `path`, from /proc/locks.
+#[cfg(feature = "failpoints")]
 fn lock_holder(path: &Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
@@ -689,12 +692,14 @@ fn transports_doc_try_it_runs_verbatim() {
 /// Where the jobs of a reliability lab are: the sender's outbox, a plain
 /// folder between (pushed to, pulled from), and the receiving queue
 /// (`lab.q`), which `lab.check` and `lab.finish` judge.
+#[cfg(feature = "failpoints")]
 struct Transfer {
     lab: Lab,
     outbox: PathBuf,
     folder: PathBuf,
 }
 
+#[cfg(feature = "failpoints")]
 impl Transfer {
     fn new(salt: u64, sizes: Vec<usize>) -> Transfer {
         let lab = Lab::new(false, salt, sizes);
@@ -784,6 +789,7 @@ impl Transfer {
 }
 
 /// How a faulted command is run.
+#[cfg(feature = "failpoints")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
     /// push OUTBOX QUEUE
@@ -796,6 +802,7 @@ enum Via {
     Pull,
 }
 
+#[cfg(feature = "failpoints")]
 fn vias_for(point: &str) -> Vec<Via> {
     match point.split(':').next().unwrap() {
         "batch" => vec![Via::PushQueue, Via::PushFolder, Via::Pull],
@@ -805,6 +812,7 @@ fn vias_for(point: &str) -> Vec<Via> {
     }
 }
 
+#[cfg(feature = "failpoints")]
 fn errno_text(action: &str) -> &'static str {
     match action {
         "eio" => "Input/output error",
