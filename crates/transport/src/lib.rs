@@ -38,9 +38,51 @@ use fspl_queue::JobSource;
 pub use error::{TransportError, TransportErrorKind};
 pub use url::Location;
 
+/// Opens a [`Sink`] for a [`Location::Remote`] of its scheme.
+pub type SinkOpener = fn(&Location) -> Result<Box<dyn Sink>, TransportError>;
+/// Opens a [`Source`] for a [`Location::Remote`] of its scheme.
+pub type SourceOpener = fn(&Location) -> Result<Box<dyn Source>, TransportError>;
+
+/// A backend that lives in a crate above this one (async SDKs: S3, NATS)
+/// and plugs into [`open_sink`]/[`open_source`]: the binary registers the
+/// ones it was built with at start-up, so neither this crate nor the
+/// daemon depends on them.
+#[derive(Clone, Copy)]
+pub struct Backend {
+    /// The URL scheme, one of [`url::REMOTE_SCHEMES`].
+    pub scheme: &'static str,
+    pub open_sink: SinkOpener,
+    pub open_source: SourceOpener,
+}
+
+static BACKENDS: std::sync::RwLock<Vec<Backend>> = std::sync::RwLock::new(Vec::new());
+
+/// Make a backend available to [`open_sink`] and [`open_source`]
+/// (registering a scheme again replaces the earlier one).
+pub fn register(backend: Backend) {
+    let mut all = BACKENDS.write().unwrap_or_else(|e| e.into_inner());
+    all.retain(|b| b.scheme != backend.scheme);
+    all.push(backend);
+}
+
+fn backend(scheme: &str) -> Result<Backend, TransportError> {
+    BACKENDS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|b| b.scheme == scheme)
+        .copied()
+        .ok_or_else(|| {
+            TransportError::Unsupported(format!(
+                "{scheme}:// support is not compiled into this fspl (cargo feature \"{scheme}\")"
+            ))
+        })
+}
+
 /// The destination a URL names, ready to take jobs.
 pub fn open_sink(location: &Location) -> Result<Box<dyn Sink>, TransportError> {
     match location {
+        Location::Remote { scheme, .. } => (backend(scheme)?.open_sink)(location),
         Location::Dir(path) => Ok(Box::new(dir::DirSink::open(path)?)),
         Location::Ssh { .. } => {
             let target = ssh::SshTarget::from_location(location).expect("an ssh location");
@@ -55,6 +97,7 @@ pub fn open_sink(location: &Location) -> Result<Box<dyn Sink>, TransportError> {
 /// The source a URL names, ready to list jobs.
 pub fn open_source(location: &Location) -> Result<Box<dyn Source>, TransportError> {
     match location {
+        Location::Remote { scheme, .. } => (backend(scheme)?.open_source)(location),
         Location::Dir(path) => Ok(Box::new(dir::DirSource::open(path)?)),
         Location::Ssh { .. } => Err(TransportError::Unsupported(
             "ssh:// is a destination of `fspl push`; it cannot be pulled from".into(),

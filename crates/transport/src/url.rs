@@ -22,10 +22,24 @@ pub enum Location {
         /// The queue name the intake maps to a directory (never a path).
         queue: String,
     },
+    /// A location of a backend that lives in a crate above this one (its
+    /// SDK is async: `s3://`, `nats://`), kept whole for that backend to
+    /// parse; see [`crate::register`].
+    Remote {
+        /// `s3`, `nats`.
+        scheme: String,
+        /// The URL as given.
+        url: String,
+    },
 }
 
+/// Schemes of backends that register themselves from a higher crate
+/// ([`crate::register`]); a URL with one of them parses as
+/// [`Location::Remote`] whether or not that backend is compiled in.
+pub const REMOTE_SCHEMES: &[&str] = &["s3", "nats"];
+
 /// The schemes `Location::parse` knows, for error messages.
-pub const KNOWN: &str = "a plain path, dir:PATH, ssh://[USER@]HOST[:PORT]/QUEUE";
+pub const KNOWN: &str = "a plain path, dir:PATH, ssh://[USER@]HOST[:PORT]/QUEUE, s3://BUCKET/PREFIX, nats://HOST:PORT/NAME";
 
 impl Location {
     /// As [`Location::parse`], for a command-line argument: a name that is
@@ -96,6 +110,15 @@ impl Location {
                     host,
                     port,
                     queue: queue.to_string(),
+                })
+            }
+            remote if REMOTE_SCHEMES.contains(&remote) => {
+                if rest.is_empty() {
+                    return Err(bad(&format!("{remote}:// needs more after the scheme")));
+                }
+                Ok(Location::Remote {
+                    scheme: remote.to_string(),
+                    url: s.to_string(),
                 })
             }
             other => Err(TransportError::UnknownScheme(
@@ -192,6 +215,24 @@ mod tests {
                 queue: "q".into()
             }
         );
+    }
+
+    #[test]
+    fn remote_schemes_are_kept_whole_for_their_backend() {
+        assert_eq!(
+            Location::parse("s3://bucket/pre/fix").unwrap(),
+            Location::Remote {
+                scheme: "s3".into(),
+                url: "s3://bucket/pre/fix".into()
+            }
+        );
+        let e = Location::parse("nats://").unwrap_err().to_string();
+        assert!(e.contains("needs more"), "{e}");
+        let e = crate::open_sink(&Location::parse("s3://b/p").unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not compiled into"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the library, a daemon started with `fspl_daemon::run` on a tokio runtime
 //! of its own, and its control socket.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,12 +10,7 @@ use std::time::{Duration, Instant};
 use fspl_daemon::control::{Request, Response, request};
 use fspl_daemon::state::{JobState, JobStatus};
 use fspl_daemon::{Config, DaemonError};
-use fspl_format::{CmdType, Ctime, JobHeader};
-use fspl_queue::Queue;
-
-/// A generous upper bound for anything the daemon should do "soon": only
-/// ever used as a deadline, never as a measurement.
-pub const SOON: Duration = Duration::from_secs(30);
+pub use fspl_testkit::{SOON, job, lines, nextseq, q, wait_for};
 
 /// A temporary directory for queues, logs, the config and the socket.
 pub struct Sandbox {
@@ -25,10 +20,7 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new() -> Sandbox {
         Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("fspl-daemon-")
-                .tempdir()
-                .unwrap(),
+            dir: fspl_testkit::private_tempdir("fspl-daemon-"),
         }
     }
 
@@ -38,9 +30,7 @@ impl Sandbox {
 
     /// A fresh queue (nextseq 1).
     pub fn queue(&self, name: &str) -> PathBuf {
-        let q = self.path(name);
-        Queue::init(&q, false).unwrap();
-        q
+        fspl_testkit::init_queue(&self.path(name))
     }
 
     /// The control socket every config of this sandbox uses.
@@ -62,11 +52,6 @@ impl Sandbox {
         }
         t
     }
-}
-
-/// A TOML basic string (paths in tests are ASCII).
-pub fn q(s: impl AsRef<std::ffi::OsStr>) -> String {
-    format!("{:?}", s.as_ref().to_str().unwrap())
 }
 
 /// A `[[job]]` table of type process; `command` is the argv; `extra` adds
@@ -93,61 +78,14 @@ pub fn recorder(log: &Path, then: &str) -> Vec<String> {
     ]
 }
 
-/// A Command job with this seq and payload.
-pub fn job(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let h = JobHeader {
-        seq,
-        ctime: Ctime::now(),
-        cmd_type: CmdType::Command(Default::default()),
-    };
-    let mut b = h.encode().unwrap();
-    b.extend_from_slice(payload);
-    b
-}
-
 /// Store a job the way `queue-write` does (temporary name, then rename).
 pub fn write_job(queue: &Path, seq: u64, payload: &str) {
-    Queue::new(queue)
-        .write_job(&mut &job(seq, payload.as_bytes())[..])
-        .unwrap();
-}
-
-/// The queue's nextseq.
-pub fn nextseq(queue: &Path) -> u64 {
-    std::fs::read_to_string(queue.join("nextseq"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    fspl_testkit::write_job(queue, seq, payload.as_bytes());
 }
 
 /// Job files in the queue.
 pub fn job_files(queue: &Path) -> usize {
-    std::fs::read_dir(queue.join("jobs"))
-        .unwrap()
-        .filter(|e| {
-            let n = e.as_ref().unwrap().file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("fspl-") && n.ends_with(".fspl")
-        })
-        .count()
-}
-
-/// Lines of a file; none when it does not exist yet.
-pub fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-/// Poll `f` until it holds; panic after `timeout` naming `what`.
-#[track_caller]
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fspl_testkit::job_names(&queue.join("jobs")).len()
 }
 
 /// A daemon running in this process, on a thread with its own runtime.

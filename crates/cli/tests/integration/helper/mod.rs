@@ -2,18 +2,13 @@
 
 #![allow(dead_code)]
 
-pub mod sshd;
+pub use fspl_testkit::{job_names, root, sshd};
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The golden job files made by Filespooler 1.2.4.
 pub fn vectors() -> PathBuf {
@@ -148,12 +143,9 @@ impl Sandbox {
     pub fn new() -> Sandbox {
         // Private whatever the umask: daemons refuse a control socket in a
         // directory others may write to.
-        let dir = tempfile::Builder::new()
-            .prefix("fspl-test-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
-            .unwrap();
-        Sandbox { dir }
+        Sandbox {
+            dir: fspl_testkit::private_tempdir("fspl-test-"),
+        }
     }
 
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
@@ -173,13 +165,7 @@ impl Sandbox {
 
     /// Job files (names) currently in a queue's jobs/ directory.
     pub fn job_files(&self, queue: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(queue.join("jobs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("fspl-") && n.ends_with(".fspl"))
-            .collect();
-        v.sort();
-        v
+        job_names(&queue.join("jobs"))
     }
 }
 
