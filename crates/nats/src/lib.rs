@@ -1,0 +1,1 @@
+//! fspl's NATS backend: the nats:// transport over JetStream and the remaphore-compatible remote semaphore (fspl nats), on async-nats.
