@@ -11,28 +11,6 @@ use std::path::Path;
 use fspl_daemon::state::JobState;
 use helper::*;
 
-fn push_job(name: &str, outbox: &Path, to: &str, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"push\"\noutbox = {}\nto = {}\n{extra}\n",
-        q(name),
-        q(outbox),
-        q(to)
-    )
-}
-
-fn pull_job(name: &str, from: &str, queue: &Path, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"pull\"\nfrom = {}\nqueue = {}\n{extra}\n",
-        q(name),
-        q(from),
-        q(queue)
-    )
-}
-
-fn dir_url(p: &Path) -> String {
-    format!("dir:{}", p.display())
-}
-
 /// A job file dropped into a plain folder the way a push to a folder
 /// does: a temporary, renamed into place.
 fn drop_job(folder: &Path, seq: u64, payload: &str) {

@@ -4,6 +4,9 @@
 //! per server: [`sshd`], ...). A server that is missing is installed, never
 //! skipped.
 
+pub mod daemon;
+pub mod jobs;
+pub mod procs;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};
@@ -74,10 +77,16 @@ pub fn nextseq(queue: &Path) -> u64 {
 /// Names of the job files (`fspl-*.fspl`) in `dir` (a queue's `jobs/`, an
 /// outbox, a `dir:` destination), sorted.
 pub fn job_names(dir: &Path) -> Vec<String> {
+    let mut v = file_names(dir);
+    v.retain(|n| n.starts_with("fspl-") && n.ends_with(".fspl"));
+    v
+}
+
+/// Names of everything in `dir` (temporaries included), sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("fspl-") && n.ends_with(".fspl"))
         .collect();
     v.sort();
     v

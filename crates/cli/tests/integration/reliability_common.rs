@@ -132,12 +132,7 @@ where
     S: AsRef<OsStr>,
 {
     let mut c = fspl();
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("FSPL_") || k == "FAILPOINTS" {
-            c.env_remove(k);
-        }
-    }
+    clean_env(&mut c);
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
         c.pre_exec(|| {

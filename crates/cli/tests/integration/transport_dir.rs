@@ -25,6 +25,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::helper::*;
+use fspl_testkit::lines as log_lines;
 use crate::reliability_common::*;
 
 /// `fspl prepare --seq SEQ -i -` with `payload` on stdin.
@@ -93,12 +94,6 @@ fn process(q: &Path, log: &Path) {
     c.args(["sh", "--", "-c", r#"p=$(cat); echo "$FSPL_SEQ $p" >> "$0""#])
         .arg(log);
     ok(run(c));
-}
-
-fn log_lines(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .map(|s| s.lines().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 fn stderr_lines(out: &Output) -> Vec<String> {

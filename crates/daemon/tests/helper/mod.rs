@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fspl_daemon::control::{Request, Response, request};
 use fspl_daemon::state::{JobState, JobStatus};
 use fspl_daemon::{Config, DaemonError};
+pub use fspl_testkit::daemon::{config_text, dir_url, process_job, pull_job, push_job, recorder};
 pub use fspl_testkit::{SOON, job, lines, nextseq, q, wait_for};
 
 /// A temporary directory for queues, logs, the config and the socket.
@@ -42,40 +43,8 @@ impl Sandbox {
     /// only: the safety rescan an hour away; short shutdown grace) plus
     /// `daemon_extra` lines, then the job tables.
     pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
-        let mut t = format!(
-            "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n{daemon_extra}\n",
-            q(self.socket())
-        );
-        for j in jobs {
-            t.push('\n');
-            t.push_str(j);
-        }
-        t
+        config_text(Some(&self.socket()), daemon_extra, jobs)
     }
-}
-
-/// A `[[job]]` table of type process; `command` is the argv; `extra` adds
-/// key lines.
-pub fn process_job<S: AsRef<str>>(name: &str, queue: &Path, command: &[S], extra: &str) -> String {
-    let argv: Vec<String> = command.iter().map(|s| q(s.as_ref())).collect();
-    format!(
-        "[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\n{extra}\n",
-        q(name),
-        q(queue),
-        argv.join(", ")
-    )
-}
-
-/// A shell command that appends "SEQ PAYLOAD" to `log`, then runs `then`
-/// (more shell, e.g. `exec sleep 30`).
-pub fn recorder(log: &Path, then: &str) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        format!("p=$(cat); echo \"$FSPL_SEQ $p\" >> \"$1\"; {then}"),
-        "sh".into(),
-        log.to_str().unwrap().into(),
-    ]
 }
 
 /// Store a job the way `queue-write` does (temporary name, then rename).
