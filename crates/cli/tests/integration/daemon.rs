@@ -87,8 +87,7 @@ fn daemon_runs_each_queue_in_order_as_jobs_arrive() {
             "{table}"
         );
     }
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// `poll = true`: the queue is looked at every poll_min seconds.
@@ -265,8 +264,7 @@ fn daemon_reloads_on_sighup_and_refuses_a_bad_config() {
         d.status().0.iter().all(|j| j["name"] != "a")
     });
     d.wait_log("take effect on restart");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// Regression: a reload (SIGHUP) kept unchanged jobs with the trust file
@@ -869,8 +867,7 @@ fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
     send(&qb, 1, "y", &[]);
     wait_soon("b to run meanwhile", || lines(&lb).len() == 1);
     assert_eq!(lines(&la).len(), 1, "a ran twice at once");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    let log = d.stop_ok();
     assert!(log.contains("killing the running command"), "{log}");
     assert_eq!(nextseq(&qa), 1);
 
@@ -911,8 +908,7 @@ fn daemon_log_lines_outside_jobs_carry_no_job_context() {
     d.wait_log("configuration reloaded");
     send(&qa, 1, "", &[]);
     wait_soon("ok to run", || nextseq(&qa) == 2);
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    let log = d.stop_ok();
     for line in log.lines() {
         let kv = logfmt(line);
         let msg = &kv.iter().find(|(k, _)| k == "msg").unwrap().1;

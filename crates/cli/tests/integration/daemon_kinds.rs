@@ -108,8 +108,7 @@ fn a_push_daemon_feeds_a_queue_another_daemon_runs_as_jobs_arrive() {
     assert_eq!(j["runs_failed"], 0);
     assert!(j["bytes"].as_u64().unwrap() > 0, "{j}");
     // Its log lines carry the job and its kind.
-    let (st, text) = sender.stop();
-    assert!(st.success(), "{text}");
+    let text = sender.stop_ok();
     let pushed: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("msg=\"pushed "))
@@ -197,8 +196,7 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
         ("process", "4"),
         "{t}"
     );
-    let (st, text) = d.stop();
-    assert!(st.success(), "{text}");
+    let text = d.stop_ok();
     let pulled: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -262,8 +260,7 @@ fn a_transient_push_failure_backs_off_without_the_error_state() {
     );
     assert!(worst >= 3, "seen up to {worst} failures in a row");
     assert_eq!(job_files(&outbox.join("jobs")), 0);
-    let (st, text) = d.stop();
-    assert!(st.success(), "{text}");
+    let text = d.stop_ok();
     let failed: Vec<&str> = text.lines().filter(|l| l.contains("run failed")).collect();
     assert_eq!(failed.len(), 4, "{text}");
     for l in failed {

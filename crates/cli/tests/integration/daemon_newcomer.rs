@@ -164,8 +164,7 @@ fn daemon_hint_with_a_non_default_socket_works_when_pasted() {
     wait_soon("late to leave its error state", || {
         d.state("late") == "idle"
     });
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// With the default socket the hint is plain `fspl status --clear NAME`,
@@ -194,8 +193,7 @@ fn daemon_hint_with_the_default_socket_is_plain_fspl_status() {
     assert_eq!(h, ["fspl status --clear q"], "{}", d.log_text());
     let out = paste(&sb, &h[0], &[("XDG_RUNTIME_DIR", &runtime)]);
     assert_eq!(ok(out), b"cleared q\n");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// `fspl status` with this environment and these arguments: its one error
@@ -788,8 +786,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     for r in ["not-started", "success", "failed"] {
         assert!(doc.contains(&format!("`{r}`")), "result {r} undocumented");
     }
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 // ---------------------------------------------------------------------------
@@ -824,8 +821,7 @@ fn daemon_log_names_options_as_the_config_spells_them() {
     wait_soon("the three jobs", || {
         nextseq(&del) == 2 && nextseq(&params) == 2 && d.state("retry") == "error"
     });
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    let log = d.stop_ok();
     assert!(
         log.contains("moving on (on_error = \\\"delete\\\")"),
         "{log}"
