@@ -148,13 +148,7 @@ fn a_push_to_a_file_is_the_error_state_at_once() {
             )],
         ),
     );
-    wait_for("the error state", SOON, || {
-        matches!(d.state("send"), JobState::Error { .. })
-    });
-    let s = d.job("send");
-    let JobState::Error { message } = &s.state else {
-        unreachable!()
-    };
+    let (s, message) = d.error("send");
     assert!(message.contains("not a directory"), "{message}");
     assert_eq!((s.consecutive_failures, s.runs_failed), (1, 1));
     // It stays there.
@@ -198,13 +192,7 @@ fn a_refused_job_is_the_error_state_at_once_with_the_reason() {
             )],
         ),
     );
-    wait_for("the error state", SOON, || {
-        matches!(d.state("send"), JobState::Error { .. })
-    });
-    let s = d.job("send");
-    let JobState::Error { message } = &s.state else {
-        unreachable!()
-    };
+    let (s, message) = d.error("send");
     assert!(
         message.starts_with("job 1 ")
             && message.contains("refused")

@@ -130,7 +130,9 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
         let mut d = Daemon {
             child: Some(cmd.spawn().expect("start the daemon")),
             bin: bin.to_path_buf(),

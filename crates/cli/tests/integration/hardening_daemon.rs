@@ -157,7 +157,12 @@ fn attacker_daemon(sb: &Sandbox, bin: &Path, uid: u32, home: &Path, socket: &Pat
             OsStr::new("logfmt"),
         ],
     );
-    let d = Daemon::spawn(&fspl_bin(), cmd, socket, &sb.path(format!("attacker-{uid}.log")));
+    let d = Daemon::spawn(
+        &fspl_bin(),
+        cmd,
+        socket,
+        &sb.path(format!("attacker-{uid}.log")),
+    );
     chmod(socket, 0o666);
     d
 }
@@ -218,7 +223,11 @@ fn another_users_socket_at_the_default_path_is_neither_taken_nor_believed() {
         vq.as_os_str(),
     ])));
     let cfg = home.join("d.toml");
-    std::fs::write(&cfg, config_text(None, "", &[job("mine", &vq, &["/bin/true"])])).unwrap();
+    std::fs::write(
+        &cfg,
+        config_text(None, "", &[job("mine", &vq, &["/bin/true"])]),
+    )
+    .unwrap();
     chown_r(&home, victim);
     let daemon_cmd = || {
         as_user_cmd(
@@ -339,7 +348,11 @@ fn unsafe_control_socket_directories_are_refused_by_daemon_and_status() {
     mkdir(&xdg, 0o700);
     let dir = xdg.join("fspl");
     let cfg = sb.path("d.toml");
-    std::fs::write(&cfg, config_text(None, "", &[job("q", &qd, &["/bin/true"])])).unwrap();
+    std::fs::write(
+        &cfg,
+        config_text(None, "", &[job("q", &qd, &["/bin/true"])]),
+    )
+    .unwrap();
     let daemon_cmd = || {
         let mut c = daemon_command(&cfg);
         c.env("XDG_RUNTIME_DIR", &xdg);

@@ -543,7 +543,11 @@ fn a_gzip_zstd_or_extra_key_copy_of_a_signed_job_blocked_the_trusted_queue() {
         if never_delete {
             assert_eq!(file_names(&t.q.join("jobs")), names);
         } else {
-            assert!(file_names(&t.q.join("jobs")).is_empty(), "{:?}", file_names(&t.q.join("jobs")));
+            assert!(
+                file_names(&t.q.join("jobs")).is_empty(),
+                "{:?}",
+                file_names(&t.q.join("jobs"))
+            );
         }
         // And never again.
         ok(process(&t, true, &[]));
@@ -678,7 +682,11 @@ fn a_tampered_copy_is_refused_and_the_genuine_signed_job_runs_once() {
         2,
         "{err}"
     );
-    assert!(file_names(&t.q.join("jobs")).is_empty(), "{:?}", file_names(&t.q.join("jobs")));
+    assert!(
+        file_names(&t.q.join("jobs")).is_empty(),
+        "{:?}",
+        file_names(&t.q.join("jobs"))
+    );
 }
 
 /// Regression: beside a job carrying its payload length and digest, a copy

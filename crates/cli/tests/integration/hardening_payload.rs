@@ -645,7 +645,12 @@ fn daemon_shutdown_never_signals_the_pid_of_a_command_it_already_reaped() {
     let text = config(
         &sb,
         "",
-        &[process_job("q", &q, &["/bin/sh", "-c", &command], "timeout = 5")],
+        &[process_job(
+            "q",
+            &q,
+            &["/bin/sh", "-c", &command],
+            "timeout = 5",
+        )],
     );
     let d = Daemon::start(&sb, &text, "logfmt");
     d.wait_for("the command to start", || {

@@ -274,7 +274,9 @@ pub fn start_daemon(config: &Path, socket: &Path, log: &Path) -> Daemon {
 pub fn daemon_config(socket: &Path, jobs: &[(String, PathBuf, Vec<String>, String)]) -> String {
     let tables: Vec<String> = jobs
         .iter()
-        .map(|(name, queue, command, extra)| crate::helper::process_job(name, queue, command, extra))
+        .map(|(name, queue, command, extra)| {
+            crate::helper::process_job(name, queue, command, extra)
+        })
         .collect();
     crate::helper::config_text(Some(socket), "max_parallel = 8", &tables)
 }

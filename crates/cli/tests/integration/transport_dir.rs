@@ -25,8 +25,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::helper::*;
-use fspl_testkit::lines as log_lines;
 use crate::reliability_common::*;
+use fspl_testkit::lines as log_lines;
 
 /// `fspl prepare --seq SEQ -i -` with `payload` on stdin.
 fn job(seq: u64, payload: &str) -> Vec<u8> {

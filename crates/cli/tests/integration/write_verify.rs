@@ -52,7 +52,11 @@ fn refused(sb: &Sandbox, q: &Path, label: &str, job: &[u8], extra: &[&OsStr], wh
             line.contains("nothing was stored") && line.contains(why),
             "{label} ({how}): {line:?} does not say {why:?} and that nothing was stored"
         );
-        assert_eq!(file_names(&q.join("jobs")), Vec::<String>::new(), "{label} ({how}): {line}");
+        assert_eq!(
+            file_names(&q.join("jobs")),
+            Vec::<String>::new(),
+            "{label} ({how}): {line}"
+        );
     }
     assert_eq!(std::fs::read(&file).unwrap(), job, "{label}: input changed");
     let after = std::fs::metadata(&file).unwrap();

@@ -47,6 +47,17 @@ impl Sandbox {
     }
 }
 
+/// A job command that fails until `path` exists, then succeeds.
+pub fn fails_until(path: &Path) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "test -e \"$1\"".into(),
+        "sh".into(),
+        path.to_str().unwrap().into(),
+    ]
+}
+
 /// Store a job the way `queue-write` does (temporary name, then rename).
 pub fn write_job(queue: &Path, seq: u64, payload: &str) {
     fspl_testkit::write_job(queue, seq, payload.as_bytes());
@@ -124,6 +135,21 @@ impl Daemon {
 
     pub fn state(&self, name: &str) -> JobState {
         self.job(name).state
+    }
+
+    /// Wait until job `name` is in its error state; its status and the
+    /// error's message.
+    #[track_caller]
+    pub fn error(&self, name: &str) -> (JobStatus, String) {
+        wait_for(&format!("{name} in its error state"), SOON, || {
+            matches!(self.state(name), JobState::Error { .. })
+        });
+        let s = self.job(name);
+        let JobState::Error { message } = &s.state else {
+            panic!("{name} left its error state at once: {s:?}")
+        };
+        let message = message.clone();
+        (s, message)
     }
 
     /// `fspl status --clear NAME`.

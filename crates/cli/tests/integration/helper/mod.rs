@@ -7,7 +7,9 @@ pub use fspl_testkit::daemon::{
 };
 pub use fspl_testkit::jobs::{crc32, noise};
 pub use fspl_testkit::procs::{Cleanup, Leftovers, gone, is_root, signal};
-pub use fspl_testkit::{SOON, file_names, free_port, job_names, lines, nextseq, q, root, sshd, wait_for};
+pub use fspl_testkit::{
+    SOON, file_names, free_port, job_names, lines, nextseq, q, root, sshd, wait_for,
+};
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -332,12 +334,17 @@ pub trait StartDaemon: Sized {
     }
 
     /// The same, with `tweak` applied to the command first.
-    fn start_with(sb: &Sandbox, text: &str, format: &str, tweak: impl FnOnce(&mut Command)) -> Self;
-
+    fn start_with(sb: &Sandbox, text: &str, format: &str, tweak: impl FnOnce(&mut Command))
+    -> Self;
 }
 
 impl StartDaemon for Daemon {
-    fn start_with(sb: &Sandbox, text: &str, format: &str, tweak: impl FnOnce(&mut Command)) -> Daemon {
+    fn start_with(
+        sb: &Sandbox,
+        text: &str,
+        format: &str,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let config = sb.path("daemon.toml");
         std::fs::write(&config, text).unwrap();
         let mut n = 0;
@@ -354,7 +361,6 @@ impl StartDaemon for Daemon {
         d.config = config;
         d
     }
-
 }
 
 /// Remove FSPL_* and FAILPOINTS from `cmd`'s environment.
@@ -364,4 +370,17 @@ pub fn clean_env(cmd: &mut Command) {
             cmd.env_remove(k);
         }
     }
+}
+
+/// SHA-256 (hex) via the system's sha256sum, to avoid a crypto dependency
+/// in tests.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let out = run_with_input(Command::new("sha256sum"), data);
+    assert!(out.status.success(), "sha256sum failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
