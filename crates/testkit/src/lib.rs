@@ -42,6 +42,49 @@ pub fn private_tempdir(prefix: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
+/// A private temporary directory for a test's queues, files, config and
+/// control socket. How a queue is made in it depends on the tests (with
+/// the binary, or through the library): each test crate adds a `queue`
+/// method by a trait of its own.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Sandbox {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: private_tempdir("fspl-test-"),
+        }
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The control socket every daemon config of this sandbox uses.
+    pub fn socket(&self) -> PathBuf {
+        self.path("d.sock")
+    }
+
+    /// A daemon config text: `[daemon]` with [`Sandbox::socket`], events
+    /// only, `daemon_extra` lines; then the job tables (see
+    /// [`daemon::config_text`]).
+    pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
+        daemon::config_text(Some(&self.socket()), daemon_extra, jobs)
+    }
+
+    /// Job files (names) currently in a queue's jobs/ directory.
+    pub fn job_files(&self, queue: &Path) -> Vec<String> {
+        job_names(&queue.join("jobs"))
+    }
+}
+
 /// Poll `f` every 20 ms until it holds; panic after `timeout` naming `what`.
 #[track_caller]
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

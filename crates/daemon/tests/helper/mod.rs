@@ -13,37 +13,17 @@ use fspl_daemon::{Config, DaemonError};
 pub use fspl_testkit::daemon::{config_text, dir_url, process_job, pull_job, push_job, recorder};
 pub use fspl_testkit::{SOON, job, lines, nextseq, q, wait_for};
 
-/// A temporary directory for queues, logs, the config and the socket.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+pub use fspl_testkit::Sandbox;
+
+/// Queues made through the library.
+pub trait MakeQueue {
+    /// A fresh queue SANDBOX/name (nextseq 1).
+    fn queue(&self, name: &str) -> PathBuf;
 }
 
-impl Sandbox {
-    pub fn new() -> Sandbox {
-        Sandbox {
-            dir: fspl_testkit::private_tempdir("fspl-daemon-"),
-        }
-    }
-
-    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A fresh queue (nextseq 1).
-    pub fn queue(&self, name: &str) -> PathBuf {
+impl MakeQueue for Sandbox {
+    fn queue(&self, name: &str) -> PathBuf {
         fspl_testkit::init_queue(&self.path(name))
-    }
-
-    /// The control socket every config of this sandbox uses.
-    pub fn socket(&self) -> PathBuf {
-        self.path("d.sock")
-    }
-
-    /// A config text: a `[daemon]` section (socket in the sandbox, events
-    /// only: the safety rescan an hour away; short shutdown grace) plus
-    /// `daemon_extra` lines, then the job tables.
-    pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
-        config_text(Some(&self.socket()), daemon_extra, jobs)
     }
 }
 

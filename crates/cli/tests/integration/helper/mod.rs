@@ -141,26 +141,16 @@ pub fn one_line_error(out: Output) -> String {
     lines[0].to_string()
 }
 
-/// A temporary directory with shortcuts for queues and files in it.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+pub use fspl_testkit::Sandbox;
+
+/// Queues made with our binary.
+pub trait MakeQueue {
+    /// `fspl queue-init -q SANDBOX/name`.
+    fn queue(&self, name: &str) -> PathBuf;
 }
 
-impl Sandbox {
-    pub fn new() -> Sandbox {
-        // Private whatever the umask: daemons refuse a control socket in a
-        // directory others may write to.
-        Sandbox {
-            dir: fspl_testkit::private_tempdir("fspl-test-"),
-        }
-    }
-
-    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Create a queue with our binary.
-    pub fn queue(&self, name: &str) -> PathBuf {
+impl MakeQueue for Sandbox {
+    fn queue(&self, name: &str) -> PathBuf {
         let q = self.path(name);
         ok(run(ours([
             OsStr::new("queue-init"),
@@ -168,11 +158,6 @@ impl Sandbox {
             q.as_os_str(),
         ])));
         q
-    }
-
-    /// Job files (names) currently in a queue's jobs/ directory.
-    pub fn job_files(&self, queue: &Path) -> Vec<String> {
-        job_names(&queue.join("jobs"))
     }
 }
 
@@ -316,7 +301,7 @@ pub fn keys(sb: &Sandbox) -> Keys {
 /// A daemon config for the sandbox: the socket at `d.sock` in it, events
 /// only, `extra` lines in `[daemon]`; then the jobs.
 pub fn config(sb: &Sandbox, extra: &str, jobs: &[String]) -> String {
-    config_text(Some(&sb.path("d.sock")), extra, jobs)
+    sb.config(extra, jobs)
 }
 
 /// `fspl daemon -c CONFIG --log-format logfmt`.
@@ -357,7 +342,7 @@ impl StartDaemon for Daemon {
         };
         let mut cmd = fspl_testkit::daemon::command(&fspl_bin(), &config, format);
         tweak(&mut cmd);
-        let mut d = Daemon::spawn(&fspl_bin(), cmd, &sb.path("d.sock"), &log);
+        let mut d = Daemon::spawn(&fspl_bin(), cmd, &sb.socket(), &log);
         d.config = config;
         d
     }
