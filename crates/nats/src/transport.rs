@@ -452,20 +452,30 @@ impl NatsSource {
         })
     }
 
-    /// Fetch up to `max` messages that are there now.
+    /// Fetch up to `max` messages that are there now (the server answers
+    /// at once; a server that went away mid-answer is given the request
+    /// timeout, and what arrived until then is kept).
     fn fetch(&self, max: usize, max_bytes: usize) -> Result<Vec<jetstream::Message>, NatsError> {
         let what = || format!("{}: fetching from consumer {CONSUMER}", self.target.shown());
+        let deadline = tokio::time::Instant::now() + self.target.connect.request_timeout;
         block_on(async {
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(max)
-                .max_bytes(max_bytes)
-                .messages()
-                .await
-                .map_err(|e| NatsError::js(what(), &e))?;
+            let mut batch = tokio::time::timeout_at(
+                deadline,
+                self.consumer
+                    .fetch()
+                    .max_messages(max)
+                    .max_bytes(max_bytes)
+                    .messages(),
+            )
+            .await
+            .map_err(|_| NatsError::JetStream {
+                what: what(),
+                reason: "no answer within the request timeout".into(),
+                transient: true,
+            })?
+            .map_err(|e| NatsError::js(what(), &e))?;
             let mut out = Vec::new();
-            while let Some(m) = batch.next().await {
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, batch.next()).await {
                 out.push(m.map_err(|e| NatsError::js(what(), &*e))?);
             }
             Ok(out)
