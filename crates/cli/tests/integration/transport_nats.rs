@@ -26,7 +26,7 @@ use fspl_testkit::nats::{JwtAuth, NatsServer, Options, write_private};
 
 use crate::daemon::{Daemon, config, process_job, recorder};
 use crate::helper::*;
-use crate::reliability_common::{Rng, clean_fspl, long_mode, text};
+use crate::reliability_common::{Rng, Tally, clean_fspl, long_mode, text};
 
 fn push_cmd(outbox: &Path, url: &str) -> Command {
     let mut c = clean_fspl([OsStr::new("push"), OsStr::new("-q"), outbox.as_os_str()]);
@@ -293,7 +293,7 @@ fn spawn_quiet(mut c: Command) -> Child {
 }
 
 #[test]
-fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
+fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull() {
     let (jobs, restarts, kills) = if long_mode() {
         (10_000u64, 5u32, 20u32)
     } else {
@@ -309,6 +309,7 @@ fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
     let sent = jobs_in(&ob);
     let dest = sb.queue("dest");
     let mut rng = Rng(0x4e41_5453);
+    let mut tally = Tally::new("nats-transport");
     let started = Instant::now();
     let (mut restarted, mut killed, mut killed_midway) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(if long_mode() { 1800 } else { 120 });
@@ -317,6 +318,7 @@ fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
         assert!(Instant::now() < deadline, "faults took too long");
         let mut push = spawn_quiet(push_cmd(&ob, &url));
         let mut pull = spawn_quiet(pull_cmd(&url, &dest));
+        tally.runs += 2;
         std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
         let before = (jobs_in(&ob).len(), jobs_in(&dest).len());
         if killed < kills {
@@ -344,7 +346,6 @@ fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
         }
         // The other one ends by itself (a failure is fine while the
         // server restarts); bounded by its timeouts.
-        let t = Instant::now();
         for c in [&mut push, &mut pull] {
             let end = Instant::now() + Duration::from_secs(60);
             while c.try_wait().unwrap().is_none() {
@@ -352,10 +353,6 @@ fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        eprintln!(
-            "nats chaos: round: waited {:?} (restarted {restarted} killed {killed})",
-            t.elapsed()
-        );
     }
     eprintln!("nats chaos: faults took {:?}", started.elapsed());
     let faults_took = Instant::now();
@@ -390,4 +387,7 @@ fn nats_transport_survives_server_restarts_and_killed_push_and_pull() {
         "nats chaos: {jobs} jobs, {restarted} restarts, {killed} kills ({killed_midway} mid-transfer)"
     );
     assert!(killed_midway > 0, "no kill happened while jobs were moving");
+    tally.faults = u64::from(restarted + killed);
+    tally.states = jobs;
+    tally.finish();
 }
