@@ -13,3 +13,5 @@ pub mod wire;
 
 pub use config::Config;
 pub use wire::Message;
+pub mod durable;
+pub mod node;
