@@ -151,14 +151,11 @@ fn go_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
 }
 
-fn fail(e: &RemaphoreError) -> ExitCode {
-    crate::output::print_error(&anyhow::Error::new(RemaphoreErrorBox(e.to_string())));
-    ExitCode::from(e.exit_code())
+fn fail(e: RemaphoreError) -> ExitCode {
+    let code = e.exit_code();
+    crate::output::print_error(&anyhow::Error::new(e));
+    ExitCode::from(code)
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct RemaphoreErrorBox(String);
 
 fn pubkey(s: Option<&str>) -> Result<Option<PublicKey>, RemaphoreError> {
     s.map(|s| {
@@ -195,7 +192,7 @@ enum Mode {
 fn execute(config: &Path, subject: Option<String>, durable: bool, mode: Mode) -> ExitCode {
     let config = match load(config) {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     let state = match &mode {
         Mode::Wait(_, s) => s.clone(),
@@ -246,7 +243,7 @@ fn execute(config: &Path, subject: Option<String>, durable: bool, mode: Mode) ->
     match result {
         Ok(true) => ExitCode::from(EXIT_RECEIVED),
         Ok(false) => ExitCode::from(EXIT_NOTHING),
-        Err(e) => fail(&e),
+        Err(e) => fail(e),
     }
 }
 
@@ -325,7 +322,7 @@ pub fn run(a: NatsArgs) -> ExitCode {
     };
     match mode {
         Ok((mode, durable)) => execute(&a.config, a.subject, durable, mode),
-        Err(e) => fail(&e),
+        Err(e) => fail(e),
     }
 }
 
