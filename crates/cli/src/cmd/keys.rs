@@ -80,7 +80,10 @@ fn keygen_base58(output: &std::path::Path) -> anyhow::Result<ExitCode> {
             anyhow::bail!("{} already exists; not overwriting a key", p.display());
         }
     }
-    for (p, text, mode) in [(output, &secret, 0o600), (pub_path.as_path(), &public, 0o644)] {
+    for (p, text, mode) in [
+        (output, &secret, 0o600),
+        (pub_path.as_path(), &public, 0o644),
+    ] {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

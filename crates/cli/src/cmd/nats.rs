@@ -15,10 +15,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use fspl_nats::remaphore::config::{self, Config};
 use fspl_nats::remaphore::node::{
-    self, Common, DestFilter, EXIT_NOTHING, EXIT_RECEIVED, EXIT_USAGE,
-    RemaphoreError, SendArgs, WaitArgs,
+    self, Common, DestFilter, EXIT_NOTHING, EXIT_RECEIVED, EXIT_USAGE, RemaphoreError, SendArgs,
+    WaitArgs,
 };
-use fspl_nats::remaphore::{duration, durable};
+use fspl_nats::remaphore::{durable, duration};
 use fspl_trust::PublicKey;
 
 pub const AFTER_HELP: &str = "Exit statuses: 0 a message was sent or received; 1 nothing \
@@ -76,7 +76,11 @@ struct Outgoing {
     #[command(flatten)]
     durable: Durable,
     /// The message (words are joined with spaces)
-    #[arg(value_name = "MESSAGE", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "MESSAGE",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     message: Vec<OsString>,
 }
 
@@ -108,7 +112,12 @@ enum NatsCmd {
     Wait {
         /// Match the message's destination pattern against this string
         /// exactly, instead of matching our destination against it
-        #[arg(short = 'D', long = "destination", value_name = "DEST", conflicts_with = "any_destination")]
+        #[arg(
+            short = 'D',
+            long = "destination",
+            value_name = "DEST",
+            conflicts_with = "any_destination"
+        )]
         destination: Option<String>,
         /// Do not match the destination
         #[arg(short = 'd', long = "any-destination")]
@@ -136,7 +145,11 @@ enum NatsCmd {
         #[arg(long = "state", value_name = "FILE", requires = "durable")]
         state: Option<PathBuf>,
         /// The script and its arguments
-        #[arg(value_name = "SCRIPT", trailing_var_arg = true, allow_hyphen_values = true)]
+        #[arg(
+            value_name = "SCRIPT",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
         script: Vec<OsString>,
     },
     /// Print an example configuration with a fresh key pair (remaphore -C)
@@ -461,7 +474,9 @@ fn parse_go_flags(args: Vec<OsString>) -> Result<GoFlags, ExitCode> {
                 }
             }
             _ => {
-                return Err(usage_exit(&format!("flag provided but not defined: -{name}")));
+                return Err(usage_exit(&format!(
+                    "flag provided but not defined: -{name}"
+                )));
             }
         }
     }
@@ -514,7 +529,9 @@ pub fn remaphore_main(args: Vec<OsString>) -> ExitCode {
             Mode::Request(args, f.timeout)
         }
     } else {
-        let uuid = Some(f.uuid).filter(|u| !u.is_empty()).map(String::into_bytes);
+        let uuid = Some(f.uuid)
+            .filter(|u| !u.is_empty())
+            .map(String::into_bytes);
         Mode::Wait(
             WaitArgs {
                 dest: if f.no_dest {

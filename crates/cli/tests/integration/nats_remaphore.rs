@@ -26,11 +26,7 @@ impl Net {
         let dir = private_tempdir("fspl-remaphore");
         let server = NatsServer::start(&dir.path().join("nats"));
         let creds = write_dummy_creds(&dir.path().join("test.creds"));
-        Net {
-            dir,
-            server,
-            creds,
-        }
+        Net { dir, server, creds }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -290,11 +286,21 @@ fn our_send_runs_the_same_script_argv_and_env_on_the_original_and_on_ours() {
     gw.args(["-o", "-t", "20s"]).arg(recorder(d, "go"));
     let go = Waiter::start(gw, net.path("go.err"));
     let mut ow = ours(&cc);
-    ow.args(["wait", "-o", "-t", "20s", "--"]).arg(recorder(d, "us"));
+    ow.args(["wait", "-o", "-t", "20s", "--"])
+        .arg(recorder(d, "us"));
     let us = Waiter::start(ow, net.path("us.err"));
     let mut s = ours(&ac);
-    s.args(["send", "-D", "com.test.*", "-v", "deploy", "-u", "job-42", "--"])
-        .args(["hello,", "world", "-x"]);
+    s.args([
+        "send",
+        "-D",
+        "com.test.*",
+        "-v",
+        "deploy",
+        "-u",
+        "job-42",
+        "--",
+    ])
+    .args(["hello,", "world", "-x"]);
     ok(s);
     let (gc, _, gerr) = go.finish();
     let (uc, _, uerr) = us.finish();
@@ -306,15 +312,25 @@ fn our_send_runs_the_same_script_argv_and_env_on_the_original_and_on_ours() {
     assert_eq!(u.len(), 1);
     assert_eq!(g[0].0, "argv: [deploy] [hello, world -x]");
     assert_eq!(u[0].0, g[0].0);
-    assert!(g[0].1.contains(&format!("REMAPHORE_DESTMATCH={}", b.destination)));
-    assert!(u[0].1.contains(&format!("REMAPHORE_DESTMATCH={}", c.destination)));
+    assert!(
+        g[0].1
+            .contains(&format!("REMAPHORE_DESTMATCH={}", b.destination))
+    );
+    assert!(
+        u[0].1
+            .contains(&format!("REMAPHORE_DESTMATCH={}", c.destination))
+    );
     assert!(g[0].1.contains(&"REMAPHORE_UUID=6a6f622d3432".to_string()));
     assert_eq!(
         env_without(&g[0].1, "REMAPHORE_DESTMATCH"),
         env_without(&u[0].1, "REMAPHORE_DESTMATCH")
     );
     // Exactly remaphore's variables (and the PWD sh adds itself).
-    let keys: Vec<&str> = u[0].1.iter().map(|l| l.split('=').next().unwrap()).collect();
+    let keys: Vec<&str> = u[0]
+        .1
+        .iter()
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
     assert_eq!(
         keys,
         [
@@ -337,7 +353,8 @@ fn original_send_reaches_ours_called_as_remaphore_with_the_same_argv_and_env() {
     let d = net.dir.path();
     let (a, _b, _c, ac, bc, cc) = three(&net);
     let mut ow = ours_as_remaphore(d, &cc);
-    ow.args(["-o", "-t", "20s", "-v", "ping,deploy"]).arg(recorder(d, "us"));
+    ow.args(["-o", "-t", "20s", "-v", "ping,deploy"])
+        .arg(recorder(d, "us"));
     let us = Waiter::start(ow, net.path("us.err"));
     let mut gw = original(&bc);
     gw.args(["-o", "-t", "20s"]).arg(recorder(d, "go"));
@@ -422,12 +439,17 @@ fn crafted_pattern_that_crashes_the_original_neither_crashes_nor_matches_ours() 
     let d = net.dir.path();
     let (_a, _b, _c, ac, bc, cc) = three(&net);
     let mut ow = ours(&cc);
-    ow.args(["wait", "-o", "-t", "20s", "--"]).arg(recorder(d, "us"));
+    ow.args(["wait", "-o", "-t", "20s", "--"])
+        .arg(recorder(d, "us"));
     let us = Waiter::start(ow, net.path("us.err"));
     let mut gw = original(&bc);
     gw.args(["-o", "-t", "20s"]).arg(recorder(d, "go"));
     let go = Waiter::start(gw, net.path("go.err"));
-    for pattern in ["com.test.cccccccccc*", "com.test.*cccccccccc", "com.test.c*c"] {
+    for pattern in [
+        "com.test.cccccccccc*",
+        "com.test.*cccccccccc",
+        "com.test.c*c",
+    ] {
         let mut s = ours(&ac);
         s.args(["send", "-D", pattern, "crafted"]);
         ok(s);
@@ -503,8 +525,11 @@ fn replays_old_messages_unknown_peers_wrong_verbs_and_unauthorised_peers_are_dro
     let f: Vec<&str> = text.splitn(8, ',').collect();
     raw.publish(
         "remaphore.all",
-        format!("{},{},{},0{},{},{},{},{}", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7])
-            .as_bytes(),
+        format!(
+            "{},{},{},0{},{},{},{},{}",
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+        )
+        .as_bytes(),
     );
     // The captured vectors: valid signatures, times long past.
     let vectors = std::fs::read_to_string(
@@ -572,16 +597,20 @@ fn exit_statuses_timeout_1_usage_2_runtime_3() {
     let out = run(c);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("fspl: error: cannot read") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("fspl: error: cannot read") && err.lines().count() == 1,
+        "{err}"
+    );
     // Runtime: no known receivers, an unreachable server, an identity
     // without the verb: 3.
     let mut r = ours(&ac);
     r.args(["request", "-D", "org.*", "x"]);
     assert_eq!(run(r).status.code(), Some(3));
     let down = net.path("down.conf");
-    let text = std::fs::read_to_string(&ac)
-        .unwrap()
-        .replace(&net.server.url(), &format!("nats://127.0.0.1:{}", fspl_testkit::free_port()));
+    let text = std::fs::read_to_string(&ac).unwrap().replace(
+        &net.server.url(),
+        &format!("nats://127.0.0.1:{}", fspl_testkit::free_port()),
+    );
     std::fs::write(&down, text).unwrap();
     let mut s = ours(&down);
     s.args(["send", "x"]);
@@ -624,7 +653,9 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
         .args(["-t", "60s", "--"])
         .arg(recorder(&d, "us"));
     let us = Waiter::start(w, d.join("us.err"));
-    wait_for("100 scripts", SOON * 2, || runs(&log_of(&d, "us")).len() >= 100);
+    wait_for("100 scripts", SOON * 2, || {
+        runs(&log_of(&d, "us")).len() >= 100
+    });
     drop(us);
     let argv: Vec<String> = runs(&log_of(&d, "us")).into_iter().map(|r| r.0).collect();
     let want: Vec<String> = (0..100).map(|i| format!("argv: [ping] [m{i}]")).collect();
@@ -646,5 +677,95 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
         text.contains("stream remaphore-remaphore_all subjects remaphore.all messages 100"),
         "{text}"
     );
-    assert!(text.contains("consumer com_test_c pending 0 unacknowledged 0"), "{text}");
+    assert!(
+        text.contains("consumer com_test_c pending 0 unacknowledged 0"),
+        "{text}"
+    );
+}
+
+/// A reply is taken only from a responder expected for the request (a
+/// peer whose destination matches its pattern): the original prints the
+/// reply of any peer that answers, here one waiting with `-d` (no
+/// destination filter) although the request was addressed to another.
+#[test]
+fn reply_from_a_peer_the_request_was_not_addressed_to_is_dropped() {
+    let net = Net::new();
+    let d = net.dir.path();
+    let (_a, _b, _c, ac, bc, cc) = three(&net);
+    // B answers slowly, so that C's reply comes first.
+    let mut gw = original(&bc);
+    gw.args(["-t", "30s", "sh", "-c", "sleep 1; echo slow"]);
+    let _go = Waiter::start(gw, net.path("go.err"));
+    // C answers everything, whatever the destination.
+    let mut ow = ours(&cc);
+    ow.args(["wait", "-d", "-t", "30s", "--"])
+        .arg(recorder(d, "us"));
+    let _us = Waiter::start(ow, net.path("us.err"));
+    // Ours, asking B only: C's reply is dropped.
+    let mut r = ours(&ac);
+    r.args(["request", "-D", "com.test.b", "-t", "20s", "one"]);
+    let out = ok(r);
+    let rerr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(rerr.contains("not an expected responder"), "{rerr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, "com.test.b,0,slow\n");
+    // C did answer: the original's request shows the fault.
+    assert_eq!(runs(&log_of(d, "us")).len(), 1);
+    let err = std::fs::read_to_string(net.path("us.err")).unwrap();
+    assert!(err.contains("script exited 0"), "{err}");
+    let mut r = original(&ac);
+    r.args(["-r", "-D", "com.test.b", "-t", "20s", "two"]);
+    let text = String::from_utf8(run(r).stdout).unwrap();
+    assert!(text.contains("\ncom.test.c,0,done ping\nby us\n"), "{text}");
+}
+
+/// `credentials:` is used when connecting; a server refusing them is one
+/// line and exit 3.
+#[test]
+fn config_credentials_are_presented_and_refused_ones_are_a_one_line_error() {
+    use fspl_testkit::nats::{JwtAuth, Options};
+    let dir = private_tempdir("fspl-remaphore-auth");
+    let server = NatsServer::start_with(
+        &dir.path().join("nats"),
+        Options {
+            auth: Some(JwtAuth::new()),
+            ..Options::default()
+        },
+    );
+    let good = server.write_creds(&dir.path().join("good.creds"));
+    let bad = dir.path().join("bad.creds");
+    fspl_testkit::nats::write_private(
+        &bad,
+        &server.auth.as_ref().unwrap().stranger_creds("stranger"),
+    );
+    let a = Node::new("com.test.a");
+    let conf = |creds: &Path, name: &str| {
+        a.write_config(
+            &dir.path().join(name),
+            &server.url(),
+            creds,
+            &[(&a, "[*]")],
+            "",
+        )
+    };
+    let good_conf = conf(&good, "good.conf");
+    let bad_conf = conf(&bad, "bad.conf");
+    let mut w = ours(&good_conf);
+    w.args(["wait", "-o", "-t", "20s"]);
+    let waiter = Waiter::start(w, dir.path().join("w.err"));
+    let mut s = ours(&good_conf);
+    s.args(["send", "hi"]);
+    ok(s);
+    let (code, _, err) = waiter.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let mut s = ours(&bad_conf);
+    s.args(["send", "hi"]);
+    let out = run(s);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("fspl: error: ") && last.contains("refused"),
+        "{err}"
+    );
 }

@@ -99,7 +99,12 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identity({} {})", self.key.public().to_base58(), self.verbs)
+        write!(
+            f,
+            "Identity({} {})",
+            self.key.public().to_base58(),
+            self.verbs
+        )
     }
 }
 
@@ -312,7 +317,9 @@ impl Config {
             msg: msg.to_string(),
         };
         if servers.is_empty() {
-            return Err(invalid("no nats servers configured (server: nats://HOST:PORT)"));
+            return Err(invalid(
+                "no nats servers configured (server: nats://HOST:PORT)",
+            ));
         }
         if identities.is_empty() {
             return Err(invalid("no identities configured ([ Identities ])"));
@@ -327,7 +334,10 @@ impl Config {
             subject = "remaphore".into();
         }
         let default_identity = default_identity.unwrap_or_else(|| identities[0].key.public());
-        if !identities.iter().any(|i| i.key.public() == default_identity) {
+        if !identities
+            .iter()
+            .any(|i| i.key.public() == default_identity)
+        {
             return Err(invalid(
                 "default_identity is not one of the [ Identities ] (its private key is needed to sign)",
             ));
@@ -522,7 +532,18 @@ mod tests {
             assert!(e.to_string().starts_with("c.conf"), "{e}");
         }
         // Garbage files load or fail, never panic.
-        for t in ["", "[", "]", "[]", ":", "a:", ":b", "[ Peers ]\n[", "#", "\u{0}"] {
+        for t in [
+            "",
+            "[",
+            "]",
+            "[]",
+            ":",
+            "a:",
+            ":b",
+            "[ Peers ]\n[",
+            "#",
+            "\u{0}",
+        ] {
             let _ = Config::parse(Path::new("g"), t);
         }
         let e = Config::parse(Path::new("g"), "").unwrap_err();
@@ -532,7 +553,12 @@ mod tests {
     #[test]
     fn authorize_limits_a_peer_to_matching_local_destinations() {
         let p = SecretKey::generate("").public().to_base58();
-        let c = with(&format!("authorize: {p} x.* d.*"), "", &format!("a.b {p} [*]")).unwrap();
+        let c = with(
+            &format!("authorize: {p} x.* d.*"),
+            "",
+            &format!("a.b {p} [*]"),
+        )
+        .unwrap();
         let key = b58_public(&p).unwrap();
         assert!(c.authorized_for_us(&key));
         let c = with(&format!("authorize: {p} x.*"), "", &format!("a.b {p} [*]")).unwrap();

@@ -231,7 +231,11 @@ pub(crate) async fn wait(
             None => messages.next().await,
         };
         let jm = match next {
-            None => return Err(RemaphoreError::Runtime("the JetStream consumer ended".into())),
+            None => {
+                return Err(RemaphoreError::Runtime(
+                    "the JetStream consumer ended".into(),
+                ));
+            }
             Some(Err(e)) => {
                 // Server restarts and missed heartbeats pass: the client
                 // reconnects and the consumer resumes.

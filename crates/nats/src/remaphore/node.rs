@@ -127,10 +127,7 @@ impl SendArgs {
         let key = cfg
             .signer(self.sender.as_ref(), Some(&verb))
             .ok_or_else(|| RemaphoreError::NoSigner {
-                key: self
-                    .sender
-                    .unwrap_or(cfg.default_identity)
-                    .to_base58(),
+                key: self.sender.unwrap_or(cfg.default_identity).to_base58(),
                 verb: verb.clone(),
             })?;
         let dest = match self.destination.as_deref() {
@@ -171,7 +168,8 @@ async fn publish(
             )
             .await
             .map_err(|e| rt("JetStream publish", e))?;
-        ack.await.map_err(|e| rt("JetStream publish acknowledgement", e))?;
+        ack.await
+            .map_err(|e| rt("JetStream publish acknowledgement", e))?;
     } else {
         client
             .publish(subject, raw.into())
@@ -236,7 +234,9 @@ pub async fn request(
             None => replies.next().await,
         };
         let Some(m) = next else {
-            return Err(RemaphoreError::Runtime("the reply subscription ended".into()));
+            return Err(RemaphoreError::Runtime(
+                "the reply subscription ended".into(),
+            ));
         };
         let reply = match Message::decode(&m.payload) {
             Ok(r) => r,
@@ -259,9 +259,7 @@ pub async fn request(
             || (now - reply.time_nanos).abs() > skew
             || reply.time_nanos < msg.time_nanos.saturating_sub(skew)
         {
-            tracing::warn!(
-                "dropped reply from {dest}: outside the time window or not a reply"
-            );
+            tracing::warn!("dropped reply from {dest}: outside the time window or not a reply");
             continue;
         }
         expected.remove(&reply.sender);

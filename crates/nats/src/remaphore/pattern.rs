@@ -102,7 +102,9 @@ mod tests {
 
     #[test]
     fn any_bytes_never_panic() {
-        let pieces = ["", ".", "*", "**", "a", "é", "\u{0}", "*a*", "a**", "..", "ab"];
+        let pieces = [
+            "", ".", "*", "**", "a", "é", "\u{0}", "*a*", "a**", "..", "ab",
+        ];
         for a in pieces {
             for b in pieces {
                 for c in pieces {

@@ -208,7 +208,8 @@ impl Message {
             .ok_or(WireError::SignatureEncoding)?;
         let destination = std::str::from_utf8(rest[0]).map_err(|_| WireError::Utf8)?;
         let time_text = String::from_utf8_lossy(rest[1]).into_owned();
-        let time_nanos = i64::from_str_radix(&time_text, 16).map_err(|_| WireError::Time(time_text.clone()))?;
+        let time_nanos =
+            i64::from_str_radix(&time_text, 16).map_err(|_| WireError::Time(time_text.clone()))?;
         let uuid_text = String::from_utf8_lossy(rest[2]).into_owned();
         let uuid = unhex(&uuid_text).ok_or(WireError::Uuid(uuid_text))?;
         let verb = std::str::from_utf8(rest[3]).map_err(|_| WireError::Utf8)?;
@@ -270,7 +271,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/remaphore-vectors/messages.jsonl"
         ))
-            .expect("the captured remaphore vectors");
+        .expect("the captured remaphore vectors");
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
@@ -288,9 +289,8 @@ mod tests {
         let v = vectors();
         assert_eq!(v.len(), 4);
         for (_, raw) in &v {
-            let m = Message::decode(raw).unwrap_or_else(|e| {
-                panic!("{}: {e}", String::from_utf8_lossy(raw))
-            });
+            let m = Message::decode(raw)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(raw)));
             assert_eq!(&m.encode(), raw);
             assert_eq!(m.hash, sha256(raw));
         }
@@ -325,18 +325,44 @@ mod tests {
         let raw = String::from_utf8(vectors()[0].1.clone()).unwrap();
         let f: Vec<&str> = raw.splitn(8, ',').collect();
         let variants = [
-            format!("{},{},{},+{},{},{},{},{}", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]),
-            format!("{},{},{},0{},{},{},{},{}", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]),
             format!(
-                "{},{},{},{},{},{},{},{}",
-                f[0], f[1], f[2], f[3].to_uppercase(), f[4], f[5], f[6], f[7]
+                "{},{},{},+{},{},{},{},{}",
+                f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+            ),
+            format!(
+                "{},{},{},0{},{},{},{},{}",
+                f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
             ),
             format!(
                 "{},{},{},{},{},{},{},{}",
-                f[0], f[1], f[2], f[3], f[4].to_uppercase(), f[5], f[6], f[7]
+                f[0],
+                f[1],
+                f[2],
+                f[3].to_uppercase(),
+                f[4],
+                f[5],
+                f[6],
+                f[7]
             ),
-            format!("{},{},{},{},{},{},x,{}", f[0], f[1], f[2], f[3], f[4], f[5], f[7]),
-            format!("1{},{},{},{},{},{},{},{}", f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]),
+            format!(
+                "{},{},{},{},{},{},{},{}",
+                f[0],
+                f[1],
+                f[2],
+                f[3],
+                f[4].to_uppercase(),
+                f[5],
+                f[6],
+                f[7]
+            ),
+            format!(
+                "{},{},{},{},{},{},x,{}",
+                f[0], f[1], f[2], f[3], f[4], f[5], f[7]
+            ),
+            format!(
+                "1{},{},{},{},{},{},{},{}",
+                f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+            ),
         ];
         for v in variants {
             let e = Message::decode(v.as_bytes()).unwrap_err();
@@ -383,7 +409,11 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for s in [
-            "", ",", ",,,,,,,", "a,b,c,d,e,f,g,h", "\u{ff}\u{fe},,,,,,,",
+            "",
+            ",",
+            ",,,,,,,",
+            "a,b,c,d,e,f,g,h",
+            "\u{ff}\u{fe},,,,,,,",
             "11111111111111111111111111111111,1,a,zz,xx,v,Q,p",
         ] {
             assert!(Message::decode(s.as_bytes()).is_err(), "{s}");
@@ -403,7 +433,10 @@ mod tests {
     fn uuid_rule_matches_remaphore() {
         assert_eq!(uuid_from(b"job-42"), b"job-42");
         assert_eq!(uuid_from(b"123456789012"), b"123456789012");
-        assert_eq!(uuid_from(b"1234567890123"), sha256(b"1234567890123")[..12].to_vec());
+        assert_eq!(
+            uuid_from(b"1234567890123"),
+            sha256(b"1234567890123")[..12].to_vec()
+        );
         assert_eq!(uuid_from(b"").len(), 12);
         assert_ne!(uuid_from(b""), uuid_from(b""));
     }
