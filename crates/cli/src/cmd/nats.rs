@@ -268,7 +268,7 @@ fn send_args(o: &Outgoing) -> Result<SendArgs, RemaphoreError> {
         verb: o
             .verb
             .as_deref()
-            .and_then(|v| first_verb(v))
+            .and_then(first_verb)
             .unwrap_or_else(|| "ping".into()),
         payload: join(&o.message),
     })
