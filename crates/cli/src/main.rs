@@ -16,6 +16,12 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Called as `remaphore` (a symlink): remaphore's own flags (docs/nats.md).
+    #[cfg(feature = "nats")]
+    if cmd::nats::invoked_as_remaphore() {
+        logging::init(tracing::Level::INFO);
+        return cmd::nats::remaphore_main(std::env::args_os().skip(1).collect());
+    }
     let cli = match cli::parse() {
         Ok(c) => c,
         Err(e) => {

@@ -4,11 +4,13 @@
 //! - [`runtime`]: the tokio runtime, started on first use;
 //! - [`connect`]: servers, `.creds` files, timeouts, typed errors;
 //! - [`jetstream`]: streams and durable pull consumers;
-//! - [`transport`]: `nats://HOST:PORT/NAME` for `fspl push` and `pull`.
+//! - [`transport`]: `nats://HOST:PORT/NAME` for `fspl push` and `pull`;
+//! - [`remaphore`]: `fspl nats`, a remaphore-compatible remote semaphore.
 
 pub mod connect;
 pub mod error;
 pub mod jetstream;
+pub mod remaphore;
 pub mod runtime;
 pub mod transport;
 

@@ -5,6 +5,7 @@
 //! skipped.
 
 pub mod nats;
+pub mod remaphore;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ mod hardening_memory;
 mod hardening_payload;
 mod hardening_trust;
 mod interop;
+mod nats_remaphore;
 mod newcomer;
 mod process_options;
 mod reliability_common;
