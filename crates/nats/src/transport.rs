@@ -566,3 +566,49 @@ impl Source for NatsSource {
         PathBuf::from(format!("{} message {seq} ({name})", self.target.shown()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_servers_queue_and_options() {
+        let t = NatsTarget::parse(
+            "nats://u:p@a:4222,b/q_1-x?creds=/c/x.creds&timeout=2.5&max_age=60&dup_window=5",
+        )
+        .unwrap();
+        assert_eq!(t.connect.servers, ["nats://u:p@a:4222", "nats://u:p@b"]);
+        assert_eq!(t.name, "q_1-x");
+        assert_eq!(t.stream_name(), "fspl-q_1-x");
+        assert_eq!(t.subject(), "fspl.jobs.q_1-x");
+        assert_eq!(t.connect.creds.as_deref(), Some(std::path::Path::new("/c/x.creds")));
+        assert_eq!(t.connect.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(t.max_age, Duration::from_secs(60));
+        assert_eq!(t.duplicate_window, Duration::from_secs(5));
+        assert_eq!(t.shown(), "nats://u:p@a:4222,b/q_1-x");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_the_reason() {
+        for (url, why) in [
+            ("nats://h:4222", "queue name"),
+            ("nats://h:4222/", "queue name"),
+            ("nats://h/a.b", "A-Z"),
+            ("nats://h/a*", "A-Z"),
+            ("nats:///q", "no server"),
+            ("nats://h,,i/q", "not a server"),
+            ("nats://-h/q", "not a server"),
+            ("nats://h/q?bogus=1", "unknown option"),
+            ("nats://h/q?timeout=0", "never connect"),
+            ("nats://h/q?timeout=x", "seconds"),
+            ("nats://h/q?max_age=-1", "seconds"),
+            ("nats://h/q?max_age=inf", "seconds"),
+        ] {
+            let e = NatsTarget::parse(url).unwrap_err();
+            assert!(!e.is_transient(), "{url}");
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+        let long = format!("nats://h/{}", "a".repeat(65));
+        assert!(NatsTarget::parse(&long).is_err());
+    }
+}
