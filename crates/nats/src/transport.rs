@@ -581,7 +581,10 @@ mod tests {
         assert_eq!(t.name, "q_1-x");
         assert_eq!(t.stream_name(), "fspl-q_1-x");
         assert_eq!(t.subject(), "fspl.jobs.q_1-x");
-        assert_eq!(t.connect.creds.as_deref(), Some(std::path::Path::new("/c/x.creds")));
+        assert_eq!(
+            t.connect.creds.as_deref(),
+            Some(std::path::Path::new("/c/x.creds"))
+        );
         assert_eq!(t.connect.connect_timeout, Duration::from_millis(2500));
         assert_eq!(t.max_age, Duration::from_secs(60));
         assert_eq!(t.duplicate_window, Duration::from_secs(5));
