@@ -389,6 +389,14 @@ pub enum Cmd {
         )]
         config: std::path::PathBuf,
     },
+    /// A remaphore-compatible remote semaphore over NATS (fspl extension)
+    ///
+    /// send, wait and request signed messages as remaphore does (existing
+    /// remaphore nodes understand them), without its faults, and with
+    /// --durable over JetStream. See docs/nats.md.
+    #[cfg(feature = "nats")]
+    #[command(after_help = crate::cmd::nats::AFTER_HELP)]
+    Nats(crate::cmd::nats::NatsArgs),
     /// Make an ed25519 key pair for signing and encryption (fspl extension)
     ///
     /// Writes PATH (the secret key, mode 0600, never overwritten) and
@@ -402,6 +410,10 @@ pub enum Cmd {
         /// A comment for the public key line (default: user@host)
         #[arg(short = 'C', long = "comment", value_name = "COMMENT")]
         comment: Option<String>,
+        /// openssh (default), or base58 as remaphore writes keys (PATH: the
+        /// 64-byte secret; PATH.pub: the public key)
+        #[arg(long = "format", value_name = "FORMAT", default_value = "openssh")]
+        format: KeyFormat,
     },
     /// Print a shell completion script (fspl extension)
     #[command(after_help = "Examples:\n  \
@@ -640,4 +652,11 @@ pub enum OutputToArg {
     /// Both go to jobs/<jobfile>.out
     #[value(name = "saveboth")]
     SaveBoth,
+}
+
+/// `fspl keygen --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyFormat {
+    Openssh,
+    Base58,
 }

@@ -16,6 +16,12 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Called as `remaphore` (a symlink): remaphore's own flags (docs/nats.md).
+    #[cfg(feature = "nats")]
+    if cmd::nats::invoked_as_remaphore() {
+        logging::init(tracing::Level::INFO);
+        return cmd::nats::remaphore_main(std::env::args_os().skip(1).collect());
+    }
     let cli = match cli::parse() {
         Ok(c) => c,
         Err(e) => {
@@ -33,6 +39,9 @@ fn main() -> ExitCode {
     if !own_logging {
         logging::init(cli.log_level);
     }
+    // Backends of nats:// (no runtime is started until one is used).
+    #[cfg(feature = "nats")]
+    fspl_nats::register();
     // Fault injection (reliability tests; a no-op without the feature).
     let _failpoints = fspl_queue::failpoint::setup();
     match cmd::run(cli.command, cli.log_level) {

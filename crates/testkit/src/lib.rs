@@ -6,7 +6,9 @@
 
 pub mod daemon;
 pub mod jobs;
+pub mod nats;
 pub mod procs;
+pub mod remaphore;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

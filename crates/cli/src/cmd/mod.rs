@@ -10,6 +10,8 @@ mod daemon;
 mod docs;
 mod info;
 mod keys;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod prepare;
 mod process;
 mod queue;
@@ -38,7 +40,13 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::ShowLicense => misc_print(LICENSE),
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out } => docs::man(&out),
-        Cmd::Keygen { output, comment } => keys::keygen(&output, comment.as_deref()),
+        Cmd::Keygen {
+            output,
+            comment,
+            format,
+        } => keys::keygen(&output, comment.as_deref(), format),
+        #[cfg(feature = "nats")]
+        Cmd::Nats(a) => Ok(nats::run(a)),
         Cmd::Prepare { seq, input, params } => {
             prepare::prepare(&seq, input.as_deref(), prepare::Kind::Command(params))
         }
