@@ -169,6 +169,8 @@ const BAD_CREDENTIALS: &[&str] = &[
     "TokenRefreshRequired",
     "AuthorizationHeaderMalformed",
     "InvalidSecurity",
+    // s3s and MinIO for an access key they do not know.
+    "NotSignedUp",
 ];
 
 /// The HTTP status and body of the request that failed, if it got one

@@ -315,7 +315,16 @@ impl S3Sink {
             PutOutcome::Exists => {
                 // Sent before (a push that was stopped before it removed
                 // the job from the outbox): the same bytes are a delivery.
-                match self.client.get(&p.key, p.len)? {
+                let same_size = self
+                    .client
+                    .head(&p.key)?
+                    .is_none_or(|o| o.size == p.len);
+                let existing = if same_size {
+                    self.client.get(&p.key, p.len)?
+                } else {
+                    Some(Vec::new())
+                };
+                match existing {
                     None => {
                         // Taken by a pull since: it was there, so it was
                         // delivered.

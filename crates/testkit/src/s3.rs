@@ -323,7 +323,7 @@ impl Proxy {
                             chunk = replace(
                                 &chunk,
                                 b"HTTP/1.1 412 Precondition Failed\r\n",
-                                b"HTTP/1.1 200 OK\r\n",
+                                b"HTTP/1.1 200 OK\r\nETag: \"ignored\"\r\n",
                             );
                         }
                         if c_wr.write_all(&chunk).is_err() {
