@@ -57,9 +57,6 @@ pub struct S3Config {
     /// The AWS profile to read from the shared files (default
     /// `AWS_PROFILE`, else `default`).
     pub profile: Option<String>,
-    /// A canned ACL (`private`, `public-read`, ...) sent as `x-amz-acl`
-    /// with uploads.
-    pub acl: Option<String>,
     /// Send a SHA-256 checksum with every upload (the server verifies
     /// that what landed is what was sent).
     pub checksum: bool,
@@ -207,7 +204,9 @@ impl S3Config {
             )));
         }
         if self.access_key_id.is_none()
-            && self.var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| truthy(&v))
+            && self
+                .var("AWS_EC2_METADATA_DISABLED")
+                .is_some_and(|v| truthy(&v))
             && self.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
             && self.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_none()
             && self.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_none()
@@ -249,7 +248,10 @@ fn show(p: Option<&Path>) -> String {
 /// The sections of an AWS shared config/credentials file: `[name]` then
 /// `key = value` lines; `#`/`;` comments; indented lines (sub-sections
 /// such as `s3 =`) are skipped. `None` when the file does not exist.
-fn read_ini(path: &Path) -> Result<Option<HashMap<String, HashMap<String, String>>>, S3Error> {
+/// Sections of an INI file: name -> key -> value.
+type Ini = HashMap<String, HashMap<String, String>>;
+
+fn read_ini(path: &Path) -> Result<Option<Ini>, S3Error> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -268,7 +270,7 @@ fn read_ini(path: &Path) -> Result<Option<HashMap<String, HashMap<String, String
         )));
     }
     let text = String::from_utf8_lossy(&text);
-    let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+    let mut out: Ini = HashMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if line.starts_with([' ', '\t']) {
@@ -365,7 +367,10 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("no AWS credentials"), "{e}");
-        let e = cfg(&[("AWS_ACCESS_KEY_ID", "x")]).err().unwrap().to_string();
+        let e = cfg(&[("AWS_ACCESS_KEY_ID", "x")])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("AWS_SECRET_ACCESS_KEY is not"), "{e}");
     }
 

@@ -215,7 +215,9 @@ impl std::hash::Hash for S3Url {
 /// Check once per process and bucket that the server refuses to create an
 /// object that exists (`If-None-Match: *`).
 pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), TransportError> {
-    static HONOURED: Mutex<Option<HashSet<(String, Option<String>)>>> = Mutex::new(None);
+    /// (bucket, endpoint) pairs checked.
+    type Checked = HashSet<(String, Option<String>)>;
+    static HONOURED: Mutex<Option<Checked>> = Mutex::new(None);
     let id = (u.bucket.clone(), u.endpoint.clone());
     if HONOURED
         .lock()
@@ -226,7 +228,8 @@ pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), Transp
         return Ok(());
     }
     let key = u.key(&format!(".fspl-probe-{}", uuid::Uuid::new_v4()));
-    let first = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
+    let first =
+        client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
     let second = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 2"));
     let _ = client.delete(&key);
     if first == PutOutcome::Exists {
@@ -315,10 +318,7 @@ impl S3Sink {
             PutOutcome::Exists => {
                 // Sent before (a push that was stopped before it removed
                 // the job from the outbox): the same bytes are a delivery.
-                let same_size = self
-                    .client
-                    .head(&p.key)?
-                    .is_none_or(|o| o.size == p.len);
+                let same_size = self.client.head(&p.key)?.is_none_or(|o| o.size == p.len);
                 let existing = if same_size {
                     self.client.get(&p.key, p.len)?
                 } else {
@@ -404,8 +404,7 @@ impl Sink for S3Sink {
         let len = data.len() as u64;
         // Room in the window first (bytes and count).
         while !self.inflight.is_empty()
-            && (self.inflight.len() >= PUSH_WINDOW
-                || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
+            && (self.inflight.len() >= PUSH_WINDOW || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
         {
             let keep = self.inflight.len() - 1;
             self.collect(Some(keep))?;
