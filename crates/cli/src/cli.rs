@@ -162,8 +162,7 @@ pub enum Cmd {
     /// configuration error (see docs/transports.md).
     #[command(after_help = "Examples:\n  \
         fspl push -q ~/outbox /media/usb/queue\n  \
-        fspl push -q ~/outbox dir:$HOME/Sync/to-server --keep\n  \
-        AWS_PROFILE=jobs fspl push -q ~/outbox s3://my-bucket/to-server")]
+        fspl push -q ~/outbox s3://my-bucket/to-server")]
     Push {
         /// The outbox (a queue directory)
         #[arg(short = 'q', long = "queuedir", value_name = "OUTBOX")]
@@ -191,8 +190,7 @@ pub enum Cmd {
     /// and why), 2 = usage or configuration error.
     #[command(after_help = "Examples:\n  \
         fspl pull ~/Sync/from-laptop -q ~/queue\n  \
-        fspl pull dir:/media/usb/outbox -q ~/queue --json\n  \
-        fspl pull s3://my-bucket/to-server -q ~/queue")]
+        fspl pull s3://my-bucket/to-server -q ~/queue --json")]
     Pull {
         /// Where from: a directory, dir:PATH or s3://BUCKET/PREFIX
         #[arg(value_name = "SRC")]
