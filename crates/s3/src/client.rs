@@ -373,6 +373,42 @@ impl Client {
         Ok(Some(out))
     }
 
+    /// [`Client::get`] of a small object as a future (to fetch several at
+    /// once on the S3 runtime); `None` when there is no such object.
+    pub fn get_small_async(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, S3Error>> + Send + 'static {
+        let this = self.clone();
+        let key = key.to_string();
+        async move {
+            let p = path(&key);
+            let r = async {
+                let g = this.store.get(&p).await?;
+                if g.meta.size > max {
+                    return Ok(None);
+                }
+                g.bytes().await.map(Some)
+            }
+            .await;
+            match r {
+                Ok(Some(b)) if b.len() as u64 <= max => Ok(Some(b)),
+                Ok(_) => Err(S3Error::Request {
+                    bucket: this.bucket.clone(),
+                    key,
+                    op: "get",
+                    message: format!("larger than {max} bytes"),
+                    transient: false,
+                }),
+                Err(e) => match this.err(e, &key, "get") {
+                    S3Error::NotFound { .. } => Ok(None),
+                    e => Err(e),
+                },
+            }
+        }
+    }
+
     /// A streaming reader of the object (a few chunks buffered ahead);
     /// `None` when there is no such object.
     pub fn reader(&self, key: &str) -> Result<Option<ObjectReader>, S3Error> {

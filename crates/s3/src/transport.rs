@@ -283,6 +283,8 @@ pub fn open_source(location: &Location) -> Result<Box<dyn Source>, TransportErro
         client,
         url: u,
         keep: None,
+        ahead: VecDeque::new(),
+        fetching: VecDeque::new(),
     }))
 }
 
@@ -458,11 +460,42 @@ struct KeepState {
     taken: HashSet<String>,
 }
 
+/// Objects a pull fetches ahead, while the queue stores the one before.
+pub const PULL_WINDOW: usize = 16;
+/// Objects at most this large are fetched ahead whole; larger ones are
+/// streamed when their turn comes.
+pub const PREFETCH_MAX: u64 = 1 << 20;
+
+type Fetch = std::sync::mpsc::Receiver<Result<Option<Bytes>, S3Error>>;
+
 /// The source of a pull: the job objects directly under the prefix.
 pub struct S3Source {
     client: Client,
     url: S3Url,
     keep: Option<KeepState>,
+    /// The listing not yet fetched ahead, in order.
+    ahead: VecDeque<RemoteJob>,
+    /// Fetches in flight, in listing order.
+    fetching: VecDeque<(std::ffi::OsString, Fetch)>,
+}
+
+impl S3Source {
+    /// Keep up to PULL_WINDOW small objects being fetched.
+    fn top_up(&mut self) -> Result<(), TransportError> {
+        while self.fetching.len() < PULL_WINDOW {
+            let Some(job) = self.ahead.pop_front() else {
+                break;
+            };
+            if job.len.is_none_or(|l| l > PREFETCH_MAX) {
+                // Streamed when its turn comes.
+                continue;
+            }
+            let key = job.key.to_string_lossy().into_owned();
+            let rx = runtime::spawn(self.client.get_small_async(&key, PREFETCH_MAX))?;
+            self.fetching.push_back((job.key, rx));
+        }
+        Ok(())
+    }
 }
 
 impl Source for S3Source {
@@ -485,10 +518,33 @@ impl Source for S3Source {
                 len: Some(o.size),
             });
         }
+        self.ahead = out.iter().cloned().collect();
+        self.fetching.clear();
         Ok(out)
     }
 
     fn open(&mut self, job: &RemoteJob) -> Result<Option<Box<dyn JobSource + '_>>, TransportError> {
+        // Fetched ahead (the driver opens jobs in listing order)?
+        // (Keys are listed sorted: what sorts before this job was skipped.)
+        while self.fetching.front().is_some_and(|(k, _)| *k < job.key) {
+            self.fetching.pop_front();
+        }
+        let fetched = match self.fetching.front() {
+            Some((key, _)) if *key == job.key => {
+                let (_, rx) = self.fetching.pop_front().expect("front");
+                Some(rx.recv().unwrap_or_else(|_| {
+                    Err(S3Error::Runtime("a fetch stopped without an answer".into()))
+                })?)
+            }
+            _ => None,
+        };
+        while self.ahead.front().is_some_and(|j| j.key <= job.key) {
+            self.ahead.pop_front();
+        }
+        self.top_up()?;
+        if let Some(b) = fetched {
+            return Ok(b.map(|b| Box::new(BytesJob(b, 0)) as Box<dyn JobSource>));
+        }
         let key = job.key.to_string_lossy();
         Ok(self
             .client
@@ -548,6 +604,21 @@ impl Source for S3Source {
         Ok(())
     }
 }
+
+/// A job fetched whole.
+struct BytesJob(Bytes, usize);
+
+impl Read for BytesJob {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.0[self.1..];
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.1 += n;
+        Ok(n)
+    }
+}
+
+impl JobSource for BytesJob {}
 
 #[cfg(test)]
 mod tests {
