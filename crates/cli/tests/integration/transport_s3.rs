@@ -359,6 +359,10 @@ fn s3_server_stopped_mid_push_then_restarted_loses_and_repeats_nothing() {
     w.s3.stop();
     let out = child.wait_with_output().unwrap();
     let left = queue_jobs(&ob).len() as u64;
+    eprintln!(
+        "server stopped: the push ended {}, {left} of {n} jobs left",
+        out.status
+    );
     if out.status.success() {
         // The push won the race: nothing to check mid-way.
         assert_eq!(left, 0);
