@@ -46,8 +46,8 @@ where
 pub fn init(level: Level) {
     use tracing_subscriber::prelude::*;
     // Client libraries' own events (async-nats logs a refused connection
-    // at level error) only when debugging: their failures are reported
-    // once, as fspl's error line.
+    // at level error, object_store "backing off, retry 1 of 3") only when
+    // debugging: their failures are reported once, as fspl's error line.
     let verbose = level >= Level::DEBUG;
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -55,7 +55,7 @@ pub fn init(level: Level) {
         .event_format(OneLine)
         .finish()
         .with(tracing_subscriber::filter::filter_fn(move |m| {
-            verbose || !m.target().starts_with("async_nats")
+            verbose || m.target().starts_with("fspl")
         }))
         .try_init();
 }

@@ -39,6 +39,10 @@ fn main() -> ExitCode {
     if !own_logging {
         logging::init(cli.log_level);
     }
+    // Transports of optional crates: only function pointers are stored
+    // (no runtime, no TLS until an s3:// location is opened).
+    #[cfg(feature = "s3")]
+    fspl_s3::register();
     // Backends of nats:// (no runtime is started until one is used).
     #[cfg(feature = "nats")]
     fspl_nats::register();

@@ -948,7 +948,7 @@ mod tests {
     #[test]
     fn transport_urls_are_checked_when_the_file_is_read() {
         let p = problems(
-            "[[job]]\nname = \"a\"\ntype = \"push\"\noutbox = \"/o\"\nto = \"ftp://h/q\"\n\n[[job]]\nname = \"b\"\ntype = \"pull\"\nfrom = \"ssh://h/q\"\nqueue = \"/q\"\nkeep = true\n\n[[job]]\nname = \"c\"\ntype = \"pull\"\n",
+            "[[job]]\nname = \"a\"\ntype = \"push\"\noutbox = \"/o\"\nto = \"ftp://h/q\"\n\n[[job]]\nname = \"b\"\ntype = \"pull\"\nfrom = \"ssh://h/q\"\nqueue = \"/q\"\nremove = true\n\n[[job]]\nname = \"c\"\ntype = \"pull\"\n",
         );
         assert_eq!(p.len(), 5, "{p:#?}");
         assert!(
@@ -962,7 +962,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `keep` (the keys here are: name, type, from, queue, poll, poll_min, poll_max, max_failures, enabled)"),
+            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `remove` (the keys here are: name, type, from, queue, keep, poll, poll_min, poll_max, max_failures, enabled)"),
             "{p:?}"
         );
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod nats;
 pub mod procs;
 pub mod remaphore;
+pub mod s3;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

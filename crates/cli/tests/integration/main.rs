@@ -36,6 +36,7 @@ mod security_sweep;
 mod status_attention;
 mod transport_dir;
 mod transport_nats;
+mod transport_s3;
 mod transport_ssh;
 mod tutorial;
 mod vectors;
