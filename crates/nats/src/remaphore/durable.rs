@@ -29,9 +29,6 @@ use tokio::time::Instant;
 use super::config::Config;
 use super::node::{Common, Reject, RemaphoreError, WaitArgs, check, now_nanos};
 
-const ACK_WAIT: Duration = Duration::from_secs(30);
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -201,7 +198,7 @@ pub(crate) async fn wait(
                 filter_subject: subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: cfg.durable_ack_wait,
                 max_ack_pending: 1,
                 ..Default::default()
             },
@@ -272,9 +269,10 @@ pub(crate) async fn wait(
         // Progress while the script runs, so the server waits for it.
         let progress = {
             let jm = jm.clone();
+            let every = cfg.durable_ack_wait / 3;
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(PROGRESS_EVERY).await;
+                    tokio::time::sleep(every).await;
                     let _ = jm.ack_with(AckKind::Progress).await;
                 }
             })
