@@ -325,3 +325,36 @@ pub async fn streams(client: &Client) -> Result<Vec<String>, RemaphoreError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_record_survives_reopening_and_forgets_what_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/x.handled");
+        let now = now_nanos();
+        {
+            let mut h = Handled::open(&p, Duration::from_secs(60)).unwrap();
+            assert!(h.is_empty());
+            h.record([1; 32], now).unwrap();
+            h.record([2; 32], now - 3_600_000_000_000).unwrap();
+            assert!(h.contains(&[1; 32]));
+        }
+        let h = Handled::open(&p, Duration::from_secs(60)).unwrap();
+        assert!(h.contains(&[1; 32]));
+        assert!(!h.contains(&[2; 32]), "older than kept: forgotten");
+        assert_eq!(h.len(), 1);
+        // Garbage lines are skipped, never a panic.
+        std::fs::write(&p, "zz 1\n\nabc\n").unwrap();
+        assert!(Handled::open(&p, Duration::from_secs(60)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stream_and_consumer_names_are_valid_jetstream_names() {
+        assert_eq!(stream_name("remaphore.all"), "remaphore-remaphore_all");
+        assert_eq!(consumer_name("com.test.*"), "com_test__");
+        assert_eq!(consumer_name("a b>c"), "a_b_c");
+    }
+}
