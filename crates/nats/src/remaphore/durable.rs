@@ -237,6 +237,8 @@ pub(crate) async fn wait(
                 // Server restarts and missed heartbeats pass: the client
                 // reconnects and the consumer resumes.
                 tracing::warn!("JetStream: {e}");
+                // Not in a tight loop while the server is away.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             Some(Ok(m)) => m,
