@@ -628,7 +628,8 @@ fn exit_statuses_timeout_1_usage_2_runtime_3() {
 
 /// A waiter that was offline while 100 messages were sent (half of them
 /// before a nats-server restart, half after) gets all 100 when it
-/// starts, each once; run again, it gets none.
+/// starts, each once, and one more sent after a restart while it waits;
+/// run again, it gets none.
 #[test]
 fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once() {
     let mut net = Net::new();
@@ -662,12 +663,18 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
         st.arg("streams");
         String::from_utf8(ok(st).stdout).unwrap()
     };
+    // A restart while it waits: it reconnects and goes on.
+    net.server.restart();
+    send(100);
+    wait_for("the 101st script", SOON, || {
+        runs(&log_of(&d, "us")).len() >= 101
+    });
     wait_for("the last acknowledgement", SOON, || {
         streams().contains("consumer com_test_c pending 0 unacknowledged 0")
     });
     drop(us);
     let argv: Vec<String> = runs(&log_of(&d, "us")).into_iter().map(|r| r.0).collect();
-    let want: Vec<String> = (0..100).map(|i| format!("argv: [ping] [m{i}]")).collect();
+    let want: Vec<String> = (0..=100).map(|i| format!("argv: [ping] [m{i}]")).collect();
     assert_eq!(argv, want);
     // Nothing more, even after another restart.
     net.server.restart();
@@ -678,10 +685,10 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
         .arg(recorder(&d, "us"));
     let out = run(w);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_eq!(runs(&log_of(&d, "us")).len(), 100);
+    assert_eq!(runs(&log_of(&d, "us")).len(), 101);
     let text = streams();
     assert!(
-        text.contains("stream remaphore-remaphore_all subjects remaphore.all messages 100"),
+        text.contains("stream remaphore-remaphore_all subjects remaphore.all messages 101"),
         "{text}"
     );
     assert!(

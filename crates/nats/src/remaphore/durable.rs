@@ -350,7 +350,11 @@ mod tests {
         assert_eq!(h.len(), 1);
         // Garbage lines are skipped, never a panic.
         std::fs::write(&p, "zz 1\n\nabc\n").unwrap();
-        assert!(Handled::open(&p, Duration::from_secs(60)).unwrap().is_empty());
+        assert!(
+            Handled::open(&p, Duration::from_secs(60))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
