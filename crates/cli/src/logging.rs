@@ -44,9 +44,18 @@ where
 }
 
 pub fn init(level: Level) {
+    use tracing_subscriber::prelude::*;
+    // Client libraries' own events (async-nats logs a refused connection
+    // at level error) only when debugging: their failures are reported
+    // once, as fspl's error line.
+    let verbose = level >= Level::DEBUG;
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .event_format(OneLine)
+        .finish()
+        .with(tracing_subscriber::filter::filter_fn(move |m| {
+            verbose || !m.target().starts_with("async_nats")
+        }))
         .try_init();
 }

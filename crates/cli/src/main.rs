@@ -39,6 +39,9 @@ fn main() -> ExitCode {
     if !own_logging {
         logging::init(cli.log_level);
     }
+    // Backends of nats:// (no runtime is started until one is used).
+    #[cfg(feature = "nats")]
+    fspl_nats::register();
     // Fault injection (reliability tests; a no-op without the feature).
     let _failpoints = fspl_queue::failpoint::setup();
     match cmd::run(cli.command, cli.log_level) {

@@ -165,8 +165,19 @@ impl Running {
 pub fn init_logging(format: LogFormat, level: tracing::Level) {
     use tracing_subscriber::prelude::*;
     let layer = log::LineLayer::new(format, Box::new(std::io::stderr()))
-        .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level));
+        .with_filter(tracing_subscriber::filter::LevelFilter::from_level(level))
+        .with_filter(quiet_libraries(level));
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Client libraries' own events (async-nats logs a refused connection at
+/// level error) are left out unless debugging: their failures reach the
+/// log once, as the job's error.
+pub fn quiet_libraries(
+    level: tracing::Level,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    let verbose = level >= tracing::Level::DEBUG;
+    tracing_subscriber::filter::filter_fn(move |m| verbose || !m.target().starts_with("async_nats"))
 }
 
 /// Tell systemd (Type=notify) how we are doing, when it asked.

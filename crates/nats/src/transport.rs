@@ -452,20 +452,30 @@ impl NatsSource {
         })
     }
 
-    /// Fetch up to `max` messages that are there now.
+    /// Fetch up to `max` messages that are there now (the server answers
+    /// at once; a server that went away mid-answer is given the request
+    /// timeout, and what arrived until then is kept).
     fn fetch(&self, max: usize, max_bytes: usize) -> Result<Vec<jetstream::Message>, NatsError> {
         let what = || format!("{}: fetching from consumer {CONSUMER}", self.target.shown());
+        let deadline = tokio::time::Instant::now() + self.target.connect.request_timeout;
         block_on(async {
-            let mut batch = self
-                .consumer
-                .fetch()
-                .max_messages(max)
-                .max_bytes(max_bytes)
-                .messages()
-                .await
-                .map_err(|e| NatsError::js(what(), &e))?;
+            let mut batch = tokio::time::timeout_at(
+                deadline,
+                self.consumer
+                    .fetch()
+                    .max_messages(max)
+                    .max_bytes(max_bytes)
+                    .messages(),
+            )
+            .await
+            .map_err(|_| NatsError::JetStream {
+                what: what(),
+                reason: "no answer within the request timeout".into(),
+                transient: true,
+            })?
+            .map_err(|e| NatsError::js(what(), &e))?;
             let mut out = Vec::new();
-            while let Some(m) = batch.next().await {
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, batch.next()).await {
                 out.push(m.map_err(|e| NatsError::js(what(), &*e))?);
             }
             Ok(out)
@@ -554,5 +564,54 @@ impl Source for NatsSource {
         let key = job.key.to_string_lossy();
         let (seq, name) = key.split_once('/').unwrap_or(("?", &key));
         PathBuf::from(format!("{} message {seq} ({name})", self.target.shown()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_servers_queue_and_options() {
+        let t = NatsTarget::parse(
+            "nats://u:p@a:4222,b/q_1-x?creds=/c/x.creds&timeout=2.5&max_age=60&dup_window=5",
+        )
+        .unwrap();
+        assert_eq!(t.connect.servers, ["nats://u:p@a:4222", "nats://u:p@b"]);
+        assert_eq!(t.name, "q_1-x");
+        assert_eq!(t.stream_name(), "fspl-q_1-x");
+        assert_eq!(t.subject(), "fspl.jobs.q_1-x");
+        assert_eq!(
+            t.connect.creds.as_deref(),
+            Some(std::path::Path::new("/c/x.creds"))
+        );
+        assert_eq!(t.connect.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(t.max_age, Duration::from_secs(60));
+        assert_eq!(t.duplicate_window, Duration::from_secs(5));
+        assert_eq!(t.shown(), "nats://u:p@a:4222,b/q_1-x");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_the_reason() {
+        for (url, why) in [
+            ("nats://h:4222", "queue name"),
+            ("nats://h:4222/", "queue name"),
+            ("nats://h/a.b", "A-Z"),
+            ("nats://h/a*", "A-Z"),
+            ("nats:///q", "no server"),
+            ("nats://h,,i/q", "not a server"),
+            ("nats://-h/q", "not a server"),
+            ("nats://h/q?bogus=1", "unknown option"),
+            ("nats://h/q?timeout=0", "never connect"),
+            ("nats://h/q?timeout=x", "seconds"),
+            ("nats://h/q?max_age=-1", "seconds"),
+            ("nats://h/q?max_age=inf", "seconds"),
+        ] {
+            let e = NatsTarget::parse(url).unwrap_err();
+            assert!(!e.is_transient(), "{url}");
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+        let long = format!("nats://h/{}", "a".repeat(65));
+        assert!(NatsTarget::parse(&long).is_err());
     }
 }

@@ -163,10 +163,29 @@ pub fn pull(src: &OsStr, queue: &OsStr, json: bool) -> anyhow::Result<ExitCode> 
         Ok(s) => s,
         Err(e) => return Ok(setup_error(&e)),
     };
-    let report = match do_pull(&mut *source, &q, &PullOptions::default()) {
+    let mut report = match do_pull(&mut *source, &q, &PullOptions::default()) {
         Ok(r) => r,
         Err(e) => return Ok(setup_error(&e)),
     };
+    // A remote source lists a bounded number of jobs at a time: take
+    // listings until one brings nothing.
+    let mut round_took = report.taken;
+    while matches!(location, Location::Remote { .. }) && report.complete() && round_took > 0 {
+        match do_pull(&mut *source, &q, &PullOptions::default()) {
+            Ok(mut more) => {
+                round_took = more.taken;
+                more.taken += report.taken;
+                more.bytes += report.bytes;
+                more.gone += report.gone;
+                more.elapsed += report.elapsed;
+                report = more;
+            }
+            Err(e) => {
+                report.error = Some(e);
+                break;
+            }
+        }
+    }
     for r in &report.refused {
         refusal_line("not taken", r);
     }

@@ -45,11 +45,11 @@ impl PullJob {
             .get(k, "from", l, |v| -> Result<_, Bad> {
                 let (loc, s) = transfer::url(v)?;
                 match loc {
-                    Location::Dir(_) => Ok((loc, s)),
+                    Location::Dir(_) | Location::Remote { .. } => Ok((loc, s)),
                     _ => Err((
                         v.span(),
                         format!(
-                            "{s:?}: only a directory (a plain path or dir:PATH) can be pulled from; ssh:// is a destination of push jobs"
+                            "{s:?}: only a directory (a plain path or dir:PATH), s3:// or nats:// can be pulled from; ssh:// is a destination of push jobs"
                         ),
                     )),
                 }
