@@ -23,13 +23,10 @@ use fspl_trust::PublicKey;
 
 pub const AFTER_HELP: &str = "Exit statuses: 0 a message was sent or received; 1 nothing \
 received before the timeout; 2 usage or configuration error; 3 run-time error \
-(no known receivers, NATS unreachable).\n\nExamples:\n  \
-fspl nats example-config > /etc/remaphore/remaphore.conf\n  \
-fspl nats wait -o -t 1h -v upload-done -- ./publish.sh\n  \
-fspl nats send -D 'com.example.*' -v upload-done backup-42\n  \
-fspl nats request -D 'com.example.**' -t 10s -v ping status\n  \
-fspl nats wait --durable -- ./on-message.sh\n  \
-fspl nats streams";
+(no known receivers, NATS unreachable). Called as `remaphore` (a symlink), fspl \
+takes remaphore's own flags. See docs/nats.md.\n\nExamples:\n  \
+fspl nats wait -o -t 1h -v deploy -- ./deploy.sh\n  \
+fspl nats send -D 'com.example.*' -v deploy release-42";
 
 #[derive(Args, Debug)]
 pub struct NatsArgs {
@@ -87,6 +84,9 @@ struct Outgoing {
 #[derive(Subcommand, Debug)]
 enum NatsCmd {
     /// Send a message and return (remaphore -s)
+    #[command(after_help = "Examples:\n  \
+        fspl nats send -D 'com.example.*' -v deploy release-42\n  \
+        fspl nats send --durable -D com.example.b backup-done")]
     Send(Outgoing),
     /// Send a request and print each expected responder's reply (remaphore -r)
     ///
@@ -94,6 +94,8 @@ enum NatsCmd {
     /// several lines is framed by `--> SEP` and `--< SEP` lines. Returns
     /// when every [ Peers ] destination matching the pattern has replied,
     /// or at the timeout.
+    #[command(after_help = "Examples:\n  \
+        fspl nats request -D 'com.example.**' -t 10s status")]
     Request {
         #[command(flatten)]
         out: Outgoing,
@@ -109,6 +111,9 @@ enum NatsCmd {
     /// REMAPHORE_TIME, REMAPHORE_UUID, REMAPHORE_MSG and (when the
     /// destination matched) REMAPHORE_DESTMATCH in its environment; its
     /// exit code and output are the reply to a request.
+    #[command(after_help = "Examples:\n  \
+        fspl nats wait -o -t 1h -v deploy -- ./deploy.sh\n  \
+        fspl nats wait --durable -- ./on-message.sh")]
     Wait {
         /// Match the message's destination pattern against this string
         /// exactly, instead of matching our destination against it
@@ -153,10 +158,14 @@ enum NatsCmd {
         script: Vec<OsString>,
     },
     /// Print an example configuration with a fresh key pair (remaphore -C)
+    #[command(after_help = "Examples:\n  fspl nats example-config > /etc/remaphore/remaphore.conf")]
     ExampleConfig,
     /// What the durable streams and consumers hold: messages, and per
     /// destination the messages not yet delivered and not yet acknowledged
-    #[command(alias = "status")]
+    #[command(
+        alias = "status",
+        after_help = "Examples:\n  fspl nats -c /etc/remaphore/remaphore.conf streams"
+    )]
     Streams,
 }
 

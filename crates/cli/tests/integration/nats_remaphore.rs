@@ -628,7 +628,8 @@ fn exit_statuses_timeout_1_usage_2_runtime_3() {
 
 /// A waiter that was offline while 100 messages were sent (half of them
 /// before a nats-server restart, half after) gets all 100 when it
-/// starts, each once; run again, it gets none.
+/// starts, each once, and one more sent after a restart while it waits;
+/// run again, it gets none.
 #[test]
 fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once() {
     let mut net = Net::new();
@@ -656,9 +657,24 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
     wait_for("100 scripts", SOON * 2, || {
         runs(&log_of(&d, "us")).len() >= 100
     });
+    // Each is acknowledged after its script: wait for the last one's.
+    let streams = || {
+        let mut st = ours(&cc);
+        st.arg("streams");
+        String::from_utf8(ok(st).stdout).unwrap()
+    };
+    // A restart while it waits: it reconnects and goes on.
+    net.server.restart();
+    send(100);
+    wait_for("the 101st script", SOON, || {
+        runs(&log_of(&d, "us")).len() >= 101
+    });
+    wait_for("the last acknowledgement", SOON, || {
+        streams().contains("consumer com_test_c pending 0 unacknowledged 0")
+    });
     drop(us);
     let argv: Vec<String> = runs(&log_of(&d, "us")).into_iter().map(|r| r.0).collect();
-    let want: Vec<String> = (0..100).map(|i| format!("argv: [ping] [m{i}]")).collect();
+    let want: Vec<String> = (0..=100).map(|i| format!("argv: [ping] [m{i}]")).collect();
     assert_eq!(argv, want);
     // Nothing more, even after another restart.
     net.server.restart();
@@ -669,12 +685,10 @@ fn durable_waiter_offline_during_100_sends_and_a_server_restart_gets_each_once()
         .arg(recorder(&d, "us"));
     let out = run(w);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_eq!(runs(&log_of(&d, "us")).len(), 100);
-    let mut st = ours(&cc);
-    st.arg("streams");
-    let text = String::from_utf8(ok(st).stdout).unwrap();
+    assert_eq!(runs(&log_of(&d, "us")).len(), 101);
+    let text = streams();
     assert!(
-        text.contains("stream remaphore-remaphore_all subjects remaphore.all messages 100"),
+        text.contains("stream remaphore-remaphore_all subjects remaphore.all messages 101"),
         "{text}"
     );
     assert!(
@@ -767,5 +781,59 @@ fn config_credentials_are_presented_and_refused_ones_are_a_one_line_error() {
     assert!(
         last.starts_with("fspl: error: ") && last.contains("refused"),
         "{err}"
+    );
+}
+
+/// A message is acknowledged only after its script has finished: a
+/// durable waiter killed while the script of m1 runs gets m1 again when it
+/// comes back (after `durable_ack_wait`), and the messages after it, each
+/// run once more at most.
+#[test]
+fn durable_waiter_killed_during_a_script_gets_that_message_again() {
+    let net = Net::new();
+    let d = net.dir.path().to_path_buf();
+    let a = Node::new("com.test.a");
+    let c = Node::new("com.test.c");
+    let peers = [(&a, "[*]"), (&c, "[*]")];
+    let ac = net.config(&a, &peers, "");
+    let cc = net.config(&c, &peers, "durable_ack_wait: 1s");
+    for i in 0..3 {
+        let mut s = ours(&ac);
+        s.args(["send", "--durable", "-D", "com.test.c", &format!("m{i}")]);
+        ok(s);
+    }
+    // The script kills its waiter (its parent) the first time it sees m1.
+    let script = d.join("crash.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$2\" >> {log}\nif [ \"$2\" = m1 ] && [ ! -e {mark} ]; then touch {mark}; kill -9 $PPID; sleep 5; fi\n",
+            log = d.join("crash.log").display(),
+            mark = d.join("crashed").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let state = d.join("c.handled");
+    let waiter = |t: &str| {
+        let mut w = ours(&cc);
+        w.args(["wait", "--durable", "--state"])
+            .arg(&state)
+            .args(["-t", t, "--"])
+            .arg(&script);
+        w
+    };
+    let out = run(waiter("20s"));
+    assert_eq!(out.status.code(), None, "killed by SIGKILL: {out:?}");
+    assert_eq!(fspl_testkit::lines(&d.join("crash.log")), ["m0", "m1"]);
+    // Back: m1 again (it was never acknowledged), then m2.
+    let w = Waiter::start(waiter("30s"), d.join("w2.err"));
+    wait_for("m1 and m2", SOON, || {
+        fspl_testkit::lines(&d.join("crash.log")).len() >= 4
+    });
+    drop(w);
+    assert_eq!(
+        fspl_testkit::lines(&d.join("crash.log")),
+        ["m0", "m1", "m1", "m2"]
     );
 }

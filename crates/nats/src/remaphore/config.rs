@@ -18,7 +18,8 @@
 //! fspl's additions are keys before the first section, which the original
 //! ignores: `authorize: PUBKEY PATTERN...` (messages from that peer are
 //! accepted only where the local destination matches one of the patterns),
-//! `durable_max_age:` and `durable_state:` (durable mode).
+//! `durable_max_age:`, `durable_state:` and `durable_ack_wait:` (durable
+//! mode).
 //!
 //! Differences from the original, all refusals of configs it would load and
 //! then misbehave with: keys are checked (the secret's public half must be
@@ -38,6 +39,7 @@ use super::pattern;
 
 pub const DEFAULT_PATH: &str = "/etc/remaphore/remaphore.conf";
 pub const DEFAULT_SKEW: Duration = Duration::from_secs(3);
+pub const DEFAULT_DURABLE_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DURABLE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,10 @@ pub struct Config {
     pub authorize: HashMap<PublicKey, Vec<String>>,
     pub durable_max_age: Duration,
     pub durable_state: Option<PathBuf>,
+    /// How long the server waits for a durable waiter's acknowledgement
+    /// before delivering the message again (progress is signalled while a
+    /// script runs).
+    pub durable_ack_wait: Duration,
 }
 
 fn clean(s: &str) -> &str {
@@ -207,6 +213,7 @@ impl Config {
         let mut authorize: HashMap<PublicKey, Vec<String>> = HashMap::new();
         let mut durable_max_age = DEFAULT_DURABLE_MAX_AGE;
         let mut durable_state = None;
+        let mut durable_ack_wait = DEFAULT_DURABLE_ACK_WAIT;
         let mut section = Section::General;
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
@@ -255,6 +262,16 @@ impl Config {
                             }
                         }
                         "durable_state" => durable_state = Some(PathBuf::from(value)),
+                        "durable_ack_wait" => {
+                            durable_ack_wait =
+                                duration::parse(value).map_err(|e| line_err(n, e.to_string()))?;
+                            if durable_ack_wait < Duration::from_secs(1) {
+                                return Err(line_err(
+                                    n,
+                                    "durable_ack_wait must be at least 1s".into(),
+                                ));
+                            }
+                        }
                         "authorize" => {
                             let mut f = value.split_whitespace();
                             let key = b58_public(f.next().unwrap_or_default())
@@ -354,6 +371,7 @@ impl Config {
             authorize,
             durable_max_age,
             durable_state,
+            durable_ack_wait,
         })
     }
 

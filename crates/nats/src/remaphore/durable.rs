@@ -29,9 +29,6 @@ use tokio::time::Instant;
 use super::config::Config;
 use super::node::{Common, Reject, RemaphoreError, WaitArgs, check, now_nanos};
 
-const ACK_WAIT: Duration = Duration::from_secs(30);
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -201,7 +198,7 @@ pub(crate) async fn wait(
                 filter_subject: subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: cfg.durable_ack_wait,
                 max_ack_pending: 1,
                 ..Default::default()
             },
@@ -240,6 +237,8 @@ pub(crate) async fn wait(
                 // Server restarts and missed heartbeats pass: the client
                 // reconnects and the consumer resumes.
                 tracing::warn!("JetStream: {e}");
+                // Not in a tight loop while the server is away.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             Some(Ok(m)) => m,
@@ -272,9 +271,10 @@ pub(crate) async fn wait(
         // Progress while the script runs, so the server waits for it.
         let progress = {
             let jm = jm.clone();
+            let every = cfg.durable_ack_wait / 3;
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(PROGRESS_EVERY).await;
+                    tokio::time::sleep(every).await;
                     let _ = jm.ack_with(AckKind::Progress).await;
                 }
             })
@@ -326,4 +326,41 @@ pub async fn streams(client: &Client) -> Result<Vec<String>, RemaphoreError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_record_survives_reopening_and_forgets_what_is_too_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/x.handled");
+        let now = now_nanos();
+        {
+            let mut h = Handled::open(&p, Duration::from_secs(60)).unwrap();
+            assert!(h.is_empty());
+            h.record([1; 32], now).unwrap();
+            h.record([2; 32], now - 3_600_000_000_000).unwrap();
+            assert!(h.contains(&[1; 32]));
+        }
+        let h = Handled::open(&p, Duration::from_secs(60)).unwrap();
+        assert!(h.contains(&[1; 32]));
+        assert!(!h.contains(&[2; 32]), "older than kept: forgotten");
+        assert_eq!(h.len(), 1);
+        // Garbage lines are skipped, never a panic.
+        std::fs::write(&p, "zz 1\n\nabc\n").unwrap();
+        assert!(
+            Handled::open(&p, Duration::from_secs(60))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn stream_and_consumer_names_are_valid_jetstream_names() {
+        assert_eq!(stream_name("remaphore.all"), "remaphore-remaphore_all");
+        assert_eq!(consumer_name("com.test.*"), "com_test__");
+        assert_eq!(consumer_name("a b>c"), "a_b_c");
+    }
 }

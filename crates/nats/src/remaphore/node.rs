@@ -182,8 +182,11 @@ async fn publish(
 
 /// remaphore `-s`: send one message.
 pub async fn send(common: &Common, args: &SendArgs) -> Result<(), RemaphoreError> {
-    let (raw, msg) = args.encode(&common.config, false)?;
+    // Check what can be checked before connecting; sign after, so that
+    // the message's time is its publish time (as remaphore's).
+    args.encode(&common.config, false)?;
     let client = common.connect().await?;
+    let (raw, msg) = args.encode(&common.config, false)?;
     publish(common, &client, common.subject(), raw, &msg).await?;
     client.flush().await.map_err(|e| rt("flush", e))?;
     Ok(())
@@ -212,8 +215,8 @@ pub async fn request(
         return Err(RemaphoreError::NoReceivers(dest));
     }
     let deadline = timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
-    let (raw, msg) = args.encode(cfg, true)?;
     let client = common.connect().await?;
+    let (raw, msg) = args.encode(cfg, true)?;
     let mut replies = client
         .subscribe(cfg.reply_subject(&msg.hash))
         .await
@@ -255,11 +258,18 @@ pub async fn request(
             continue;
         };
         let now = now_nanos();
-        if reply.request_reply
-            || (now - reply.time_nanos).abs() > skew
+        if reply.request_reply {
+            tracing::warn!("dropped reply from {dest}: it is a request, not a reply");
+            continue;
+        }
+        if (now - reply.time_nanos).abs() > skew
             || reply.time_nanos < msg.time_nanos.saturating_sub(skew)
         {
-            tracing::warn!("dropped reply from {dest}: outside the time window or not a reply");
+            tracing::warn!(
+                "dropped reply from {dest}: made at {} (ns), outside the time window (now {now}, request {})",
+                reply.time_nanos,
+                msg.time_nanos
+            );
             continue;
         }
         expected.remove(&reply.sender);
