@@ -114,6 +114,8 @@ pub enum JobKind {
     Push(PushJob),
     /// `type = "pull"`: take jobs from a source URL into a queue.
     Pull(PullJob),
+    /// `type = "prune"`: apply keep rules to directories fspl fills.
+    Prune(crate::kinds::prune::PruneJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod control;
+pub mod hooks;
 pub mod kinds;
+pub mod lag;
 pub mod log;
 pub mod program;
 pub mod state;
@@ -281,9 +283,12 @@ async fn run_inner(
     };
     let (reg, cl) = (registry.clone(), clears.clone());
     let server = tokio::spawn(control::serve(listener, move |req| match req {
-        Request::Status => Response::Status {
-            jobs: reg.snapshot(),
-        },
+        Request::Status => {
+            lag::refresh(&reg);
+            Response::Status {
+                jobs: reg.snapshot(),
+            }
+        }
         Request::Clear { job } => match cl.lock().ok().and_then(|m| m.get(&job).cloned()) {
             Some((n, dir)) => {
                 if let Some(d) = dir {
@@ -297,6 +302,17 @@ async fn run_inner(
             },
         },
     }));
+    // Lag ages and `stale`, recomputed every second.
+    let ticker = {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                lag::refresh(&reg);
+            }
+        })
+    };
     info!(
         jobs = config.jobs.len(),
         socket = %config.daemon.socket.display(),
@@ -385,6 +401,7 @@ async fn run_inner(
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut all).await;
     }
     server.abort();
+    ticker.abort();
     let _ = std::fs::remove_file(&config.daemon.socket);
     info!("fspl daemon stopped");
     Ok(())

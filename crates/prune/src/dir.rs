@@ -351,3 +351,85 @@ impl Plan {
         Ok(failures)
     }
 }
+
+fn time_text(t: i128) -> String {
+    let secs = t.div_euclid(1_000_000_000);
+    fspl_format::rfc3339_utc(fspl_format::Ctime {
+        secs: i64::try_from(secs).unwrap_or(i64::MAX),
+        nanos: 0,
+    })
+}
+
+impl Plan {
+    /// What the plan says, a line per file (oldest first): `keep` (with
+    /// the rules that keep it, by number and text), `remove` (`would
+    /// remove` in a dry run); then the files left alone.
+    pub fn lines(&self, rules: &[Rule], dry_run: bool) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.entries.len() + 1);
+        let removed = self.removals().count();
+        out.push(format!(
+            "{} ({}): {} kept, {} {}",
+            self.path.display(),
+            self.kind.describe(),
+            self.entries.len() - removed,
+            removed,
+            if dry_run { "would be removed" } else { "removed" }
+        ));
+        for e in &self.entries {
+            let src = match e.source {
+                TimeSource::Ctime => "ctime",
+                TimeSource::Mtime => "mtime",
+            };
+            let mut line = format!(
+                "  {:<12} {} {src} {}",
+                if !e.removed {
+                    "keep"
+                } else if dry_run {
+                    "would remove"
+                } else {
+                    "remove"
+                },
+                time_text(e.time),
+                e.name
+            );
+            if !e.kept_by.is_empty() {
+                let by: Vec<String> = e
+                    .kept_by
+                    .iter()
+                    .map(|r| format!("#{} {}", r + 1, rules.get(*r).map(|r| r.to_string()).unwrap_or_default()))
+                    .collect();
+                line.push_str(&format!("  (kept by {})", by.join(", ")));
+            }
+            out.push(line);
+        }
+        for (name, why) in &self.left_alone {
+            out.push(format!("  {:<12} {name} ({why})", "left alone"));
+        }
+        out
+    }
+
+    /// The plan as JSON: `{"path", "kind", "dry_run", "entries": [{"name",
+    /// "time", "time_ns", "time_source", "action", "kept_by": [{"rule":
+    /// N, "text"}]}], "left_alone": [{"name", "why"}]}`.
+    pub fn json(&self, rules: &[Rule], dry_run: bool) -> serde_json::Value {
+        use serde_json::json;
+        json!({
+            "path": self.path.display().to_string(),
+            "kind": self.kind,
+            "dry_run": dry_run,
+            "entries": self.entries.iter().map(|e| json!({
+                "name": e.name,
+                "time": time_text(e.time),
+                "time_ns": e.time.to_string(),
+                "time_source": e.source,
+                "action": if e.removed { "remove" } else { "keep" },
+                "kept_by": e.kept_by.iter().map(|r| json!({
+                    "rule": r + 1,
+                    "text": rules.get(*r).map(|r| r.to_string()).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
+                "also_removes": e.companions,
+            })).collect::<Vec<_>>(),
+            "left_alone": self.left_alone.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
+        })
+    }
+}
