@@ -12,6 +12,7 @@ mod both;
 mod cli_compat;
 mod crash;
 mod daemon;
+mod daemon_hooks;
 mod daemon_kinds;
 mod daemon_newcomer;
 mod fast_verify;
