@@ -265,3 +265,64 @@ impl Kind for PruneJob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, JobKind};
+
+    fn problems(t: &str) -> Vec<String> {
+        Config::parse_all(Path::new("d.toml"), t)
+            .1
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const HEAD: &str = "[daemon]\nsocket = \"/tmp/x.sock\"\n";
+
+    #[test]
+    fn prune_jobs_hooks_and_stale_after_parse() {
+        let c = Config::parse(
+            Path::new("d.toml"),
+            &format!(
+                "{HEAD}[[job]]\nname = \"tidy\"\ntype = \"prune\"\npaths = [\"/q/rejected\"]\nkeep = [\"grid:1x1h(keep=all) | 24x1h\", \"last_n:3;regex=^fspl-\"]\ninterval = 60\non_error_state = [\"mail\", \"-s\", \"fspl\"]\nhook_timeout = 5\nstale_after = 600\n"
+            ),
+        )
+        .unwrap();
+        let j = &c.jobs[0];
+        let JobKind::Prune(p) = &j.kind else {
+            panic!("{:?}", j.kind)
+        };
+        assert_eq!(p.interval.as_secs(), 60);
+        assert_eq!(p.keep.as_ref().unwrap().rules.len(), 2);
+        assert_eq!(j.supervision.stale_after.unwrap().as_secs(), 600);
+        assert_eq!(
+            j.supervision.hooks.on_error_state.as_deref().unwrap(),
+            ["mail", "-s", "fspl"]
+        );
+        assert_eq!(j.supervision.hooks.timeout.as_secs(), 5);
+    }
+
+    #[test]
+    fn bad_keep_rules_and_hooks_are_config_errors() {
+        let p = problems(&format!(
+            "{HEAD}[[job]]\nname = \"tidy\"\ntype = \"prune\"\npaths = [\"/q/rejected\"]\nkeep = []\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("no keep rules given")), "{p:?}");
+        let p = problems(&format!(
+            "{HEAD}[[job]]\nname = \"tidy\"\ntype = \"prune\"\npaths = [\"/q/rejected\"]\nkeep = [\"grid:1x1h | 1x1m\"]\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("must not shrink")), "{p:?}");
+        let p = problems(&format!(
+            "{HEAD}[[job]]\nname = \"tidy\"\ntype = \"prune\"\nkeep = [\"last_n:1\"]\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("missing paths")), "{p:?}");
+        let p = problems(&format!(
+            "{HEAD}[[job]]\nname = \"r\"\nqueue = \"/q\"\ncommand = [\"cat\"]\nkeep_output = [\"last_n:1\"]\non_success = [\"bin/x\"]\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("keep_output: only with output_to")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("on_success") && m.contains("relative path")), "{p:?}");
+    }
+}
