@@ -294,8 +294,6 @@ fn table(jobs: &[JobStatus]) -> String {
     header.extend([
         "NEXT",
         "QUEUED",
-        "OLDEST",
-        "BYTES",
         "LAST SUCCESS",
         "OK",
         "FAILED",
@@ -312,25 +310,28 @@ fn table(jobs: &[JobStatus]) -> String {
         row.extend([
             opt(j.next_seq),
             opt(j.queued),
-            j.lag.oldest_queued_age_s.map(ago).unwrap_or_else(|| "-".into()),
-            opt(j.lag.bytes_queued),
-            match (&j.last_success, j.lag.since_success_s) {
-                (Some(t), Some(s)) => format!("{t} ({} ago)", ago(s)),
-                (Some(t), None) => t.clone(),
-                _ => "-".into(),
-            },
+            j.last_success.clone().unwrap_or_else(|| "-".into()),
             j.jobs_succeeded.to_string(),
             j.jobs_failed.to_string(),
             j.jobs_refused.to_string(),
-            // STATE last: it can be long (an error message).
-            if j.lag.stale {
-                format!(
-                    "stale (no success for {}+ while jobs wait): {}",
-                    ago(j.lag.stale_after_s.unwrap_or(0)),
-                    j.describe()
-                )
-            } else {
-                j.describe()
+            // STATE last: it can be long (an error message). The lag
+            // joins it while jobs wait (the columns stay those scripts
+            // know).
+            {
+                let mut state = j.describe();
+                if j.lag.stale {
+                    state = format!(
+                        "stale (no success for {}+ while jobs wait): {state}",
+                        ago(j.lag.stale_after_s.unwrap_or(0))
+                    );
+                }
+                if let Some(a) = j.lag.oldest_queued_age_s {
+                    state.push_str(&format!("; oldest waiting {}", ago(a)));
+                    if let Some(b) = j.lag.bytes_queued {
+                        state.push_str(&format!(", {b} bytes"));
+                    }
+                }
+                state
             },
         ]);
         rows.push(row);
