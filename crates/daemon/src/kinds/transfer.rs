@@ -31,6 +31,8 @@ pub(crate) fn init_metrics(name: &str, moved: &'static str) {
             .increment(0);
     }
     metrics::counter!("fspl_transport_bytes_total", "job" => name.to_string()).increment(0);
+    metrics::gauge!("fspl_transport_throughput_bytes_per_second", "job" => name.to_string())
+        .set(0.0);
 }
 
 /// What an error before anything moved means for the supervisor: someone
