@@ -540,6 +540,15 @@ impl Kind for ProcessJob {
                     ProcessError::Wait { .. } => count_job_failure(ctx, "failed"),
                     _ => {}
                 }
+                if matches!(e, ProcessError::Spawn { .. } | ProcessError::Wait { .. }) {
+                    ctx.hooks.fire(
+                        Event::Failure,
+                        HookContext {
+                            reason: Some(describe_failure(&e)),
+                            ..Default::default()
+                        },
+                    );
+                }
                 Outcome::Failed {
                     message: describe_failure(&e),
                     class: FailureClass::Counted,
