@@ -69,11 +69,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 fn argv(span: std::ops::Range<usize>, all: Vec<String>) -> Result<Vec<String>, Bad> {
     match all.first() {
         None => Err((span, "must name a program".into())),
-        Some(p) if p.is_empty() => Err((span, "must name a program (the first element is empty)".into())),
-        Some(_) if all.iter().any(|a| a.contains('\0')) => Err((span, "contains a NUL character".into())),
+        Some(p) if p.is_empty() => Err((
+            span,
+            "must name a program (the first element is empty)".into(),
+        )),
+        Some(_) if all.iter().any(|a| a.contains('\0')) => {
+            Err((span, "contains a NUL character".into()))
+        }
         Some(p) if p.contains('/') && !p.starts_with('/') => Err((
             span,
-            format!("{p:?} is a relative path: give an absolute path, or a bare name to look up in PATH"),
+            format!(
+                "{p:?} is a relative path: give an absolute path, or a bare name to look up in PATH"
+            ),
         )),
         Some(_) => Ok(all),
     }
@@ -172,7 +179,10 @@ impl JobHooks {
             env.push(("FSPL_HOOK_REASON", r.replace('\0', " ").into()));
         }
         if let Some(d) = cx.duration {
-            env.push(("FSPL_HOOK_DURATION", format!("{:.3}", d.as_secs_f64()).into()));
+            env.push((
+                "FSPL_HOOK_DURATION",
+                format!("{:.3}", d.as_secs_f64()).into(),
+            ));
         }
         if let Some(f) = &cx.file {
             env.push(("FSPL_HOOK_FILE", f.clone().into()));
@@ -243,7 +253,13 @@ fn run(job: &str, e: Event, argv: &[String], env: &[(&'static str, OsString)], t
     let first_line = || {
         stderr
             .and_then(|h| h.join().ok())
-            .map(|b| String::from_utf8_lossy(&b).lines().next().unwrap_or("").to_string())
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .unwrap_or_default()
     };
     match status {

@@ -253,7 +253,12 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
                     } else {
                         Vec::new()
                     };
-                    Some(Ok((name.to_string(), nanos(md), TimeSource::Mtime, companions)))
+                    Some(Ok((
+                        name.to_string(),
+                        nanos(md),
+                        TimeSource::Mtime,
+                        companions,
+                    )))
                 },
                 &mut left_alone,
             )?;
@@ -273,7 +278,14 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
         DirKind::Uploaded => {
             let c = list(
                 path,
-                |name, md, _| Some(Ok((name.to_string(), nanos(md), TimeSource::Mtime, Vec::new()))),
+                |name, md, _| {
+                    Some(Ok((
+                        name.to_string(),
+                        nanos(md),
+                        TimeSource::Mtime,
+                        Vec::new(),
+                    )))
+                },
                 &mut left_alone,
             )?;
             (path.to_path_buf(), c)
@@ -373,7 +385,11 @@ impl Plan {
             self.kind.describe(),
             self.entries.len() - removed,
             removed,
-            if dry_run { "would be removed" } else { "removed" }
+            if dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
         ));
         for e in &self.entries {
             let src = match e.source {
@@ -396,7 +412,13 @@ impl Plan {
                 let by: Vec<String> = e
                     .kept_by
                     .iter()
-                    .map(|r| format!("#{} {}", r + 1, rules.get(*r).map(|r| r.to_string()).unwrap_or_default()))
+                    .map(|r| {
+                        format!(
+                            "#{} {}",
+                            r + 1,
+                            rules.get(*r).map(|r| r.to_string()).unwrap_or_default()
+                        )
+                    })
                     .collect();
                 line.push_str(&format!("  (kept by {})", by.join(", ")));
             }

@@ -132,7 +132,11 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         "w" => 7 * 86_400,
         "" => return Err(format!("duration {s:?} has no unit (s, m, h, d or w)")),
-        u => return Err(format!("duration {s:?} has an unknown unit {u:?} (s, m, h, d or w)")),
+        u => {
+            return Err(format!(
+                "duration {s:?} has an unknown unit {u:?} (s, m, h, d or w)"
+            ));
+        }
     };
     if n == 0 {
         return Err(format!("duration {s:?} must be positive"));
@@ -272,9 +276,7 @@ impl Rule {
             k => {
                 return Err(err(
                     text,
-                    format!(
-                        "unknown rule {k:?} (the rules are grid, last_n, regex and not_regex)"
-                    ),
+                    format!("unknown rule {k:?} (the rules are grid, last_n, regex and not_regex)"),
                 ));
             }
         };
@@ -345,7 +347,11 @@ fn youngest_first(entries: &[Entry], pick: impl Fn(&Entry) -> bool) -> Vec<usize
 /// The indices of the entries a grid keeps (zrepl's
 /// `retentiongrid.FitEntries`). One sort, then one pass over entries and
 /// buckets together.
-fn fit_grid(intervals: &[Interval], entries: &[Entry], pick: impl Fn(&Entry) -> bool) -> Vec<usize> {
+fn fit_grid(
+    intervals: &[Interval],
+    entries: &[Entry],
+    pick: impl Fn(&Entry) -> bool,
+) -> Vec<usize> {
     fit_grid_with_now(intervals, entries, pick, None)
 }
 

@@ -232,11 +232,11 @@ fn zrepl_keep_last_n() {
 #[test]
 fn zrepl_keep_regex_negation() {
     let s = [e("zrepl_foobar", 0), e("zrepl", 0), e("barfoo", 0)];
+    assert_eq!(removed(&s, &["regex:^zrepl_"]), names(&["zrepl", "barfoo"]));
     assert_eq!(
-        removed(&s, &["regex:^zrepl_"]),
-        names(&["zrepl", "barfoo"])
+        removed(&s, &["not_regex:^zrepl_"]),
+        names(&["zrepl_foobar"])
     );
-    assert_eq!(removed(&s, &["not_regex:^zrepl_"]), names(&["zrepl_foobar"]));
 }
 
 /// zrepl TestPruneSnapshots.
@@ -263,7 +263,10 @@ fn zrepl_prune_snapshots() {
     assert_eq!(
         removed(
             &g,
-            &["grid:1x10s | 1x10s;regex=^p1_", "grid:1x10s | 1x10s;regex=^p2_"]
+            &[
+                "grid:1x10s | 1x10s;regex=^p1_",
+                "grid:1x10s | 1x10s;regex=^p2_"
+            ]
         ),
         names(&["p1_a", "p2_a"])
     );

@@ -223,8 +223,14 @@ fn watch_status(path: &Path, source: &Source, secs: f64) -> anyhow::Result<ExitC
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_interrupt as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_interrupt as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
     }
     let tty = std::io::stdout().is_terminal();
     let mut first = true;
@@ -233,7 +239,10 @@ fn watch_status(path: &Path, source: &Source, secs: f64) -> anyhow::Result<ExitC
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let stamp = fspl_format::rfc3339_utc(fspl_format::Ctime { secs: now, nanos: 0 });
+        let stamp = fspl_format::rfc3339_utc(fspl_format::Ctime {
+            secs: now,
+            nanos: 0,
+        });
         let body = match ask(path, source, &Request::Status) {
             Ok(Response::Status { jobs }) => table(&jobs),
             Ok(Response::Error { message }) => format!("error: {message}\n"),
@@ -258,7 +267,11 @@ fn watch_status(path: &Path, source: &Source, secs: f64) -> anyhow::Result<ExitC
         first = false;
         {
             let mut so = std::io::stdout().lock();
-            if so.write_all(out.as_bytes()).and_then(|_| so.flush()).is_err() {
+            if so
+                .write_all(out.as_bytes())
+                .and_then(|_| so.flush())
+                .is_err()
+            {
                 // The reader went away (a closed pipe): done.
                 return Ok(ExitCode::SUCCESS);
             }

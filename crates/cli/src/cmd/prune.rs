@@ -10,11 +10,19 @@ use fspl_prune::{Rule, plan};
 
 use crate::output::write_stdout;
 
-pub fn prune(paths: &[PathBuf], keep: &[String], dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub fn prune(
+    paths: &[PathBuf],
+    keep: &[String],
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let rules = match Rule::parse_all(keep) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fspl: error: {}", fspl_queue::escape_controls(&e.to_string()));
+            eprintln!(
+                "fspl: error: {}",
+                fspl_queue::escape_controls(&e.to_string())
+            );
             return Ok(ExitCode::from(crate::EXIT_USAGE));
         }
     };

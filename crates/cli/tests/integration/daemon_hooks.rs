@@ -29,7 +29,8 @@ fn recording_hook(dir: &Path) -> String {
 }
 
 /// Every hook key set to HOOK (replaced by the caller).
-const HOOKS: &str = "on_success = HOOK\non_failure = HOOK\non_error_state = HOOK\non_refused = HOOK\n";
+const HOOKS: &str =
+    "on_success = HOOK\non_failure = HOOK\non_error_state = HOOK\non_refused = HOOK\n";
 
 /// The variables a hook recorded.
 fn vars(path: &Path) -> BTreeMap<String, String> {
@@ -114,7 +115,11 @@ fn hooks_fire_with_their_variables_for_success_failure_refusal_and_error_state()
     let e = vars(&rec.join("error_state-none"));
     assert_eq!(e["FSPL_HOOK_EVENT"], "error_state");
     assert_eq!(e["FSPL_HOOK_JOB"], "bad");
-    assert!(e["FSPL_HOOK_REASON"].contains("failures in a row") || e["FSPL_HOOK_REASON"].contains("status 3"), "{e:?}");
+    assert!(
+        e["FSPL_HOOK_REASON"].contains("failures in a row")
+            || e["FSPL_HOOK_REASON"].contains("status 3"),
+        "{e:?}"
+    );
     assert!(!e.contains_key("FSPL_HOOK_SEQ"));
     assert_eq!(d.state("bad"), "error");
     // The good queue went on.
@@ -178,7 +183,13 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
 }
 
@@ -217,7 +228,9 @@ fn lag_moves_as_jobs_queue_and_drain_and_stale_appears_and_clears() {
     wait_for("the age to grow", || {
         d.job("run")["oldest_queued_age_s"].as_u64().unwrap() > first_age
     });
-    wait_for("stale", || d.status().1 == 1 && d.job("run")["stale"] == true);
+    wait_for("stale", || {
+        d.status().1 == 1 && d.job("run")["stale"] == true
+    });
     let table = String::from_utf8(
         run(ours([
             OsStr::new("status"),
@@ -229,13 +242,17 @@ fn lag_moves_as_jobs_queue_and_drain_and_stale_appears_and_clears() {
     .unwrap();
     assert!(table.contains("stale (no success for"), "{table}");
     wait_for("the stale metric", || {
-        http_get(port, "/metrics")
-            .and_then(|b| metric(&b, "fspl_job_stale", "run"))
-            == Some(1.0)
+        http_get(port, "/metrics").and_then(|b| metric(&b, "fspl_job_stale", "run")) == Some(1.0)
     });
     let body = http_get(port, "/metrics").unwrap();
-    assert!(metric(&body, "fspl_oldest_queued_age_seconds", "run").unwrap() >= 1.0, "{body}");
-    assert!(metric(&body, "fspl_queue_bytes", "run").unwrap() > 0.0, "{body}");
+    assert!(
+        metric(&body, "fspl_oldest_queued_age_seconds", "run").unwrap() >= 1.0,
+        "{body}"
+    );
+    assert!(
+        metric(&body, "fspl_queue_bytes", "run").unwrap() > 0.0,
+        "{body}"
+    );
     d.wait_log("job is stale");
     // Fill the gap: both run, nothing waits, stale clears.
     send(&qd, 1, "one", &[]);
@@ -243,7 +260,10 @@ fn lag_moves_as_jobs_queue_and_drain_and_stale_appears_and_clears() {
     wait_for("stale to clear", || {
         let (jobs, code) = d.status();
         let j = &jobs[0];
-        code == 0 && j["stale"].is_null() && j["oldest_queued_age_s"].is_null() && j["bytes_queued"] == 0
+        code == 0
+            && j["stale"].is_null()
+            && j["oldest_queued_age_s"].is_null()
+            && j["bytes_queued"] == 0
     });
     let j = d.job("run");
     assert!(j["since_success_s"].as_u64().is_some(), "{j}");
@@ -287,7 +307,13 @@ fn status_watch_redraws_in_place_on_a_terminal_and_exits_cleanly_on_sigint() {
         let (mut m, mut s) = (0, 0);
         // SAFETY: openpty fills two fds.
         let r = unsafe {
-            libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
         };
         assert_eq!(r, 0);
         // SAFETY: fresh fds we own.

@@ -85,8 +85,8 @@ fn prune_grid_over_rejected_files_matches_zrepls_boundaries() {
     let kept: Vec<&str> = text.lines().filter(|l| l.contains(" keep ")).collect();
     assert_eq!(kept.len(), 3, "{text}");
     assert!(
-        kept.iter()
-            .all(|l| l.contains(" mtime fspl-") && l.ends_with("(kept by #1 grid:1x10m | 1x10m | 1x10m)")),
+        kept.iter().all(|l| l.contains(" mtime fspl-")
+            && l.ends_with("(kept by #1 grid:1x10m | 1x10m | 1x10m)")),
         "{text}"
     );
 }
@@ -120,7 +120,12 @@ fn prune_dry_run_and_real_run_agree_and_spare_jobs_at_nextseq() {
     let seven_out = format!("{}.out", seven.as_deref().unwrap());
     std::fs::write(jobs.join(&seven_out), b"running").unwrap();
     let before = names(&jobs);
-    let rules = ["--keep", "last_n:2;regex=\\.out$", "--keep", "last_n:1;regex=\\.fspl$"];
+    let rules = [
+        "--keep",
+        "last_n:2;regex=\\.out$",
+        "--keep",
+        "last_n:1;regex=\\.fspl$",
+    ];
     let mut args: Vec<&OsStr> = vec![qd.as_os_str()];
     args.extend(rules.iter().map(OsStr::new));
     let mut dry = args.clone();
@@ -141,7 +146,14 @@ fn prune_dry_run_and_real_run_agree_and_spare_jobs_at_nextseq() {
     for e in entries {
         let n = e["name"].as_str().unwrap();
         let src = e["time_source"].as_str().unwrap();
-        assert_eq!(src, if n.ends_with(".out") { "mtime" } else { "ctime" });
+        assert_eq!(
+            src,
+            if n.ends_with(".out") {
+                "mtime"
+            } else {
+                "ctime"
+            }
+        );
         if e["action"] == "keep" {
             let rule = e["kept_by"][0]["rule"].as_u64().unwrap();
             assert_eq!(rule, if n.ends_with(".out") { 1 } else { 2 }, "{e}");
@@ -159,10 +171,17 @@ fn prune_dry_run_and_real_run_agree_and_spare_jobs_at_nextseq() {
     let out = prune(&args);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let after = names(&jobs);
-    let removed: Vec<String> = before.iter().filter(|n| !after.contains(n)).cloned().collect();
+    let removed: Vec<String> = before
+        .iter()
+        .filter(|n| !after.contains(n))
+        .cloned()
+        .collect();
     let mut would_sorted = would.clone();
     would_sorted.sort();
-    assert_eq!(removed, would_sorted, "the real run removes what the dry run said");
+    assert_eq!(
+        removed, would_sorted,
+        "the real run removes what the dry run said"
+    );
     assert!(after.contains(&seven), "the job at nextseq stays");
     assert!(after.contains(&seven_out), "and its .out file");
     // And the queue goes on: seq 7 runs.
@@ -196,12 +215,16 @@ fn prune_refuses_unmanaged_directories_and_bad_rules_removing_nothing() {
         OsStr::new("last_n:1"),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        one_line_error(out).contains("not a directory fspl prunes"),
-    );
+    assert!(one_line_error(out).contains("not a directory fspl prunes"),);
     assert_eq!(names(&sent).len(), 3);
     assert_eq!(names(&other).len(), 1);
-    for bad in ["grid:1x1h | 1x10m", "last_n:0", "grid:24x1h(keep=0)", "regex:(", "keep:all"] {
+    for bad in [
+        "grid:1x1h | 1x10m",
+        "last_n:0",
+        "grid:24x1h(keep=0)",
+        "regex:(",
+        "keep:all",
+    ] {
         let out = prune(&[sent.as_os_str(), OsStr::new("--keep"), OsStr::new(bad)]);
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(one_line_error(out).contains("keep rule"), "{bad}");

@@ -21,8 +21,8 @@ use tracing::{debug, info, info_span, warn};
 
 use super::Resource;
 use crate::config::{Checker, Keys, boolean, one_of, path_value, secs, string, strings};
-use crate::state::{JobState, JobStatus, now_rfc3339};
 use crate::hooks::{Context as HookContext, Event};
+use crate::state::{JobState, JobStatus, now_rfc3339};
 use crate::supervisor::{FailureClass, Kind, Outcome, RunContext, RunReport, WatchSpec, unix_now};
 
 /// The keys of a `type = "process"` job of its own.
@@ -338,9 +338,9 @@ impl Observer for DaemonObserver<'_> {
                 HookContext {
                     seq: Some(job.seq),
                     exit_status: match outcome {
-                        ExecOutcome::Exited(st) => st
-                            .code()
-                            .or_else(|| std::os::unix::process::ExitStatusExt::signal(st).map(|s| 128 + s)),
+                        ExecOutcome::Exited(st) => st.code().or_else(|| {
+                            std::os::unix::process::ExitStatusExt::signal(st).map(|s| 128 + s)
+                        }),
                         _ => None,
                     },
                     reason: Some(outcome.to_string()),

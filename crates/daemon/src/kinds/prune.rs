@@ -108,13 +108,28 @@ impl PruneJob {
         table: &Range<usize>,
         l: &str,
     ) -> PruneJob {
-        c.require(k, table, l, "paths", "[\"/srv/fspl/backups\", \"/srv/fspl/backups/rejected\"]");
-        c.require(k, table, l, "keep", "[\"grid:1x1h(keep=all) | 24x1h | 14x1d\"]");
+        c.require(
+            k,
+            table,
+            l,
+            "paths",
+            "[\"/srv/fspl/backups\", \"/srv/fspl/backups/rejected\"]",
+        );
+        c.require(
+            k,
+            table,
+            l,
+            "keep",
+            "[\"grid:1x1h(keep=all) | 24x1h | 14x1d\"]",
+        );
         let paths = c
             .get(k, "paths", l, |v| {
                 let p = strings(v, "[\"/srv/fspl/backups\"]")?;
                 if p.is_empty() || p.iter().any(|p| p.is_empty()) {
-                    return Err((v.span(), "must list at least one directory (none empty)".into()));
+                    return Err((
+                        v.span(),
+                        "must list at least one directory (none empty)".into(),
+                    ));
                 }
                 Ok(p.into_iter().map(PathBuf::from).collect())
             })
@@ -322,7 +337,15 @@ mod tests {
         let p = problems(&format!(
             "{HEAD}[[job]]\nname = \"r\"\nqueue = \"/q\"\ncommand = [\"cat\"]\nkeep_output = [\"last_n:1\"]\non_success = [\"bin/x\"]\n"
         ));
-        assert!(p.iter().any(|m| m.contains("keep_output: only with output_to")), "{p:?}");
-        assert!(p.iter().any(|m| m.contains("on_success") && m.contains("relative path")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("keep_output: only with output_to")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("on_success") && m.contains("relative path")),
+            "{p:?}"
+        );
     }
 }
