@@ -964,7 +964,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `keep` (the keys here are: name, type, from, queue, poll, poll_min, poll_max, max_failures, enabled)"),
+            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `keep` (the keys here are: name, type, from, queue, poll, poll_min, poll_max, max_failures, stale_after, on_success, on_failure, on_error_state, on_refused, hook_timeout, enabled)"),
             "{p:?}"
         );
         assert_eq!(
