@@ -313,12 +313,6 @@ async fn run_inner(
             }
         })
     };
-    info!(
-        jobs = config.jobs.len(),
-        socket = %config.daemon.socket.display(),
-        "fspl daemon started"
-    );
-    sd_notify("READY=1");
 
     use tokio::signal::unix::{Signal, SignalKind, signal};
     let sig = |k: SignalKind| -> Result<Option<Signal>, DaemonError> {
@@ -333,6 +327,14 @@ async fn run_inner(
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
+    // Ready only once the signals are ours: a SIGHUP right after READY=1
+    // reloads, never kills (its default action).
+    info!(
+        jobs = config.jobs.len(),
+        socket = %config.daemon.socket.display(),
+        "fspl daemon started"
+    );
+    sd_notify("READY=1");
     async fn recv(s: &mut Option<Signal>) {
         match s {
             Some(s) => {
