@@ -33,6 +33,7 @@ B7_TRUE = [int(x) for x in sizes["B7_TRUE"].split()]
 NS1 = int(sizes.get("NS1", 0))
 D3N = int(sizes.get("D3N", 0))
 T3N = int(sizes.get("T3N", 0))
+P1N = int(sizes.get("P1N", 0))
 T1N = int(sizes.get("T1N", 0))
 T1S = int(sizes.get("T1S", 0))
 T2_MIB = int(sizes.get("T2_MIB", 0))
@@ -203,6 +204,12 @@ if T2_MIB and has("T2"):
 if T3N and has("T3"):
     row("T3", f"`fspl push` of {T3N} tiny jobs into a folder (`dir:`): ours / `cp` + `sync` of the same files",
         med("T3"), med("T3", "cp"), 1.2)
+
+# P1: retention
+if P1N and has("P1"):
+    row("P1", f"`fspl prune --dry-run` of {P1N} files with a three-interval grid: ours / "
+        "`find DIR -printf '%T@ %p\\n' \\| sort -n`",
+        med("P1"), med("P1", "find"), 1.5)
 
 # ---------------------------------------------------------------- output
 out = []

@@ -367,6 +367,39 @@ pub enum Cmd {
         /// Clear this job's error state so it resumes at once
         #[arg(long = "clear", value_name = "NAME")]
         clear: Option<String>,
+        /// Refresh the table in place (like `watch`) until Ctrl-C
+        #[arg(long, conflicts_with_all = ["clear", "json"])]
+        watch: bool,
+        /// Seconds between refreshes with --watch
+        #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "watch")]
+        interval: f64,
+    },
+    /// Remove what keep rules do not keep (zrepl's grid, last_n, regex) (fspl extension)
+    ///
+    /// PATH is a queue directory (its jobs below nextseq and .out files),
+    /// or a rejected/, corrupt/, sent/, completed/ or failed/ directory; no
+    /// other file is ever touched. A file is removed only if no rule keeps
+    /// it. RULE: grid:SPEC[;regex=RE] (SPEC like `1x1h(keep=all) | 24x1h |
+    /// 14x1d`), last_n:COUNT[;regex=RE], regex:RE, not_regex:RE. Times: a
+    /// job's ctime in a queue, else the file's mtime. Exit status: 0 =
+    /// done, 1 = a file could not be removed, 2 = a bad rule or path.
+    #[command(after_help = "Examples:\n  \
+        fspl prune ~/queue --keep 'grid:1x1h(keep=all) | 24x1h | 14x1d' --dry-run\n  \
+        fspl prune ~/queue/rejected ~/outbox/sent --keep last_n:100 --keep 'regex:^fspl-keep'\n  \
+        fspl prune ~/queue --keep 'last_n:10;regex=\\.out$' --json")]
+    Prune {
+        /// The directories to prune
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// A keep rule (repeat for more; at least one)
+        #[arg(long = "keep", value_name = "RULE", required = true)]
+        keep: Vec<String>,
+        /// Only say what would be removed (zrepl's `test`)
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
     },
     /// Receive jobs over ssh: an authorized_keys forced command (fspl extension)
     ///

@@ -12,4 +12,4 @@ pub mod proto;
 pub mod sockpath;
 
 pub use client::{ControlError, Unreachable, request, request_reply};
-pub use proto::{JobState, JobStatus, PROTOCOL_VERSION, Reply, Request, Response};
+pub use proto::{JobState, JobStatus, Lag, PROTOCOL_VERSION, Reply, Request, Response};

@@ -225,6 +225,62 @@ pub struct JobStatus {
     /// push and pull: bytes sent or taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Lag and health (issue 17): fields a daemon without them leaves out.
+    #[serde(flatten)]
+    pub lag: Lag,
+}
+
+/// How far behind a job is, as of the answer (`fspl status`, the
+/// metrics). Every field is left out when unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lag {
+    /// Seconds since the oldest job waiting was made (its ctime): in the
+    /// queue at or after nextseq (process), in the outbox (push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_queued_age_s: Option<u64>,
+    /// The oldest waiting job's ctime, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_queued_ctime: Option<i64>,
+    /// Bytes of the job files waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_queued: Option<u64>,
+    /// Seconds since the last success (a job run, a job sent or taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_success_s: Option<u64>,
+    /// The last success, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_unix: Option<i64>,
+    /// push and pull: bytes per second of the last run that moved any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_bps: Option<u64>,
+    /// The job's `stale_after`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_after_s: Option<u64>,
+    /// No success for `stale_after` while jobs wait.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// When the job's task started (the reference for `stale` before any
+    /// success), seconds since the epoch. Not sent.
+    #[serde(skip)]
+    pub started_unix: Option<i64>,
+}
+
+impl Lag {
+    /// Fill the ages and `stale` as of `now` (seconds since the epoch),
+    /// given the jobs waiting.
+    pub fn refresh(&mut self, now: i64, queued: Option<u64>) {
+        let age = |t: i64| u64::try_from(now.saturating_sub(t)).unwrap_or(0);
+        let waiting = queued.unwrap_or(0) > 0;
+        self.oldest_queued_age_s = self.oldest_queued_ctime.filter(|_| waiting).map(age);
+        self.since_success_s = self.last_success_unix.map(age);
+        self.stale = match self.stale_after_s {
+            Some(limit) if waiting => self
+                .last_success_unix
+                .or(self.started_unix)
+                .is_some_and(|t| age(t) >= limit),
+            _ => false,
+        };
+    }
 }
 
 impl JobStatus {
@@ -355,6 +411,7 @@ mod tests {
             runs: 2,
             runs_failed: 0,
             bytes: None,
+            lag: Default::default(),
         }
     }
 

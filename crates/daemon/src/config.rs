@@ -114,6 +114,8 @@ pub enum JobKind {
     Push(PushJob),
     /// `type = "pull"`: take jobs from a source URL into a queue.
     Pull(PullJob),
+    /// `type = "prune"`: apply keep rules to directories fspl fills.
+    Prune(crate::kinds::prune::PruneJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the
@@ -962,7 +964,7 @@ mod tests {
             "{p:?}"
         );
         assert!(
-            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `remove` (the keys here are: name, type, from, queue, keep, poll, poll_min, poll_max, max_failures, enabled)"),
+            p[2].starts_with("d.toml: line 12: job \"b\": unknown key `remove` (the keys here are: name, type, from, queue, keep, poll, poll_min, poll_max, max_failures, stale_after, on_success, on_failure, on_error_state, on_refused, hook_timeout, enabled)"),
             "{p:?}"
         );
         assert_eq!(

@@ -9,7 +9,9 @@
 
 pub mod config;
 pub mod control;
+pub mod hooks;
 pub mod kinds;
+pub mod lag;
 pub mod log;
 pub mod program;
 pub mod state;
@@ -292,9 +294,12 @@ async fn run_inner(
     };
     let (reg, cl) = (registry.clone(), clears.clone());
     let server = tokio::spawn(control::serve(listener, move |req| match req {
-        Request::Status => Response::Status {
-            jobs: reg.snapshot(),
-        },
+        Request::Status => {
+            lag::refresh(&reg);
+            Response::Status {
+                jobs: reg.snapshot(),
+            }
+        }
         Request::Clear { job } => match cl.lock().ok().and_then(|m| m.get(&job).cloned()) {
             Some((n, dir)) => {
                 if let Some(d) = dir {
@@ -308,12 +313,17 @@ async fn run_inner(
             },
         },
     }));
-    info!(
-        jobs = config.jobs.len(),
-        socket = %config.daemon.socket.display(),
-        "fspl daemon started"
-    );
-    sd_notify("READY=1");
+    // Lag ages and `stale`, recomputed every second.
+    let ticker = {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                lag::refresh(&reg);
+            }
+        })
+    };
 
     use tokio::signal::unix::{Signal, SignalKind, signal};
     let sig = |k: SignalKind| -> Result<Option<Signal>, DaemonError> {
@@ -328,6 +338,14 @@ async fn run_inner(
         sig(SignalKind::terminate())?,
         sig(SignalKind::interrupt())?,
     );
+    // Ready only once the signals are ours: a SIGHUP right after READY=1
+    // reloads, never kills (its default action).
+    info!(
+        jobs = config.jobs.len(),
+        socket = %config.daemon.socket.display(),
+        "fspl daemon started"
+    );
+    sd_notify("READY=1");
     async fn recv(s: &mut Option<Signal>) {
         match s {
             Some(s) => {
@@ -396,6 +414,7 @@ async fn run_inner(
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut all).await;
     }
     server.abort();
+    ticker.abort();
     let _ = std::fs::remove_file(&config.daemon.socket);
     info!("fspl daemon stopped");
     Ok(())

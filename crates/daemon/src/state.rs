@@ -17,6 +17,8 @@ struct Kept {
     runs: u64,
     runs_failed: u64,
     bytes: Option<u64>,
+    last_success_unix: Option<i64>,
+    throughput_bps: Option<u64>,
 }
 
 #[derive(Default)]
@@ -44,6 +46,8 @@ impl Registry {
                 if s.bytes.is_some() {
                     s.bytes = k.bytes.or(s.bytes);
                 }
+                s.lag.last_success_unix = k.last_success_unix;
+                s.lag.throughput_bps = k.throughput_bps;
             }
             m.jobs.insert(s.name.clone(), s);
         }
@@ -73,9 +77,27 @@ impl Registry {
                     runs: s.runs,
                     runs_failed: s.runs_failed,
                     bytes: s.bytes,
+                    last_success_unix: s.lag.last_success_unix,
+                    throughput_bps: s.lag.throughput_bps,
                 },
             );
         }
+    }
+
+    /// Recompute every job's lag as of `now`: (name, lag, queued, stale
+    /// before).
+    pub fn refresh_lag(&self, now: i64) -> Vec<(String, fspl_control::Lag, Option<u64>, bool)> {
+        let Ok(mut m) = self.0.lock() else {
+            return Vec::new();
+        };
+        m.jobs
+            .values_mut()
+            .map(|s| {
+                let was = s.lag.stale;
+                s.lag.refresh(now, s.queued);
+                (s.name.clone(), s.lag.clone(), s.queued, was)
+            })
+            .collect()
     }
 
     /// Every job's status, each with its state in words (what a client
@@ -134,6 +156,7 @@ mod tests {
             runs: 0,
             runs_failed: 0,
             bytes: None,
+            lag: Default::default(),
         };
         let r = Registry::default();
         r.set(fresh("a"));

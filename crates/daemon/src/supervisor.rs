@@ -37,6 +37,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::{Bad, Checker, KeyLines, Keys, boolean, number, secs};
+use crate::hooks::{Context as HookContext, Event, Hooks, JobHooks};
 use crate::state::{JobState, JobStatus, Registry, now_rfc3339};
 
 /// What every task shares with the daemon.
@@ -73,7 +74,18 @@ impl Shared {
 }
 
 /// The supervisor's keys of a `[[job]]`, the same for every kind.
-pub const SUPERVISION_KEYS: &[&str] = &["poll", "poll_min", "poll_max", "max_failures"];
+pub const SUPERVISION_KEYS: &[&str] = &[
+    "poll",
+    "poll_min",
+    "poll_max",
+    "max_failures",
+    "stale_after",
+    "on_success",
+    "on_failure",
+    "on_error_state",
+    "on_refused",
+    "hook_timeout",
+];
 
 /// How a job is supervised.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,6 +98,10 @@ pub struct Supervision {
     pub poll_max: Duration,
     /// Counted failed runs in a row before the job enters its error state.
     pub max_failures: u32,
+    /// No success for this long while jobs wait: the job is `stale`.
+    pub stale_after: Option<Duration>,
+    /// Commands run on events (see [`crate::hooks`]).
+    pub hooks: Hooks,
 }
 
 impl Supervision {
@@ -124,11 +140,15 @@ impl Supervision {
                 number(v, 1, u32::MAX as u64, "")
             })
             .unwrap_or(3) as u32;
+        let stale_after = c.get(k, "stale_after", l, |v| secs(v, 1));
+        let hooks = Hooks::parse(c, k, l);
         Supervision {
             poll,
             poll_min,
             poll_max,
             max_failures,
+            stale_after,
+            hooks,
         }
     }
 
@@ -209,6 +229,9 @@ pub struct RunContext {
     pub name: String,
     pub shared: Shared,
     pub stop_flag: Arc<AtomicBool>,
+    /// The job's hooks, for the events a kind sees itself (each job of a
+    /// process run).
+    pub hooks: JobHooks,
 }
 
 impl RunContext {
@@ -259,6 +282,17 @@ pub trait Kind: Send + Sync + 'static {
     fn busy(&self) -> Option<String> {
         None
     }
+    /// The kind fires `on_success`/`on_failure` for each job itself
+    /// (process); else the supervisor fires them for each run that moved
+    /// something or failed.
+    fn fires_job_hooks(&self) -> bool {
+        false
+    }
+    /// The queue (or outbox) whose waiting jobs are the job's lag: the
+    /// age of the oldest, their bytes (sampled after each run).
+    fn lag_queue(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Load what runs need. An error is permanent: the error state, with
     /// the message, until a clear or a reload.
     fn prepare(&self) -> Result<Self::Prepared, String>;
@@ -287,6 +321,7 @@ fn init_metrics(name: &str) {
         metrics::counter!("fspl_runs_total", "job" => name.to_string(), "result" => r).increment(0);
     }
     metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(0.0);
+    crate::lag::init_metrics(name);
 }
 
 /// Count one run; `failures`: failed runs in a row now.
@@ -356,6 +391,14 @@ pub fn spawn<K: Kind>(
     let clear = Arc::new(Notify::new());
     let refresh = Arc::new(AtomicBool::new(false));
     let mut status = kind.status(&name);
+    status.lag.stale_after_s = supervision.stale_after.map(|d| d.as_secs());
+    status.lag.started_unix = Some(unix_now());
+    let hooks = JobHooks {
+        hooks: Arc::new(supervision.hooks.clone()),
+        job: name.clone(),
+        kind: kind.name(),
+        queue: status.queue.clone(),
+    };
     status.state = if enabled {
         JobState::Idle
     } else {
@@ -373,6 +416,7 @@ pub fn spawn<K: Kind>(
         Task {
             kind: Arc::new(kind),
             name,
+            hooks,
             sup: supervision,
             shared,
             returned,
@@ -406,6 +450,7 @@ pub fn spawn<K: Kind>(
 struct Task<K: Kind> {
     kind: Arc<K>,
     name: String,
+    hooks: JobHooks,
     sup: Supervision,
     shared: Shared,
     returned: Option<Arc<Notify>>,
@@ -431,6 +476,13 @@ impl<K: Kind> Task<K> {
         let cleared = self.clear.notified();
         tokio::pin!(cleared);
         cleared.as_mut().enable();
+        self.hooks.fire(
+            Event::ErrorState,
+            HookContext {
+                reason: Some(message.to_string()),
+                ..Default::default()
+            },
+        );
         self.shared.registry.update(&self.name, |s| {
             s.state = JobState::Error {
                 message: message.to_string(),
@@ -546,13 +598,48 @@ impl<K: Kind> Task<K> {
                 name: self.name.clone(),
                 shared: self.shared.clone(),
                 stop_flag: self.stop_flag.clone(),
+                hooks: self.hooks.clone(),
             };
             let kind = self.kind.clone();
-            let r = tokio::task::spawn_blocking(move || kind.run(&p, &ctx)).await;
+            let t0 = Instant::now();
+            let r = tokio::task::spawn_blocking(move || {
+                let r = kind.run(&p, &ctx);
+                // The lag, sampled where blocking is fine.
+                if let Some(q) = kind.lag_queue() {
+                    let (oldest, bytes) = crate::lag::sample(&q, r.next_seq);
+                    ctx.update(|s| {
+                        s.lag.oldest_queued_ctime = oldest;
+                        s.lag.bytes_queued = Some(bytes);
+                    });
+                    crate::lag::set_queue_gauges(&ctx.name, bytes);
+                }
+                r
+            })
+            .await;
             drop(permit);
             let Ok(r) = r else {
                 return;
             };
+            if !self.kind.fires_job_hooks() {
+                match &r.outcome {
+                    Outcome::Done { worked: true, .. } => self.hooks.fire(
+                        Event::Success,
+                        HookContext {
+                            duration: Some(t0.elapsed()),
+                            ..Default::default()
+                        },
+                    ),
+                    Outcome::Failed { message, .. } => self.hooks.fire(
+                        Event::Failure,
+                        HookContext {
+                            reason: Some(message.clone()),
+                            duration: Some(t0.elapsed()),
+                            ..Default::default()
+                        },
+                    ),
+                    _ => {}
+                }
+            }
             match r.outcome {
                 Outcome::Done { worked, waiting } => {
                     (failures, counted) = (0, 0);
@@ -692,6 +779,8 @@ mod tests {
             poll_min: Duration::from_secs(min),
             poll_max: Duration::from_secs(max),
             max_failures: 3,
+            stale_after: None,
+            hooks: Hooks::default(),
         }
     }
 

@@ -163,8 +163,12 @@ pub fn status(
     socket: Option<&Path>,
     json: bool,
     clear: Option<&str>,
+    watch: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
     let (path, source) = socket_of(config, socket)?;
+    if let Some(secs) = watch {
+        return watch_status(&path, &source, secs);
+    }
     if let Some(job) = clear {
         return match ask(
             &path,
@@ -194,9 +198,100 @@ pub fn status(
         table(&jobs)
     };
     write_stdout(out.as_bytes())?;
-    // Like queue-status: 1 when some job is in its error state.
-    let erring = jobs.iter().any(JobStatus::is_error);
+    // Like queue-status: 1 when some job is in its error state, or stale.
+    let erring = jobs.iter().any(|j| j.is_error() || j.lag.stale);
     Ok(ExitCode::from(if erring { 1 } else { 0 }))
+}
+
+/// Set by SIGINT/SIGTERM while watching.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `fspl status --watch`: the table every `secs` seconds until Ctrl-C
+/// (exit 0). On a terminal the table is redrawn in place (cursor home,
+/// each line cleared to its end, the rest of the screen cleared: no blank
+/// frame, no flicker); otherwise each table follows the last, after a
+/// blank line. An unreachable daemon is shown as a line and tried again.
+fn watch_status(path: &Path, source: &Source, secs: f64) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if !(secs.is_finite() && (0.1..=86_400.0).contains(&secs)) {
+        anyhow::bail!("--interval must be between 0.1 and 86400 seconds, not {secs}");
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut first = true;
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let stamp = fspl_format::rfc3339_utc(fspl_format::Ctime {
+            secs: now,
+            nanos: 0,
+        });
+        let body = match ask(path, source, &Request::Status) {
+            Ok(Response::Status { jobs }) => table(&jobs),
+            Ok(Response::Error { message }) => format!("error: {message}\n"),
+            Ok(_) => "unexpected answer from the daemon\n".into(),
+            Err(e) => format!("{}\n", fspl_queue::escape_controls(&format!("{e:#}"))),
+        };
+        let text = format!("every {secs}s: fspl status (Ctrl-C ends)    {stamp}\n\n{body}");
+        let mut out = String::new();
+        if tty {
+            out.push_str("\x1b[H");
+            for line in text.lines() {
+                out.push_str(line);
+                out.push_str("\x1b[K\n");
+            }
+            out.push_str("\x1b[J");
+        } else {
+            if !first {
+                out.push('\n');
+            }
+            out.push_str(&text);
+        }
+        first = false;
+        {
+            let mut so = std::io::stdout().lock();
+            if so
+                .write_all(out.as_bytes())
+                .and_then(|_| so.flush())
+                .is_err()
+            {
+                // The reader went away (a closed pipe): done.
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+        while !INTERRUPTED.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds as `5s`, `3m20s`, `2h05m`, `3d04h`.
+fn ago(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 /// The status table. OK, FAILED and REFUSED count jobs (`jobs_succeeded`,
@@ -232,8 +327,25 @@ fn table(jobs: &[JobStatus]) -> String {
             j.jobs_succeeded.to_string(),
             j.jobs_failed.to_string(),
             j.jobs_refused.to_string(),
-            // STATE last: it can be long (an error message).
-            j.describe(),
+            // STATE last: it can be long (an error message). The lag
+            // joins it while jobs wait (the columns stay those scripts
+            // know).
+            {
+                let mut state = j.describe();
+                if j.lag.stale {
+                    state = format!(
+                        "stale (no success for {}+ while jobs wait): {state}",
+                        ago(j.lag.stale_after_s.unwrap_or(0))
+                    );
+                }
+                if let Some(a) = j.lag.oldest_queued_age_s {
+                    state.push_str(&format!("; oldest waiting {}", ago(a)));
+                    if let Some(b) = j.lag.bytes_queued {
+                        state.push_str(&format!(", {b} bytes"));
+                    }
+                }
+                state
+            },
         ]);
         rows.push(row);
     }

@@ -14,6 +14,7 @@ mod keys;
 pub mod nats;
 mod prepare;
 mod process;
+mod prune;
 mod queue;
 mod serve;
 mod status;
@@ -34,7 +35,21 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             socket,
             json,
             clear,
-        } => daemon::status(config.as_deref(), socket.as_deref(), json, clear.as_deref()),
+            watch,
+            interval,
+        } => daemon::status(
+            config.as_deref(),
+            socket.as_deref(),
+            json,
+            clear.as_deref(),
+            watch.then_some(interval),
+        ),
+        Cmd::Prune {
+            paths,
+            keep,
+            dry_run,
+            json,
+        } => prune::prune(&paths, &keep, dry_run, json),
         Cmd::GenUuid => misc_print(&format!("{}\n", uuid::Uuid::new_v4())),
         Cmd::GenFilename => misc_print(&format!("fspl-{}.fspl\n", uuid::Uuid::new_v4())),
         Cmd::ShowLicense => misc_print(LICENSE),

@@ -589,6 +589,11 @@ fn status_metrics_and_docs_agree_on_counters() {
                 q(&inbox),
                 q(&good)
             ),
+            // A prune job (of good's queue), for the prune metrics.
+            format!(
+                "[[job]]\nname = \"tidy\"\ntype = \"prune\"\npaths = [{}]\nkeep = [\"last_n:100\"]\n",
+                q(&good)
+            ),
         ],
     );
     let d = Daemon::start(&sb, &text, "logfmt");
@@ -596,6 +601,7 @@ fn status_metrics_and_docs_agree_on_counters() {
         d.status().0.iter().all(|j| {
             j["name"] == "noqueue"
                 || (j["type"] == "pull" && j["runs"] != 0 && j["state"] == "idle")
+                || (j["type"] == "prune" && j["runs"] != 0)
                 || (!j["next_seq"].is_null() && j["state"] != "running")
         })
     });

@@ -8,6 +8,7 @@
 //! each `match` below.
 
 pub mod process;
+pub mod prune;
 pub mod pull;
 pub mod push;
 mod transfer;
@@ -23,7 +24,7 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
-pub const KINDS: &[&str] = &["process", "push", "pull"];
+pub const KINDS: &[&str] = &["process", "push", "pull", "prune"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -53,6 +54,8 @@ pub fn guess(has: impl Fn(&str) -> bool) -> &'static str {
         "push"
     } else if has("from") {
         "pull"
+    } else if has("paths") || has("keep") {
+        "prune"
     } else {
         "process"
     }
@@ -64,6 +67,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "push" => push::KEYS,
         "pull" => pull::KEYS,
+        "prune" => prune::KEYS,
         _ => process::KEYS,
     }
 }
@@ -74,6 +78,7 @@ pub fn verb(kind: &str) -> &'static str {
     match kind {
         "push" => "pushed",
         "pull" => "pulled from",
+        "prune" => "pruned",
         _ => "run",
     }
 }
@@ -89,6 +94,7 @@ pub(crate) fn parse(
     match kind {
         "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
         "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
+        "prune" => JobKind::Prune(prune::PruneJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -100,6 +106,7 @@ impl JobKind {
             JobKind::Process(_) => "process",
             JobKind::Push(_) => "push",
             JobKind::Pull(_) => "pull",
+            JobKind::Prune(_) => "prune",
         }
     }
 
@@ -109,6 +116,7 @@ impl JobKind {
             JobKind::Process(p) => p.resource(),
             JobKind::Push(p) => p.resource(),
             JobKind::Pull(p) => p.resource(),
+            JobKind::Prune(_) => None,
         }
     }
 
@@ -119,6 +127,7 @@ impl JobKind {
             JobKind::Process(p) => p.watch(),
             JobKind::Push(p) => p.watch(),
             JobKind::Pull(p) => p.watch(),
+            JobKind::Prune(p) => p.watch(),
         }
     }
 
@@ -129,6 +138,7 @@ impl JobKind {
             JobKind::Process(p) => p.check(path_var),
             JobKind::Push(p) => p.check(),
             JobKind::Pull(p) => p.check(),
+            JobKind::Prune(p) => p.check(),
         }
     }
 }
@@ -150,6 +160,16 @@ pub fn spawn(
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
         JobKind::Pull(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Prune(p) => {
+            // Every `interval`, whatever happens (no events, no slowing).
+            let sup = supervisor::Supervision {
+                poll: true,
+                poll_min: p.interval,
+                poll_max: p.interval,
+                ..sup
+            };
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }

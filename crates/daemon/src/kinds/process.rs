@@ -21,6 +21,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::Resource;
 use crate::config::{Checker, Keys, boolean, one_of, path_value, secs, string, strings};
+use crate::hooks::{Context as HookContext, Event};
 use crate::state::{JobState, JobStatus, now_rfc3339};
 use crate::supervisor::{FailureClass, Kind, Outcome, RunContext, RunReport, WatchSpec, unix_now};
 
@@ -38,6 +39,7 @@ pub const KEYS: &[&str] = &[
     "timeout",
     "trust",
     "identity",
+    "keep_output",
 ];
 
 /// `type = "process"`: run a queue, like `queue-process`.
@@ -57,6 +59,9 @@ pub struct ProcessJob {
     pub timeout: Option<Duration>,
     pub trust: Option<PathBuf>,
     pub identity: Vec<PathBuf>,
+    /// Keep rules for the queue's `.out` files (`output_to =
+    /// "saveboth"`), applied after each run (fspl-prune).
+    pub keep_output: Option<super::prune::KeepRules>,
 }
 
 impl ProcessJob {
@@ -139,6 +144,13 @@ impl ProcessJob {
                     .collect())
             })
             .unwrap_or_default();
+        let keep_output = c.get(k, "keep_output", l, super::prune::keep_rules);
+        if keep_output.is_some() && output_to != OutputTo::SaveBoth {
+            c.at(
+                &k["keep_output"].0,
+                format!("{l}keep_output: only with output_to = \"saveboth\" (there are no .out files to prune otherwise)"),
+            );
+        }
         let (command, args) = match argv.split_first() {
             Some((c, rest)) => (OsString::from(c), rest.iter().map(OsString::from).collect()),
             None => (OsString::new(), Vec::new()),
@@ -157,6 +169,7 @@ impl ProcessJob {
             timeout,
             trust,
             identity,
+            keep_output,
         }
     }
 
@@ -293,11 +306,22 @@ impl Observer for DaemonObserver<'_> {
             .record(elapsed.as_secs_f64());
         if outcome.is_success() {
             info!(duration_ms = ms, "job succeeded");
+            self.ctx.hooks.fire(
+                Event::Success,
+                HookContext {
+                    seq: Some(job.seq),
+                    exit_status: Some(0),
+                    duration: Some(elapsed),
+                    file: Some(job.name.to_string_lossy().into_owned()),
+                    ..Default::default()
+                },
+            );
             let now = now_rfc3339();
             metrics::gauge!("fspl_last_success_timestamp_seconds", "job" => name.clone())
                 .set(unix_now() as f64);
             self.ctx.update(|s| {
                 s.last_success = Some(now);
+                s.lag.last_success_unix = Some(unix_now());
                 s.jobs_succeeded += 1;
                 s.next_seq = Some(job.seq.saturating_add(1));
                 s.queued = s.queued.map(|q| q.saturating_sub(1));
@@ -309,13 +333,37 @@ impl Observer for DaemonObserver<'_> {
                 "job failed: {outcome}"
             );
             self.ctx.update(|s| s.jobs_failed += 1);
+            self.ctx.hooks.fire(
+                Event::Failure,
+                HookContext {
+                    seq: Some(job.seq),
+                    exit_status: match outcome {
+                        ExecOutcome::Exited(st) => st.code().or_else(|| {
+                            std::os::unix::process::ExitStatusExt::signal(st).map(|s| 128 + s)
+                        }),
+                        _ => None,
+                    },
+                    reason: Some(outcome.to_string()),
+                    duration: Some(elapsed),
+                    file: Some(job.name.to_string_lossy().into_owned()),
+                },
+            );
         }
         self.seq_span = None;
     }
 
-    fn refused(&mut self, _seq: Option<u64>, _name: &std::ffi::OsStr, _reason: &str) {
+    fn refused(&mut self, seq: Option<u64>, name: &std::ffi::OsStr, reason: &str) {
         metrics::counter!("fspl_jobs_refused_total", "job" => self.ctx.name.clone()).increment(1);
         self.ctx.update(|s| s.jobs_refused += 1);
+        self.ctx.hooks.fire(
+            Event::Refused,
+            HookContext {
+                seq,
+                reason: Some(reason.to_string()),
+                file: Some(name.to_string_lossy().into_owned()),
+                ..Default::default()
+            },
+        );
     }
 
     fn option_names(&self) -> OptionNames {
@@ -367,6 +415,7 @@ impl Kind for ProcessJob {
             runs: 0,
             runs_failed: 0,
             bytes: None,
+            lag: Default::default(),
         }
     }
 
@@ -380,6 +429,14 @@ impl Kind for ProcessJob {
                 .increment(0);
         }
         metrics::counter!("fspl_jobs_refused_total", "job" => name.to_string()).increment(0);
+    }
+
+    fn fires_job_hooks(&self) -> bool {
+        true
+    }
+
+    fn lag_queue(&self) -> Option<PathBuf> {
+        Some(self.queue.clone())
     }
 
     fn watch(&self) -> Option<WatchSpec> {
@@ -439,6 +496,13 @@ impl Kind for ProcessJob {
         };
         let result = process(&p.queue, &p.opts, &mut obs);
         drop(obs);
+        if let Some(rules) = &self.keep_output {
+            let _ = super::prune::prune_logged(
+                &self.queue,
+                Some(fspl_prune::DirKind::Outputs),
+                &rules.rules,
+            );
+        }
         // What the queue looks like now, for `fspl status` and the metrics.
         let st =
             fspl_queue::status::status(&p.queue, p.opts.decoder.as_ref(), p.opts.trust.as_deref())
@@ -475,6 +539,15 @@ impl Kind for ProcessJob {
                     ProcessError::Spawn { .. } => count_job_failure(ctx, NOT_STARTED),
                     ProcessError::Wait { .. } => count_job_failure(ctx, "failed"),
                     _ => {}
+                }
+                if matches!(e, ProcessError::Spawn { .. } | ProcessError::Wait { .. }) {
+                    ctx.hooks.fire(
+                        Event::Failure,
+                        HookContext {
+                            reason: Some(describe_failure(&e)),
+                            ..Default::default()
+                        },
+                    );
                 }
                 Outcome::Failed {
                     message: describe_failure(&e),

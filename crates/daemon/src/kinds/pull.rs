@@ -139,6 +139,7 @@ impl Kind for PullJob {
             runs: 0,
             runs_failed: 0,
             bytes: Some(0),
+            lag: Default::default(),
         }
     }
 

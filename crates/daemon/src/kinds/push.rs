@@ -118,6 +118,7 @@ impl Kind for PushJob {
             runs: 0,
             runs_failed: 0,
             bytes: Some(0),
+            lag: Default::default(),
         }
     }
 
@@ -145,6 +146,10 @@ impl Kind for PushJob {
 
     fn prepare(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    fn lag_queue(&self) -> Option<std::path::PathBuf> {
+        Some(self.outbox.clone())
     }
 
     fn run(&self, _: &(), ctx: &RunContext) -> RunReport {

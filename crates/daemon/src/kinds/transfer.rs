@@ -31,6 +31,8 @@ pub(crate) fn init_metrics(name: &str, moved: &'static str) {
             .increment(0);
     }
     metrics::counter!("fspl_transport_bytes_total", "job" => name.to_string()).increment(0);
+    metrics::gauge!("fspl_transport_throughput_bytes_per_second", "job" => name.to_string())
+        .set(0.0);
 }
 
 /// What an error before anything moved means for the supervisor: someone
@@ -85,6 +87,22 @@ pub(crate) fn count(
         metrics::gauge!("fspl_last_success_timestamp_seconds", "job" => name.clone())
             .set(unix_now() as f64);
     }
+    let throughput = (bytes > 0).then(|| (bytes as f64 / elapsed.as_secs_f64().max(1e-6)) as u64);
+    if let Some(t) = throughput {
+        metrics::gauge!("fspl_transport_throughput_bytes_per_second", "job" => name.clone())
+            .set(t as f64);
+    }
+    for r in refused {
+        ctx.hooks.fire(
+            crate::hooks::Event::Refused,
+            crate::hooks::Context {
+                seq: r.seq,
+                reason: Some(r.reason.clone()),
+                file: Some(r.file.display().to_string()),
+                ..Default::default()
+            },
+        );
+    }
     let now = (moved > 0).then(crate::state::now_rfc3339);
     ctx.update(|s| {
         s.jobs_succeeded += moved;
@@ -92,6 +110,10 @@ pub(crate) fn count(
         s.bytes = Some(s.bytes.unwrap_or(0) + bytes);
         if let Some(t) = now {
             s.last_success = Some(t);
+            s.lag.last_success_unix = Some(unix_now());
+        }
+        if throughput.is_some() {
+            s.lag.throughput_bps = throughput;
         }
     });
 }
