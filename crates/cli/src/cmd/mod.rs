@@ -15,6 +15,7 @@ mod process;
 mod queue;
 mod serve;
 mod status;
+pub mod sync;
 mod transport;
 
 #[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
@@ -58,6 +59,7 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             keep,
             json,
         } => transport::push(&outbox, &dest, keep, json),
+        Cmd::Sync { cmd } => sync::run(cmd),
         Cmd::Pull { src, q, json } => transport::pull(&src, &q.queuedir, json),
         Cmd::QueueLs { q, d, json, keys } => {
             queue::ls(&q.queuedir, d.decoder.as_deref(), json, &keys)
