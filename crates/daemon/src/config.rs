@@ -114,6 +114,8 @@ pub enum JobKind {
     Push(PushJob),
     /// `type = "pull"`: take jobs from a source URL into a queue.
     Pull(PullJob),
+    /// `type = "sync"`: two-way tree sync through an outbox and an inbox.
+    Sync(crate::kinds::sync::SyncJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

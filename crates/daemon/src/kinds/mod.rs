@@ -10,6 +10,7 @@
 pub mod process;
 pub mod pull;
 pub mod push;
+pub mod sync;
 mod transfer;
 
 use std::ffi::OsStr;
@@ -23,7 +24,7 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
-pub const KINDS: &[&str] = &["process", "push", "pull"];
+pub const KINDS: &[&str] = &["process", "push", "pull", "sync"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -64,6 +65,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "push" => push::KEYS,
         "pull" => pull::KEYS,
+        "sync" => sync::KEYS,
         _ => process::KEYS,
     }
 }
@@ -74,6 +76,7 @@ pub fn verb(kind: &str) -> &'static str {
     match kind {
         "push" => "pushed",
         "pull" => "pulled from",
+        "sync" => "synced",
         _ => "run",
     }
 }
@@ -89,6 +92,7 @@ pub(crate) fn parse(
     match kind {
         "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
         "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
+        "sync" => JobKind::Sync(sync::SyncJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -100,6 +104,7 @@ impl JobKind {
             JobKind::Process(_) => "process",
             JobKind::Push(_) => "push",
             JobKind::Pull(_) => "pull",
+            JobKind::Sync(_) => "sync",
         }
     }
 
@@ -109,6 +114,7 @@ impl JobKind {
             JobKind::Process(p) => p.resource(),
             JobKind::Push(p) => p.resource(),
             JobKind::Pull(p) => p.resource(),
+            JobKind::Sync(p) => p.resource(),
         }
     }
 
@@ -119,6 +125,7 @@ impl JobKind {
             JobKind::Process(p) => p.watch(),
             JobKind::Push(p) => p.watch(),
             JobKind::Pull(p) => p.watch(),
+            JobKind::Sync(p) => p.watch(),
         }
     }
 
@@ -129,6 +136,7 @@ impl JobKind {
             JobKind::Process(p) => p.check(path_var),
             JobKind::Push(p) => p.check(),
             JobKind::Pull(p) => p.check(),
+            JobKind::Sync(p) => p.check(),
         }
     }
 }
@@ -150,6 +158,10 @@ pub fn spawn(
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
         JobKind::Pull(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Sync(p) => {
+            let sup = p.supervision(sup);
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }
