@@ -177,7 +177,8 @@ pub fn apply(
             share: (cfg.max_delete * 100.0).round() as u32,
         });
     }
-    // Pass 2: the changes, in order.
+    // Pass 2: the changes, in order; then the directories they changed
+    // are synced, before the caller saves the state that records them.
     changeset::read(payload, |item| {
         if let Item::Change(c, data) = item {
             one(cfg, root, filter, state, &c, data, &mut out)?;
@@ -185,6 +186,8 @@ pub fn apply(
         Ok(())
     })
     .map_err(seqd)?;
+    root.sync_dirs()
+        .map_err(|e| SyncError::io("sync the directories of", &root.path, e))?;
     Ok(out)
 }
 

@@ -25,6 +25,9 @@ pub const TEMP_PREFIX: &str = ".fspl-sync-tmp.";
 pub struct Root {
     fd: OwnedFd,
     pub path: PathBuf,
+    /// Directories whose entries changed and are not yet synced (by
+    /// [`Root::sync_dirs`], before the state that records them is saved).
+    dirty: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 fn os(p: &[u8]) -> &OsStr {
@@ -70,6 +73,7 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            dirty: Default::default(),
         })
     }
 
@@ -81,7 +85,10 @@ impl Root {
         let Some(p) = parent(rel) else {
             return Ok(Some(cur));
         };
+        let mut walked = 0usize;
         for comp in p.split(|&c| c == b'/') {
+            let upto = &p[..walked + comp.len()];
+            walked += comp.len() + 1;
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rustix::fs::openat(&cur, os(comp), flags, Mode::empty()) {
                 Ok(fd) => fd,
@@ -90,7 +97,7 @@ impl Root {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(at(rel, "create the directories of", e)),
                     }
-                    rustix::fs::fsync(&cur).map_err(|e| at(rel, "sync the directory of", e))?;
+                    self.mark_dirty(upto);
                     rustix::fs::openat(&cur, os(comp), flags, Mode::empty())
                         .map_err(|e| at(rel, "open the directory of", e))?
                 }
@@ -175,7 +182,37 @@ impl Root {
             let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
             return Err(at(rel, "put in place", e));
         }
-        rustix::fs::fsync(dir).map_err(|e| at(rel, "sync the directory of", e))
+        self.mark_dirty(rel);
+        Ok(())
+    }
+
+    fn mark_dirty(&self, rel: &[u8]) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(parent(rel).unwrap_or(b"").to_vec());
+        }
+    }
+
+    /// fsync every directory whose entries changed since the last call.
+    pub fn sync_dirs(&self) -> io::Result<()> {
+        let dirs = std::mem::take(&mut *self.dirty.lock().map_err(|_| io::Error::other("poisoned"))?);
+        for d in dirs {
+            let fd = if d.is_empty() {
+                rustix::io::dup(&self.fd)?
+            } else {
+                match rustix::fs::openat(
+                    &self.fd,
+                    os(&d),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(at(&d, "open", e)),
+                }
+            };
+            rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
+        }
+        Ok(())
     }
 
     /// Write a regular file from `src` (exactly `size` bytes), with its
@@ -259,7 +296,8 @@ impl Root {
         .map_err(|e| at(rel, "open the directory", e))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))
             .map_err(|e| at(rel, "set the mode of", e))?;
-        rustix::fs::fsync(&dir).map_err(|e| at(rel, "sync the directory of", e))
+        self.mark_dirty(rel);
+        Ok(())
     }
 
     /// Remove `rel`: a file or link, or a directory when empty. False
@@ -284,7 +322,7 @@ impl Root {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(at(rel, "remove", e)),
         }
-        rustix::fs::fsync(&dir).map_err(|e| at(rel, "sync the directory of", e))?;
+        self.mark_dirty(rel);
         Ok(true)
     }
 
@@ -299,8 +337,9 @@ impl Root {
             .ok_or_else(|| at(to, "create", io::Error::from(io::ErrorKind::NotFound)))?;
         rustix::fs::renameat(&fd, os(name_of(from)), &td, os(name_of(to)))
             .map_err(|e| at(from, "rename", e))?;
-        rustix::fs::fsync(&td).map_err(|e| at(to, "sync the directory of", e))?;
-        rustix::fs::fsync(&fd).map_err(|e| at(from, "sync the directory of", e))
+        self.mark_dirty(to);
+        self.mark_dirty(from);
+        Ok(())
     }
 
     /// Open a regular file of the tree for reading, without following a

@@ -199,7 +199,7 @@ pub fn receive(
             &job.ext,
             Some(trust),
             qname.as_deref(),
-            true,
+            false,
             now,
         ) {
             Ok(v) => sender = v.sender,

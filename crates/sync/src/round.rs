@@ -108,7 +108,13 @@ pub fn round(
     if cfg.private_dir().is_dir()
         && let Ok(json) = serde_json::to_vec_pretty(&report)
     {
-        let _ = fspl_queue::durable::replace_file(&report_path(cfg), &json);
+        // Informational: replaced atomically, not synced (an idle round
+        // writes nothing durable).
+        let path = report_path(cfg);
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, &json).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
     }
     match r {
         Ok(()) => {
@@ -144,6 +150,9 @@ fn ensure_dir(p: &Path) -> Result<(), SyncError> {
 /// Create a queue that does not exist yet.
 fn queue(p: &Path, identities: Option<std::sync::Arc<fspl_trust::crypt::Identities>>) -> Result<Queue, SyncError> {
     if !p.exists() {
+        if let Some(parent) = p.parent() {
+            ensure_dir(parent)?;
+        }
         Queue::init(p, false).map_err(|e| SyncError::Queue {
             what: format!("create queue {}", p.display()),
             source: e,
@@ -165,6 +174,8 @@ pub(crate) struct Opened {
     pub state: State,
     pub root: Root,
     pub filter: Filter,
+    /// The state changed since it was loaded.
+    pub dirty: bool,
 }
 
 pub(crate) fn open(cfg: &SyncConfig, opts: &Options) -> Result<Opened, SyncError> {
@@ -231,6 +242,7 @@ pub(crate) fn open(cfg: &SyncConfig, opts: &Options) -> Result<Opened, SyncError
         state,
         root,
         filter,
+        dirty: false,
     })
 }
 
@@ -288,6 +300,7 @@ pub(crate) fn diff(
         }
         dels.push((p.clone(), Version::Present(old.clone()), Version::Deleted { at: now }));
     }
+    o.dirty |= !forget.is_empty();
     for p in forget {
         o.state.forget(&p);
     }
@@ -424,7 +437,9 @@ fn run(
             report.sets_sent = 1;
         }
     }
-    o.state.save(&sf, now)?;
+    if o.dirty || !sf.exists() {
+        o.state.save(&sf, now)?;
+    }
 
     // Receive and apply.
     progress("receiving", 70);

@@ -32,6 +32,7 @@ mod reliability_procs;
 mod reliability_strace;
 mod security;
 mod security_sweep;
+mod sync;
 mod status_attention;
 mod transport_dir;
 mod transport_ssh;
