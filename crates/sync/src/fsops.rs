@@ -225,6 +225,22 @@ impl Root {
         mode: u32,
         mtime: i64,
     ) -> io::Result<()> {
+        let tmp = self.write_temp(rel, src, size, mode, mtime, true)?;
+        self.put_in_place(rel, &tmp)
+    }
+
+    /// Write the content of `rel` under a temporary name beside it (its
+    /// directory created); fsynced when `sync`, else the caller syncs the
+    /// file system ([`Root::syncfs`]) before [`Root::put_in_place`].
+    pub fn write_temp(
+        &self,
+        rel: &[u8],
+        src: &mut dyn Read,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        sync: bool,
+    ) -> io::Result<String> {
         let (dir, tmp, mut f) = self.temp(rel)?;
         let result = (|| {
             let n = io::copy(&mut src.take(size), &mut f).map_err(|e| at(rel, "write", e))?;
@@ -246,14 +262,32 @@ impl Root {
                 },
             )
             .map_err(|e| at(rel, "set the time of", e))?;
-            f.sync_all().map_err(|e| at(rel, "sync", e))
+            if sync {
+                f.sync_all().map_err(|e| at(rel, "sync", e))?;
+            }
+            Ok(())
         })();
         drop(f);
         if let Err(e) = result {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
             return Err(e);
         }
-        self.install(&dir, &tmp, rel)
+        Ok(tmp)
+    }
+
+    /// Rename the temporary `tmp` (made by [`Root::write_temp`]) over
+    /// `rel`.
+    pub fn put_in_place(&self, rel: &[u8], tmp: &str) -> io::Result<()> {
+        let dir = self
+            .dir_of(rel, true)?
+            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        self.install(&dir, tmp, rel)
+    }
+
+    /// Flush everything written to the tree's file system (one flush for
+    /// a whole batch of temporary files, instead of one fsync each).
+    pub fn syncfs(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.fd).map_err(Into::into)
     }
 
     /// Make `rel` a symbolic link to `target` (never followed).
