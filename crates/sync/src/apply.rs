@@ -220,7 +220,15 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, root: &Root, p: &[u8], data: &mut dyn Read, size: u64, mode: u32, mtime: i64) -> Result<(), SyncError> {
+    fn add(
+        &mut self,
+        root: &Root,
+        p: &[u8],
+        data: &mut dyn Read,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<(), SyncError> {
         let tmp = root
             .write_temp(p, data, size, mode, mtime, false)
             .map_err(|e| err(p, e))?;
@@ -380,7 +388,10 @@ fn free_name(root: &Root, name: Vec<u8>) -> Result<Vec<u8>, SyncError> {
             return Ok(n);
         }
     }
-    Err(err(&name, std::io::Error::other("too many conflict copies")))
+    Err(err(
+        &name,
+        std::io::Error::other("too many conflict copies"),
+    ))
 }
 
 /// The state after a path became `v`.

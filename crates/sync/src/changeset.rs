@@ -236,7 +236,8 @@ fn parse_pax(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
             .iter()
             .position(|&c| c == b'=')
             .ok_or_else(|| bad("a pax record without '='"))?;
-        let key = String::from_utf8(rec[..eq].to_vec()).map_err(|_| bad("a pax key not in UTF-8"))?;
+        let key =
+            String::from_utf8(rec[..eq].to_vec()).map_err(|_| bad("a pax key not in UTF-8"))?;
         out.push((key, rec[eq + 1..].to_vec()));
         rest = &rest[len..];
     }
@@ -258,19 +259,23 @@ pub fn read(
     mut each: impl FnMut(Item<'_>) -> Result<(), crate::SyncError>,
 ) -> Result<(), crate::SyncError> {
     file.seek(SeekFrom::Start(0))
-        .map_err(|e| crate::SyncError::Hostile { seq: 0, source: ReadError::Io(e) })?;
+        .map_err(|e| crate::SyncError::Hostile {
+            seq: 0,
+            source: ReadError::Io(e),
+        })?;
     let mut r = BufReader::with_capacity(256 * 1024, &mut *file);
     let mut pax: Option<Vec<(String, Vec<u8>)>> = None;
     let mut first = true;
     let h = |e: ReadError| crate::SyncError::Hostile { seq: 0, source: e };
     loop {
         let mut block = [0u8; 512];
-        r.read_exact(&mut block)
-            .map_err(|e| h(if e.kind() == io::ErrorKind::UnexpectedEof {
+        r.read_exact(&mut block).map_err(|e| {
+            h(if e.kind() == io::ErrorKind::UnexpectedEof {
                 bad("the change set ends without its end marker")
             } else {
                 ReadError::Io(e)
-            }))?;
+            })
+        })?;
         if block.iter().all(|&b| b == 0) {
             if pax.is_some() {
                 return Err(h(bad("a pax header without its entry")));
@@ -281,11 +286,19 @@ pub fn read(
             return Ok(());
         }
         let hd = Header::from_byte_slice(&block);
-        let stored = hd.cksum().map_err(|_| h(bad("a header with a bad checksum field")))?;
+        let stored = hd
+            .cksum()
+            .map_err(|_| h(bad("a header with a bad checksum field")))?;
         let sum: u32 = block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { b' ' as u32 } else { b as u32 })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    b' ' as u32
+                } else {
+                    b as u32
+                }
+            })
             .sum();
         if stored != sum {
             return Err(h(bad("a header whose checksum does not match")));
@@ -297,7 +310,9 @@ pub fn read(
                 return Err(h(bad("two pax headers for one entry")));
             }
             if size > MAX_PAX {
-                return Err(h(bad(format!("a pax header of {size} bytes (at most {MAX_PAX})"))));
+                return Err(h(bad(format!(
+                    "a pax header of {size} bytes (at most {MAX_PAX})"
+                ))));
             }
             let mut body = vec![0u8; size as usize];
             r.read_exact(&mut body).map_err(|e| h(ReadError::Io(e)))?;
@@ -305,10 +320,17 @@ pub fn read(
             pax = Some(parse_pax(&body).map_err(h)?);
             continue;
         }
-        let recs = pax
-            .take()
-            .ok_or_else(|| h(bad("an entry without our pax records (not made by fspl sync)")))?;
-        let get = |k: &str| recs.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_slice());
+        let recs = pax.take().ok_or_else(|| {
+            h(bad(
+                "an entry without our pax records (not made by fspl sync)",
+            ))
+        })?;
+        let get = |k: &str| {
+            recs.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_slice())
+        };
         if recs.iter().any(|(k, _)| k == "size") {
             return Err(h(bad("a pax size record (not made by fspl sync)")));
         }
@@ -319,8 +341,8 @@ pub fn read(
             let mut body = vec![0u8; size as usize];
             r.read_exact(&mut body).map_err(|e| h(ReadError::Io(e)))?;
             skip(&mut r, padding(size) as u64).map_err(h)?;
-            let m: Manifest = serde_json::from_slice(&body)
-                .map_err(|e| h(bad(format!("the manifest: {e}"))))?;
+            let m: Manifest =
+                serde_json::from_slice(&body).map_err(|e| h(bad(format!("the manifest: {e}"))))?;
             first = false;
             each(Item::Manifest(m))?;
             continue;
@@ -386,7 +408,10 @@ mod tests {
         for v in [&b""[..], b"x", &[b'a'; 95], &[b'a'; 996]] {
             let r = pax_record("path", v);
             let (len, _) = r.split_at(r.iter().position(|&c| c == b' ').unwrap());
-            assert_eq!(std::str::from_utf8(len).unwrap().parse::<usize>().unwrap(), r.len());
+            assert_eq!(
+                std::str::from_utf8(len).unwrap().parse::<usize>().unwrap(),
+                r.len()
+            );
         }
     }
 }

@@ -132,15 +132,26 @@ impl SyncConfig {
     pub fn validate(&self) -> Result<(), SyncError> {
         let bad = |m: String| Err(SyncError::Config { message: m });
         for (k, v) in [("name", &self.name), ("peer", &self.peer)] {
-            if v.is_empty() || v.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
-                return bad(format!("{k} {v:?} must be non-empty, without '/', spaces or control characters"));
+            if v.is_empty()
+                || v.chars()
+                    .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+            {
+                return bad(format!(
+                    "{k} {v:?} must be non-empty, without '/', spaces or control characters"
+                ));
             }
         }
         if self.name == self.peer {
-            return bad(format!("name and peer are both {:?}: each side needs its own name", self.name));
+            return bad(format!(
+                "name and peer are both {:?}: each side needs its own name",
+                self.name
+            ));
         }
         if !(0.0..=1.0).contains(&self.max_delete) {
-            return bad(format!("max_delete {} must be between 0 and 1", self.max_delete));
+            return bad(format!(
+                "max_delete {} must be between 0 and 1",
+                self.max_delete
+            ));
         }
         if self.interval_min == 0 || self.interval_max < self.interval_min {
             return bad(format!(
@@ -164,7 +175,9 @@ impl SyncConfig {
         let bad = |m: String| SyncError::Config {
             message: format!("{}: {m}", path.display()),
         };
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
         let table = match doc.get("job") {
             Some(toml::Value::Array(jobs)) => {
                 let syncs: Vec<&toml::Table> = jobs
@@ -178,11 +191,17 @@ impl SyncConfig {
                     .collect();
                 match syncs.as_slice() {
                     [one] => (*one).clone(),
-                    [] => return Err(bad(match job {
-                        Some(n) => format!("no [[job]] of type \"sync\" named {n:?}"),
-                        None => "no [[job]] of type \"sync\"".into(),
-                    })),
-                    _ => return Err(bad("several [[job]]s of type \"sync\": name one with --job NAME".into())),
+                    [] => {
+                        return Err(bad(match job {
+                            Some(n) => format!("no [[job]] of type \"sync\" named {n:?}"),
+                            None => "no [[job]] of type \"sync\"".into(),
+                        }));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "several [[job]]s of type \"sync\": name one with --job NAME".into(),
+                        ));
+                    }
                 }
             }
             _ => doc,
@@ -195,12 +214,27 @@ impl SyncConfig {
 
     /// The settings of one table (`job_keys`: `type`, `enabled` and the
     /// daemon's supervision keys are allowed too).
-    pub fn from_table(t: &toml::Table, base: &Path, job_keys: bool) -> Result<SyncConfig, SyncError> {
+    pub fn from_table(
+        t: &toml::Table,
+        base: &Path,
+        job_keys: bool,
+    ) -> Result<SyncConfig, SyncError> {
         let bad = |m: String| SyncError::Config { message: m };
-        const JOB: &[&str] = &["type", "enabled", "poll", "poll_min", "poll_max", "max_failures", "job"];
+        const JOB: &[&str] = &[
+            "type",
+            "enabled",
+            "poll",
+            "poll_min",
+            "poll_max",
+            "max_failures",
+            "job",
+        ];
         for k in t.keys() {
             if !KEYS.contains(&k.as_str()) && !(job_keys && JOB.contains(&k.as_str())) {
-                return Err(bad(format!("unknown key {k:?} (known: {})", KEYS.join(", "))));
+                return Err(bad(format!(
+                    "unknown key {k:?} (known: {})",
+                    KEYS.join(", ")
+                )));
             }
         }
         let s = |k: &str| -> Result<Option<String>, SyncError> {
@@ -220,7 +254,11 @@ impl SyncConfig {
                 Some(toml::Value::String(s)) => Ok(vec![s.clone()]),
                 Some(toml::Value::Array(a)) => a
                     .iter()
-                    .map(|v| v.as_str().map(String::from).ok_or_else(|| bad(format!("{k}: expected strings"))))
+                    .map(|v| {
+                        v.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| bad(format!("{k}: expected strings")))
+                    })
                     .collect(),
                 Some(_) => Err(bad(format!("{k}: expected a list of strings"))),
             }

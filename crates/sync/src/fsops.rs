@@ -12,8 +12,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::fs::Timespec;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 
 use crate::meta::{Meta, parent};
 
@@ -51,8 +51,7 @@ fn name_of(rel: &[u8]) -> &[u8] {
 /// An error about a path of the tree, naming it.
 fn at(rel: &[u8], what: &str, e: impl Into<io::Error>) -> io::Error {
     let e: io::Error = e.into();
-    let why = if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR)
-    {
+    let why = if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
         format!("{e} (a symbolic link or a file is in the way; symbolic links are never followed)")
     } else {
         e.to_string()
@@ -194,7 +193,12 @@ impl Root {
 
     /// fsync every directory whose entries changed since the last call.
     pub fn sync_dirs(&self) -> io::Result<()> {
-        let dirs = std::mem::take(&mut *self.dirty.lock().map_err(|_| io::Error::other("poisoned"))?);
+        let dirs = std::mem::take(
+            &mut *self
+                .dirty
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?,
+        );
         for d in dirs {
             let fd = if d.is_empty() {
                 rustix::io::dup(&self.fd)?

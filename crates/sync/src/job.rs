@@ -181,7 +181,9 @@ pub fn receive(
     tmp: &Path,
 ) -> Result<Received, Refused> {
     let mut job = inbox.open_job(name, None).map_err(|e| match e {
-        fspl_queue::QueueError::InvalidJob { .. } | fspl_queue::QueueError::BadJob { .. } => Refused::Job(fspl_queue::display_chain(&e)),
+        fspl_queue::QueueError::InvalidJob { .. } | fspl_queue::QueueError::BadJob { .. } => {
+            Refused::Job(fspl_queue::display_chain(&e))
+        }
         e => Refused::Error(SyncError::Queue {
             what: "open a change set of the inbox".into(),
             source: e,

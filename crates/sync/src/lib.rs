@@ -34,17 +34,15 @@ pub struct Keys {
 impl Keys {
     pub fn load(cfg: &SyncConfig) -> Result<Keys, SyncError> {
         let signer = match &cfg.sign {
-            Some(p) => Some(
-                fspl_trust::SecretKey::load(p)
-                    .map_err(|e| SyncError::Keys(format!("sign: {}", fspl_queue::display_chain(&e))))?,
-            ),
+            Some(p) => Some(fspl_trust::SecretKey::load(p).map_err(|e| {
+                SyncError::Keys(format!("sign: {}", fspl_queue::display_chain(&e)))
+            })?),
             None => None,
         };
         let trust = match &cfg.trust {
-            Some(p) => Some(
-                fspl_trust::TrustFile::load(p)
-                    .map_err(|e| SyncError::Keys(format!("trust: {}", fspl_queue::display_chain(&e))))?,
-            ),
+            Some(p) => Some(fspl_trust::TrustFile::load(p).map_err(|e| {
+                SyncError::Keys(format!("trust: {}", fspl_queue::display_chain(&e)))
+            })?),
             None => None,
         };
         let mut recipients = Vec::new();
@@ -70,8 +68,9 @@ impl Keys {
             None
         } else {
             Some(Arc::new(
-                fspl_trust::crypt::Identities::load(&cfg.identity)
-                    .map_err(|e| SyncError::Keys(format!("identity: {}", fspl_queue::display_chain(&e))))?,
+                fspl_trust::crypt::Identities::load(&cfg.identity).map_err(|e| {
+                    SyncError::Keys(format!("identity: {}", fspl_queue::display_chain(&e)))
+                })?,
             ))
         };
         Ok(Keys {
@@ -88,7 +87,9 @@ impl Keys {
 pub enum SyncError {
     #[error("{message}")]
     Config { message: String },
-    #[error("syncing is disabled: exclude contains {pattern:?} (as in CoCalc, `.` or `~` in the list turns syncing off)")]
+    #[error(
+        "syncing is disabled: exclude contains {pattern:?} (as in CoCalc, `.` or `~` in the list turns syncing off)"
+    )]
     Disabled { pattern: String },
     #[error("the tree's root {} is missing: refusing to sync (never \"delete everything\"); mount or create it", path.display())]
     RootMissing { path: PathBuf },
@@ -98,7 +99,9 @@ pub enum SyncError {
     Unmounted { path: PathBuf, why: String },
     #[error("the tree's root {} is empty but {synced} entries were synced before: is it unmounted or wiped? refusing to send their deletion; check it, then run `fspl sync once --force`", path.display())]
     EmptyRoot { path: PathBuf, synced: usize },
-    #[error("{what} would delete {deletes} of {total} entries (more than the {share}% allowed by max_delete): refusing; check it, then run `fspl sync once --force`")]
+    #[error(
+        "{what} would delete {deletes} of {total} entries (more than the {share}% allowed by max_delete): refusing; check it, then run `fspl sync once --force`"
+    )]
     TooManyDeletes {
         what: String,
         deletes: usize,

@@ -85,7 +85,9 @@ impl Meta {
 pub enum Version {
     Present(Meta),
     /// Deleted, noticed at this time (ns since the epoch): a tombstone.
-    Deleted { at: i64 },
+    Deleted {
+        at: i64,
+    },
     /// Not there, and never known (a base for a new path).
     Absent,
 }

@@ -148,7 +148,10 @@ fn ensure_dir(p: &Path) -> Result<(), SyncError> {
 }
 
 /// Create a queue that does not exist yet.
-fn queue(p: &Path, identities: Option<std::sync::Arc<fspl_trust::crypt::Identities>>) -> Result<Queue, SyncError> {
+fn queue(
+    p: &Path,
+    identities: Option<std::sync::Arc<fspl_trust::crypt::Identities>>,
+) -> Result<Queue, SyncError> {
     if !p.exists() {
         if let Some(parent) = p.parent() {
             ensure_dir(parent)?;
@@ -258,7 +261,10 @@ fn flush_pending(pending: &Path, outbox: &Queue) -> Result<u64, SyncError> {
     for e in rd.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if let Some(seq) = name.strip_suffix(".fspl").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(seq) = name
+            .strip_suffix(".fspl")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             jobs.push((seq, e.path()));
         } else if name.ends_with(".part") {
             // A job file whose building was interrupted: its round saved
@@ -298,7 +304,11 @@ pub(crate) fn diff(
         if scanned.unreadable.iter().any(|u| within(p, u)) {
             continue;
         }
-        dels.push((p.clone(), Version::Present(old.clone()), Version::Deleted { at: now }));
+        dels.push((
+            p.clone(),
+            Version::Present(old.clone()),
+            Version::Deleted { at: now },
+        ));
     }
     o.dirty |= !forget.is_empty();
     for p in forget {
@@ -373,7 +383,8 @@ fn run(
     if !changes.is_empty() {
         progress("sending-state", 20);
         let seq = o.state.next_seq;
-        let tar = tempfile::tempfile_in(&tmp).map_err(|e| SyncError::io("create a file in", &tmp, e))?;
+        let tar =
+            tempfile::tempfile_in(&tmp).map_err(|e| SyncError::io("create a file in", &tmp, e))?;
         let mut w = Writer::new(tar);
         let wio = |e: std::io::Error| SyncError::io("write the change set in", &tmp, e);
         w.manifest(&Manifest {
@@ -519,7 +530,8 @@ fn run(
             std::fs::remove_file(&p).map_err(|e| SyncError::io("remove", &p, e))?;
         }
         fspl_queue::durable::sync_dir(inbox.jobs_dir()).map_err(qerr("sync the inbox"))?;
-        ns.set(next + 1).map_err(qerr("advance the inbox's nextseq"))?;
+        ns.set(next + 1)
+            .map_err(qerr("advance the inbox's nextseq"))?;
         report.sets_received += 1;
         report.files_received += applied.files;
         report.deleted += applied.deleted;

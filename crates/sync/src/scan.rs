@@ -108,7 +108,10 @@ pub fn scan(root: &Path, filter: &Filter) -> Result<Scanned, SyncError> {
                     });
                 }
                 let rel = p.strip_prefix(root).unwrap_or(p);
-                tracing::warn!("cannot read {}: {err}; nothing under it is synced this round", p.display());
+                tracing::warn!(
+                    "cannot read {}: {err}; nothing under it is synced this round",
+                    p.display()
+                );
                 out.unreadable.push(rel.as_os_str().as_bytes().to_vec());
                 continue;
             }

@@ -40,7 +40,8 @@ impl Side {
         round(&self.cfg, &self.keys, &Options::default(), &|_, _| {})
     }
     fn ok(&self) -> RoundReport {
-        self.round().unwrap_or_else(|e| panic!("{}: {}", self.cfg.name, fspl_queue::display_chain(&e)))
+        self.round()
+            .unwrap_or_else(|e| panic!("{}: {}", self.cfg.name, fspl_queue::display_chain(&e)))
     }
 }
 
@@ -121,7 +122,12 @@ fn write(p: &Path, s: &str) {
 
 fn set_mtime(p: &Path, secs: i64) {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
-    fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
 }
 
 fn pair() -> (tempfile::TempDir, Side, Side) {
@@ -144,7 +150,10 @@ fn create_modify_delete_rename_mode_dirs_links_converge() {
     assert_eq!(manifest(a.tree()), manifest(b.tree()));
     assert_eq!(fs::read_to_string(b.p("d/e/deep.txt")).unwrap(), "deep");
     assert!(b.p("empty/inner").is_dir());
-    assert_eq!(fs::read_link(b.p("link")).unwrap(), Path::new("d/e/deep.txt"));
+    assert_eq!(
+        fs::read_link(b.p("link")).unwrap(),
+        Path::new("d/e/deep.txt")
+    );
 
     // Modify, delete, rename, mode, on both sides.
     write(&a.p("top.txt"), "top, changed");
@@ -158,7 +167,10 @@ fn create_modify_delete_rename_mode_dirs_links_converge() {
     assert!(!b.p("from-b.txt").exists() && !a.p("from-b.txt").exists());
     assert!(!b.p("d").exists());
     assert_eq!(fs::metadata(a.p("empty")).unwrap().mode() & 0o777, 0o700);
-    assert_eq!(fs::metadata(b.p("renamed/e/deep.txt")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(b.p("renamed/e/deep.txt")).unwrap().mode() & 0o777,
+        0o600
+    );
     assert!(!b.p("empty/inner").exists());
     // A quiet round sends nothing.
     let r = a.ok();
@@ -258,7 +270,11 @@ fn random_changes_on_both_sides_converge() {
             }
         }
         settle(&a, &b);
-        assert_eq!(manifest(a.tree()), manifest(b.tree()), "after round {round_no}");
+        assert_eq!(
+            manifest(a.tree()),
+            manifest(b.tree()),
+            "after round {round_no}"
+        );
     }
 }
 
@@ -306,11 +322,24 @@ fn a_change_set_deleting_most_of_the_tree_is_refused_unless_forced() {
         fs::remove_file(a.p(&format!("f{i:02}"))).unwrap();
     }
     let e = a.round().unwrap_err();
-    assert!(matches!(e, SyncError::TooManyDeletes { deletes: 18, total: 20, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SyncError::TooManyDeletes {
+                deletes: 18,
+                total: 20,
+                ..
+            }
+        ),
+        "{e}"
+    );
     round(&a.cfg, &a.keys, &Options { force: true }, &|_, _| {}).unwrap();
     carry(&a, &b);
     let e = b.round().unwrap_err();
-    assert!(matches!(e, SyncError::TooManyDeletes { deletes: 18, .. }), "{e}");
+    assert!(
+        matches!(e, SyncError::TooManyDeletes { deletes: 18, .. }),
+        "{e}"
+    );
     assert!(b.p("f00").exists());
     round(&b.cfg, &b.keys, &Options { force: true }, &|_, _| {}).unwrap();
     assert!(!b.p("f00").exists());
@@ -364,7 +393,8 @@ fn hostile(b: &Side, path: &[u8], link_first: Option<&[u8]>) {
         mtime: 0,
         mode: 0o644,
     };
-    w.file(path, &Version::Absent, &m, &mut &b"evil"[..]).unwrap();
+    w.file(path, &Version::Absent, &m, &mut &b"evil"[..])
+        .unwrap();
     let (mut f, len) = w.finish().unwrap();
     if !b.cfg.inbox.exists() {
         fspl_queue::Queue::init(&b.cfg.inbox, false).unwrap();
@@ -406,5 +436,8 @@ fn a_symlink_in_the_tree_never_leads_a_write_out_of_it() {
     a.ok();
     carry(&a, &b);
     let _ = b.round();
-    assert!(fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside");
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing written outside"
+    );
 }

@@ -202,7 +202,9 @@ pub fn run(cmd: SyncCmd) -> anyhow::Result<ExitCode> {
                 st.outbox,
                 st.peer,
                 st.inbox,
-                st.inbox_next_seq.map(|n| format!(" (next: seq {n})")).unwrap_or_default(),
+                st.inbox_next_seq
+                    .map(|n| format!(" (next: seq {n})"))
+                    .unwrap_or_default(),
                 st.next_seq
             );
             t.push_str(&format!("  conflict copies: {}\n", st.conflicts.len()));

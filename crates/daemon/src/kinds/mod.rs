@@ -162,6 +162,7 @@ pub fn spawn(
         }
         JobKind::Sync(p) => {
             let sup = p.supervision(sup);
+            p.set_wake(wake.clone());
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }

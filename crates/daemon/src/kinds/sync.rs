@@ -16,7 +16,10 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use fspl_sync::{Compression, Keys, Options, SyncConfig};
 use toml::de::DeValue;
@@ -25,7 +28,9 @@ use tracing::info_span;
 use super::Resource;
 use crate::config::{Bad, Checker, Keys as TomlKeys, path_value, string, strings};
 use crate::state::{JobState, JobStatus};
-use crate::supervisor::{FailureClass, Kind, Outcome, RunContext, RunReport, Supervision, WatchSpec};
+use crate::supervisor::{
+    FailureClass, Kind, Outcome, RunContext, RunReport, Supervision, WatchSpec,
+};
 
 /// The keys of a `type = "sync"` job of its own.
 pub const KEYS: &[&str] = &[
@@ -48,9 +53,68 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// `type = "sync"`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct SyncJob {
     pub cfg: SyncConfig,
+    /// The task's wake-up, set when the task starts: a change in the tree
+    /// wakes the job before its interval is up.
+    wake: Arc<Mutex<Option<Arc<Notify>>>>,
+}
+
+impl PartialEq for SyncJob {
+    fn eq(&self, other: &SyncJob) -> bool {
+        self.cfg == other.cfg
+    }
+}
+
+/// What a sync's runs need: its keys, and the watch on its tree (dropped
+/// with it).
+pub struct Prepared {
+    keys: Keys,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Watch the tree (recursively, through inotify): any change outside the
+/// sync's own directory and the excludes wakes the job. None when it
+/// cannot (too many directories for the inotify limit...): the job polls.
+fn watch_tree(cfg: &SyncConfig, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let root = cfg.dir.canonicalize().ok()?;
+    let private = cfg.private_dir();
+    let filter = fspl_sync::scan::Filter::new(
+        &root,
+        &cfg.exclude,
+        &[private, cfg.inbox.clone(), cfg.outbox.clone()],
+    )
+    .ok()?;
+    let base = root.clone();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let relevant = ev.paths.iter().any(|p| {
+            let rel = p.strip_prefix(&base).unwrap_or(p).as_os_str().as_bytes();
+            let name = rel.rsplit(|&c| c == b'/').next().unwrap_or(rel);
+            !rel.is_empty()
+                && !name.starts_with(fspl_sync::fsops::TEMP_PREFIX.as_bytes())
+                && !filter.excluded(rel, false)
+        });
+        if relevant {
+            wake.notify_one();
+        }
+    })
+    .ok()?;
+    match w.watch(&root, notify::RecursiveMode::Recursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch the tree for changes ({e}); it is scanned every interval only"
+            );
+            None
+        }
+    }
 }
 
 fn float(v: &toml::Spanned<DeValue<'_>>) -> Result<f64, Bad> {
@@ -122,7 +186,17 @@ impl SyncJob {
         {
             c.at(table, format!("{l}{e}"));
         }
-        SyncJob { cfg }
+        SyncJob {
+            cfg,
+            wake: Arc::default(),
+        }
+    }
+
+    /// The task's wake-up (see [`SyncJob::wake`]).
+    pub fn set_wake(&self, wake: Arc<Notify>) {
+        if let Ok(mut w) = self.wake.lock() {
+            *w = Some(wake);
+        }
     }
 
     /// The tree: one sync job per tree.
@@ -149,7 +223,10 @@ impl SyncJob {
     pub fn check(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if !self.cfg.dir.as_os_str().is_empty() && !self.cfg.dir.is_dir() {
-            problems.push(("dir", format!("{} is not a directory", self.cfg.dir.display())));
+            problems.push((
+                "dir",
+                format!("{} is not a directory", self.cfg.dir.display()),
+            ));
         }
         if let Err(e) = Keys::load(&self.cfg) {
             problems.push(("sign", e.to_string()));
@@ -159,7 +236,7 @@ impl SyncJob {
 }
 
 impl Kind for SyncJob {
-    type Prepared = Keys;
+    type Prepared = Prepared;
 
     fn name(&self) -> &'static str {
         "sync"
@@ -211,19 +288,32 @@ impl Kind for SyncJob {
         metrics::gauge!("fspl_sync_progress_percent", "job" => name.to_string()).set(100.0);
     }
 
+    /// A change set arriving in the inbox wakes the job (and a change in
+    /// the tree, see [`watch_tree`]).
     fn watch(&self) -> Option<WatchSpec> {
-        None
+        let jobs = self.cfg.inbox.join("jobs");
+        let lock = self.cfg.inbox.join("nextseq.lock");
+        Some(WatchSpec {
+            dir: jobs,
+            ready: lock.exists().then_some(lock),
+        })
     }
 
     fn busy(&self) -> Option<String> {
         Some("sync: scanning (0%)".into())
     }
 
-    fn prepare(&self) -> Result<Keys, String> {
-        Keys::load(&self.cfg).map_err(|e| fspl_queue::display_chain(&e))
+    fn prepare(&self) -> Result<Prepared, String> {
+        let keys = Keys::load(&self.cfg).map_err(|e| fspl_queue::display_chain(&e))?;
+        let wake = self.wake.lock().ok().and_then(|w| w.clone());
+        Ok(Prepared {
+            keys,
+            _watcher: wake.and_then(|w| watch_tree(&self.cfg, w)),
+        })
     }
 
-    fn run(&self, keys: &Keys, ctx: &RunContext) -> RunReport {
+    fn run(&self, prepared: &Prepared, ctx: &RunContext) -> RunReport {
+        let keys = &prepared.keys;
         let span = self.span(&ctx.name);
         let _e = span.enter();
         let since = crate::state::now_rfc3339();
