@@ -337,14 +337,16 @@ fn one(
                 root.rename(p, &to).map_err(|e| err(p, e))?;
                 out.conflicts += 1;
             }
-            Version::Present(Meta::Dir { .. }) if c.new.meta().is_some() && !new_is_dir => {
-                // A directory against a file: the directory (with all it
-                // holds) moves aside.
-                if !root.remove(p).map_err(|e| err(p, e))? {
-                    let to = free_name(root, conflict_name(p, local_time, &cfg.name))?;
-                    root.rename(p, &to).map_err(|e| err(p, e))?;
-                    out.conflicts += 1;
-                }
+            // A directory against a file: the directory (with all it
+            // holds) moves aside, unless it is empty.
+            Version::Present(Meta::Dir { .. })
+                if c.new.meta().is_some()
+                    && !new_is_dir
+                    && !root.remove(p).map_err(|e| err(p, e))? =>
+            {
+                let to = free_name(root, conflict_name(p, local_time, &cfg.name))?;
+                root.rename(p, &to).map_err(|e| err(p, e))?;
+                out.conflicts += 1;
             }
             _ => {}
         }

@@ -73,6 +73,7 @@ pub struct SyncConfig {
 /// The keys of a sync's table.
 pub const KEYS: &[&str] = &[
     "name",
+    "local_name",
     "dir",
     "peer",
     "outbox",
@@ -206,7 +207,8 @@ impl SyncConfig {
             }
             _ => doc,
         };
-        Self::from_table(&table, base, true).map_err(|e| match e {
+        let job_keys = table.contains_key("type");
+        Self::from_table(&table, base, job_keys).map_err(|e| match e {
             SyncError::Config { message } => bad(message),
             e => e,
         })
@@ -230,7 +232,8 @@ impl SyncConfig {
             "job",
         ];
         for k in t.keys() {
-            if !KEYS.contains(&k.as_str()) && !(job_keys && JOB.contains(&k.as_str())) {
+            let known = KEYS.contains(&k.as_str()) || (job_keys && JOB.contains(&k.as_str()));
+            if !known {
                 return Err(bad(format!(
                     "unknown key {k:?} (known: {})",
                     KEYS.join(", ")
@@ -276,7 +279,12 @@ impl SyncConfig {
             need("outbox", path("outbox")?)?,
             need("inbox", path("inbox")?)?,
         );
-        if let Some(n) = s("name")? {
+        // In a daemon's [[job]], `name` is the job's: this side's name is
+        // `local_name` there (accepted at the top level too).
+        if !job_keys && let Some(n) = s("name")? {
+            c.name = n;
+        }
+        if let Some(n) = s("local_name")? {
             c.name = n;
         }
         c.state = path("state")?;
@@ -311,5 +319,53 @@ pub fn expand_home(p: &str) -> PathBuf {
     match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_configuration_names_its_side_with_local_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("daemon.toml");
+        std::fs::write(
+            &p,
+            "[[job]]\nname = \"q\"\ntype = \"process\"\nqueue = \"/q\"\ncommand = [\"true\"]\n\n\
+             [[job]]\nname = \"work\"\ntype = \"sync\"\ndir = \"tree\"\nlocal_name = \"laptop\"\npeer = \"server\"\n\
+             outbox = \"out\"\ninbox = \"in\"\ninterval_min = 5\nexclude = [\"*.tmp\"]\nmax_delete = 0.25\n",
+        )
+        .unwrap();
+        let c = SyncConfig::load(&p, None).unwrap();
+        assert_eq!((c.name.as_str(), c.peer.as_str()), ("laptop", "server"));
+        assert_eq!(c.dir, d.path().join("tree"));
+        assert_eq!(
+            (c.interval_min, c.interval_max, c.max_delete),
+            (5, 30, 0.25)
+        );
+        assert_eq!(c.exclude, ["*.tmp"]);
+        assert!(SyncConfig::load(&p, Some("nope")).is_err());
+        // The top-level form, with `name`.
+        let p2 = d.path().join("sync.toml");
+        std::fs::write(
+            &p2,
+            "name = \"a\"\npeer = \"b\"\ndir = \"t\"\noutbox = \"o\"\ninbox = \"i\"\n",
+        )
+        .unwrap();
+        assert_eq!(SyncConfig::load(&p2, None).unwrap().name, "a");
+        std::fs::write(
+            &p2,
+            "name = \"a\"\npeer = \"a\"\ndir = \"t\"\noutbox = \"o\"\ninbox = \"i\"\n",
+        )
+        .unwrap();
+        assert!(SyncConfig::load(&p2, None).is_err(), "name = peer");
+        std::fs::write(
+            &p2,
+            "peer = \"b\"\ndir = \"t\"\noutbox = \"o\"\ninbox = \"i\"\ntypo = 1\n",
+        )
+        .unwrap();
+        let e = SyncConfig::load(&p2, None).unwrap_err().to_string();
+        assert!(e.contains("unknown key \"typo\""), "{e}");
     }
 }

@@ -724,3 +724,59 @@ fn the_schedule_stretches_when_idle_backs_off_on_failure_and_stops_after_three()
     ])));
     wait_for("resumed", || d.state("sync-alpha") != "error");
 }
+
+/// The sending side killed at several instants of its round: the next
+/// rounds send every change, with no gap in the seqs (a change set spooled
+/// before the kill goes out first), and the trees converge.
+#[test]
+fn sigkill_mid_send_loses_no_change_and_leaves_no_gap() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    for (k, delay_ms) in [20u64, 60, 150, 300].into_iter().enumerate() {
+        for i in 0..800 {
+            write(
+                &a.p(&format!("k{k}/f{i:04}")),
+                format!("{k}-{i}").repeat(100),
+            );
+        }
+        let mut c = a.cmd("once", &[]);
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    a.once();
+    // The outbox holds change sets 1..=N without a gap.
+    let out = ok(run(ours([
+        OsStr::new("queue-ls"),
+        OsStr::new("-q"),
+        a.outbox.as_os_str(),
+    ])));
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert!(!sorted.is_empty());
+    assert_eq!(
+        sorted,
+        (1..=sorted.len() as u64).collect::<Vec<_>>(),
+        "{out:?}"
+    );
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(
+        fs::read_to_string(b.p("k3/f0799")).unwrap(),
+        "3-799".repeat(100)
+    );
+}
