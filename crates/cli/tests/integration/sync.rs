@@ -258,7 +258,9 @@ fn ten_thousand_small_files_arrive_whole() {
     assert_eq!(manifest(&a.dir), manifest(&b.dir));
 }
 
-/// Peak RSS (KiB) of a command run to its end, from wait4.
+/// Peak RSS (KiB) of a command run to its end, from wait4 (which also
+/// reaps the child).
+#[allow(clippy::zombie_processes)]
 fn run_rss(mut c: Command) -> (Output, i64) {
     let child = c
         .stdout(Stdio::piped())
