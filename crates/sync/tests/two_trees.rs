@@ -365,6 +365,12 @@ fn excluded_paths_stay_and_dot_disables_syncing() {
 
 /// A change set made by hand with a hostile entry, stored in b's inbox.
 fn hostile(b: &Side, path: &[u8], link_first: Option<&[u8]>) {
+    handmade(b, path, link_first, 0)
+}
+
+/// A change set made by hand (one file at `path`, after a link when
+/// `link_first`), made at `created_ns` by alpha's clock, in b's inbox.
+fn handmade(b: &Side, path: &[u8], link_first: Option<&[u8]>, created_ns: i64) {
     use fspl_sync::changeset::{Manifest, Writer};
     use fspl_sync::meta::{Meta, Version};
     let tmp = tempfile::tempfile().unwrap();
@@ -374,7 +380,7 @@ fn hostile(b: &Side, path: &[u8], link_first: Option<&[u8]>) {
         from: "alpha".into(),
         to: "beta".into(),
         seq: 1,
-        created_ns: 0,
+        created_ns,
     })
     .unwrap();
     if let Some(l) = link_first {
@@ -440,4 +446,25 @@ fn a_symlink_in_the_tree_never_leads_a_write_out_of_it() {
         fs::read_dir(&outside).unwrap().next().is_none(),
         "nothing written outside"
     );
+}
+
+#[test]
+fn a_peer_clock_ahead_by_more_than_max_skew_is_reported() {
+    let (_t, _a, b) = pair();
+    let hour = 3600 * 1_000_000_000i64;
+    handmade(&b, b"from-the-future.txt", None, fspl_sync::now_ns() + hour);
+    let r = b.ok();
+    let skew = r.skew.expect("the skew is reported");
+    assert!(
+        skew.contains("alpha's clock is 3") && skew.contains("s ahead of ours"),
+        "{skew}"
+    );
+    assert_eq!(
+        fs::read_to_string(b.p("from-the-future.txt")).unwrap(),
+        "evil"
+    );
+    // Within max_skew: nothing to report.
+    let (_t, _a, b) = pair();
+    handmade(&b, b"now.txt", None, fspl_sync::now_ns() + 1_000_000_000);
+    assert_eq!(b.ok().skew, None);
 }
