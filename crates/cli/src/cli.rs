@@ -177,6 +177,11 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Two-way tree sync as ordered change-set jobs (fspl extension; see docs/sync.md)
+    Sync {
+        #[command(subcommand)]
+        cmd: crate::cmd::sync::SyncCmd,
+    },
     /// Take every job from a source into a queue (fspl extension)
     ///
     /// Stores each job with the checks of queue-write (durably, under the

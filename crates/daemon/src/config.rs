@@ -116,6 +116,8 @@ pub enum JobKind {
     Pull(PullJob),
     /// `type = "prune"`: apply keep rules to directories fspl fills.
     Prune(crate::kinds::prune::PruneJob),
+    /// `type = "sync"`: two-way tree sync through an outbox and an inbox.
+    Sync(crate::kinds::sync::SyncJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

@@ -18,6 +18,7 @@ mod prune;
 mod queue;
 mod serve;
 mod status;
+pub mod sync;
 mod transport;
 
 #[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
@@ -81,6 +82,7 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             keep,
             json,
         } => transport::push(&outbox, &dest, keep, json),
+        Cmd::Sync { cmd } => sync::run(cmd),
         Cmd::Pull { src, q, keep, json } => transport::pull(&src, &q.queuedir, keep, json),
         Cmd::QueueLs { q, d, json, keys } => {
             queue::ls(&q.queuedir, d.decoder.as_deref(), json, &keys)

@@ -14,9 +14,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{
-    Daemon, config, free_port, http_get, nextseq, process_job, q, send, signal, wait_for,
-};
+use crate::daemon::http_get;
+use crate::helper::wait_soon as wait_for;
 use crate::helper::*;
 
 /// A hook that writes its FSPL_HOOK_* variables to

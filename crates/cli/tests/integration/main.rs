@@ -36,6 +36,7 @@ mod reliability_strace;
 mod security;
 mod security_sweep;
 mod status_attention;
+mod sync;
 mod transport_dir;
 mod transport_nats;
 mod transport_s3;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, config, nextseq, process_job, q, send, wait_for};
+use crate::helper::wait_soon as wait_for;
 use crate::helper::*;
 
 /// Set a file's mtime to `secs_ago` seconds before `base`.

@@ -11,6 +11,7 @@ pub mod process;
 pub mod prune;
 pub mod pull;
 pub mod push;
+pub mod sync;
 mod transfer;
 
 use std::ffi::OsStr;
@@ -24,7 +25,7 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
-pub const KINDS: &[&str] = &["process", "push", "pull", "prune"];
+pub const KINDS: &[&str] = &["process", "push", "pull", "prune", "sync"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -68,6 +69,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "push" => push::KEYS,
         "pull" => pull::KEYS,
         "prune" => prune::KEYS,
+        "sync" => sync::KEYS,
         _ => process::KEYS,
     }
 }
@@ -79,6 +81,7 @@ pub fn verb(kind: &str) -> &'static str {
         "push" => "pushed",
         "pull" => "pulled from",
         "prune" => "pruned",
+        "sync" => "synced",
         _ => "run",
     }
 }
@@ -95,6 +98,7 @@ pub(crate) fn parse(
         "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
         "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
         "prune" => JobKind::Prune(prune::PruneJob::parse(c, k, table, label)),
+        "sync" => JobKind::Sync(sync::SyncJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -107,6 +111,7 @@ impl JobKind {
             JobKind::Push(_) => "push",
             JobKind::Pull(_) => "pull",
             JobKind::Prune(_) => "prune",
+            JobKind::Sync(_) => "sync",
         }
     }
 
@@ -117,6 +122,7 @@ impl JobKind {
             JobKind::Push(p) => p.resource(),
             JobKind::Pull(p) => p.resource(),
             JobKind::Prune(_) => None,
+            JobKind::Sync(p) => p.resource(),
         }
     }
 
@@ -128,6 +134,7 @@ impl JobKind {
             JobKind::Push(p) => p.watch(),
             JobKind::Pull(p) => p.watch(),
             JobKind::Prune(p) => p.watch(),
+            JobKind::Sync(p) => p.watch(),
         }
     }
 
@@ -139,6 +146,7 @@ impl JobKind {
             JobKind::Push(p) => p.check(),
             JobKind::Pull(p) => p.check(),
             JobKind::Prune(p) => p.check(),
+            JobKind::Sync(p) => p.check(),
         }
     }
 }
@@ -170,6 +178,11 @@ pub fn spawn(
                 poll_max: p.interval,
                 ..sup
             };
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        JobKind::Sync(p) => {
+            let sup = p.supervision(sup);
+            p.set_wake(wake.clone());
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }

@@ -1,0 +1,784 @@
+//! `fspl sync` (issue 16) as real processes: two trees, A and B, whose
+//! change sets cross through outbox and inbox queues carried by `fspl
+//! push` (to a `dir:` destination, and over SSH to `fspl serve-stdin`),
+//! one-shot rounds and daemons on each side. After both sides ran, the
+//! trees are compared with a manifest of content hashes. Every timing is
+//! a generous deadline, never a measurement.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helper::wait_soon as wait_for;
+use crate::helper::*;
+
+/// One side: its tree, outbox and inbox, in a sandbox.
+struct Side {
+    name: &'static str,
+    peer: &'static str,
+    dir: PathBuf,
+    outbox: PathBuf,
+    inbox: PathBuf,
+}
+
+impl Side {
+    fn new(sb: &Sandbox, name: &'static str, peer: &'static str) -> Side {
+        let s = Side {
+            name,
+            peer,
+            dir: sb.path(format!("{name}/tree")),
+            outbox: sb.path(format!("{name}/outbox")),
+            inbox: sb.path(format!("{name}/inbox")),
+        };
+        fs::create_dir_all(&s.dir).unwrap();
+        for qd in [&s.outbox, &s.inbox] {
+            ok(run(ours([
+                OsStr::new("queue-init"),
+                OsStr::new("-q"),
+                qd.as_os_str(),
+            ])));
+        }
+        s
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--dir".into(),
+            self.dir.display().to_string(),
+            "--name".into(),
+            self.name.into(),
+            "--peer".into(),
+            self.peer.into(),
+            "--outbox".into(),
+            self.outbox.display().to_string(),
+            "--inbox".into(),
+            self.inbox.display().to_string(),
+        ]
+    }
+
+    fn cmd(&self, sub: &str, extra: &[&str]) -> Command {
+        let mut c = fspl();
+        c.args(["sync", sub]).args(self.args()).args(extra);
+        c
+    }
+
+    fn once(&self) -> serde_json::Value {
+        let out = ok(run(self.cmd("once", &["--json"])));
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn fails(&self, extra: &[&str]) -> String {
+        one_line_error(run(self.cmd("once", extra)))
+    }
+
+    /// The daemon's [[job]] tables for this side: the sync, and a push of
+    /// its outbox into `to`.
+    fn jobs(&self, to: &Path, extra: &str) -> Vec<String> {
+        vec![
+            format!(
+                "[[job]]\nname = \"sync-{n}\"\ntype = \"sync\"\ndir = {}\nlocal_name = \"{n}\"\npeer = \"{p}\"\noutbox = {}\ninbox = {}\n{extra}\n",
+                q(&self.dir),
+                q(&self.outbox),
+                q(&self.inbox),
+                n = self.name,
+                p = self.peer
+            ),
+            format!(
+                "[[job]]\nname = \"push-{n}\"\ntype = \"push\"\noutbox = {}\nto = \"dir:{}\"\n",
+                q(&self.outbox),
+                to.display(),
+                n = self.name
+            ),
+        ]
+    }
+}
+
+/// `fspl push` of `from`'s outbox into `to`'s inbox (a `dir:` URL).
+fn push(from: &Side, to: &Side) {
+    ok(run(ours([
+        OsStr::new("push"),
+        OsStr::new("-q"),
+        from.outbox.as_os_str(),
+        OsStr::new(&format!("dir:{}", to.inbox.display())),
+    ])));
+}
+
+/// Rounds on both sides with pushes in between, until nothing moves.
+fn settle(a: &Side, b: &Side) {
+    for _ in 0..6 {
+        let ra = a.once();
+        push(a, b);
+        let rb = b.once();
+        push(b, a);
+        let ra2 = a.once();
+        let moved = |r: &serde_json::Value| {
+            r["sets_sent"].as_u64().unwrap() + r["sets_received"].as_u64().unwrap()
+        };
+        if moved(&rb) + moved(&ra2) == 0 && moved(&ra) == 0 {
+            return;
+        }
+    }
+    panic!("the trees did not settle in 6 rounds");
+}
+
+/// Path -> type, mode, content hash (files also their mtime), link target;
+/// the sync's own directory left out.
+fn manifest(root: &Path) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel.starts_with(".fspl-sync") {
+                continue;
+            }
+            let md = fs::symlink_metadata(&p).unwrap();
+            let v = if md.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&p).unwrap().display())
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o}", md.mode() & 0o7777)
+            } else {
+                format!(
+                    "file {:o} {}.{} {}",
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    blake3::hash(&fs::read(&p).unwrap()).to_hex()
+                )
+            };
+            m.insert(rel, v);
+        }
+    }
+    m
+}
+
+fn write(p: &Path, s: impl AsRef<[u8]>) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, s).unwrap();
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[test]
+fn two_trees_crossed_by_dir_pushes_converge_through_every_kind_of_change() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    write(&a.p("notes.txt"), "first");
+    write(&a.p("src/main.rs"), "fn main() {}");
+    write(&a.p("src/deep/er/mod.rs"), "// deep");
+    fs::create_dir_all(a.p("empty/also-empty")).unwrap();
+    symlink("src/main.rs", a.p("main-link")).unwrap();
+    write(&a.p("run.sh"), "#!/bin/sh\n");
+    fs::set_permissions(a.p("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    write(&b.p("from-beta.txt"), "made on beta");
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(
+        fs::read_to_string(b.p("src/deep/er/mod.rs")).unwrap(),
+        "// deep"
+    );
+    assert_eq!(
+        fs::read_link(b.p("main-link")).unwrap(),
+        Path::new("src/main.rs")
+    );
+    assert_eq!(fs::metadata(b.p("run.sh")).unwrap().mode() & 0o777, 0o755);
+    assert!(b.p("empty/also-empty").is_dir());
+    assert_eq!(
+        fs::read_to_string(a.p("from-beta.txt")).unwrap(),
+        "made on beta"
+    );
+
+    // Modify, delete, rename, change a mode, remove an empty directory,
+    // retarget a link: on both sides at once.
+    write(&a.p("notes.txt"), "second");
+    fs::rename(a.p("src"), a.p("source")).unwrap();
+    fs::remove_file(b.p("from-beta.txt")).unwrap();
+    fs::set_permissions(b.p("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_dir(b.p("empty/also-empty")).unwrap();
+    fs::remove_file(b.p("main-link")).unwrap();
+    symlink("notes.txt", b.p("main-link")).unwrap();
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(fs::read_to_string(b.p("notes.txt")).unwrap(), "second");
+    assert!(!b.p("src").exists() && b.p("source/deep/er/mod.rs").is_file());
+    assert!(!a.p("from-beta.txt").exists());
+    assert_eq!(fs::metadata(a.p("run.sh")).unwrap().mode() & 0o777, 0o700);
+    assert!(!a.p("empty/also-empty").exists() && a.p("empty").is_dir());
+    assert_eq!(
+        fs::read_link(a.p("main-link")).unwrap(),
+        Path::new("notes.txt")
+    );
+
+    let st = ok(run(a.cmd("status", &["--json"])));
+    let st: serde_json::Value = serde_json::from_slice(&st).unwrap();
+    assert_eq!(st["local_changes"], 0);
+    assert_eq!(st["inbox"], 0);
+    assert_eq!(st["last_round"]["error"], serde_json::Value::Null);
+}
+
+#[test]
+fn ten_thousand_small_files_arrive_whole() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    for i in 0..10_000 {
+        write(
+            &a.p(&format!("d{:02}/f{i:05}.txt", i % 50)),
+            format!("file {i}\n"),
+        );
+    }
+    let r = a.once();
+    assert_eq!(r["files_sent"], 10_000);
+    push(&a, &b);
+    let r = b.once();
+    assert_eq!(r["files_received"], 10_000);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+}
+
+/// Peak RSS (KiB) of a command run to its end, from wait4 (which also
+/// reaps the child).
+#[allow(clippy::zombie_processes)]
+fn run_rss(mut c: Command) -> (Output, i64) {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let out_pipe = child.stdout;
+    let err_pipe = child.stderr;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out_pipe.unwrap(), &mut v).unwrap();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut err_pipe.unwrap(), &mut v).unwrap();
+        v
+    });
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut ru) }, pid);
+    use std::os::unix::process::ExitStatusExt;
+    let out = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    };
+    (out, ru.ru_maxrss)
+}
+
+/// A large file goes through in constant memory: 256 MiB here (set
+/// FSPL_SYNC_LARGE_MIB=1024 for the 1 GiB case of the issue).
+#[test]
+fn a_large_file_is_streamed_in_constant_memory() {
+    let mib: u64 = std::env::var("FSPL_SYNC_LARGE_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    {
+        // Incompressible, so that every byte goes through.
+        use std::io::Write;
+        let mut f = fs::File::create(a.p("big.bin")).unwrap();
+        let mut x: u64 = 0x1234_5678;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for c in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let (out, rss_a) = run_rss(a.cmd("once", &["--compression", "lz4"]));
+    ok(out);
+    push(&a, &b);
+    let (out, rss_b) = run_rss(b.cmd("once", &[]));
+    ok(out);
+    assert_eq!(
+        fs::metadata(b.p("big.bin")).unwrap().len(),
+        mib << 20,
+        "the whole file arrived"
+    );
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    // Far below the file's size: the file never sits in memory.
+    for (side, rss) in [("sender", rss_a), ("receiver", rss_b)] {
+        assert!(
+            rss < 96 * 1024,
+            "{side} peak RSS {rss} KiB for a {mib} MiB file"
+        );
+    }
+}
+
+#[test]
+fn conflicts_keep_every_losing_version_as_a_conflict_copy() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    write(&a.p("both.txt"), "v0");
+    write(&a.p("gone.txt"), "v0");
+    write(&a.p("dir/old.txt"), "old");
+    write(&a.p("keep.txt"), "keeps the tree from looking emptied");
+    settle(&a, &b);
+    // Changed on both sides: beta's is newer.
+    write(&a.p("both.txt"), "alpha's older edit");
+    set_mtime(&a.p("both.txt"), 2_000_000_000);
+    write(&b.p("both.txt"), "beta's newer edit");
+    set_mtime(&b.p("both.txt"), 2_000_000_060);
+    // Changed on alpha (newer than the deletion? no: an old mtime), deleted on beta.
+    write(&a.p("gone.txt"), "alpha's edit of a file beta deleted");
+    set_mtime(&a.p("gone.txt"), 1_000_000_000);
+    fs::remove_file(b.p("gone.txt")).unwrap();
+    // A directory deleted on alpha while beta makes a file in it.
+    fs::remove_dir_all(a.p("dir")).unwrap();
+    write(&b.p("dir/new.txt"), "made inside a deleted directory");
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    for s in [&a, &b] {
+        assert_eq!(
+            fs::read_to_string(s.p("both.txt")).unwrap(),
+            "beta's newer edit"
+        );
+        assert_eq!(
+            fs::read_to_string(s.p("both.sync-conflict-20330518-033320-alpha.txt")).unwrap(),
+            "alpha's older edit"
+        );
+        // The deletion is newer than alpha's edit: it wins, the edit stays
+        // as a copy.
+        assert!(!s.p("gone.txt").exists());
+        assert_eq!(
+            fs::read_to_string(s.p("gone.sync-conflict-20010909-014640-alpha.txt")).unwrap(),
+            "alpha's edit of a file beta deleted"
+        );
+        assert_eq!(
+            fs::read_to_string(s.p("dir/new.txt")).unwrap(),
+            "made inside a deleted directory"
+        );
+        assert!(!s.p("dir/old.txt").exists());
+    }
+    let st = ok(run(a.cmd("status", &["--json"])));
+    let st: serde_json::Value = serde_json::from_slice(&st).unwrap();
+    assert_eq!(st["conflicts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn safety_refusals_name_the_problem_and_force_overrides_them() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    for i in 0..20 {
+        write(&a.p(&format!("f{i:02}")), "x");
+    }
+    settle(&a, &b);
+    // 90% of the tree deleted: not sent.
+    for i in 0..18 {
+        fs::remove_file(a.p(&format!("f{i:02}"))).unwrap();
+    }
+    let e = a.fails(&[]);
+    assert!(e.contains("would delete 18 of 20 entries"), "{e}");
+    assert_eq!(fspl_testkit::job_names(&a.outbox.join("jobs")).len(), 0);
+    // Forced: sent; the receiver refuses it in turn, until forced too.
+    ok(run(a.cmd("once", &["--force"])));
+    push(&a, &b);
+    let e = b.fails(&[]);
+    assert!(
+        e.contains("change set seq") && e.contains("would delete 18"),
+        "{e}"
+    );
+    assert!(b.p("f00").exists());
+    ok(run(b.cmd("once", &["--force"])));
+    assert!(!b.p("f00").exists() && b.p("f19").exists());
+
+    // An emptied root.
+    for i in 18..20 {
+        fs::remove_file(a.p(&format!("f{i:02}"))).unwrap();
+    }
+    let e = a.fails(&[]);
+    assert!(
+        e.contains("is empty but 2 entries were synced before"),
+        "{e}"
+    );
+    // A missing root.
+    fs::remove_dir_all(&a.dir).unwrap();
+    let e = a.fails(&[]);
+    assert!(e.contains("is missing: refusing to sync"), "{e}");
+    // `.` in the excludes turns syncing off, and says so.
+    let e = b.fails(&["--exclude", "."]);
+    assert!(
+        e.contains("syncing is disabled: exclude contains \".\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn excluded_paths_and_the_syncs_own_queues_inside_the_tree_are_never_sent() {
+    let sb = Sandbox::new();
+    let mut a = Side::new(&sb, "alpha", "beta");
+    let b = Side::new(&sb, "beta", "alpha");
+    // Queues inside the tree.
+    a.outbox = a.p("queues/out");
+    a.inbox = a.p("queues/in");
+    write(&a.p("keep.txt"), "k");
+    write(&a.p("skip.log"), "l");
+    write(&a.p("target/debug/x"), "x");
+    ok(run(a.cmd(
+        "once",
+        &["--exclude", "*.log", "--exclude", "target/"],
+    )));
+    ok(run(ours([
+        OsStr::new("push"),
+        OsStr::new("-q"),
+        a.outbox.as_os_str(),
+        OsStr::new(&format!("dir:{}", b.inbox.display())),
+    ])));
+    b.once();
+    assert!(b.p("keep.txt").exists());
+    assert!(!b.p("skip.log").exists() && !b.p("target").exists());
+    // The queues (their parent is an ordinary directory) are not sent.
+    assert!(!b.p("queues/out").exists() && !b.p("queues/in").exists());
+}
+
+#[test]
+fn sigkill_mid_apply_leaves_only_whole_files_and_the_next_round_converges() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    for i in 0..1500 {
+        write(
+            &a.p(&format!("d{}/f{i:04}", i % 10)),
+            format!("{i}").repeat(200),
+        );
+    }
+    a.once();
+    push(&a, &b);
+    // Kill the receiving side at several instants; after each kill every
+    // file present is whole.
+    let want = manifest(&a.dir);
+    for delay_ms in [30u64, 90, 200, 400] {
+        let mut c = b.cmd("once", &[]);
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        for (p, v) in manifest(&b.dir) {
+            if p.contains(".fspl-sync-tmp.") {
+                continue;
+            }
+            assert_eq!(Some(&v), want.get(&p), "{p} after a kill at {delay_ms} ms");
+        }
+    }
+    // Rounds on both sides converge (what the killed rounds applied
+    // partly goes back to alpha as no-ops).
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(manifest(&a.dir), want);
+}
+
+#[test]
+fn over_ssh_change_sets_go_through_serve_stdin() {
+    use crate::helper::sshd::Sshd;
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    let sshd = Sshd::start(&sb.path("sshd"));
+    let intake = sb.path("intake.toml");
+    fs::write(
+        &intake,
+        format!(
+            "[identity.alpha.queues]\nsync = {}\n[identity.beta.queues]\nsync = {}\n",
+            q(&b.inbox),
+            q(&a.inbox)
+        ),
+    )
+    .unwrap();
+    let key = |id: &str| {
+        sshd.authorize(
+            id,
+            "restrict",
+            &format!(
+                "{} serve-stdin {id} -c {}",
+                fspl_bin().display(),
+                intake.display()
+            ),
+        )
+    };
+    let (ka, kb) = (key("alpha"), key("beta"));
+    let ssh_push = |from: &Side, k: &Path| {
+        let mut c = ours([
+            OsStr::new("push"),
+            OsStr::new("-q"),
+            from.outbox.as_os_str(),
+            OsStr::new("ssh://fspl-test-host/sync"),
+        ]);
+        c.env(fspl_transport::ssh::SSH_ENV, sshd.fspl_ssh(k));
+        ok(run(c));
+    };
+    write(&a.p("a.txt"), "from alpha over ssh");
+    write(&b.p("b/b.txt"), "from beta over ssh");
+    for _ in 0..2 {
+        a.once();
+        ssh_push(&a, &ka);
+        b.once();
+        ssh_push(&b, &kb);
+    }
+    a.once();
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(
+        fs::read_to_string(b.p("a.txt")).unwrap(),
+        "from alpha over ssh"
+    );
+    assert_eq!(
+        fs::read_to_string(a.p("b/b.txt")).unwrap(),
+        "from beta over ssh"
+    );
+}
+
+#[test]
+fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    let key = sb.path("alpha.key");
+    ok(run(ours([
+        OsStr::new("keygen"),
+        OsStr::new("-o"),
+        key.as_os_str(),
+    ])));
+    let public = fs::read_to_string(sb.path("alpha.key.pub")).unwrap();
+    let trust = sb.path("trust.toml");
+    fs::write(
+        &trust,
+        format!("[[sender]]\nname = \"alpha\"\nkey = {:?}\n", public.trim()),
+    )
+    .unwrap();
+    let age = sb.path("beta.age");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "command -v age-keygen >/dev/null && age-keygen -o {} 2>&1",
+            age.display()
+        ))
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Public key: ").map(String::from));
+    write(&a.p("secret.txt"), "signed");
+    let mut send = vec!["--sign".to_string(), key.display().to_string()];
+    if let Some(r) = &recipient {
+        send.extend(["--encrypt-to".into(), r.clone()]);
+    }
+    let send: Vec<&str> = send.iter().map(String::as_str).collect();
+    ok(run(a.cmd("once", &send)));
+    push(&a, &b);
+    let mut recv = vec!["--trust".to_string(), trust.display().to_string()];
+    if recipient.is_some() {
+        recv.extend(["--identity".into(), age.display().to_string()]);
+    }
+    let recv: Vec<&str> = recv.iter().map(String::as_str).collect();
+    ok(run(b.cmd("once", &recv)));
+    assert_eq!(fs::read_to_string(b.p("secret.txt")).unwrap(), "signed");
+    // An unsigned change set is refused with the trust file, and moved aside.
+    write(&a.p("unsigned.txt"), "forged");
+    a.once();
+    push(&a, &b);
+    let e = b.fails(&recv);
+    assert!(
+        e.contains("change set seq 2 in the inbox was refused"),
+        "{e}"
+    );
+    assert!(!b.p("unsigned.txt").exists());
+}
+
+/// The rounds' interval is an hour: every change gets across because a
+/// change in the tree (inotify) and a change set landing in the inbox
+/// wake the job.
+#[test]
+fn a_daemon_on_each_side_keeps_the_trees_in_step_woken_by_changes() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    let fast = "interval_min = 3600\ninterval_max = 3600";
+    let mk = |s: &Side, to: &Side, home: &Sandbox| {
+        format!(
+            "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n\n{}",
+            q(home.path("d.sock")),
+            s.jobs(&to.inbox, fast).join("\n")
+        )
+    };
+    write(&a.p("hello.txt"), "from alpha's daemon");
+    let (ha, hb) = (Sandbox::new(), Sandbox::new());
+    let da = Daemon::start(&ha, &mk(&a, &b, &ha), "logfmt");
+    let db = Daemon::start(&hb, &mk(&b, &a, &hb), "logfmt");
+    wait_for("hello.txt on beta", || b.p("hello.txt").exists());
+    write(&b.p("reply.txt"), "from beta's daemon");
+    wait_for("reply.txt on alpha", || a.p("reply.txt").exists());
+    fs::remove_file(a.p("hello.txt")).unwrap();
+    wait_for("hello.txt gone on beta", || !b.p("hello.txt").exists());
+    let j = db.job("sync-beta");
+    assert_eq!(j["type"], "sync");
+    assert!(j["jobs_succeeded"].as_u64().unwrap() >= 1, "{j}");
+    wait_for("both trees equal", || manifest(&a.dir) == manifest(&b.dir));
+    drop(da);
+    drop(db);
+}
+
+#[test]
+fn the_schedule_stretches_when_idle_backs_off_on_failure_and_stops_after_three() {
+    let sb = Sandbox::new();
+    let a = Side::new(&sb, "alpha", "beta");
+    let b = Side::new(&sb, "beta", "alpha");
+    write(&a.p("x"), "x");
+    let text = format!(
+        "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n\n{}",
+        q(sb.path("d.sock")),
+        a.jobs(&b.inbox, "interval_min = 1\ninterval_max = 4")[0]
+    );
+    let d = Daemon::start(&sb, &text, "logfmt");
+    // Idle: the gaps between rounds grow (1, 1.3, 1.69, 2.2, 2.86 s...).
+    let mut times = Vec::new();
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while times.len() < 6 && Instant::now() < deadline {
+        let runs = d.job("sync-alpha")["runs"].as_u64().unwrap();
+        if runs != last {
+            last = runs;
+            times.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(times.len(), 6, "six rounds in 40 s");
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    assert!(gaps[4] > gaps[0] + 0.8, "idle gaps grow: {gaps:?}");
+    // Activity puts it back to interval_min.
+    write(&a.p("y"), "y");
+    wait_for("the change sent", || {
+        fspl_testkit::job_names(&a.outbox.join("jobs")).len() == 1
+            || fspl_testkit::job_names(&a.outbox.join("jobs")).len() == 2
+    });
+    // Failures: the tree goes away; three failed rounds in a row and the
+    // error state, with the reason.
+    fs::rename(&a.dir, sb.path("moved-away")).unwrap();
+    wait_for("the error state", || d.state("sync-alpha") == "error");
+    let j = d.job("sync-alpha");
+    assert!(j["message"].as_str().unwrap().contains("is missing"), "{j}");
+    assert!(j["runs_failed"].as_u64().unwrap() >= 3, "{j}");
+    // Back, and cleared: it resumes.
+    fs::rename(sb.path("moved-away"), &a.dir).unwrap();
+    ok(run(ours([
+        OsStr::new("status"),
+        OsStr::new("--socket"),
+        sb.path("d.sock").as_os_str(),
+        OsStr::new("--clear"),
+        OsStr::new("sync-alpha"),
+    ])));
+    wait_for("resumed", || d.state("sync-alpha") != "error");
+}
+
+/// The sending side killed at several instants of its round: the next
+/// rounds send every change, with no gap in the seqs (a change set spooled
+/// before the kill goes out first), and the trees converge.
+#[test]
+fn sigkill_mid_send_loses_no_change_and_leaves_no_gap() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    for (k, delay_ms) in [20u64, 60, 150, 300].into_iter().enumerate() {
+        for i in 0..800 {
+            write(
+                &a.p(&format!("k{k}/f{i:04}")),
+                format!("{k}-{i}").repeat(100),
+            );
+        }
+        let mut c = a.cmd("once", &[]);
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    a.once();
+    // The outbox holds change sets 1..=N without a gap.
+    let out = ok(run(ours([
+        OsStr::new("queue-ls"),
+        OsStr::new("-q"),
+        a.outbox.as_os_str(),
+    ])));
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert!(!sorted.is_empty());
+    assert_eq!(
+        sorted,
+        (1..=sorted.len() as u64).collect::<Vec<_>>(),
+        "{out:?}"
+    );
+    settle(&a, &b);
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+    assert_eq!(
+        fs::read_to_string(b.p("k3/f0799")).unwrap(),
+        "3-799".repeat(100)
+    );
+}

@@ -1,0 +1,414 @@
+//! Changing the tree safely: every operation starts from the root's
+//! directory descriptor and walks down one component at a time with
+//! `O_NOFOLLOW`, so that a symbolic link inside the tree (or one a
+//! change set created) can never lead a write out of it. Files land
+//! atomically: written under a temporary name beside their target,
+//! fsynced, renamed over it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::Timespec;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
+
+use crate::meta::{Meta, parent};
+
+/// Temporary files of an apply start with this (never synced; removed
+/// by the next round when a kill left them).
+pub const TEMP_PREFIX: &str = ".fspl-sync-tmp.";
+
+/// The tree's root, opened once.
+pub struct Root {
+    fd: OwnedFd,
+    pub path: PathBuf,
+    /// Directories whose entries changed and are not yet synced (by
+    /// [`Root::sync_dirs`], before the state that records them is saved).
+    dirty: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+}
+
+fn os(p: &[u8]) -> &OsStr {
+    OsStr::from_bytes(p)
+}
+
+fn ts(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+fn name_of(rel: &[u8]) -> &[u8] {
+    match parent(rel) {
+        Some(p) => &rel[p.len() + 1..],
+        None => rel,
+    }
+}
+
+/// An error about a path of the tree, naming it.
+fn at(rel: &[u8], what: &str, e: impl Into<io::Error>) -> io::Error {
+    let e: io::Error = e.into();
+    let why = if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+        format!("{e} (a symbolic link or a file is in the way; symbolic links are never followed)")
+    } else {
+        e.to_string()
+    };
+    io::Error::new(
+        e.kind(),
+        format!("cannot {what} {}: {why}", String::from_utf8_lossy(rel)),
+    )
+}
+
+impl Root {
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+            dirty: Default::default(),
+        })
+    }
+
+    /// The directory holding `rel`, walked to without following links;
+    /// missing directories are created when `create` (mode 0755, as
+    /// their own entries set it later). None when it is missing.
+    fn dir_of(&self, rel: &[u8], create: bool) -> io::Result<Option<OwnedFd>> {
+        let mut cur = rustix::io::dup(&self.fd)?;
+        let Some(p) = parent(rel) else {
+            return Ok(Some(cur));
+        };
+        let mut walked = 0usize;
+        for comp in p.split(|&c| c == b'/') {
+            let upto = &p[..walked + comp.len()];
+            walked += comp.len() + 1;
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let next = match rustix::fs::openat(&cur, os(comp), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&cur, os(comp), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(at(rel, "create the directories of", e)),
+                    }
+                    self.mark_dirty(upto);
+                    rustix::fs::openat(&cur, os(comp), flags, Mode::empty())
+                        .map_err(|e| at(rel, "open the directory of", e))?
+                }
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(at(rel, "open the directory of", e)),
+            };
+            cur = next;
+        }
+        Ok(Some(cur))
+    }
+
+    /// What is at `rel` now (lstat); None when nothing is, or the
+    /// directory it would be in is not there. A special file (FIFO,
+    /// socket, device) is reported as an error.
+    pub fn lstat(&self, rel: &[u8]) -> io::Result<Option<Meta>> {
+        let dir = match self.dir_of(rel, false) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = match rustix::fs::statat(&dir, os(name_of(rel)), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(at(rel, "look at", e)),
+        };
+        let mtime = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        let mode = st.st_mode as u32 & 0o7777;
+        Ok(Some(match FileType::from_raw_mode(st.st_mode as _) {
+            FileType::RegularFile => Meta::File {
+                size: st.st_size as u64,
+                mtime,
+                mode,
+            },
+            FileType::Directory => Meta::Dir { mode },
+            FileType::Symlink => {
+                let t = rustix::fs::readlinkat(&dir, os(name_of(rel)), Vec::new())
+                    .map_err(|e| at(rel, "read the link", e))?;
+                Meta::Link {
+                    target: t.into_bytes(),
+                    mtime,
+                }
+            }
+            _ => {
+                return Err(io::Error::other(format!(
+                    "{} is a special file (FIFO, socket or device), which is not synced",
+                    String::from_utf8_lossy(rel)
+                )));
+            }
+        }))
+    }
+
+    /// A new temporary file beside `rel` (its directory created).
+    fn temp(&self, rel: &[u8]) -> io::Result<(OwnedFd, String, File)> {
+        let dir = self
+            .dir_of(rel, true)?
+            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        let name = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| at(rel, "create a temporary file for", e))?;
+        Ok((dir, name, File::from(fd)))
+    }
+
+    /// Put a temporary in place of `rel`; what is there is replaced (an
+    /// empty directory too; a directory with entries is an error).
+    fn install(&self, dir: &OwnedFd, tmp: &str, rel: &[u8]) -> io::Result<()> {
+        let name = os(name_of(rel));
+        let r = rustix::fs::renameat(dir, tmp, dir, name);
+        let r = match r {
+            Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::NOTEMPTY) => {
+                // A directory is there: only an empty one is replaced.
+                rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+                    .and_then(|()| rustix::fs::renameat(dir, tmp, dir, name))
+            }
+            r => r,
+        };
+        if let Err(e) = r {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            return Err(at(rel, "put in place", e));
+        }
+        self.mark_dirty(rel);
+        Ok(())
+    }
+
+    fn mark_dirty(&self, rel: &[u8]) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.insert(parent(rel).unwrap_or(b"").to_vec());
+        }
+    }
+
+    /// fsync every directory whose entries changed since the last call.
+    pub fn sync_dirs(&self) -> io::Result<()> {
+        let dirs = std::mem::take(
+            &mut *self
+                .dirty
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?,
+        );
+        for d in dirs {
+            let fd = if d.is_empty() {
+                rustix::io::dup(&self.fd)?
+            } else {
+                match rustix::fs::openat(
+                    &self.fd,
+                    os(&d),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(at(&d, "open", e)),
+                }
+            };
+            rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
+        }
+        Ok(())
+    }
+
+    /// Write a regular file from `src` (exactly `size` bytes), with its
+    /// mode and mtime, atomically and durably.
+    pub fn write_file(
+        &self,
+        rel: &[u8],
+        src: &mut dyn Read,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+    ) -> io::Result<()> {
+        let tmp = self.write_temp(rel, src, size, mode, mtime, true)?;
+        self.put_in_place(rel, &tmp)
+    }
+
+    /// Write the content of `rel` under a temporary name beside it (its
+    /// directory created); fsynced when `sync`, else the caller syncs the
+    /// file system ([`Root::syncfs`]) before [`Root::put_in_place`].
+    pub fn write_temp(
+        &self,
+        rel: &[u8],
+        src: &mut dyn Read,
+        size: u64,
+        mode: u32,
+        mtime: i64,
+        sync: bool,
+    ) -> io::Result<String> {
+        let (dir, tmp, mut f) = self.temp(rel)?;
+        let result = (|| {
+            let n = io::copy(&mut src.take(size), &mut f).map_err(|e| at(rel, "write", e))?;
+            if n != size {
+                return Err(at(
+                    rel,
+                    "write",
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the change set ended early"),
+                ));
+            }
+            f.flush()?;
+            rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))
+                .map_err(|e| at(rel, "set the mode of", e))?;
+            rustix::fs::futimens(
+                &f,
+                &Timestamps {
+                    last_access: ts(mtime),
+                    last_modification: ts(mtime),
+                },
+            )
+            .map_err(|e| at(rel, "set the time of", e))?;
+            if sync {
+                f.sync_all().map_err(|e| at(rel, "sync", e))?;
+            }
+            Ok(())
+        })();
+        drop(f);
+        if let Err(e) = result {
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        Ok(tmp)
+    }
+
+    /// Rename the temporary `tmp` (made by [`Root::write_temp`]) over
+    /// `rel`.
+    pub fn put_in_place(&self, rel: &[u8], tmp: &str) -> io::Result<()> {
+        let dir = self
+            .dir_of(rel, true)?
+            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        self.install(&dir, tmp, rel)
+    }
+
+    /// Flush everything written to the tree's file system (one flush for
+    /// a whole batch of temporary files, instead of one fsync each).
+    pub fn syncfs(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.fd).map_err(Into::into)
+    }
+
+    /// Make `rel` a symbolic link to `target` (never followed).
+    pub fn symlink(&self, rel: &[u8], target: &[u8], mtime: i64) -> io::Result<()> {
+        let dir = self
+            .dir_of(rel, true)?
+            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        let tmp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        rustix::fs::symlinkat(os(target), &dir, tmp.as_str())
+            .map_err(|e| at(rel, "create the link", e))?;
+        let _ = rustix::fs::utimensat(
+            &dir,
+            tmp.as_str(),
+            &Timestamps {
+                last_access: ts(mtime),
+                last_modification: ts(mtime),
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+        self.install(&dir, &tmp, rel)
+    }
+
+    /// Make `rel` a directory with `mode` (what else is there, when not a
+    /// directory, is replaced by the caller's decision: it must be gone).
+    pub fn mkdir(&self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let dir = self
+            .dir_of(rel, true)?
+            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        let name = os(name_of(rel));
+        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode & 0o7777)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(at(rel, "create the directory", e)),
+        }
+        let fd = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| at(rel, "open the directory", e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))
+            .map_err(|e| at(rel, "set the mode of", e))?;
+        self.mark_dirty(rel);
+        Ok(())
+    }
+
+    /// Remove `rel`: a file or link, or a directory when empty. False
+    /// when a directory still has entries (it stays).
+    pub fn remove(&self, rel: &[u8]) -> io::Result<bool> {
+        let Some(dir) = self.dir_of(rel, false)? else {
+            return Ok(true);
+        };
+        let name = os(name_of(rel));
+        let r = match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+            Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {
+                match rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR) {
+                    Err(rustix::io::Errno::NOTEMPTY) | Err(rustix::io::Errno::EXIST) => {
+                        return Ok(false);
+                    }
+                    r => r,
+                }
+            }
+            r => r,
+        };
+        match r {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(at(rel, "remove", e)),
+        }
+        self.mark_dirty(rel);
+        Ok(true)
+    }
+
+    /// Rename `from` to `to` (both in the tree; `to`'s directory created;
+    /// `to` must not exist).
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let fd = self
+            .dir_of(from, false)?
+            .ok_or_else(|| at(from, "rename", io::Error::from(io::ErrorKind::NotFound)))?;
+        let td = self
+            .dir_of(to, true)?
+            .ok_or_else(|| at(to, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        rustix::fs::renameat(&fd, os(name_of(from)), &td, os(name_of(to)))
+            .map_err(|e| at(from, "rename", e))?;
+        self.mark_dirty(to);
+        self.mark_dirty(from);
+        Ok(())
+    }
+
+    /// Open a regular file of the tree for reading, without following a
+    /// link.
+    pub fn open_file(&self, rel: &[u8]) -> io::Result<Option<File>> {
+        let Some(dir) = self.dir_of(rel, false)? else {
+            return Ok(None);
+        };
+        match rustix::fs::openat(
+            &dir,
+            os(name_of(rel)),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(at(rel, "open", e)),
+        }
+    }
+
+    pub fn fd(&self) -> impl AsFd + '_ {
+        self.fd.as_fd()
+    }
+}
+
+/// The metadata of an open file (as [`Root::lstat`] reads it).
+pub fn fstat_meta(f: &File) -> io::Result<(u64, i64, u32)> {
+    let st = rustix::fs::fstat(f)?;
+    Ok((
+        st.st_size as u64,
+        st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+        st.st_mode as u32 & 0o7777,
+    ))
+}
