@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod kinds;
 pub mod log;
+pub mod metric_names;
 pub mod program;
 pub mod state;
 pub mod supervisor;
@@ -239,6 +240,7 @@ async fn run_inner(
                 addr,
                 message: e.to_string(),
             })?;
+        metric_names::describe();
     }
     let listener = control::bind(&config.daemon.socket)?;
     let registry = Registry::default();

@@ -4,6 +4,7 @@
 //! per server: [`sshd`], ...). A server that is missing is installed, never
 //! skipped.
 
+pub mod prometheus;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

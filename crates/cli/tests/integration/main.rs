@@ -22,6 +22,7 @@ mod hardening_trust;
 mod interop;
 mod newcomer;
 mod process_options;
+mod prometheus;
 mod reliability_common;
 mod reliability_disk;
 mod reliability_faults;
