@@ -21,6 +21,7 @@ mod hardening_payload;
 mod hardening_trust;
 mod interop;
 mod newcomer;
+mod package;
 mod process_options;
 mod prometheus;
 mod reliability_common;
