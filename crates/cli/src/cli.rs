@@ -451,7 +451,11 @@ fn long_version() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
         let f = features();
-        let list = if f.is_empty() { "none".to_string() } else { f.join(", ") };
+        let list = if f.is_empty() {
+            "none".to_string()
+        } else {
+            f.join(", ")
+        };
         format!("{} (features: {list})", env!("CARGO_PKG_VERSION"))
     })
 }

@@ -53,7 +53,10 @@ pub fn describe() {
         "fspl_queue_blocked",
         "1 while the queue cannot progress (gap, failing, error state)"
     );
-    describe_gauge!("fspl_queue_error", "1 while the daemon job is in its error state");
+    describe_gauge!(
+        "fspl_queue_error",
+        "1 while the daemon job is in its error state"
+    );
     describe_gauge!(
         "fspl_last_success_timestamp_seconds",
         Unit::Seconds,

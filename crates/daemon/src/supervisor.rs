@@ -284,7 +284,8 @@ pub struct TaskHandle {
 /// start, and a rate over them is right from the first event).
 fn init_metrics(name: &str) {
     for r in ["success", "failed"] {
-        metrics::counter!("fspl_runs_total", "fspl_job" => name.to_string(), "result" => r).increment(0);
+        metrics::counter!("fspl_runs_total", "fspl_job" => name.to_string(), "result" => r)
+            .increment(0);
     }
     metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string()).set(0.0);
 }
@@ -294,7 +295,8 @@ fn count_run(shared: &Shared, name: &str, failed: bool, failures: u32) {
     let result = if failed { "failed" } else { "success" };
     metrics::counter!("fspl_runs_total", "fspl_job" => name.to_string(), "result" => result)
         .increment(1);
-    metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string()).set(failures as f64);
+    metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string())
+        .set(failures as f64);
     shared.registry.update(name, |s| {
         s.runs += 1;
         if failed {

@@ -44,12 +44,21 @@ pub fn ensure_installed() {
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        let pkgs = ["install", "-y", "-q", "--no-install-recommends", "prometheus"];
+        let pkgs = [
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "prometheus",
+        ];
         if !apt(&pkgs) {
             assert!(apt(&["update", "-q"]), "apt-get update failed");
             assert!(apt(&pkgs), "installing prometheus failed");
         }
-        assert!(Path::new(PROMTOOL).exists(), "{PROMTOOL} missing after installing");
+        assert!(
+            Path::new(PROMTOOL).exists(),
+            "{PROMTOOL} missing after installing"
+        );
     });
 }
 
@@ -102,7 +111,10 @@ impl Prometheus {
             let port = crate::free_port();
             let child = Command::new(PROMETHEUS)
                 .arg(format!("--config.file={}", config_path.display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -153,8 +165,8 @@ impl Prometheus {
         let (code, body) = self
             .get(&format!("/api/v1/query?query={}", url_encode(expr)))
             .expect("query prometheus");
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{e}: HTTP {code}: {body}"));
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: HTTP {code}: {body}"));
         assert_eq!(v["status"], "success", "{expr}: {body}");
         v["data"]["result"].as_array().unwrap().clone()
     }

@@ -897,7 +897,10 @@ fn daemon_serves_prometheus_metrics() {
         value("fspl_jobs_processed_total{fspl_job=\"bad\",result=\"failed\"}"),
         1.0
     );
-    assert_eq!(value("fspl_job_duration_seconds_count{fspl_job=\"good\"}"), 2.0);
+    assert_eq!(
+        value("fspl_job_duration_seconds_count{fspl_job=\"good\"}"),
+        2.0
+    );
     assert!(value("fspl_job_duration_seconds_sum{fspl_job=\"good\"}") > 0.0);
     assert_eq!(value("fspl_queue_jobs{fspl_job=\"good\"}"), 0.0);
     assert_eq!(value("fspl_queue_jobs{fspl_job=\"bad\"}"), 1.0);

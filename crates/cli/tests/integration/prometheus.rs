@@ -82,9 +82,18 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
             .unwrap_or_default()
     };
     let counted = [
-        ("fspl_transport_jobs_total{fspl_job=\"send\",result=\"sent\"}", 3.0),
-        ("fspl_transport_jobs_total{fspl_job=\"take\",result=\"taken\"}", 3.0),
-        ("fspl_jobs_processed_total{fspl_job=\"run\",result=\"success\"}", 3.0),
+        (
+            "fspl_transport_jobs_total{fspl_job=\"send\",result=\"sent\"}",
+            3.0,
+        ),
+        (
+            "fspl_transport_jobs_total{fspl_job=\"take\",result=\"taken\"}",
+            3.0,
+        ),
+        (
+            "fspl_jobs_processed_total{fspl_job=\"run\",result=\"success\"}",
+            3.0,
+        ),
         ("fspl_queue_error{fspl_job=\"bad\"}", 1.0),
     ];
     wait_for("every job counted in /metrics", || {

@@ -314,7 +314,8 @@ impl Observer for DaemonObserver<'_> {
     }
 
     fn refused(&mut self, _seq: Option<u64>, _name: &std::ffi::OsStr, _reason: &str) {
-        metrics::counter!("fspl_jobs_refused_total", "fspl_job" => self.ctx.name.clone()).increment(1);
+        metrics::counter!("fspl_jobs_refused_total", "fspl_job" => self.ctx.name.clone())
+            .increment(1);
         self.ctx.update(|s| s.jobs_refused += 1);
     }
 
