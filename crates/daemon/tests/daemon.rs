@@ -160,13 +160,7 @@ fn error_state_after_max_failures_until_cleared() {
     let sb = Sandbox::new();
     let q = sb.queue("q");
     let ok = sb.path("ok");
-    let cmd = [
-        "/bin/sh",
-        "-c",
-        "test -e \"$1\"",
-        "sh",
-        ok.to_str().unwrap(),
-    ];
+    let cmd = fails_until(&ok);
     let d = Daemon::start(
         &sb,
         &sb.config(
@@ -179,15 +173,9 @@ fn error_state_after_max_failures_until_cleared() {
     wait_for("a retry", SOON, || {
         matches!(d.state("q"), JobState::Retrying { failures: 1, .. })
     });
-    wait_for("the error state", SOON, || {
-        matches!(d.state("q"), JobState::Error { .. })
-    });
-    let s = d.job("q");
+    let (s, message) = d.error("q");
     assert_eq!(s.consecutive_failures, 3);
     assert_eq!(s.jobs_failed, 3);
-    let JobState::Error { message } = s.state else {
-        unreachable!()
-    };
     assert!(message.contains("job 1"), "{message}");
     // It stays there: no more attempts.
     std::thread::sleep(Duration::from_millis(2500));
@@ -225,9 +213,7 @@ fn clear_of_a_healthy_job_does_not_end_its_next_error_state() {
     d.settled();
     d.clear("q");
     write_job(&q, 1, "");
-    wait_for("the error state", SOON, || {
-        matches!(d.state("q"), JobState::Error { .. })
-    });
+    d.error("q");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(matches!(d.state("q"), JobState::Error { .. }));
     assert_eq!(d.job("q").jobs_failed, 1);
@@ -356,12 +342,7 @@ fn a_missing_queue_is_an_error_and_others_run() {
             ],
         ),
     );
-    wait_for("gone in error", SOON, || {
-        matches!(d.state("gone"), JobState::Error { .. })
-    });
-    let JobState::Error { message } = d.state("gone") else {
-        unreachable!()
-    };
+    let (_, message) = d.error("gone");
     assert!(message.contains("gone"), "{message}");
     wait_for("a to run", SOON, || nextseq(&qa) == 2);
     // Fixed, then cleared: it runs.
@@ -393,13 +374,7 @@ fn clear_during_backoff_retries_at_once() {
     let sb = Sandbox::new();
     let q = sb.queue("q");
     let ok = sb.path("ok");
-    let cmd = [
-        "/bin/sh",
-        "-c",
-        "test -e \"$1\"",
-        "sh",
-        ok.to_str().unwrap(),
-    ];
+    let cmd = fails_until(&ok);
     let d = Daemon::start(
         &sb,
         &sb.config("", &[process_job("q", &q, &cmd, "poll_min = 3600")]),

@@ -11,28 +11,6 @@ use std::path::Path;
 use fspl_daemon::state::JobState;
 use helper::*;
 
-fn push_job(name: &str, outbox: &Path, to: &str, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"push\"\noutbox = {}\nto = {}\n{extra}\n",
-        q(name),
-        q(outbox),
-        q(to)
-    )
-}
-
-fn pull_job(name: &str, from: &str, queue: &Path, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"pull\"\nfrom = {}\nqueue = {}\n{extra}\n",
-        q(name),
-        q(from),
-        q(queue)
-    )
-}
-
-fn dir_url(p: &Path) -> String {
-    format!("dir:{}", p.display())
-}
-
 /// A job file dropped into a plain folder the way a push to a folder
 /// does: a temporary, renamed into place.
 fn drop_job(folder: &Path, seq: u64, payload: &str) {
@@ -170,13 +148,7 @@ fn a_push_to_a_file_is_the_error_state_at_once() {
             )],
         ),
     );
-    wait_for("the error state", SOON, || {
-        matches!(d.state("send"), JobState::Error { .. })
-    });
-    let s = d.job("send");
-    let JobState::Error { message } = &s.state else {
-        unreachable!()
-    };
+    let (s, message) = d.error("send");
     assert!(message.contains("not a directory"), "{message}");
     assert_eq!((s.consecutive_failures, s.runs_failed), (1, 1));
     // It stays there.
@@ -220,13 +192,7 @@ fn a_refused_job_is_the_error_state_at_once_with_the_reason() {
             )],
         ),
     );
-    wait_for("the error state", SOON, || {
-        matches!(d.state("send"), JobState::Error { .. })
-    });
-    let s = d.job("send");
-    let JobState::Error { message } = &s.state else {
-        unreachable!()
-    };
+    let (s, message) = d.error("send");
     assert!(
         message.starts_with("job 1 ")
             && message.contains("refused")

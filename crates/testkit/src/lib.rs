@@ -4,6 +4,9 @@
 //! per server: [`sshd`], ...). A server that is missing is installed, never
 //! skipped.
 
+pub mod daemon;
+pub mod jobs;
+pub mod procs;
 pub mod prometheus;
 pub mod sshd;
 
@@ -38,6 +41,49 @@ pub fn private_tempdir(prefix: &str) -> tempfile::TempDir {
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .unwrap()
+}
+
+/// A private temporary directory for a test's queues, files, config and
+/// control socket. How a queue is made in it depends on the tests (with
+/// the binary, or through the library): each test crate adds a `queue`
+/// method by a trait of its own.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Sandbox {
+        Sandbox::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: private_tempdir("fspl-test-"),
+        }
+    }
+
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The control socket every daemon config of this sandbox uses.
+    pub fn socket(&self) -> PathBuf {
+        self.path("d.sock")
+    }
+
+    /// A daemon config text: `[daemon]` with [`Sandbox::socket`], events
+    /// only, `daemon_extra` lines; then the job tables (see
+    /// [`daemon::config_text`]).
+    pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
+        daemon::config_text(Some(&self.socket()), daemon_extra, jobs)
+    }
+
+    /// Job files (names) currently in a queue's jobs/ directory.
+    pub fn job_files(&self, queue: &Path) -> Vec<String> {
+        job_names(&queue.join("jobs"))
+    }
 }
 
 /// Poll `f` every 20 ms until it holds; panic after `timeout` naming `what`.
@@ -75,10 +121,16 @@ pub fn nextseq(queue: &Path) -> u64 {
 /// Names of the job files (`fspl-*.fspl`) in `dir` (a queue's `jobs/`, an
 /// outbox, a `dir:` destination), sorted.
 pub fn job_names(dir: &Path) -> Vec<String> {
+    let mut v = file_names(dir);
+    v.retain(|n| n.starts_with("fspl-") && n.ends_with(".fspl"));
+    v
+}
+
+/// Names of everything in `dir` (temporaries included), sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("fspl-") && n.ends_with(".fspl"))
         .collect();
     v.sort();
     v

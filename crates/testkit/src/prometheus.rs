@@ -29,7 +29,7 @@ pub fn ensure_installed() {
         if Path::new(PROMETHEUS).exists() && Path::new(PROMTOOL).exists() {
             return;
         }
-        let root = crate::sshd::is_root();
+        let root = crate::procs::is_root();
         let apt = |args: &[&str]| {
             let mut c = if root {
                 Command::new("apt-get")

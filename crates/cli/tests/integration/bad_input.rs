@@ -8,15 +8,7 @@ use crate::helper::*;
 /// Deterministic pseudo-random bytes (never starting with a compression
 /// magic number: the first byte is forced to 0x01).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    let mut v: Vec<u8> = (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 56) as u8
-        })
-        .collect();
+    let mut v = fspl_testkit::jobs::noise(len, seed);
     if let Some(b) = v.first_mut() {
         *b = 0x01;
     }

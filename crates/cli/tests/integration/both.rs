@@ -291,22 +291,6 @@ pub fn job_name(n: u64) -> String {
 
 // ---- job file bytes ----
 
-/// CRC-32 (IEEE), bitwise: only used on headers, which are small.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// Length of the MessagePack integer starting at `b[0]`.
 fn mp_int_len(b: &[u8]) -> usize {
     match b[0] {

@@ -34,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::helper::*;
+use fspl_testkit::jobs::Rng;
 
 /// Our temporaries' prefix and age threshold (fspl_queue's TEMP_PREFIX and
 /// STALE_TEMP_AGE; repeated here so the test states the contract).
@@ -41,29 +42,6 @@ const TEMP_PREFIX: &str = ".fspl-tmp-";
 const STALE_AGE: Duration = Duration::from_secs(60);
 
 const DEFAULT_ITERATIONS: u64 = 300;
-
-/// splitmix64: small, seedable, good enough to pick sleeps and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `pct` percent.
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -759,14 +737,7 @@ fn kill_on_schedule<'a>(
 }
 
 fn sha256_of_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    sha256_hex(&std::fs::read(path).unwrap())
 }
 
 fn queue_ls_names(q: &Path) -> BTreeSet<String> {

@@ -7,250 +7,14 @@
 //! timing is a generous deadline, never a measurement.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::helper::*;
-
-/// Deadline for anything that should happen "soon".
-pub(crate) const SOON: Duration = Duration::from_secs(30);
-
-/// A TOML basic string (test paths are ASCII).
-pub(crate) fn q(s: impl AsRef<OsStr>) -> String {
-    format!("{:?}", s.as_ref().to_str().unwrap())
-}
-
-/// `[daemon]` with the socket in the sandbox, events only (rescan an hour
-/// away), a 1 s shutdown grace, plus `extra`; then the jobs.
-pub(crate) fn config(sb: &Sandbox, extra: &str, jobs: &[String]) -> String {
-    let mut t = format!(
-        "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n{extra}\n",
-        q(sb.path("d.sock"))
-    );
-    for j in jobs {
-        t.push('\n');
-        t.push_str(j);
-    }
-    t
-}
-
-pub(crate) fn process_job<S: AsRef<str>>(
-    name: &str,
-    queue: &Path,
-    command: &[S],
-    extra: &str,
-) -> String {
-    let argv: Vec<String> = command.iter().map(|s| q(s.as_ref())).collect();
-    format!(
-        "[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\n{extra}\n",
-        q(name),
-        q(queue),
-        argv.join(", ")
-    )
-}
-
-/// Appends "SEQ PAYLOAD" to `log`, then runs the shell in `then`.
-pub(crate) fn recorder(log: &Path, then: &str) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        format!("p=$(cat); echo \"$FSPL_SEQ $p\" >> \"$1\"; {then}"),
-        "sh".into(),
-        log.to_str().unwrap().into(),
-    ]
-}
-
-/// `fspl prepare --seq SEQ -i - [extra] | fspl queue-write -q QUEUE`.
-pub(crate) fn send(queue: &Path, seq: u64, payload: &str, extra: &[&str]) {
-    let mut prep = ours(["prepare", "--seq", &seq.to_string(), "-i", "-"]);
-    prep.args(extra);
-    let job = ok(run_with_input(prep, payload.as_bytes()));
-    ok(run_with_input(
-        ours([
-            OsStr::new("queue-write"),
-            OsStr::new("-q"),
-            queue.as_os_str(),
-        ]),
-        &job,
-    ));
-}
-
-/// The queue's nextseq, read from the file (`queue-get-next` takes the
-/// queue lock, which the daemon may hold).
-pub(crate) fn nextseq(queue: &Path) -> u64 {
-    std::fs::read_to_string(queue.join("nextseq"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-pub(crate) fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-#[track_caller]
-pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-pub(crate) fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: signalling a child of this test.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
-}
-
-/// A running `fspl daemon`, stderr to a file.
-pub(crate) struct Daemon {
-    pub(crate) child: Option<Child>,
-    pub(crate) config: PathBuf,
-    pub(crate) socket: PathBuf,
-    pub(crate) log: PathBuf,
-}
-
-impl Daemon {
-    pub(crate) fn start(sb: &Sandbox, text: &str, format: &str) -> Daemon {
-        Daemon::start_with(sb, text, format, |_| {})
-    }
-
-    /// Write `text` to sb/daemon.toml and start the daemon on it; returns
-    /// once the control socket answers.
-    pub(crate) fn start_with(
-        sb: &Sandbox,
-        text: &str,
-        format: &str,
-        tweak: impl FnOnce(&mut Command),
-    ) -> Daemon {
-        let config = sb.path("daemon.toml");
-        std::fs::write(&config, text).unwrap();
-        let mut n = 0;
-        let log = loop {
-            let l = sb.path(format!("daemon-{n}.log"));
-            if !l.exists() {
-                break l;
-            }
-            n += 1;
-        };
-        let mut cmd = fspl();
-        cmd.arg("daemon")
-            .arg("-c")
-            .arg(&config)
-            .args(["--log-format", format])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        tweak(&mut cmd);
-        let child = cmd.spawn().unwrap();
-        let mut d = Daemon {
-            child: Some(child),
-            config,
-            socket: sb.path("d.sock"),
-            log,
-        };
-        wait_for("the control socket", || {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited at start ({st}): {}", d.log_text());
-            }
-            std::os::unix::net::UnixStream::connect(&d.socket).is_ok()
-        });
-        d
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub(crate) fn wait_log(&self, needle: &str) {
-        wait_for(&format!("{needle:?} in the daemon log"), || {
-            self.log_text().contains(needle)
-        });
-    }
-
-    /// `fspl status --socket S --json`: (parsed jobs, exit code).
-    pub(crate) fn status(&self) -> (Vec<Value>, i32) {
-        let out = run(ours([
-            OsStr::new("status"),
-            OsStr::new("--socket"),
-            self.socket.as_os_str(),
-            OsStr::new("--json"),
-        ]));
-        let code = out.status.code().unwrap();
-        assert!(
-            code == 0 || code == 1,
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        (v.as_array().unwrap().clone(), code)
-    }
-
-    pub(crate) fn job(&self, name: &str) -> Value {
-        self.status()
-            .0
-            .into_iter()
-            .find(|j| j["name"] == name)
-            .unwrap_or_else(|| panic!("no job {name} in the status"))
-    }
-
-    pub(crate) fn state(&self, name: &str) -> String {
-        self.job(name)["state"].as_str().unwrap().to_string()
-    }
-
-    /// Wait until every job has had its first run.
-    pub(crate) fn settled(&self) {
-        wait_for("the first runs", || {
-            self.status()
-                .0
-                .iter()
-                .all(|j| !j["next_seq"].is_null() && j["state"] != "running")
-        });
-    }
-
-    /// Send `sig` and wait for the daemon to exit.
-    pub(crate) fn stop_with(mut self, sig: libc::c_int) -> (ExitStatus, String) {
-        signal(self.pid(), sig);
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + SOON;
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("daemon did not stop: {}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (st, self.log_text())
-    }
-
-    pub(crate) fn stop(self) -> (ExitStatus, String) {
-        self.stop_with(libc::SIGTERM)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Several queues, jobs arriving out of order while the daemon runs: each
 /// waits at the gap ("waiting" in `fspl status`), then runs in order. The
@@ -277,7 +41,7 @@ fn daemon_runs_each_queue_in_order_as_jobs_arrive() {
         send(&sb.path(n), 2, &format!("{n}2"), &[]);
     }
     for n in names {
-        wait_for(&format!("{n} waiting"), || {
+        wait_soon(&format!("{n} waiting"), || {
             let j = d.job(n);
             j["state"] == "waiting" && j["seq"] == 1
         });
@@ -291,7 +55,7 @@ fn daemon_runs_each_queue_in_order_as_jobs_arrive() {
     }
     for n in names {
         let log = sb.path(format!("{n}.log"));
-        wait_for(&format!("{n} to run its jobs"), || lines(&log).len() == 3);
+        wait_soon(&format!("{n} to run its jobs"), || lines(&log).len() == 3);
         assert_eq!(
             lines(&log),
             [format!("1 {n}1"), format!("2 {n}2"), format!("3 {n}3")]
@@ -299,7 +63,7 @@ fn daemon_runs_each_queue_in_order_as_jobs_arrive() {
     }
     eprintln!("three queues: event to all 9 jobs done: {:?}", t0.elapsed());
     for n in names {
-        wait_for(&format!("{n} idle"), || d.state(n) == "idle");
+        wait_soon(&format!("{n} idle"), || d.state(n) == "idle");
         let j = d.job(n);
         assert_eq!(j["next_seq"], 4);
         assert_eq!(j["queued"], 0);
@@ -323,8 +87,7 @@ fn daemon_runs_each_queue_in_order_as_jobs_arrive() {
             "{table}"
         );
     }
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// `poll = true`: the queue is looked at every poll_min seconds.
@@ -349,9 +112,9 @@ fn daemon_polls_when_asked() {
     );
     d.settled();
     send(&qd, 1, "x", &[]);
-    wait_for("the job to run", || lines(&log).len() == 1);
+    wait_soon("the job to run", || lines(&log).len() == 1);
     assert_eq!(lines(&log), ["1 x"]);
-    wait_for("nextseq 2", || nextseq(&qd) == 2);
+    wait_soon("nextseq 2", || nextseq(&qd) == 2);
 }
 
 /// Three failed runs in a row: the error state, in `fspl status --json`
@@ -380,7 +143,7 @@ fn daemon_error_state_shows_in_status_and_is_cleared() {
     );
     d.settled();
     send(&qd, 1, "", &[]);
-    wait_for("the error state", || d.state("q") == "error");
+    wait_soon("the error state", || d.state("q") == "error");
     let (jobs, code) = d.status();
     assert_eq!(code, 1, "status exits 1 while a job is in its error state");
     let j = &jobs[0];
@@ -422,17 +185,17 @@ fn daemon_error_state_shows_in_status_and_is_cleared() {
         OsStr::new("q"),
     ])));
     assert_eq!(out, b"cleared q\n");
-    wait_for("the job to succeed", || nextseq(&qd) == 2);
-    wait_for("idle", || d.state("q") == "idle");
+    wait_soon("the job to succeed", || nextseq(&qd) == 2);
+    wait_soon("idle", || d.state("q") == "idle");
     assert_eq!(d.status().1, 0);
 
     // Again, and this time a reload resumes it.
     std::fs::remove_file(&ok_file).unwrap();
     send(&qd, 2, "", &[]);
-    wait_for("the error state again", || d.state("q") == "error");
+    wait_soon("the error state again", || d.state("q") == "error");
     std::fs::write(&ok_file, "").unwrap();
     signal(d.pid(), libc::SIGHUP);
-    wait_for("the job to succeed after the reload", || nextseq(&qd) == 3);
+    wait_soon("the job to succeed after the reload", || nextseq(&qd) == 3);
     assert_eq!(d.job("q")["consecutive_failures"], 0);
 
     // Clearing a job that does not exist is an error.
@@ -458,17 +221,17 @@ fn daemon_reloads_on_sighup_and_refuses_a_bad_config() {
     let job_b = process_job("b", &qb, &recorder(&lb, ""), "");
     let d = Daemon::start(&sb, &config(&sb, "", std::slice::from_ref(&job_a)), "human");
     send(&qa, 1, "x", &[]);
-    wait_for("a to run", || lines(&la).len() == 1);
+    wait_soon("a to run", || lines(&la).len() == 1);
 
     let good = config(&sb, "", &[job_a.clone(), job_b.clone()]);
     std::fs::write(&d.config, &good).unwrap();
     signal(d.pid(), libc::SIGHUP);
     d.wait_log("configuration reloaded");
-    wait_for("b in the status", || {
+    wait_soon("b in the status", || {
         d.status().0.iter().any(|j| j["name"] == "b")
     });
     send(&qb, 1, "y", &[]);
-    wait_for("b to run", || lines(&lb).len() == 1);
+    wait_soon("b to run", || lines(&lb).len() == 1);
     assert_eq!(lines(&lb), ["1 y"]);
 
     // A typo on a known line.
@@ -487,7 +250,7 @@ fn daemon_reloads_on_sighup_and_refuses_a_bad_config() {
     // Both old jobs still run.
     send(&qa, 2, "x2", &[]);
     send(&qb, 2, "y2", &[]);
-    wait_for("a and b to run", || {
+    wait_soon("a and b to run", || {
         lines(&la).len() == 2 && lines(&lb).len() == 2
     });
     let names: Vec<Value> = d.status().0.iter().map(|j| j["name"].clone()).collect();
@@ -497,12 +260,11 @@ fn daemon_reloads_on_sighup_and_refuses_a_bad_config() {
     // restart, and the log says so.
     std::fs::write(&d.config, config(&sb, "max_parallel = 3", &[job_b])).unwrap();
     signal(d.pid(), libc::SIGHUP);
-    wait_for("a gone from the status", || {
+    wait_soon("a gone from the status", || {
         d.status().0.iter().all(|j| j["name"] != "a")
     });
     d.wait_log("take effect on restart");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// Regression: a reload (SIGHUP) kept unchanged jobs with the trust file
@@ -543,7 +305,7 @@ fn sighup_rereads_trust_files_of_unchanged_jobs() {
     let (alice, bob) = (sb.path("alice"), sb.path("bob"));
     let (alice, bob) = (alice.to_str().unwrap(), bob.to_str().unwrap());
     send(&qd, 1, "from alice", &["--sign", alice]);
-    wait_for("alice's job", || nextseq(&qd) == 2);
+    wait_soon("alice's job", || nextseq(&qd) == 2);
     send(&qd, 2, "from bob", &["--sign", bob]);
     d.wait_log("job refused");
     assert_eq!(nextseq(&qd), 2);
@@ -553,7 +315,7 @@ fn sighup_rereads_trust_files_of_unchanged_jobs() {
     signal(d.pid(), libc::SIGHUP);
     d.wait_log("configuration reloaded");
     send(&qd, 2, "from bob", &["--sign", bob]);
-    wait_for("bob's job", || nextseq(&qd) == 3);
+    wait_soon("bob's job", || nextseq(&qd) == 3);
     assert_eq!(lines(&log), ["1 from alice", "2 from bob"]);
 }
 
@@ -575,7 +337,7 @@ fn daemon_sigterm_during_a_long_job_loses_nothing() {
     );
     let d = Daemon::start(&sb, &text, "logfmt");
     send(&qd, 1, "x", &[]);
-    wait_for("the job to start", || {
+    wait_soon("the job to start", || {
         let j = d.job("q");
         j["state"] == "running" && j["seq"] == 1 && lines(&log).len() == 1
     });
@@ -604,10 +366,10 @@ fn daemon_sigterm_during_a_long_job_loses_nothing() {
 
     std::fs::write(&fast, "").unwrap();
     let d = Daemon::start(&sb, &text, "logfmt");
-    wait_for("the job to run again", || nextseq(&qd) == 2);
+    wait_soon("the job to run again", || nextseq(&qd) == 2);
     assert_eq!(lines(&log), ["1 x", "1 x"]);
     // nextseq advances before the file is deleted.
-    wait_for("the job file to go", || sb.job_files(&qd).is_empty());
+    wait_soon("the job file to go", || sb.job_files(&qd).is_empty());
     let (st, _) = d.stop_with(libc::SIGINT);
     assert!(st.success());
 }
@@ -644,7 +406,7 @@ fn daemon_and_manual_queue_process_never_run_one_queue_at_once() {
     .stdin(Stdio::null())
     .spawn()
     .unwrap();
-    wait_for("the manual run to start", || !lines(&log).is_empty());
+    wait_soon("the manual run to start", || !lines(&log).is_empty());
     let cmd = [
         "/bin/sh",
         "-c",
@@ -657,19 +419,19 @@ fn daemon_and_manual_queue_process_never_run_one_queue_at_once() {
         &config(&sb, "", &[process_job("q", &qd, &cmd, "")]),
         "logfmt",
     );
-    wait_for("the locked state", || d.state("q") == "locked");
+    wait_soon("the locked state", || d.state("q") == "locked");
     let j = d.job("q");
     assert_eq!(j["pid"], manual.id(), "{j}");
     assert_eq!(lines(&log), ["start m1"]);
     assert!(manual.wait().unwrap().success());
-    wait_for("the daemon to run the rest", || nextseq(&qd) == 4);
+    wait_soon("the daemon to run the rest", || nextseq(&qd) == 4);
     assert_eq!(
         lines(&log),
         [
             "start m1", "end m1", "start d2", "end d2", "start d3", "end d3"
         ]
     );
-    wait_for("idle", || d.state("q") == "idle");
+    wait_soon("idle", || d.state("q") == "idle");
 }
 
 /// Split one logfmt line into its key/value pairs.
@@ -744,7 +506,7 @@ fn log_sample(format: &str, stop: libc::c_int) -> (String, PathBuf) {
     );
     send(&qa, 1, "", &[]);
     send(&qb, 1, "", &[]);
-    wait_for("both to run", || nextseq(&qa) == 2 && nextseq(&qb) == 2);
+    wait_soon("both to run", || nextseq(&qa) == 2 && nextseq(&qb) == 2);
     let (st, log) = d.stop_with(stop);
     assert!(st.success(), "{log}");
     // The sandbox goes; the queue path is only compared as text.
@@ -848,14 +610,6 @@ pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     Some(body)
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The Prometheus endpoint serves the counters and gauges after real jobs.
 #[test]
 fn daemon_serves_prometheus_metrics() {
@@ -877,10 +631,10 @@ fn daemon_serves_prometheus_metrics() {
     send(&qa, 1, "", &[]);
     send(&qa, 2, "", &[]);
     send(&qb, 1, "", &[]);
-    wait_for("good to run", || nextseq(&qa) == 3);
-    wait_for("bad in error", || d.state("bad") == "error");
+    wait_soon("good to run", || nextseq(&qa) == 3);
+    wait_soon("bad in error", || d.state("bad") == "error");
     let mut body = String::new();
-    wait_for("the metrics", || {
+    wait_soon("the metrics", || {
         body = http_get(port, "/metrics").unwrap_or_default();
         body.contains("fspl_jobs_processed_total{fspl_job=\"good\",result=\"success\"} 2")
             && body.contains("fspl_queue_error{fspl_job=\"bad\"} 1")
@@ -1102,7 +856,7 @@ fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
     let job_b = process_job("b", &qb, &recorder(&lb, ""), "");
     let d = Daemon::start(&sb, &config(&sb, "", &[job_a("")]), "logfmt");
     send(&qa, 1, "x", &[]);
-    wait_for("a's long command", || {
+    wait_soon("a's long command", || {
         d.state("a") == "running" && lines(&la).len() == 1
     });
     // Change a (and add b) while a's command runs.
@@ -1114,10 +868,9 @@ fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
     signal(d.pid(), libc::SIGHUP);
     d.wait_log("configuration reloaded");
     send(&qb, 1, "y", &[]);
-    wait_for("b to run meanwhile", || lines(&lb).len() == 1);
+    wait_soon("b to run meanwhile", || lines(&lb).len() == 1);
     assert_eq!(lines(&la).len(), 1, "a ran twice at once");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    let log = d.stop_ok();
     assert!(log.contains("killing the running command"), "{log}");
     assert_eq!(nextseq(&qa), 1);
 
@@ -1127,7 +880,7 @@ fn sighup_changing_a_busy_job_does_not_hold_up_reload_or_sigterm() {
         &config(&sb, "", &[job_a("poll_min = 5"), job_b]),
         "logfmt",
     );
-    wait_for("a's job to run again", || nextseq(&qa) == 2);
+    wait_soon("a's job to run again", || nextseq(&qa) == 2);
     assert_eq!(lines(&la), ["1 x", "1 x"]);
     drop(d);
 }
@@ -1149,7 +902,7 @@ fn daemon_log_lines_outside_jobs_carry_no_job_context() {
     );
     let d = Daemon::start(&sb, &text, "logfmt");
     send(&qb, 1, "", &[]);
-    wait_for("bad in error", || d.state("bad") == "error");
+    wait_soon("bad in error", || d.state("bad") == "error");
     std::fs::write(&d.config, format!("{text}oops\n")).unwrap();
     signal(d.pid(), libc::SIGHUP);
     d.wait_log("reload refused");
@@ -1157,9 +910,8 @@ fn daemon_log_lines_outside_jobs_carry_no_job_context() {
     signal(d.pid(), libc::SIGHUP);
     d.wait_log("configuration reloaded");
     send(&qa, 1, "", &[]);
-    wait_for("ok to run", || nextseq(&qa) == 2);
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    wait_soon("ok to run", || nextseq(&qa) == 2);
+    let log = d.stop_ok();
     for line in log.lines() {
         let kv = logfmt(line);
         let msg = &kv.iter().find(|(k, _)| k == "msg").unwrap().1;

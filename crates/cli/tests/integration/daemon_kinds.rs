@@ -14,51 +14,21 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, config, lines, nextseq, process_job, q, recorder, send, wait_for};
 use crate::helper::*;
 use crate::reliability_common::require_failpoints;
-
-fn push_job(name: &str, outbox: &Path, to: &str, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"push\"\noutbox = {}\nto = {}\n{extra}\n",
-        q(name),
-        q(outbox),
-        q(to)
-    )
-}
-
-fn pull_job(name: &str, from: &str, queue: &Path, extra: &str) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"pull\"\nfrom = {}\nqueue = {}\n{extra}\n",
-        q(name),
-        q(from),
-        q(queue)
-    )
-}
-
-fn dir_url(p: &Path) -> String {
-    format!("dir:{}", p.display())
-}
 
 /// Events only: the polling an hour away (the rescan is, in `config`).
 const EVENTS_ONLY: &str = "poll_min = 3600\npoll_max = 3600";
 
 /// Job files in a directory (a queue's jobs/, or a folder).
 fn job_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            let n = e.as_ref().unwrap().file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("fspl-") && n.ends_with(".fspl")
-        })
-        .count()
+    job_names(dir).len()
 }
 
 /// Wait until every job of the daemon has had its first run (push and
 /// pull jobs have no nextseq: their runs are counted).
 fn settled(d: &Daemon) {
-    wait_for("the first runs", || {
+    wait_soon("the first runs", || {
         d.status().0.iter().all(|j| {
             j["runs"].as_u64().unwrap_or(0) > 0 && j["state"] != "running" && j["state"] != "busy"
         })
@@ -115,19 +85,19 @@ fn a_push_daemon_feeds_a_queue_another_daemon_runs_as_jobs_arrive() {
     );
     settled(&sender);
     send(&outbox, 2, "two", &[]);
-    wait_for("seq 2 to wait at the receiver", || {
+    wait_soon("seq 2 to wait at the receiver", || {
         receiver.state("run") == "waiting"
     });
     assert!(lines(&log).is_empty());
     send(&outbox, 1, "one", &[]);
-    wait_for("both jobs to run", || lines(&log).len() == 2);
+    wait_soon("both jobs to run", || lines(&log).len() == 2);
     assert_eq!(lines(&log), ["1 one", "2 two"]);
     send(&outbox, 3, "three", &[]);
-    wait_for("the third to run", || lines(&log).len() == 3);
+    wait_soon("the third to run", || lines(&log).len() == 3);
     assert_eq!(lines(&log)[2], "3 three");
-    wait_for("nextseq 4", || nextseq(&inq) == 4);
+    wait_soon("nextseq 4", || nextseq(&inq) == 4);
     assert_eq!(job_files(&outbox.join("jobs")), 0);
-    wait_for("send idle with 3 sent", || {
+    wait_soon("send idle with 3 sent", || {
         let j = sender.job("send");
         j["state"] == "idle" && j["jobs_succeeded"] == 3
     });
@@ -138,8 +108,7 @@ fn a_push_daemon_feeds_a_queue_another_daemon_runs_as_jobs_arrive() {
     assert_eq!(j["runs_failed"], 0);
     assert!(j["bytes"].as_u64().unwrap() > 0, "{j}");
     // Its log lines carry the job and its kind.
-    let (st, text) = sender.stop();
-    assert!(st.success(), "{text}");
+    let text = sender.stop_ok();
     let pushed: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("msg=\"pushed "))
@@ -187,10 +156,10 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
         outbox.as_os_str(),
         folder.as_os_str(),
     ])));
-    wait_for("three jobs to run", || lines(&log).len() == 3);
+    wait_soon("three jobs to run", || lines(&log).len() == 3);
     assert_eq!(lines(&log), ["1 a", "2 b", "3 c"]);
-    wait_for("the folder to be empty", || job_files(&folder) == 0);
-    wait_for("both idle, counted", || {
+    wait_soon("the folder to be empty", || job_files(&folder) == 0);
+    wait_soon("both idle, counted", || {
         let (take, run) = (d.job("take"), d.job("run"));
         take["state"] == "idle"
             && take["jobs_succeeded"] == 3
@@ -227,8 +196,7 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
         ("process", "4"),
         "{t}"
     );
-    let (st, text) = d.stop();
-    assert!(st.success(), "{text}");
+    let text = d.stop_ok();
     let pulled: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -275,7 +243,7 @@ fn a_transient_push_failure_backs_off_without_the_error_state() {
         },
     );
     let mut worst = 0;
-    wait_for("the job to be sent", || {
+    wait_soon("the job to be sent", || {
         let j = d.job("send");
         assert_ne!(j["state"], "error", "{j}");
         if j["state"] == "retrying" {
@@ -283,7 +251,7 @@ fn a_transient_push_failure_backs_off_without_the_error_state() {
         }
         job_files(&folder) == 1
     });
-    wait_for("send idle", || d.state("send") == "idle");
+    wait_soon("send idle", || d.state("send") == "idle");
     let j = d.job("send");
     assert_eq!(j["runs_failed"], 4, "{j}");
     assert_eq!(
@@ -292,8 +260,7 @@ fn a_transient_push_failure_backs_off_without_the_error_state() {
     );
     assert!(worst >= 3, "seen up to {worst} failures in a row");
     assert_eq!(job_files(&outbox.join("jobs")), 0);
-    let (st, text) = d.stop();
-    assert!(st.success(), "{text}");
+    let text = d.stop_ok();
     let failed: Vec<&str> = text.lines().filter(|l| l.contains("run failed")).collect();
     assert_eq!(failed.len(), 4, "{text}");
     for l in failed {
@@ -329,7 +296,7 @@ fn a_permanent_push_failure_enters_the_error_state_at_once() {
         ),
         "logfmt",
     );
-    wait_for("the error state", || d.state("send") == "error");
+    wait_soon("the error state", || d.state("send") == "error");
     let (jobs, code) = d.status();
     assert_eq!(code, 1);
     let j = &jobs[0];
@@ -476,7 +443,7 @@ fn fspl_status_starts_no_async_runtime() {
         .spawn()
         .unwrap();
     let socket = other.path("d.sock");
-    wait_for("the traced daemon's socket", || {
+    wait_soon("the traced daemon's socket", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
     let _ = run(ours([
@@ -502,7 +469,7 @@ fn fspl_status_starts_no_async_runtime() {
 fn wait_for_child_of(parent: u32) -> libc::pid_t {
     let path = format!("/proc/{parent}/task/{parent}/children");
     let mut pid = 0;
-    wait_for("the traced process", || {
+    wait_soon("the traced process", || {
         pid = std::fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::daemon::{
-    Daemon, SOON, config, free_port, http_get, lines, nextseq, process_job, q, send, wait_for,
-};
+use crate::daemon::http_get;
 use crate::helper::*;
 
 /// Start `fspl daemon -c CONFIG_ARG --log-format json` in `cwd` (stderr to
@@ -30,29 +28,11 @@ fn start_in(
     log: &Path,
     tweak: impl FnOnce(&mut Command),
 ) -> Daemon {
-    let mut cmd = fspl();
-    cmd.current_dir(cwd)
-        .arg("daemon")
-        .arg("-c")
-        .arg(config_arg)
-        .args(["--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap());
+    let mut cmd = fspl_testkit::daemon::command(&fspl_bin(), config_arg, "json");
+    cmd.current_dir(cwd);
     tweak(&mut cmd);
-    let child = cmd.spawn().unwrap();
-    let mut d = Daemon {
-        child: Some(child),
-        config: cwd.join(config_arg),
-        socket: socket.to_path_buf(),
-        log: log.to_path_buf(),
-    };
-    wait_for("the control socket", || {
-        if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("daemon exited at start ({st}): {}", d.log_text());
-        }
-        std::os::unix::net::UnixStream::connect(socket).is_ok()
-    });
+    let mut d = Daemon::spawn(&fspl_bin(), cmd, socket, log);
+    d.config = cwd.join(config_arg);
     d
 }
 
@@ -150,8 +130,8 @@ fn daemon_hint_with_a_non_default_socket_works_when_pasted() {
         |_| {},
     );
     send(&qd, 1, "", &[]);
-    wait_for("q in its error state", || d.state("q") == "error");
-    wait_for("late in its error state", || d.state("late") == "error");
+    wait_soon("q in its error state", || d.state("q") == "error");
+    wait_soon("late in its error state", || d.state("late") == "error");
     let log = d.log_text();
     let config_path = confdir.join("daemon.toml");
     for (job, fix) in [("q", &ok_file), ("late", &key)] {
@@ -180,12 +160,11 @@ fn daemon_hint_with_a_non_default_socket_works_when_pasted() {
             "{hint}"
         );
     }
-    wait_for("q's job to run after the clear", || nextseq(&qd) == 2);
-    wait_for("late to leave its error state", || {
+    wait_soon("q's job to run after the clear", || nextseq(&qd) == 2);
+    wait_soon("late to leave its error state", || {
         d.state("late") == "idle"
     });
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// With the default socket the hint is plain `fspl status --clear NAME`,
@@ -209,13 +188,12 @@ fn daemon_hint_with_the_default_socket_is_plain_fspl_status() {
         },
     );
     send(&qd, 1, "", &[]);
-    wait_for("the error state", || d.state("q") == "error");
+    wait_soon("the error state", || d.state("q") == "error");
     let h = hints(&d.log_text(), "q");
     assert_eq!(h, ["fspl status --clear q"], "{}", d.log_text());
     let out = paste(&sb, &h[0], &[("XDG_RUNTIME_DIR", &runtime)]);
     assert_eq!(ok(out), b"cleared q\n");
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 /// `fspl status` with this environment and these arguments: its one error
@@ -528,7 +506,7 @@ fn daemon_check_looks_up_the_command_as_the_daemon_runs_it() {
         },
     );
     send(&qd, 1, "payload", &[]);
-    wait_for("the handler to run", || nextseq(&qd) == 2);
+    wait_soon("the handler to run", || nextseq(&qd) == 2);
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "payload");
     drop(d);
 
@@ -587,19 +565,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     let bad = sb.queue("bad");
     let nocmd = sb.queue("nocmd");
     let trusting = sb.queue("trusting");
-    let key = sb.path("sender.key");
-    ok(run(ours([
-        OsStr::new("keygen"),
-        OsStr::new("-o"),
-        key.as_os_str(),
-    ])));
-    let public = std::fs::read_to_string(sb.path("sender.key.pub")).unwrap();
-    let trust = sb.path("trust.toml");
-    std::fs::write(
-        &trust,
-        format!("[[sender]]\nname = \"sender\"\nkey = {:?}\n", public.trim()),
-    )
-    .unwrap();
+    let trust = keys(&sb).trust;
     let inbox = sb.path("inbox");
     std::fs::create_dir(&inbox).unwrap();
     let retry = "max_failures = 2\npoll_min = 1\npoll_max = 1";
@@ -626,7 +592,7 @@ fn status_metrics_and_docs_agree_on_counters() {
         ],
     );
     let d = Daemon::start(&sb, &text, "logfmt");
-    wait_for("the first runs", || {
+    wait_soon("the first runs", || {
         d.status().0.iter().all(|j| {
             j["name"] == "noqueue"
                 || (j["type"] == "pull" && j["runs"] != 0 && j["state"] == "idle")
@@ -638,7 +604,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     send(&bad, 1, "", &[]);
     send(&nocmd, 1, "", &[]);
     send(&trusting, 1, "", &[]);
-    wait_for("the jobs to settle", || {
+    wait_soon("the jobs to settle", || {
         let st = |n: &str| d.state(n);
         nextseq(&good) == 3
             && st("bad") == "error"
@@ -693,7 +659,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     let mut status = Vec::new();
     let mut body = String::new();
     let names = ["good", "bad", "nocmd", "noqueue", "trusting"];
-    wait_for("status and metrics to agree", || {
+    wait_soon("status and metrics to agree", || {
         status = d.status().0;
         body = http_get(port, "/metrics").unwrap_or_default();
         names.iter().all(|n| {
@@ -820,8 +786,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     for r in ["not-started", "success", "failed"] {
         assert!(doc.contains(&format!("`{r}`")), "result {r} undocumented");
     }
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    d.stop_ok();
 }
 
 // ---------------------------------------------------------------------------
@@ -853,11 +818,10 @@ fn daemon_log_names_options_as_the_config_spells_them() {
     send(&del, 1, "", &[]);
     send(&params, 1, "", &["--", "a", "b"]);
     send(&retry, 1, "", &[]);
-    wait_for("the three jobs", || {
+    wait_soon("the three jobs", || {
         nextseq(&del) == 2 && nextseq(&params) == 2 && d.state("retry") == "error"
     });
-    let (st, log) = d.stop();
-    assert!(st.success(), "{log}");
+    let log = d.stop_ok();
     assert!(
         log.contains("moving on (on_error = \\\"delete\\\")"),
         "{log}"

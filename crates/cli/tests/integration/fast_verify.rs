@@ -30,28 +30,6 @@ use crate::security::{
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Bytes that do not compress, all different for a while.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-/// An executable shell script in the sandbox.
-fn script(s: &Sandbox, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = s.path(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 /// Whether the file system holding `dir` is one where fspl takes read
 /// leases (local file systems whose every write goes through the kernel's
 /// VFS; the same list as crates/queue/src/lease.rs) and leases can be had.
@@ -133,7 +111,7 @@ fn wait_for_file(p: &Path, what: &str) {
 fn a_changed_payload_without_trust_fails_the_job_after_the_command_ran_never_a_success() {
     let t = Setup::new();
     for (n, big) in [(PAYLOAD.len(), false), (9 << 20, true)] {
-        let payload = if big { noise(n) } else { PAYLOAD.to_vec() };
+        let payload = if big { noise(n, 12) } else { PAYLOAD.to_vec() };
         std::fs::write(&t.payload, &payload).unwrap();
         let job = t.prepare(1, None, None, &[], &[]);
         let mut bad = job.clone();
@@ -188,7 +166,7 @@ fn a_changed_payload_without_trust_fails_the_job_after_the_command_ran_never_a_s
 #[test]
 fn a_changed_payload_on_stdin_without_trust_fails_stdin_process_after_the_command_ran() {
     let t = Setup::new();
-    std::fs::write(&t.payload, noise(5 << 20)).unwrap();
+    std::fs::write(&t.payload, noise(5 << 20, 12)).unwrap();
     let mut job = t.prepare(1, None, None, &[], &[]);
     let len = job.len();
     job[len - 100] ^= 0x01;
@@ -312,7 +290,7 @@ fn start_writer(file: &Path, at: u64) -> Child {
 #[test]
 fn a_writer_opening_the_job_file_while_a_trusted_command_reads_gets_the_command_killed_first() {
     let t = Setup::new();
-    let payload = noise(8 << 20);
+    let payload = noise(8 << 20, 12);
     std::fs::write(&t.payload, &payload).unwrap();
     let job = t.genuine(1);
     let must_lease = leases_apply(t.s.dir.path());
@@ -402,7 +380,7 @@ fn a_writer_opening_the_job_file_while_a_trusted_command_reads_gets_the_command_
 fn a_writer_that_had_the_job_file_open_before_the_check_cannot_change_what_a_trusted_command_reads()
 {
     let t = Setup::new();
-    let payload = noise(4 << 20);
+    let payload = noise(4 << 20, 12);
     std::fs::write(&t.payload, &payload).unwrap();
     let job = t.genuine(1);
     let name = t.write(&t.q, &job);
@@ -452,7 +430,7 @@ fn a_writer_that_had_the_job_file_open_before_the_check_cannot_change_what_a_tru
 #[test]
 fn a_background_child_holding_the_payload_pipe_cannot_keep_the_job_file_leased() {
     let t = Setup::new();
-    std::fs::write(&t.payload, noise(6 << 20)).unwrap();
+    std::fs::write(&t.payload, noise(6 << 20, 12)).unwrap();
     let name = t.write(&t.q, &t.genuine(1));
     let path = t.q.join("jobs").join(&name);
     let pidfile = t.s.path("bg.pid");
@@ -515,7 +493,7 @@ const ENC: usize = 64 * 1024 + 16;
 fn age_files_from_the_cli_and_encrypt_to_decrypt_and_every_damage_is_refused() {
     let t = Setup::new();
     let (id, recipient) = age_keygen(&t.s, "receiver.age");
-    let payload = noise(1_300_000);
+    let payload = noise(1_300_000, 12);
     std::fs::write(&t.payload, &payload).unwrap();
     let key = Some(t.laptop.secret.as_path());
     let plain = t.prepare(1, key, Some(QUEUE_NAME), &[], &["backup", "db"]);
@@ -600,7 +578,7 @@ fn an_encrypted_payload_without_trust_streams_to_the_command_and_damage_fails_th
     let t = Setup::new();
     let (id, recipient) = age_keygen(&t.s, "receiver.age");
     let id_arg = id.to_str().unwrap();
-    let payload = noise(2_500_000);
+    let payload = noise(2_500_000, 12);
     std::fs::write(&t.payload, &payload).unwrap();
     let plain = t.prepare(1, None, None, &[], &[]);
     let r = OsStr::new(&recipient);

@@ -13,95 +13,31 @@
 //! Every timing is a generous deadline, never a measurement of speed.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::helper::*;
 
-/// Deadline for anything that should happen "soon".
+/// Deadline for anything that should happen "soon" in this file.
 const SOON: Duration = Duration::from_secs(20);
-
-/// A TOML basic string (test paths are ASCII).
-fn q(s: impl AsRef<OsStr>) -> String {
-    format!("{:?}", s.as_ref().to_str().unwrap())
-}
-
-/// `[daemon]` (the socket at `socket`, or the default when None; events
-/// only: rescan an hour away) and the jobs.
-fn daemon_toml(socket: Option<&Path>, jobs: &[String]) -> String {
-    let mut t = String::from("[daemon]\n");
-    if let Some(s) = socket {
-        t.push_str(&format!("socket = {}\n", q(s)));
-    }
-    t.push_str("rescan_interval = 3600\nshutdown_grace = 1\n");
-    for j in jobs {
-        t.push('\n');
-        t.push_str(j);
-    }
-    t
-}
 
 /// A process job; retries after a failure an hour away, so only
 /// filesystem events make it run again.
 fn job<S: AsRef<str>>(name: &str, queue: &Path, command: &[S]) -> String {
-    let argv: Vec<String> = command.iter().map(|s| q(s.as_ref())).collect();
-    format!(
-        "[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\npoll_min = 3600\npoll_max = 3600\n",
-        q(name),
-        q(queue),
-        argv.join(", ")
-    )
+    process_job(name, queue, command, "poll_min = 3600\npoll_max = 3600")
 }
 
 /// Appends "SEQ PAYLOAD" to `log`; then, for the payload "slow", sleeps
 /// 2 s.
-fn recorder(log: &Path) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "p=$(cat); echo \"$FSPL_SEQ $p\" >> \"$1\"; [ \"$p\" != slow ] || sleep 2".into(),
-        "sh".into(),
-        log.to_str().unwrap().into(),
-    ]
-}
-
-/// `fspl prepare --seq SEQ -i - | fspl queue-write -q QUEUE`.
-fn send(queue: &Path, seq: u64, payload: &str) {
-    let job = ok(run_with_input(
-        ours(["prepare", "--seq", &seq.to_string(), "-i", "-"]),
-        payload.as_bytes(),
-    ));
-    ok(run_with_input(
-        ours([
-            OsStr::new("queue-write"),
-            OsStr::new("-q"),
-            queue.as_os_str(),
-        ]),
-        &job,
-    ));
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-#[track_caller]
-fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn slow_recorder(log: &Path) -> Vec<String> {
+    recorder(log, "[ \"$p\" != slow ] || sleep 2")
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -124,11 +60,6 @@ fn chown_r(p: &Path, uid: u32) {
             chown_r(&e.unwrap().path(), uid);
         }
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// A uid no account uses, different for each test (`n`) and test process.
@@ -193,143 +124,6 @@ fn refused(mut cmd: Command) -> String {
     one_line_error(child.wait_with_output().unwrap())
 }
 
-/// A running daemon, stderr to a file.
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Start `cmd` (a `daemon` command) and return once `socket` accepts
-    /// connections.
-    fn spawn(mut cmd: Command, socket: &Path, log: &Path) -> Daemon {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap());
-        let mut d = Daemon {
-            child: Some(cmd.spawn().unwrap()),
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        wait_for("the control socket", SOON, || {
-            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited at start ({st}): {}", d.log_text());
-            }
-            UnixStream::connect(&d.socket).is_ok()
-        });
-        d
-    }
-
-    /// `fspl daemon -c CONFIG --log-format logfmt` as this test's user.
-    fn command(config: &Path) -> Command {
-        let mut c = fspl();
-        c.arg("daemon")
-            .arg("-c")
-            .arg(config)
-            .args(["--log-format", "logfmt"]);
-        c
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// [`wait_for`], with the daemon's log in the failure.
-    #[track_caller]
-    fn wait_for(&self, what: &str, f: impl FnMut() -> bool) {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for(what, SOON, f)));
-        if r.is_err() {
-            panic!(
-                "timed out waiting for {what}; the daemon's log:\n{}",
-                self.log_text()
-            );
-        }
-    }
-
-    /// `fspl status --socket S --json` as this test's user.
-    fn status(&self) -> Vec<Value> {
-        let out = ok(run(ours([
-            OsStr::new("status"),
-            OsStr::new("--socket"),
-            self.socket.as_os_str(),
-            OsStr::new("--json"),
-        ])));
-        serde_json::from_slice::<Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    /// Wait until every job has had its first run.
-    fn settled(&self) {
-        wait_for("the first runs", SOON, || {
-            self.status()
-                .iter()
-                .all(|j| !j["next_seq"].is_null() && j["state"] != "running")
-        });
-    }
-
-    /// SIGTERM, then wait for the exit; returns the log.
-    fn stop(mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let until = Instant::now() + SOON;
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                panic!("daemon did not stop: {}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(st.success(), "daemon exit {st}: {}", self.log_text());
-        self.log_text()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Removes paths when dropped (things made outside the sandbox).
-struct Cleanup(Vec<PathBuf>);
-
-impl Cleanup {
-    fn clean(&self) {
-        for p in &self.0 {
-            match std::fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => {
-                    let _ = std::fs::remove_dir_all(p);
-                }
-                Ok(_) => {
-                    let _ = std::fs::remove_file(p);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
 fn stdout_text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -348,7 +142,7 @@ fn attacker_daemon(sb: &Sandbox, bin: &Path, uid: u32, home: &Path, socket: &Pat
     let cfg = home.join("d.toml");
     std::fs::write(
         &cfg,
-        daemon_toml(Some(socket), &[job("all-is-well", &qd, &["/bin/true"])]),
+        config_text(Some(socket), "", &[job("all-is-well", &qd, &["/bin/true"])]),
     )
     .unwrap();
     chown_r(home, uid);
@@ -363,7 +157,12 @@ fn attacker_daemon(sb: &Sandbox, bin: &Path, uid: u32, home: &Path, socket: &Pat
             OsStr::new("logfmt"),
         ],
     );
-    let d = Daemon::spawn(cmd, socket, &sb.path(format!("attacker-{uid}.log")));
+    let d = Daemon::spawn(
+        &fspl_bin(),
+        cmd,
+        socket,
+        &sb.path(format!("attacker-{uid}.log")),
+    );
     chmod(socket, 0o666);
     d
 }
@@ -424,7 +223,11 @@ fn another_users_socket_at_the_default_path_is_neither_taken_nor_believed() {
         vq.as_os_str(),
     ])));
     let cfg = home.join("d.toml");
-    std::fs::write(&cfg, daemon_toml(None, &[job("mine", &vq, &["/bin/true"])])).unwrap();
+    std::fs::write(
+        &cfg,
+        config_text(None, "", &[job("mine", &vq, &["/bin/true"])]),
+    )
+    .unwrap();
     chown_r(&home, victim);
     let daemon_cmd = || {
         as_user_cmd(
@@ -452,7 +255,7 @@ fn another_users_socket_at_the_default_path_is_neither_taken_nor_believed() {
     // daemon makes its private directory and `fspl status` finds it.
     drop(fake);
     cleanup.clean();
-    let d = Daemon::spawn(daemon_cmd(), &socket, &sb.path("victim.log"));
+    let d = Daemon::spawn(&fspl_bin(), daemon_cmd(), &socket, &sb.path("victim.log"));
     let m = std::fs::symlink_metadata(&dir).unwrap();
     assert!(m.is_dir());
     assert_eq!((m.uid(), m.mode() & 0o7777), (victim, 0o700));
@@ -461,7 +264,7 @@ fn another_users_socket_at_the_default_path_is_neither_taken_nor_believed() {
     let out = ok(run(as_user_cmd(&bin, victim, ["status", "--json"])));
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v[0]["name"], "mine", "{v}");
-    d.stop();
+    d.stop_ok();
 }
 
 /// Regression (issue 11): `fspl status` believed whoever answered on the
@@ -545,9 +348,13 @@ fn unsafe_control_socket_directories_are_refused_by_daemon_and_status() {
     mkdir(&xdg, 0o700);
     let dir = xdg.join("fspl");
     let cfg = sb.path("d.toml");
-    std::fs::write(&cfg, daemon_toml(None, &[job("q", &qd, &["/bin/true"])])).unwrap();
+    std::fs::write(
+        &cfg,
+        config_text(None, "", &[job("q", &qd, &["/bin/true"])]),
+    )
+    .unwrap();
     let daemon_cmd = || {
-        let mut c = Daemon::command(&cfg);
+        let mut c = daemon_command(&cfg);
         c.env("XDG_RUNTIME_DIR", &xdg);
         c
     };
@@ -593,11 +400,11 @@ fn unsafe_control_socket_directories_are_refused_by_daemon_and_status() {
     let cfg2 = sb.path("d2.toml");
     std::fs::write(
         &cfg2,
-        daemon_toml(Some(&planted), &[job("q", &qd, &["/bin/true"])]),
+        config_text(Some(&planted), "", &[job("q", &qd, &["/bin/true"])]),
     )
     .unwrap();
     expect(
-        &refused(Daemon::command(&cfg2)),
+        &refused(daemon_command(&cfg2)),
         "writable by others",
         &shared,
     );
@@ -646,7 +453,7 @@ fn unsafe_control_socket_directories_are_refused_by_daemon_and_status() {
 
     // The default, done right.
     let socket = dir.join("daemon.sock");
-    let d = Daemon::spawn(daemon_cmd(), &socket, &sb.path("d.log"));
+    let d = Daemon::spawn(&fspl_bin(), daemon_cmd(), &socket, &sb.path("d.log"));
     let m = std::fs::symlink_metadata(&dir).unwrap();
     assert!(m.is_dir());
     assert_eq!(m.mode() & 0o7777, 0o700);
@@ -661,7 +468,7 @@ fn unsafe_control_socket_directories_are_refused_by_daemon_and_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout_text(&out).contains("q "), "{}", stdout_text(&out));
-    d.stop();
+    d.stop_ok();
     assert!(!socket.exists());
 }
 
@@ -778,13 +585,13 @@ fn queue_daemon(sb: &Sandbox, tweak: impl FnOnce(&mut Command)) -> (Daemon, Path
     std::fs::write(
         &cfg,
         // At level debug, for the log in a failure.
-        daemon_toml(Some(&socket), &[job("q", &qd, &recorder(&log))])
+        config_text(Some(&socket), "", &[job("q", &qd, &slow_recorder(&log))])
             .replace("[daemon]\n", "[daemon]\nlog_level = \"debug\"\n"),
     )
     .unwrap();
-    let mut cmd = Daemon::command(&cfg);
+    let mut cmd = daemon_command(&cfg);
     tweak(&mut cmd);
-    let d = Daemon::spawn(cmd, &socket, &sb.path("d.log"));
+    let d = Daemon::spawn(&fspl_bin(), cmd, &socket, &sb.path("d.log"));
     d.settled();
     (d, qd, log)
 }
@@ -829,16 +636,16 @@ fn idle_control_connections_starve_neither_queues_nor_status() {
 
     // Jobs still run, `fspl status` still answers.
     for seq in 1..=3u64 {
-        send(&qd, seq, &format!("p{seq}"));
+        send(&qd, seq, &format!("p{seq}"), &[]);
         d.wait_for(&format!("job {seq} to run"), || {
             lines(&log).len() == seq as usize
         });
     }
     assert_eq!(lines(&log), ["1 p1", "2 p2", "3 p3"]);
-    let st = d.status();
+    let st = d.status_ok();
     assert_eq!(st[0]["next_seq"], 4, "{st:?}");
     drop(conns);
-    let text = d.stop();
+    let text = d.stop_ok();
     assert!(!text.contains("Too many open files"), "{text}");
     assert!(!text.contains("level=error"), "{text}");
 }
@@ -885,10 +692,10 @@ fn a_100_mib_control_request_is_not_buffered_whole() {
         "{answer:?}"
     );
     // Still answering, still running jobs.
-    assert_eq!(d.status()[0]["name"], "q");
-    send(&qd, 1, "x");
+    assert_eq!(d.status_ok()[0]["name"], "q");
+    send(&qd, 1, "x", &[]);
     d.wait_for("the job to run", || lines(&log).len() == 1);
-    d.stop();
+    d.stop_ok();
 }
 
 /// Regression (issue 11): a client that connects and sends nothing (or
@@ -902,7 +709,7 @@ fn idle_and_half_sent_control_requests_are_timed_out() {
     let mut half = UnixStream::connect(&d.socket).unwrap();
     half.write_all(b"{\"cmd\":\"sta").unwrap();
     // Meanwhile, requests are answered.
-    assert_eq!(d.status()[0]["name"], "q");
+    assert_eq!(d.status_ok()[0]["name"], "q");
     for (what, mut s) in [("silent", silent), ("half-sent", half)] {
         s.set_read_timeout(Some(SOON)).unwrap();
         let mut buf = Vec::new();
@@ -912,7 +719,7 @@ fn idle_and_half_sent_control_requests_are_timed_out() {
             "the {what} connection was not closed: {r:?} {buf:?}"
         );
     }
-    d.stop();
+    d.stop_ok();
 }
 
 /// Regression (issue 11): when accepting a control connection failed for
@@ -960,7 +767,7 @@ fn accept_failing_for_want_of_descriptors_does_not_spin() {
         .status
         .success()
     });
-    d.stop();
+    d.stop_ok();
 }
 
 /// Regression (issue 11): the daemon ran with the soft limit on open files
@@ -977,7 +784,7 @@ fn daemon_raises_its_soft_open_file_limit_to_the_hard_limit() {
         .unwrap();
     let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(nums, ["2048", "2048"], "{line}");
-    d.stop();
+    d.stop_ok();
 }
 
 /// Regression (issue 11, item 12): a queue directory removed and
@@ -1003,17 +810,17 @@ fn a_removed_and_recreated_queue_is_watched_again() {
     // The run is over (not just the command).
     let idle_at = |next: u64| {
         d.wait_for(&format!("idle at seq {next}"), || {
-            let st = d.status();
+            let st = d.status_ok();
             st[0]["state"] == "idle" && st[0]["next_seq"] == next
         })
     };
-    send(&qd, 1, "first");
+    send(&qd, 1, "first", &[]);
     d.wait_for("the first job", || lines(&log) == ["1 first"]);
     idle_at(2);
     for round in 0..2 {
         std::fs::remove_dir_all(&qd).unwrap();
         init();
-        send(&qd, 1, &format!("again{round}"));
+        send(&qd, 1, &format!("again{round}"), &[]);
         d.wait_for(
             &format!("the job in the re-created queue (round {round})"),
             || lines(&log).last().unwrap() == &format!("1 again{round}"),
@@ -1023,7 +830,7 @@ fn a_removed_and_recreated_queue_is_watched_again() {
     // Only jobs/ replaced.
     std::fs::remove_dir_all(qd.join("jobs")).unwrap();
     std::fs::create_dir(qd.join("jobs")).unwrap();
-    send(&qd, 2, "new-jobs-dir");
+    send(&qd, 2, "new-jobs-dir", &[]);
     d.wait_for("the job in the new jobs/", || {
         lines(&log).last().unwrap() == "2 new-jobs-dir"
     });
@@ -1031,7 +838,7 @@ fn a_removed_and_recreated_queue_is_watched_again() {
     // jobs/ renamed away (its watch would follow it) and replaced.
     std::fs::rename(qd.join("jobs"), sb.path("jobs.old")).unwrap();
     std::fs::create_dir(qd.join("jobs")).unwrap();
-    send(&qd, 3, "renamed-jobs-dir");
+    send(&qd, 3, "renamed-jobs-dir", &[]);
     d.wait_for("the job in the jobs/ replacing a renamed one", || {
         lines(&log).last().unwrap() == "3 renamed-jobs-dir"
     });
@@ -1041,7 +848,7 @@ fn a_removed_and_recreated_queue_is_watched_again() {
     // nextseq are gone), and backs off for an hour...
     let failed = || d.log_text().matches("run failed").count();
     let before = failed();
-    send(&qd, 4, "slow");
+    send(&qd, 4, "slow", &[]);
     d.wait_for("the slow command", || {
         lines(&log).last().unwrap() == "4 slow"
     });
@@ -1049,14 +856,14 @@ fn a_removed_and_recreated_queue_is_watched_again() {
     d.wait_for("the run to fail", || failed() > before);
     // ... until the queue is back.
     init();
-    send(&qd, 1, "after-failure");
+    send(&qd, 1, "after-failure", &[]);
     d.wait_for("the job after the failed run", || {
         lines(&log).last().unwrap() == "1 after-failure"
     });
     idle_at(2);
-    let st = d.status();
+    let st = d.status_ok();
     assert_eq!(st[0]["consecutive_failures"], 0, "{st:?}");
-    let text = d.stop();
+    let text = d.stop_ok();
     assert!(!text.contains("level=error"), "{text}");
     assert!(
         text.contains("queue directory is back; retrying now"),
@@ -1091,7 +898,7 @@ fn clear_and_sighup_watch_a_replaced_queue_afresh() {
     ])));
     assert_eq!(String::from_utf8_lossy(&out), "cleared q\n");
     // A job that only an event (or the rescan, an hour away) can start.
-    send(&qd, 1, "after-clear");
+    send(&qd, 1, "after-clear", &[]);
     d.wait_for("the job after --clear", || lines(&log) == ["1 after-clear"]);
 
     replace("q.old2");
@@ -1100,9 +907,9 @@ fn clear_and_sighup_watch_a_replaced_queue_afresh() {
     d.wait_for("the reload", || {
         d.log_text().contains("configuration reloaded")
     });
-    send(&qd, 1, "after-hup");
+    send(&qd, 1, "after-hup", &[]);
     d.wait_for("the job after SIGHUP", || {
         lines(&log) == ["1 after-clear", "1 after-hup"]
     });
-    d.stop();
+    d.stop_ok();
 }

@@ -23,9 +23,9 @@ use fspl_format::{CmdType, Command as JobCommand, Ctime, JobHeader, PREFIX_LEN};
 use crate::helper::*;
 use crate::reliability_common::clean_fspl;
 use crate::reliability_procs::{
-    Finished, TIME, daemon_config, file_lines, run_bounded, wait_until,
+    Finished, daemon_config, file_lines, fspl_bounded_with, wait_until,
 };
-use crate::security::{PAYLOAD, QUEUE_NAME, Setup, fs, nextseq, tamper};
+use crate::security::{PAYLOAD, QUEUE_NAME, Setup, fs, tamper};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1 << 20;
@@ -41,24 +41,6 @@ const AS_LIMIT: u64 = 512 << 20;
 const RSS_LIMIT_KB: u64 = 64 * 1024;
 
 // ---- item 3: memory ----
-
-/// CRC-32 (IEEE), table-driven (tens of megabytes in a debug build).
-fn crc32(data: &[u8]) -> u32 {
-    let table: Vec<u32> = (0..256u32)
-        .map(|i| {
-            (0..8).fold(i, |c, _| {
-                if c & 1 != 0 {
-                    (c >> 1) ^ 0xedb8_8320
-                } else {
-                    c >> 1
-                }
-            })
-        })
-        .collect();
-    !data.iter().fold(0xffff_ffffu32, |crc, &b| {
-        table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8)
-    })
-}
 
 /// A job file around `meta` with valid CRCs.
 fn frame(meta: &[u8]) -> Vec<u8> {
@@ -152,50 +134,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<OsString> = args
-        .into_iter()
-        .map(|a| a.as_ref().to_os_string())
-        .collect();
-    let what = format!(
-        "fspl {}",
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let rss = tempfile::NamedTempFile::new().unwrap();
-    assert!(
-        Path::new(TIME).exists(),
-        "{TIME} is missing (package `time`)"
-    );
-    let mut c = Command::new(TIME);
-    c.args(["-f", "%M", "-o"])
-        .arg(rss.path())
-        .arg(fspl_bin())
-        .args(&args)
-        .env("TZ", "UTC");
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("FSPL_") || k == "FAILPOINTS" {
-            c.env_remove(k);
-        }
-    }
-    limit_memory(&mut c);
-    let mut f = run_bounded(&what, c, None, LIMIT);
-    let report = std::fs::read_to_string(rss.path()).unwrap_or_default();
-    f.maxrss_kb = report
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0);
-    if let Some(sig) = report
-        .lines()
-        .find_map(|l| l.strip_prefix("Command terminated by signal "))
-    {
-        f.signal = sig.trim().parse().ok();
-        f.code = None;
-    }
-    f
+    fspl_bounded_with(args, None, LIMIT, limit_memory)
 }
 
 /// Run the command (and what it starts) with `AS_LIMIT` of address space.
@@ -505,15 +444,6 @@ fn put(q: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(q.join("jobs").join(name), bytes).unwrap();
 }
 
-fn jobs_in(q: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(q.join("jobs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn rejected_in(q: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(q.join("rejected"))
         .map(|d| {
@@ -611,9 +541,13 @@ fn a_gzip_zstd_or_extra_key_copy_of_a_signed_job_blocked_the_trusted_queue() {
         assert_eq!(nextseq(&t.q), 2);
         assert!(rejected_in(&t.q).is_empty());
         if never_delete {
-            assert_eq!(jobs_in(&t.q), names);
+            assert_eq!(file_names(&t.q.join("jobs")), names);
         } else {
-            assert!(jobs_in(&t.q).is_empty(), "{:?}", jobs_in(&t.q));
+            assert!(
+                file_names(&t.q.join("jobs")).is_empty(),
+                "{:?}",
+                file_names(&t.q.join("jobs"))
+            );
         }
         // And never again.
         ok(process(&t, true, &[]));
@@ -649,7 +583,7 @@ fn two_validly_signed_different_jobs_with_one_seq_still_block() {
     assert!(runs(&t).is_empty());
     assert_eq!(nextseq(&t.q), 1);
     assert!(rejected_in(&t.q).is_empty());
-    assert_eq!(jobs_in(&t.q).len(), 3);
+    assert_eq!(file_names(&t.q.join("jobs")).len(), 3);
     let st = trusted(&t, &["queue-status"]);
     let text = String::from_utf8_lossy(&st.stdout);
     assert_eq!(st.status.code(), Some(1), "{text}");
@@ -748,7 +682,11 @@ fn a_tampered_copy_is_refused_and_the_genuine_signed_job_runs_once() {
         2,
         "{err}"
     );
-    assert!(jobs_in(&t.q).is_empty(), "{:?}", jobs_in(&t.q));
+    assert!(
+        file_names(&t.q.join("jobs")).is_empty(),
+        "{:?}",
+        file_names(&t.q.join("jobs"))
+    );
 }
 
 /// Regression: beside a job carrying its payload length and digest, a copy

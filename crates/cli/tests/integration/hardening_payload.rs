@@ -32,67 +32,10 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// An executable shell script in the sandbox.
-fn script(sb: &Sandbox, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = sb.path(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// A signing key and a trust file that lists it.
-struct Keys {
-    secret: PathBuf,
-    trust: PathBuf,
-}
-
-fn keys(sb: &Sandbox) -> Keys {
-    let secret = sb.path("sender.key");
-    ok(run(ours([
-        OsStr::new("keygen"),
-        OsStr::new("-o"),
-        secret.as_os_str(),
-        OsStr::new("-C"),
-        OsStr::new("sender"),
-    ])));
-    let public = std::fs::read_to_string(sb.path("sender.key.pub")).unwrap();
-    let trust = sb.path("trust.toml");
-    std::fs::write(
-        &trust,
-        format!("[[sender]]\nname = \"sender\"\nkey = {:?}\n", public.trim()),
-    )
-    .unwrap();
-    Keys { secret, trust }
-}
-
-/// `fspl prepare --seq SEQ -i FILE EXTRA...` with `payload` in FILE.
-fn prepare(sb: &Sandbox, seq: u64, payload: &[u8], extra: &[&OsStr]) -> Vec<u8> {
-    let input = sb.path(format!("payload-{seq}"));
-    std::fs::write(&input, payload).unwrap();
-    let mut c = ours([
-        OsStr::new("prepare"),
-        OsStr::new("--seq"),
-        OsStr::new(&seq.to_string()),
-        OsStr::new("-i"),
-        input.as_os_str(),
-    ]);
-    c.args(extra);
-    ok(run(c))
-}
-
 /// Into the queue: through queue-write, or for a job it refuses (a bomb, a
 /// corrupt stream) straight into `jobs/`, as a sync tool could.
 fn write_job(queue: &Path, job: &[u8]) {
     deliver(queue, job);
-}
-
-fn nextseq(queue: &Path) -> u64 {
-    std::fs::read_to_string(queue.join("nextseq"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Letters and newlines, never `Z`, `X` or `APPENDED` in a row.
@@ -104,19 +47,6 @@ fn text_payload(n: usize) -> Vec<u8> {
             } else {
                 b'a' + ((i * 7 + i / 13) % 23) as u8
             }
-        })
-        .collect()
-}
-
-/// Bytes that do not compress.
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
         })
         .collect()
 }
@@ -143,24 +73,6 @@ fn zstd_with_zeros(job: &[u8], zeros: u64) -> Vec<u8> {
         out.push(0);
     }
     out
-}
-
-/// Kills the background children the test's commands left behind (their
-/// pids are in these files), whatever happens.
-struct Leftovers(Vec<PathBuf>);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for f in &self.0 {
-            if let Some(pid) = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                // SAFETY: a background sleep this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
 }
 
 /// Run with a deadline (a hang fails the test instead of stalling it).
@@ -327,7 +239,7 @@ fn stdin_process_trust_never_passes_on_a_payload_changed_after_the_check() {
 fn a_payload_copy_that_cannot_be_written_leaves_the_job_queued_instead_of_refusing_it() {
     let sb = Sandbox::new();
     let k = keys(&sb);
-    let payload = noise(3 << 20);
+    let payload = noise(3 << 20, 11);
     let cases: [(&str, Vec<&OsStr>, bool); 2] = [
         // A compressed job with a digest: always copied.
         (
@@ -544,7 +456,7 @@ fn pumped_job(sb: &Sandbox, seq: u64, corrupt: bool) -> Vec<u8> {
     let mut job = prepare(
         sb,
         seq,
-        &noise(2 << 20),
+        &noise(2 << 20, 11),
         &[
             OsStr::new("--no-digest"),
             OsStr::new("--compress"),
@@ -715,88 +627,6 @@ fn checking_the_rest_of_a_payload_after_the_command_ended_stops_at_the_timeout()
 
 // ---- 10: the daemon's shutdown kill ----
 
-/// A running `fspl daemon`, stderr to a file; killed if the test fails.
-struct Daemon {
-    child: Option<std::process::Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(sb: &Sandbox, config: &str) -> Daemon {
-        let path = sb.path("daemon.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = sb.path("daemon.log");
-        let child = fspl()
-            .arg("daemon")
-            .arg("-c")
-            .arg(&path)
-            .args(["--log-format", "logfmt"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; wait for the exit, failing as soon as the log has a line
-    /// containing `never`; the log.
-    fn stop_never_logging(mut self, never: &str) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return (st, self.log_text());
-            }
-            let log = self.log_text();
-            if log.contains(never) || Instant::now() > end {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the daemon logged {never:?} or did not stop: {log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-#[track_caller]
-fn wait_for(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}: {}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether a pid is gone (reaped: a zombie still answers signal 0).
-fn gone(pid: i32) -> bool {
-    // SAFETY: signal 0 only probes.
-    let r = unsafe { libc::kill(pid, 0) };
-    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-}
-
 /// The command exits (and is reaped) while its job is still settling its
 /// payload; the daemon is stopped then, and its grace runs out. Nothing may
 /// be signalled: the command's pid is no longer the daemon's to kill (an
@@ -811,38 +641,32 @@ fn daemon_shutdown_never_signals_the_pid_of_a_command_it_already_reaped() {
     // straight into jobs/: queue-write would decode all of it to check it.
     place(&q, &zstd_with_zeros(&header, 1 << 40));
     let pidfile = sb.path("pid");
-    let socket = sb.path("d.sock");
-    let config = format!(
-        "[daemon]\nsocket = {:?}\nrescan_interval = 3600\nshutdown_grace = 1\n\n\
-         [[job]]\nname = \"q\"\ntype = \"process\"\nqueue = {:?}\ntimeout = 5\n\
-         command = [\"/bin/sh\", \"-c\", \"echo $$ > {}; exec head -c 1 >/dev/null\"]\n",
-        p(&socket),
-        p(&q),
-        p(&pidfile)
+    let command = format!("echo $$ > {}; exec head -c 1 >/dev/null", p(&pidfile));
+    let text = config(
+        &sb,
+        "",
+        &[process_job(
+            "q",
+            &q,
+            &["/bin/sh", "-c", &command],
+            "timeout = 5",
+        )],
     );
-    let d = Daemon::start(&sb, &config);
-    wait_for(
-        "the command to start",
-        || d.log_text(),
-        || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')),
-    );
+    let d = Daemon::start(&sb, &text, "logfmt");
+    d.wait_for("the command to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    wait_for("the command to be reaped", || d.log_text(), || gone(pid));
+    d.wait_for("the command to be reaped", || gone(pid));
     // The job is still settling its payload: the daemon shows it running.
-    let status = run(ours([
-        OsStr::new("status"),
-        OsStr::new("--socket"),
-        socket.as_os_str(),
-        OsStr::new("--json"),
-    ]));
-    let jobs: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let (jobs, _) = d.status();
     assert_eq!(
         jobs[0]["state"], "running",
-        "the premise failed: the job was no longer busy after its command ended: {jobs}"
+        "the premise failed: the job was no longer busy after its command ended: {jobs:?}"
     );
     // The grace (1 s) runs out while the job still settles its payload.
     let (st, log) = d.stop_never_logging("killing the running command");

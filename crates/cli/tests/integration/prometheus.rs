@@ -6,33 +6,12 @@
 //! the example alerting rules (contrib/fspl-alerts.yml) load and fire on a
 //! job in its error state. Every timing is a generous deadline.
 
-use std::path::Path;
-
 use fspl_testkit::prometheus::{self, Prometheus, promtool};
 
-use crate::daemon::{Daemon, config, lines, process_job, q, recorder, send, wait_for};
 use crate::helper::*;
 
 /// Events only: the polling an hour away (the rescan is, in `config`).
 const EVENTS_ONLY: &str = "poll_min = 3600\npoll_max = 3600";
-
-fn push_job(name: &str, outbox: &Path, to: &Path) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"push\"\noutbox = {}\nto = {}\n{EVENTS_ONLY}\n",
-        q(name),
-        q(outbox),
-        q(format!("dir:{}", to.display()))
-    )
-}
-
-fn pull_job(name: &str, from: &Path, queue: &Path) -> String {
-    format!(
-        "[[job]]\nname = {}\ntype = \"pull\"\nfrom = {}\nqueue = {}\n{EVENTS_ONLY}\n",
-        q(name),
-        q(format!("dir:{}", from.display())),
-        q(queue)
-    )
-}
 
 /// The value of the series `series` (exact name and labels) in a scrape.
 fn sample(body: &str, series: &str) -> Option<f64> {
@@ -41,7 +20,7 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 }
 
 fn contrib_rules() -> std::path::PathBuf {
-    fspl_testkit::root().join("contrib/fspl-alerts.yml")
+    root().join("contrib/fspl-alerts.yml")
 }
 
 /// Before: no metric had a help text (`promtool check metrics`: "no help
@@ -55,15 +34,15 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
     let folder = sb.path("sync");
     std::fs::create_dir(&folder).unwrap();
     let log = sb.path("log");
-    let port = fspl_testkit::free_port();
+    let port = free_port();
     let d = Daemon::start(
         &sb,
         &config(
             &sb,
             &format!("metrics = \"127.0.0.1:{port}\""),
             &[
-                push_job("send", &outbox, &folder),
-                pull_job("take", &folder, &inq),
+                push_job("send", &outbox, &dir_url(&folder), EVENTS_ONLY),
+                pull_job("take", &dir_url(&folder), &inq, EVENTS_ONLY),
                 process_job("run", &inq, &recorder(&log, ""), EVENTS_ONLY),
                 process_job("bad", &bad, &["/bin/false"], "max_failures = 1"),
             ],
@@ -74,7 +53,7 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
         send(&outbox, seq, p, &[]);
     }
     send(&bad, 1, "", &[]);
-    wait_for("three jobs to run", || lines(&log).len() == 3);
+    wait_soon("three jobs to run", || lines(&log).len() == 3);
     assert_eq!(lines(&log), ["1 a", "2 b", "3 c"]);
     let scrape = || {
         prometheus::http_get(port, "/metrics")
@@ -96,7 +75,7 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
         ),
         ("fspl_queue_error{fspl_job=\"bad\"}", 1.0),
     ];
-    wait_for("every job counted in /metrics", || {
+    wait_soon("every job counted in /metrics", || {
         let body = scrape();
         counted.iter().all(|(s, v)| sample(&body, s) == Some(*v))
     });
@@ -134,11 +113,11 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
     for (series, want) in counted {
         // The scrape job's label and ours, side by side.
         let expr = series.replacen('{', "{job=\"fspl\",", 1);
-        wait_for(&format!("{expr} == {want} in prometheus"), || {
+        wait_soon(&format!("{expr} == {want} in prometheus"), || {
             prom.value(&expr) == Some(want)
         });
     }
-    wait_for("the error-state alert for bad", || {
+    wait_soon("the error-state alert for bad", || {
         prom.alerts().iter().any(|a| {
             a["labels"]["alertname"] == "FsplJobErrorState" && a["labels"]["fspl_job"] == "bad"
         })

@@ -94,22 +94,7 @@ impl Drop for Tally {
     }
 }
 
-/// splitmix64, for payload sizes and round parameters.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+pub use fspl_testkit::jobs::Rng;
 
 /// The payload of job `seq` (`len` bytes, distinct per seq and salt).
 pub fn payload(seq: u64, salt: u64, len: usize) -> Vec<u8> {
@@ -132,12 +117,7 @@ where
     S: AsRef<OsStr>,
 {
     let mut c = fspl();
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("FSPL_") || k == "FAILPOINTS" {
-            c.env_remove(k);
-        }
-    }
+    clean_env(&mut c);
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
         c.pre_exec(|| {

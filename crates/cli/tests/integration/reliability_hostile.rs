@@ -76,24 +76,6 @@ fn frame(meta: &[u8], len: u64) -> Vec<u8> {
 /// The largest peak RSS of a reader in the hostile-contents test, KiB.
 static PEAK_RSS_KB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// CRC-32 (IEEE), table-driven (megabytes of metadata in a debug build).
-fn crc32(data: &[u8]) -> u32 {
-    let table: Vec<u32> = (0..256u32)
-        .map(|i| {
-            (0..8).fold(i, |c, _| {
-                if c & 1 != 0 {
-                    (c >> 1) ^ 0xedb8_8320
-                } else {
-                    c >> 1
-                }
-            })
-        })
-        .collect();
-    !data.iter().fold(0xffff_ffffu32, |crc, &b| {
-        table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8)
-    })
-}
-
 /// A NOP job with one more metadata entry, "zzz": `value` (MessagePack).
 fn nop_with_extra(seq: u64, value: &[u8]) -> Vec<u8> {
     let full = header(seq, CmdType::Nop).encode().unwrap();
@@ -503,7 +485,7 @@ fn reliability_hostile_queue_contents() {
     )
     .unwrap();
     let dlog = h.sb.path("daemon.log");
-    let d = Daemon::start(&cfg, &socket, &dlog);
+    let d = start_daemon(&cfg, &socket, &dlog);
     if !wait_until(LIMIT, || {
         file_lines(&h.log).iter().any(|l| l.starts_with("7 "))
     }) {
@@ -901,7 +883,7 @@ fn reliability_hostile_path_traversal() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&cfg, &socket, &rec.join("daemon.log"));
+    let d = start_daemon(&cfg, &socket, &rec.join("daemon.log"));
     if !wait_until(LIMIT, || {
         file_lines(&log).iter().any(|l| l == "2 fspl-c.fspl")
     }) {

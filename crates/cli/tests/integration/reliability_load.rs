@@ -133,8 +133,8 @@ fn reliability_load_concurrent_writers_daemon_and_manual_runs() {
         })
         .collect();
     std::fs::write(&cfg, daemon_config(&socket, &table)).unwrap();
-    let d = Daemon::start(&cfg, &socket, &sb.path("d.log"));
-    let daemon_pid = d.pid;
+    let d = start_daemon(&cfg, &socket, &sb.path("d.log"));
+    let daemon_pid = d.pid() as libc::pid_t;
     let done = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
     let problems = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -313,7 +313,7 @@ fn reliability_load_daemon_sigkilled_at_random() {
     };
     let mut problems = Vec::new();
     let mut states = BTreeSet::new();
-    let mut d = Daemon::start(&cfg, &socket, &sb.path("d.log"));
+    let mut d = start_daemon(&cfg, &socket, &sb.path("d.log"));
     let mut done_kills = 0u64;
     let started = Instant::now();
     for &p in &points {
@@ -325,7 +325,7 @@ fn reliability_load_daemon_sigkilled_at_random() {
         d.kill_group();
         done_kills += 1;
         states.insert(nextseq(&q));
-        d = Daemon::start(&cfg, &socket, &sb.path("d.log"));
+        d = start_daemon(&cfg, &socket, &sb.path("d.log"));
     }
     writer.join().unwrap();
     let finished = wait_until(LIMIT, || nextseq(&q) == n + 1);

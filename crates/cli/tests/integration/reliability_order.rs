@@ -98,14 +98,6 @@ fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     }
 }
 
-fn nextseq(q: &Path) -> u64 {
-    std::fs::read_to_string(q.join("nextseq"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn process(q: &Path, log: &Path, extra: &[&str]) -> Finished {
     let mut args: Vec<OsString> = vec!["queue-process".into(), "-q".into(), q.as_os_str().into()];
     args.extend(extra.iter().map(OsString::from));
@@ -318,7 +310,7 @@ fn reliability_order_conflicting_copies_block() {
         ),
     )
     .unwrap();
-    let d = Daemon::start(&cfg, &socket, &sb.path("d.log"));
+    let d = start_daemon(&cfg, &socket, &sb.path("d.log"));
     let mut seen = Value::Null;
     let reported = wait_until(Duration::from_secs(60), || {
         let f = fspl_bounded(

@@ -195,6 +195,21 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    fspl_bounded_with(args, input, limit, |_| {})
+}
+
+/// [`fspl_bounded`], with `tweak` applied to the command (the
+/// `/usr/bin/time` wrapper) before it starts.
+pub fn fspl_bounded_with<I, S>(
+    args: I,
+    input: Option<&[u8]>,
+    limit: Duration,
+    tweak: impl FnOnce(&mut Command),
+) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<std::ffi::OsString> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
@@ -217,12 +232,8 @@ where
         .arg(crate::helper::fspl_bin())
         .args(&args)
         .env("TZ", "UTC");
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("FSPL_") || k == "FAILPOINTS" {
-            c.env_remove(k);
-        }
-    }
+    crate::helper::clean_env(&mut c);
+    tweak(&mut c);
     let mut f = run_bounded(&what, c, input, limit);
     // "Command exited with non-zero status N" or "Command terminated by
     // signal N" may come first; the number is last.
@@ -242,123 +253,32 @@ where
     f
 }
 
+pub use crate::helper::Daemon;
 /// A TOML basic string.
-pub fn toml_str(s: impl AsRef<OsStr>) -> String {
-    format!("{:?}", s.as_ref().to_str().unwrap())
-}
+pub use fspl_testkit::q as toml_str;
 
-/// A `fspl daemon -c CONFIG` in a process group of its own (so a SIGKILL
-/// to the group takes its running job command too, as a power cut or
-/// systemd's KillMode=control-group would), stderr to a log file.
-pub struct Daemon {
-    child: std::process::Child,
-    pub pid: libc::pid_t,
-    pub config: PathBuf,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    reaped: bool,
-}
-
-impl Daemon {
-    pub fn start(config: &Path, socket: &Path, log: &Path) -> Daemon {
-        let mut cmd = clean_fspl([OsStr::new("daemon"), OsStr::new("-c"), config.as_os_str()]);
-        cmd.args(["--log-format", "logfmt"])
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .unwrap(),
-            );
-        let child = cmd.spawn().expect("start fspl daemon");
-        let mut d = Daemon {
-            pid: child.id() as libc::pid_t,
-            child,
-            config: config.to_path_buf(),
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-            reaped: false,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            if let Some(st) = d.try_exit() {
-                panic!("daemon exited at start ({st:?}): {}", d.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not open its socket: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Exit status if it has ended (reaps it).
-    fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// SIGKILL the daemon and everything in its process group; reaped.
-    pub fn kill_group(mut self) {
-        // SAFETY: the group we created.
-        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    /// SIGTERM; wait (bounded) for a clean exit; returns the exit code.
-    pub fn terminate(mut self, limit: Duration) -> Option<i32> {
-        // SAFETY: our child.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.try_exit() {
-                self.reaped = true;
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.reaped {
-            // SAFETY: the group we created.
-            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-            let _ = self.child.wait();
-        }
-    }
+/// A `fspl daemon -c CONFIG --log-format logfmt` (clean environment, no
+/// core dumps) in a process group of its own (so a SIGKILL to the group
+/// takes its running job command too, as a power cut or systemd's
+/// KillMode=control-group would), stderr appended to `log`.
+pub fn start_daemon(config: &Path, socket: &Path, log: &Path) -> Daemon {
+    let mut cmd = clean_fspl([OsStr::new("daemon"), OsStr::new("-c"), config.as_os_str()]);
+    cmd.args(["--log-format", "logfmt"]);
+    let mut d = Daemon::spawn_group(&crate::helper::fspl_bin(), cmd, socket, log);
+    d.config = config.to_path_buf();
+    d
 }
 
 /// `[daemon]` (socket, no safety rescan, short grace) and `[[job]]` tables
 /// of type process with `command`.
 pub fn daemon_config(socket: &Path, jobs: &[(String, PathBuf, Vec<String>, String)]) -> String {
-    let mut t = format!(
-        "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\nmax_parallel = 8\n",
-        toml_str(socket)
-    );
-    for (name, queue, command, extra) in jobs {
-        let argv: Vec<String> = command.iter().map(toml_str).collect();
-        t.push_str(&format!(
-            "\n[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\n{extra}\n",
-            toml_str(name),
-            toml_str(queue),
-            argv.join(", ")
-        ));
-    }
-    t
+    let tables: Vec<String> = jobs
+        .iter()
+        .map(|(name, queue, command, extra)| {
+            crate::helper::process_job(name, queue, command, extra)
+        })
+        .collect();
+    crate::helper::config_text(Some(socket), "max_parallel = 8", &tables)
 }
 
 /// Lines of a file, invalid UTF-8 replaced (empty when missing).

@@ -310,13 +310,7 @@ queues = ["backups", "db-*"]"#,
 }
 
 /// The queue's nextseq.
-pub fn nextseq(q: &Path) -> u64 {
-    std::fs::read_to_string(q.join("nextseq"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
+pub use fspl_testkit::nextseq;
 
 /// Everything a refusal must leave behind, for the job stored as `file`:
 /// `queue-process` itself succeeded, the file is in rejected/ and not in

@@ -172,9 +172,9 @@ fn count(results: &[(String, String)], prefix: &str, why: &str) -> usize {
 fn fix_crcs(job: &mut [u8]) {
     let meta_len = u64::from_be_bytes(job[14..22].try_into().unwrap()) as usize;
     let meta_end = fspl_format::PREFIX_LEN + meta_len;
-    let meta_crc = crate::both::crc32(&job[fspl_format::PREFIX_LEN..meta_end]);
+    let meta_crc = crc32(&job[fspl_format::PREFIX_LEN..meta_end]);
     job[22..26].copy_from_slice(&meta_crc.to_be_bytes());
-    let prefix_crc = crate::both::crc32(&job[..26]);
+    let prefix_crc = crc32(&job[..26]);
     job[26..30].copy_from_slice(&prefix_crc.to_be_bytes());
 }
 

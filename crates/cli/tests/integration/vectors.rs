@@ -2,22 +2,7 @@
 //! `.info` file, `stdin-payload` the payload; every `bad-*` vector is refused
 //! with one error line.
 
-use sha2_free::sha256_hex;
-
 use crate::helper::*;
-
-mod sha2_free {
-    /// SHA-256 via the system's sha256sum, to avoid a crypto dependency in tests.
-    pub fn sha256_hex(data: &[u8]) -> String {
-        let out = crate::helper::run_with_input(std::process::Command::new("sha256sum"), data);
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    }
-}
 
 fn good_vectors() -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(vectors())

@@ -16,35 +16,10 @@ use std::process::{Command, Output};
 
 use crate::helper::*;
 
-/// `fspl prepare --seq SEQ -i FILE EXTRA...` with `payload` in FILE.
-fn prepare(sb: &Sandbox, seq: u64, payload: &[u8], extra: &[&OsStr]) -> Vec<u8> {
-    let input = sb.path(format!("payload-{seq}-{}", payload.len()));
-    std::fs::write(&input, payload).unwrap();
-    let mut c = ours([
-        OsStr::new("prepare"),
-        OsStr::new("--seq"),
-        OsStr::new(&seq.to_string()),
-        OsStr::new("-i"),
-        input.as_os_str(),
-    ]);
-    c.args(extra);
-    ok(run(c))
-}
-
 fn write_cmd(q: &Path, extra: &[&OsStr]) -> Command {
     let mut c = ours([OsStr::new("queue-write"), OsStr::new("-q"), q.as_os_str()]);
     c.args(extra);
     c
-}
-
-/// Everything in `jobs/`, temporaries included.
-fn jobs_dir(q: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(q.join("jobs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// A payload that is not all one byte.
@@ -77,7 +52,11 @@ fn refused(sb: &Sandbox, q: &Path, label: &str, job: &[u8], extra: &[&OsStr], wh
             line.contains("nothing was stored") && line.contains(why),
             "{label} ({how}): {line:?} does not say {why:?} and that nothing was stored"
         );
-        assert_eq!(jobs_dir(q), Vec::<String>::new(), "{label} ({how}): {line}");
+        assert_eq!(
+            file_names(&q.join("jobs")),
+            Vec::<String>::new(),
+            "{label} ({how}): {line}"
+        );
     }
     assert_eq!(std::fs::read(&file).unwrap(), job, "{label}: input changed");
     let after = std::fs::metadata(&file).unwrap();
@@ -100,7 +79,7 @@ fn stored(sb: &Sandbox, q: &Path, label: &str, job: &[u8], extra: &[&OsStr]) {
             "{label} ({how}) was not stored: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let names = jobs_dir(q);
+        let names = file_names(&q.join("jobs"));
         assert_eq!(names.len(), 1, "{label} ({how}): {names:?}");
         assert!(names[0].starts_with("fspl-"), "{label}: {names:?}");
         let got = std::fs::read(q.join("jobs").join(&names[0])).unwrap();
@@ -202,22 +181,6 @@ fn queue_write_acknowledged_a_job_cut_inside_its_header() {
     let crc = crc32(&l[..26]);
     l[26..30].copy_from_slice(&crc.to_be_bytes());
     refused(&sb, &q, "meta-limit", &l, &[], "exceeds the limit");
-}
-
-/// CRC-32 (IEEE), as the job prefix uses.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

@@ -10,71 +10,31 @@ use std::time::{Duration, Instant};
 use fspl_daemon::control::{Request, Response, request};
 use fspl_daemon::state::{JobState, JobStatus};
 use fspl_daemon::{Config, DaemonError};
+pub use fspl_testkit::daemon::{config_text, dir_url, process_job, pull_job, push_job, recorder};
 pub use fspl_testkit::{SOON, job, lines, nextseq, q, wait_for};
 
-/// A temporary directory for queues, logs, the config and the socket.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+pub use fspl_testkit::Sandbox;
+
+/// Queues made through the library.
+pub trait MakeQueue {
+    /// A fresh queue SANDBOX/name (nextseq 1).
+    fn queue(&self, name: &str) -> PathBuf;
 }
 
-impl Sandbox {
-    pub fn new() -> Sandbox {
-        Sandbox {
-            dir: fspl_testkit::private_tempdir("fspl-daemon-"),
-        }
-    }
-
-    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A fresh queue (nextseq 1).
-    pub fn queue(&self, name: &str) -> PathBuf {
+impl MakeQueue for Sandbox {
+    fn queue(&self, name: &str) -> PathBuf {
         fspl_testkit::init_queue(&self.path(name))
     }
-
-    /// The control socket every config of this sandbox uses.
-    pub fn socket(&self) -> PathBuf {
-        self.path("d.sock")
-    }
-
-    /// A config text: a `[daemon]` section (socket in the sandbox, events
-    /// only: the safety rescan an hour away; short shutdown grace) plus
-    /// `daemon_extra` lines, then the job tables.
-    pub fn config(&self, daemon_extra: &str, jobs: &[String]) -> String {
-        let mut t = format!(
-            "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n{daemon_extra}\n",
-            q(self.socket())
-        );
-        for j in jobs {
-            t.push('\n');
-            t.push_str(j);
-        }
-        t
-    }
 }
 
-/// A `[[job]]` table of type process; `command` is the argv; `extra` adds
-/// key lines.
-pub fn process_job<S: AsRef<str>>(name: &str, queue: &Path, command: &[S], extra: &str) -> String {
-    let argv: Vec<String> = command.iter().map(|s| q(s.as_ref())).collect();
-    format!(
-        "[[job]]\nname = {}\ntype = \"process\"\nqueue = {}\ncommand = [{}]\n{extra}\n",
-        q(name),
-        q(queue),
-        argv.join(", ")
-    )
-}
-
-/// A shell command that appends "SEQ PAYLOAD" to `log`, then runs `then`
-/// (more shell, e.g. `exec sleep 30`).
-pub fn recorder(log: &Path, then: &str) -> Vec<String> {
+/// A job command that fails until `path` exists, then succeeds.
+pub fn fails_until(path: &Path) -> Vec<String> {
     vec![
         "/bin/sh".into(),
         "-c".into(),
-        format!("p=$(cat); echo \"$FSPL_SEQ $p\" >> \"$1\"; {then}"),
+        "test -e \"$1\"".into(),
         "sh".into(),
-        log.to_str().unwrap().into(),
+        path.to_str().unwrap().into(),
     ]
 }
 
@@ -155,6 +115,21 @@ impl Daemon {
 
     pub fn state(&self, name: &str) -> JobState {
         self.job(name).state
+    }
+
+    /// Wait until job `name` is in its error state; its status and the
+    /// error's message.
+    #[track_caller]
+    pub fn error(&self, name: &str) -> (JobStatus, String) {
+        wait_for(&format!("{name} in its error state"), SOON, || {
+            matches!(self.state(name), JobState::Error { .. })
+        });
+        let s = self.job(name);
+        let JobState::Error { message } = &s.state else {
+            panic!("{name} left its error state at once: {s:?}")
+        };
+        let message = message.clone();
+        (s, message)
     }
 
     /// `fspl status --clear NAME`.

@@ -2,7 +2,14 @@
 
 #![allow(dead_code)]
 
-pub use fspl_testkit::{job_names, root, sshd};
+pub use fspl_testkit::daemon::{
+    Daemon, config_text, dir_url, process_job, pull_job, push_job, recorder,
+};
+pub use fspl_testkit::jobs::{crc32, noise};
+pub use fspl_testkit::procs::{Cleanup, Leftovers, gone, is_root, signal};
+pub use fspl_testkit::{
+    SOON, file_names, free_port, job_names, lines, nextseq, q, root, sshd, wait_for,
+};
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -134,26 +141,16 @@ pub fn one_line_error(out: Output) -> String {
     lines[0].to_string()
 }
 
-/// A temporary directory with shortcuts for queues and files in it.
-pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+pub use fspl_testkit::Sandbox;
+
+/// Queues made with our binary.
+pub trait MakeQueue {
+    /// `fspl queue-init -q SANDBOX/name`.
+    fn queue(&self, name: &str) -> PathBuf;
 }
 
-impl Sandbox {
-    pub fn new() -> Sandbox {
-        // Private whatever the umask: daemons refuse a control socket in a
-        // directory others may write to.
-        Sandbox {
-            dir: fspl_testkit::private_tempdir("fspl-test-"),
-        }
-    }
-
-    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Create a queue with our binary.
-    pub fn queue(&self, name: &str) -> PathBuf {
+impl MakeQueue for Sandbox {
+    fn queue(&self, name: &str) -> PathBuf {
         let q = self.path(name);
         ok(run(ours([
             OsStr::new("queue-init"),
@@ -161,11 +158,6 @@ impl Sandbox {
             q.as_os_str(),
         ])));
         q
-    }
-
-    /// Job files (names) currently in a queue's jobs/ directory.
-    pub fn job_files(&self, queue: &Path) -> Vec<String> {
-        job_names(&queue.join("jobs"))
     }
 }
 
@@ -199,21 +191,10 @@ where
 /// of what readers and processors make of bad files. The new file's name.
 #[track_caller]
 pub fn deliver(queue: &Path, job: &[u8]) -> String {
-    let listing = |q: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(q.join("jobs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
+    let listing = |q: &Path| file_names(&q.join("jobs"));
     let before = listing(queue);
     let mut c = fspl();
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FSPL_") || k == "FAILPOINTS" {
-            c.env_remove(k);
-        }
-    }
+    clean_env(&mut c);
     c.args([
         OsStr::new("queue-write"),
         OsStr::new("-q"),
@@ -247,4 +228,144 @@ pub fn place(queue: &Path, job: &[u8]) -> String {
     );
     std::fs::write(queue.join("jobs").join(&name), job).unwrap();
     name
+}
+
+/// [`wait_for`] within [`SOON`].
+#[track_caller]
+pub fn wait_soon(what: &str, f: impl FnMut() -> bool) {
+    wait_for(what, SOON, f)
+}
+
+/// An executable shell script in the sandbox.
+pub fn script(sb: &Sandbox, name: &str, body: &str) -> PathBuf {
+    fspl_testkit::procs::script(sb.dir.path(), name, body)
+}
+
+/// `fspl prepare --seq SEQ -i - [extra] | fspl queue-write -q QUEUE`.
+pub fn send(queue: &Path, seq: u64, payload: &str, extra: &[&str]) {
+    let mut prep = ours(["prepare", "--seq", &seq.to_string(), "-i", "-"]);
+    prep.args(extra);
+    let job = ok(run_with_input(prep, payload.as_bytes()));
+    ok(run_with_input(
+        ours([
+            OsStr::new("queue-write"),
+            OsStr::new("-q"),
+            queue.as_os_str(),
+        ]),
+        &job,
+    ));
+}
+
+/// `fspl prepare --seq SEQ -i FILE EXTRA...` with `payload` in FILE
+/// (`payload-SEQ-LEN` in the sandbox); the job.
+pub fn prepare(sb: &Sandbox, seq: u64, payload: &[u8], extra: &[&OsStr]) -> Vec<u8> {
+    let input = sb.path(format!("payload-{seq}-{}", payload.len()));
+    std::fs::write(&input, payload).unwrap();
+    let mut c = ours([
+        OsStr::new("prepare"),
+        OsStr::new("--seq"),
+        OsStr::new(&seq.to_string()),
+        OsStr::new("-i"),
+        input.as_os_str(),
+    ]);
+    c.args(extra);
+    ok(run(c))
+}
+
+/// A signing key and a trust file that lists it.
+pub struct Keys {
+    pub secret: PathBuf,
+    pub trust: PathBuf,
+}
+
+/// `fspl keygen` a key "sender" in the sandbox and a trust file for it.
+pub fn keys(sb: &Sandbox) -> Keys {
+    let secret = sb.path("sender.key");
+    ok(run(ours([
+        OsStr::new("keygen"),
+        OsStr::new("-o"),
+        secret.as_os_str(),
+        OsStr::new("-C"),
+        OsStr::new("sender"),
+    ])));
+    let public = std::fs::read_to_string(sb.path("sender.key.pub")).unwrap();
+    let trust = sb.path("trust.toml");
+    std::fs::write(
+        &trust,
+        format!("[[sender]]\nname = \"sender\"\nkey = {:?}\n", public.trim()),
+    )
+    .unwrap();
+    Keys { secret, trust }
+}
+
+/// A daemon config for the sandbox: the socket at `d.sock` in it, events
+/// only, `extra` lines in `[daemon]`; then the jobs.
+pub fn config(sb: &Sandbox, extra: &str, jobs: &[String]) -> String {
+    sb.config(extra, jobs)
+}
+
+/// `fspl daemon -c CONFIG --log-format logfmt`.
+pub fn daemon_command(config: &Path) -> Command {
+    fspl_testkit::daemon::command(&fspl_bin(), config, "logfmt")
+}
+
+/// Starting our binary as a daemon.
+pub trait StartDaemon: Sized {
+    /// Write `text` to sb/daemon.toml and start `fspl daemon` on it (the
+    /// socket at sb/d.sock, stderr to a fresh sb/daemon-N.log); returns
+    /// once the control socket answers.
+    fn start(sb: &Sandbox, text: &str, format: &str) -> Self {
+        Self::start_with(sb, text, format, |_| {})
+    }
+
+    /// The same, with `tweak` applied to the command first.
+    fn start_with(sb: &Sandbox, text: &str, format: &str, tweak: impl FnOnce(&mut Command))
+    -> Self;
+}
+
+impl StartDaemon for Daemon {
+    fn start_with(
+        sb: &Sandbox,
+        text: &str,
+        format: &str,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let config = sb.path("daemon.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut n = 0;
+        let log = loop {
+            let l = sb.path(format!("daemon-{n}.log"));
+            if !l.exists() {
+                break l;
+            }
+            n += 1;
+        };
+        let mut cmd = fspl_testkit::daemon::command(&fspl_bin(), &config, format);
+        tweak(&mut cmd);
+        let mut d = Daemon::spawn(&fspl_bin(), cmd, &sb.socket(), &log);
+        d.config = config;
+        d
+    }
+}
+
+/// Remove FSPL_* and FAILPOINTS from `cmd`'s environment.
+pub fn clean_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FSPL_") || k == "FAILPOINTS" {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// SHA-256 (hex) via the system's sha256sum, to avoid a crypto dependency
+/// in tests.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let out = run_with_input(Command::new("sha256sum"), data);
+    assert!(out.status.success(), "sha256sum failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
