@@ -440,4 +440,11 @@ p("|---|---:|")
 for k, v in rss.items():
     p(f"| {k} | {fmt_kib(v)} |")
 p("")
+# The build-variant section (bench/variants) is measured separately: keep it.
+_prev = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+if os.path.exists(_prev):
+    _t = open(_prev).read()
+    _b, _e = "<!-- variants:begin -->", "<!-- variants:end -->"
+    if _b in _t and _e in _t:
+        p(_t[_t.index(_b):_t.index(_e) + len(_e)])
 print("\n".join(out))

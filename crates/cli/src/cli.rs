@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "fspl",
     version,
+    long_version = long_version(),
     about = "Ordered, asynchronous remote execution: a drop-in, crash-safe Filespooler",
     long_about = None,
     disable_help_subcommand = false
@@ -481,6 +482,39 @@ pub enum Cmd {
         #[arg(short = 'o', long = "out", value_name = "DIR")]
         out: std::path::PathBuf,
     },
+}
+
+/// The cargo features compiled into this binary, in a fixed order.
+pub fn features() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "daemon") {
+        v.push("daemon");
+    }
+    if cfg!(feature = "s3") {
+        v.push("s3");
+    }
+    if cfg!(feature = "nats") {
+        v.push("nats");
+    }
+    if cfg!(feature = "failpoints") {
+        v.push("failpoints");
+    }
+    v
+}
+
+/// What `fspl --version` prints after "fspl ": the version and the
+/// features compiled in, on one line (`-V` prints the version only).
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let f = features();
+        let list = if f.is_empty() {
+            "none".to_string()
+        } else {
+            f.join(", ")
+        };
+        format!("{} (features: {list})", env!("CARGO_PKG_VERSION"))
+    })
 }
 
 /// Parse the command line. As `Cli::try_parse`, except that when a

@@ -50,7 +50,7 @@ pub fn sample(dir: &Path, next_seq: Option<u64>) -> (Option<i64>, u64) {
 }
 
 pub fn set_queue_gauges(name: &str, bytes: u64) {
-    metrics::gauge!("fspl_queue_bytes", "job" => name.to_string()).set(bytes as f64);
+    metrics::gauge!("fspl_queue_bytes", "fspl_job" => name.to_string()).set(bytes as f64);
 }
 
 /// The lag metrics of a job, at zero.
@@ -60,7 +60,7 @@ pub fn init_metrics(name: &str) {
         "fspl_queue_bytes",
         "fspl_job_stale",
     ] {
-        metrics::gauge!(g, "job" => name.to_string()).set(0.0);
+        metrics::gauge!(g, "fspl_job" => name.to_string()).set(0.0);
     }
 }
 
@@ -70,12 +70,12 @@ pub fn refresh(registry: &Registry) {
     let now = unix_now();
     for (name, lag, queued, was) in registry.refresh_lag(now) {
         let job = name.clone();
-        metrics::gauge!("fspl_oldest_queued_age_seconds", "job" => job.clone())
+        metrics::gauge!("fspl_oldest_queued_age_seconds", "fspl_job" => job.clone())
             .set(lag.oldest_queued_age_s.unwrap_or(0) as f64);
         if let Some(s) = lag.since_success_s {
-            metrics::gauge!("fspl_seconds_since_success", "job" => job.clone()).set(s as f64);
+            metrics::gauge!("fspl_seconds_since_success", "fspl_job" => job.clone()).set(s as f64);
         }
-        metrics::gauge!("fspl_job_stale", "job" => job).set(if lag.stale { 1.0 } else { 0.0 });
+        metrics::gauge!("fspl_job_stale", "fspl_job" => job).set(if lag.stale { 1.0 } else { 0.0 });
         match (was, lag.stale) {
             (false, true) => warn!(
                 job = %name,

@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod kinds;
 pub mod lag;
 pub mod log;
+pub mod metric_names;
 pub mod program;
 pub mod state;
 pub mod supervisor;
@@ -252,6 +253,7 @@ async fn run_inner(
                 addr,
                 message: e.to_string(),
             })?;
+        metric_names::describe();
     }
     let listener = control::bind(&config.daemon.socket)?;
     let registry = Registry::default();

@@ -318,18 +318,20 @@ pub struct TaskHandle {
 /// start, and a rate over them is right from the first event).
 fn init_metrics(name: &str) {
     for r in ["success", "failed"] {
-        metrics::counter!("fspl_runs_total", "job" => name.to_string(), "result" => r).increment(0);
+        metrics::counter!("fspl_runs_total", "fspl_job" => name.to_string(), "result" => r)
+            .increment(0);
     }
-    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(0.0);
+    metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string()).set(0.0);
     crate::lag::init_metrics(name);
 }
 
 /// Count one run; `failures`: failed runs in a row now.
 fn count_run(shared: &Shared, name: &str, failed: bool, failures: u32) {
     let result = if failed { "failed" } else { "success" };
-    metrics::counter!("fspl_runs_total", "job" => name.to_string(), "result" => result)
+    metrics::counter!("fspl_runs_total", "fspl_job" => name.to_string(), "result" => result)
         .increment(1);
-    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(failures as f64);
+    metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string())
+        .set(failures as f64);
     shared.registry.update(name, |s| {
         s.runs += 1;
         if failed {
@@ -342,20 +344,20 @@ fn count_run(shared: &Shared, name: &str, failed: bool, failures: u32) {
 /// Failed runs in a row back to zero (a clear, a reload, the watched
 /// directory back).
 fn reset_failures(shared: &Shared, name: &str) {
-    metrics::gauge!("fspl_consecutive_failures", "job" => name.to_string()).set(0.0);
+    metrics::gauge!("fspl_consecutive_failures", "fspl_job" => name.to_string()).set(0.0);
     shared.registry.update(name, |s| s.consecutive_failures = 0);
 }
 
 pub fn set_gauges(name: &str, queued: Option<u64>, blocked: bool, error: bool) {
     if let Some(q) = queued {
-        metrics::gauge!("fspl_queue_jobs", "job" => name.to_string()).set(q as f64);
+        metrics::gauge!("fspl_queue_jobs", "fspl_job" => name.to_string()).set(q as f64);
     }
-    metrics::gauge!("fspl_queue_blocked", "job" => name.to_string()).set(if blocked {
+    metrics::gauge!("fspl_queue_blocked", "fspl_job" => name.to_string()).set(if blocked {
         1.0
     } else {
         0.0
     });
-    metrics::gauge!("fspl_queue_error", "job" => name.to_string()).set(if error {
+    metrics::gauge!("fspl_queue_error", "fspl_job" => name.to_string()).set(if error {
         1.0
     } else {
         0.0

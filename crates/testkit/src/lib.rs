@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod jobs;
 pub mod nats;
 pub mod procs;
+pub mod prometheus;
 pub mod remaphore;
 pub mod s3;
 pub mod sshd;

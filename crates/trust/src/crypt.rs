@@ -28,6 +28,11 @@ pub enum CryptError {
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{}: not an age identity file or unencrypted OpenSSH private key", path.display())]
     Identity { path: PathBuf },
+    #[error(
+        "{}: an OpenSSH {algorithm} key: only ed25519 keys can decrypt (RSA and ECDSA keys are not supported)",
+        path.display()
+    )]
+    IdentityAlgorithm { path: PathBuf, algorithm: String },
     #[error("cannot encrypt")]
     Encrypt(#[source] age::EncryptError),
     #[error("cannot decrypt: {0}")]
@@ -137,6 +142,28 @@ pub fn load_identities(
     }
     let data = std::fs::read(path).map_err(io_err)?;
     if data.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----") {
+        // Only ed25519: age would accept an RSA key too, and then run an
+        // RSA decryption (not constant-time in the rsa crate: Marvin,
+        // RUSTSEC-2023-0071) on every ssh-rsa stanza a job carries, although
+        // no fspl sender encrypts to RSA (recipients are ed25519 or age1).
+        let algorithm = std::str::from_utf8(&data)
+            .ok()
+            .and_then(|t| ssh_key::PrivateKey::from_openssh(t).ok())
+            .map(|k| k.algorithm());
+        match algorithm {
+            Some(ssh_key::Algorithm::Ed25519) => {}
+            Some(other) => {
+                return Err(CryptError::IdentityAlgorithm {
+                    path: path.to_path_buf(),
+                    algorithm: other.as_str().to_string(),
+                });
+            }
+            None => {
+                return Err(CryptError::Identity {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
         let id = age::ssh::Identity::from_buffer(&data[..], Some(path.display().to_string()))
             .map_err(|_| CryptError::Identity {
                 path: path.to_path_buf(),
@@ -294,6 +321,43 @@ impl<R: Read> Read for HeaderLimit<R> {
 mod tests {
     use super::*;
     use crate::keys::SecretKey;
+
+    /// Before: an ssh-rsa private key was accepted as an identity, so every
+    /// job carrying an ssh-rsa stanza ran an RSA decryption with it (the
+    /// rsa crate's is not constant-time: RUSTSEC-2023-0071).
+    #[test]
+    fn an_ssh_rsa_identity_is_refused_so_no_rsa_decryption_ever_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_rsa");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(st.success());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_identities(&key)
+            .err()
+            .expect("an RSA identity is refused");
+        assert!(
+            matches!(&e, CryptError::IdentityAlgorithm { algorithm, .. } if algorithm == "ssh-rsa"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("only ed25519 keys can decrypt"),
+            "{e}"
+        );
+        // An ed25519 key made the same way still loads.
+        let ed = dir.path().join("id_ed25519");
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&ed)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(st.success());
+        std::fs::set_permissions(&ed, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load_identities(&ed).unwrap().len(), 1);
+    }
 
     #[test]
     fn weak_recipients_are_refused_and_good_ones_kept() {

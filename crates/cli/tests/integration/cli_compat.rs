@@ -379,8 +379,28 @@ fn help_and_version_exit_0_on_stdout() {
             assert!(o.stderr.is_empty(), "{imp:?} {args:?}");
         }
     }
-    let v = String::from_utf8(ok(run(ours(["--version"])))).unwrap();
+    // -V: the version alone; --version: also the features compiled in.
+    let v = String::from_utf8(ok(run(ours(["-V"])))).unwrap();
     assert_eq!(v, format!("fspl {}\n", env!("CARGO_PKG_VERSION")));
+    let v = String::from_utf8(ok(run(ours(["--version"])))).unwrap();
+    let features: Vec<&str> = [
+        ("daemon", cfg!(feature = "daemon")),
+        ("s3", cfg!(feature = "s3")),
+        ("nats", cfg!(feature = "nats")),
+        ("failpoints", cfg!(feature = "failpoints")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let list = if features.is_empty() {
+        "none".to_string()
+    } else {
+        features.join(", ")
+    };
+    assert_eq!(
+        v,
+        format!("fspl {} (features: {list})\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 /// Spawn with stdout connected to a pipe whose read end is already closed.

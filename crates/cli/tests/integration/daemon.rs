@@ -636,8 +636,8 @@ fn daemon_serves_prometheus_metrics() {
     let mut body = String::new();
     wait_soon("the metrics", || {
         body = http_get(port, "/metrics").unwrap_or_default();
-        body.contains("fspl_jobs_processed_total{job=\"good\",result=\"success\"} 2")
-            && body.contains("fspl_queue_error{job=\"bad\"} 1")
+        body.contains("fspl_jobs_processed_total{fspl_job=\"good\",result=\"success\"} 2")
+            && body.contains("fspl_queue_error{fspl_job=\"bad\"} 1")
     });
     assert!(body.starts_with("HTTP/1."), "{body}");
     let value = |series: &str| -> f64 {
@@ -648,24 +648,27 @@ fn daemon_serves_prometheus_metrics() {
             .unwrap()
     };
     assert_eq!(
-        value("fspl_jobs_processed_total{job=\"bad\",result=\"failed\"}"),
+        value("fspl_jobs_processed_total{fspl_job=\"bad\",result=\"failed\"}"),
         1.0
     );
-    assert_eq!(value("fspl_job_duration_seconds_count{job=\"good\"}"), 2.0);
-    assert!(value("fspl_job_duration_seconds_sum{job=\"good\"}") > 0.0);
-    assert_eq!(value("fspl_queue_jobs{job=\"good\"}"), 0.0);
-    assert_eq!(value("fspl_queue_jobs{job=\"bad\"}"), 1.0);
-    assert_eq!(value("fspl_queue_blocked{job=\"good\"}"), 0.0);
-    assert_eq!(value("fspl_queue_blocked{job=\"bad\"}"), 1.0);
-    assert_eq!(value("fspl_queue_error{job=\"good\"}"), 0.0);
+    assert_eq!(
+        value("fspl_job_duration_seconds_count{fspl_job=\"good\"}"),
+        2.0
+    );
+    assert!(value("fspl_job_duration_seconds_sum{fspl_job=\"good\"}") > 0.0);
+    assert_eq!(value("fspl_queue_jobs{fspl_job=\"good\"}"), 0.0);
+    assert_eq!(value("fspl_queue_jobs{fspl_job=\"bad\"}"), 1.0);
+    assert_eq!(value("fspl_queue_blocked{fspl_job=\"good\"}"), 0.0);
+    assert_eq!(value("fspl_queue_blocked{fspl_job=\"bad\"}"), 1.0);
+    assert_eq!(value("fspl_queue_error{fspl_job=\"good\"}"), 0.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let last = value("fspl_last_success_timestamp_seconds{job=\"good\"}");
+    let last = value("fspl_last_success_timestamp_seconds{fspl_job=\"good\"}");
     assert!((now - last).abs() < 3600.0, "{last} vs {now}");
     assert!(
-        !body.contains("fspl_last_success_timestamp_seconds{job=\"bad\"}"),
+        !body.contains("fspl_last_success_timestamp_seconds{fspl_job=\"bad\"}"),
         "{body}"
     );
     for name in [

@@ -195,7 +195,7 @@ fn is_zombie(pid: i32) -> bool {
 /// A metric's value for job `job` in a Prometheus text body.
 fn metric(body: &str, name: &str, job: &str) -> Option<f64> {
     body.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("job=\"{job}\"")))
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("fspl_job=\"{job}\"")))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }

@@ -541,11 +541,11 @@ fn series(body: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The sum of every series of `metric` with label job=`job`.
+/// The sum of every series of `metric` with label fspl_job=`job`.
 fn sum_of(body: &str, metric: &str, job: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| l.contains(&format!("job=\"{job}\"")))
+        .filter(|l| l.contains(&format!("fspl_job=\"{job}\"")))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }
@@ -630,7 +630,7 @@ fn status_metrics_and_docs_agree_on_counters() {
         "consecutive_failures",
     ];
     let from_metrics = |body: &str, job: &str| -> BTreeMap<&str, f64> {
-        let l = format!("{{job=\"{job}\"");
+        let l = format!("{{fspl_job=\"{job}\"");
         BTreeMap::from([
             (
                 "jobs_succeeded",
@@ -706,7 +706,7 @@ fn status_metrics_and_docs_agree_on_counters() {
     assert_eq!(
         series(
             &body,
-            "fspl_jobs_processed_total{job=\"nocmd\",result=\"not-started\"}"
+            "fspl_jobs_processed_total{fspl_job=\"nocmd\",result=\"not-started\"}"
         ),
         2.0,
         "{body}"
@@ -714,13 +714,13 @@ fn status_metrics_and_docs_agree_on_counters() {
     assert_eq!(
         series(
             &body,
-            "fspl_jobs_processed_total{job=\"bad\",result=\"failed\"}"
+            "fspl_jobs_processed_total{fspl_job=\"bad\",result=\"failed\"}"
         ),
         2.0
     );
     // Every series is there from the start, at zero.
     assert!(
-        body.contains("fspl_jobs_refused_total{job=\"good\"} 0"),
+        body.contains("fspl_jobs_refused_total{fspl_job=\"good\"} 0"),
         "{body}"
     );
     // The table shows the job counters.

@@ -237,7 +237,7 @@ const NOT_STARTED: &str = "not-started";
 
 /// Count one job attempt that did not succeed, by its result.
 fn count_job_failure(ctx: &RunContext, result: &'static str) {
-    metrics::counter!("fspl_jobs_processed_total", "job" => ctx.name.clone(), "result" => result)
+    metrics::counter!("fspl_jobs_processed_total", "fspl_job" => ctx.name.clone(), "result" => result)
         .increment(1);
     ctx.update(|s| s.jobs_failed += 1);
 }
@@ -300,9 +300,9 @@ impl Observer for DaemonObserver<'_> {
             r.remove(name);
         }
         let ms = elapsed.as_millis() as u64;
-        metrics::counter!("fspl_jobs_processed_total", "job" => name.clone(), "result" => outcome.label())
+        metrics::counter!("fspl_jobs_processed_total", "fspl_job" => name.clone(), "result" => outcome.label())
             .increment(1);
-        metrics::histogram!("fspl_job_duration_seconds", "job" => name.clone())
+        metrics::histogram!("fspl_job_duration_seconds", "fspl_job" => name.clone())
             .record(elapsed.as_secs_f64());
         if outcome.is_success() {
             info!(duration_ms = ms, "job succeeded");
@@ -317,7 +317,7 @@ impl Observer for DaemonObserver<'_> {
                 },
             );
             let now = now_rfc3339();
-            metrics::gauge!("fspl_last_success_timestamp_seconds", "job" => name.clone())
+            metrics::gauge!("fspl_last_success_timestamp_seconds", "fspl_job" => name.clone())
                 .set(unix_now() as f64);
             self.ctx.update(|s| {
                 s.last_success = Some(now);
@@ -353,7 +353,8 @@ impl Observer for DaemonObserver<'_> {
     }
 
     fn refused(&mut self, seq: Option<u64>, name: &std::ffi::OsStr, reason: &str) {
-        metrics::counter!("fspl_jobs_refused_total", "job" => self.ctx.name.clone()).increment(1);
+        metrics::counter!("fspl_jobs_refused_total", "fspl_job" => self.ctx.name.clone())
+            .increment(1);
         self.ctx.update(|s| s.jobs_refused += 1);
         self.ctx.hooks.fire(
             Event::Refused,
@@ -425,10 +426,10 @@ impl Kind for ProcessJob {
 
     fn init_metrics(&self, name: &str) {
         for r in JOB_RESULTS {
-            metrics::counter!("fspl_jobs_processed_total", "job" => name.to_string(), "result" => *r)
+            metrics::counter!("fspl_jobs_processed_total", "fspl_job" => name.to_string(), "result" => *r)
                 .increment(0);
         }
-        metrics::counter!("fspl_jobs_refused_total", "job" => name.to_string()).increment(0);
+        metrics::counter!("fspl_jobs_refused_total", "fspl_job" => name.to_string()).increment(0);
     }
 
     fn fires_job_hooks(&self) -> bool {

@@ -208,7 +208,7 @@ impl Kind for PruneJob {
     }
 
     fn init_metrics(&self, name: &str) {
-        metrics::counter!("fspl_pruned_files_total", "job" => name.to_string()).increment(0);
+        metrics::counter!("fspl_pruned_files_total", "fspl_job" => name.to_string()).increment(0);
     }
 
     fn watch(&self) -> Option<WatchSpec> {
@@ -256,7 +256,7 @@ impl Kind for PruneJob {
                 }
             }
         }
-        metrics::counter!("fspl_pruned_files_total", "job" => ctx.name.clone())
+        metrics::counter!("fspl_pruned_files_total", "fspl_job" => ctx.name.clone())
             .increment(removed as u64);
         if removed > 0 {
             let now = crate::state::now_rfc3339();

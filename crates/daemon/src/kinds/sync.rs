@@ -12,7 +12,7 @@
 //! then idle = ready); the last round's counts are kept in the sync's
 //! `last-round.json` (`fspl sync status`) and in the metrics
 //! `fspl_sync_files_total{what=sent|received|deleted|conflicts}`,
-//! `fspl_sync_bytes_total{direction}` and `fspl_sync_last_round{what}`.
+//! `fspl_sync_bytes_total{direction}` and `fspl_sync_last_round_files{what}`.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -279,14 +279,14 @@ impl Kind for SyncJob {
 
     fn init_metrics(&self, name: &str) {
         for what in ["sent", "received", "deleted", "conflicts"] {
-            metrics::counter!("fspl_sync_files_total", "job" => name.to_string(), "what" => what)
+            metrics::counter!("fspl_sync_files_total", "fspl_job" => name.to_string(), "what" => what)
                 .increment(0);
         }
         for d in ["sent", "received"] {
-            metrics::counter!("fspl_sync_bytes_total", "job" => name.to_string(), "direction" => d)
+            metrics::counter!("fspl_sync_bytes_total", "fspl_job" => name.to_string(), "direction" => d)
                 .increment(0);
         }
-        metrics::gauge!("fspl_sync_progress_percent", "job" => name.to_string()).set(100.0);
+        metrics::gauge!("fspl_sync_progress_percent", "fspl_job" => name.to_string()).set(100.0);
     }
 
     /// A change set arriving in the inbox wakes the job (and a change in
@@ -320,7 +320,8 @@ impl Kind for SyncJob {
         let since = crate::state::now_rfc3339();
         let name = ctx.name.clone();
         let progress = |phase: &str, pct: u8| {
-            metrics::gauge!("fspl_sync_progress_percent", "job" => name.clone()).set(pct as f64);
+            metrics::gauge!("fspl_sync_progress_percent", "fspl_job" => name.clone())
+                .set(pct as f64);
             if pct < 100 {
                 let doing = format!("sync: {phase} ({pct}%)");
                 let since = since.clone();
@@ -332,18 +333,18 @@ impl Kind for SyncJob {
             Ok(r) => {
                 let job = ctx.name.clone();
                 let add = |what: &'static str, n: u64| {
-                    metrics::counter!("fspl_sync_files_total", "job" => job.clone(), "what" => what)
+                    metrics::counter!("fspl_sync_files_total", "fspl_job" => job.clone(), "what" => what)
                         .increment(n);
-                    metrics::gauge!("fspl_sync_last_round", "job" => job.clone(), "what" => what)
+                    metrics::gauge!("fspl_sync_last_round_files", "fspl_job" => job.clone(), "what" => what)
                         .set(n as f64);
                 };
                 add("sent", r.files_sent);
                 add("received", r.files_received);
                 add("deleted", r.deleted);
                 add("conflicts", r.conflicts);
-                metrics::counter!("fspl_sync_bytes_total", "job" => job.clone(), "direction" => "sent")
+                metrics::counter!("fspl_sync_bytes_total", "fspl_job" => job.clone(), "direction" => "sent")
                     .increment(r.bytes_sent);
-                metrics::counter!("fspl_sync_bytes_total", "job" => job.clone(), "direction" => "received")
+                metrics::counter!("fspl_sync_bytes_total", "fspl_job" => job.clone(), "direction" => "received")
                     .increment(r.bytes_received);
                 ctx.update(|s| {
                     s.jobs_succeeded += r.sets_received;

@@ -27,11 +27,11 @@ pub(crate) fn url(v: &Spanned<DeValue<'_>>) -> Result<(Location, String), Bad> {
 /// (`sent`, `taken`) and `refused`.
 pub(crate) fn init_metrics(name: &str, moved: &'static str) {
     for r in [moved, "refused"] {
-        metrics::counter!("fspl_transport_jobs_total", "job" => name.to_string(), "result" => r)
+        metrics::counter!("fspl_transport_jobs_total", "fspl_job" => name.to_string(), "result" => r)
             .increment(0);
     }
-    metrics::counter!("fspl_transport_bytes_total", "job" => name.to_string()).increment(0);
-    metrics::gauge!("fspl_transport_throughput_bytes_per_second", "job" => name.to_string())
+    metrics::counter!("fspl_transport_bytes_total", "fspl_job" => name.to_string()).increment(0);
+    metrics::gauge!("fspl_transport_throughput_bytes_per_second", "fspl_job" => name.to_string())
         .set(0.0);
 }
 
@@ -65,11 +65,11 @@ pub(crate) fn count(
     elapsed: std::time::Duration,
 ) {
     let name = &ctx.name;
-    metrics::counter!("fspl_transport_jobs_total", "job" => name.clone(), "result" => result)
+    metrics::counter!("fspl_transport_jobs_total", "fspl_job" => name.clone(), "result" => result)
         .increment(moved);
-    metrics::counter!("fspl_transport_jobs_total", "job" => name.clone(), "result" => "refused")
+    metrics::counter!("fspl_transport_jobs_total", "fspl_job" => name.clone(), "result" => "refused")
         .increment(refused.len() as u64);
-    metrics::counter!("fspl_transport_bytes_total", "job" => name.clone()).increment(bytes);
+    metrics::counter!("fspl_transport_bytes_total", "fspl_job" => name.clone()).increment(bytes);
     for r in refused {
         match r.seq {
             Some(seq) => warn!(seq, file = %r.file.display(), "job refused: {}", r.reason),
@@ -84,12 +84,12 @@ pub(crate) fn count(
             "{verb} {moved} job{}",
             if moved == 1 { "" } else { "s" }
         );
-        metrics::gauge!("fspl_last_success_timestamp_seconds", "job" => name.clone())
+        metrics::gauge!("fspl_last_success_timestamp_seconds", "fspl_job" => name.clone())
             .set(unix_now() as f64);
     }
     let throughput = (bytes > 0).then(|| (bytes as f64 / elapsed.as_secs_f64().max(1e-6)) as u64);
     if let Some(t) = throughput {
-        metrics::gauge!("fspl_transport_throughput_bytes_per_second", "job" => name.clone())
+        metrics::gauge!("fspl_transport_throughput_bytes_per_second", "fspl_job" => name.clone())
             .set(t as f64);
     }
     for r in refused {
