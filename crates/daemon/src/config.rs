@@ -114,6 +114,9 @@ pub enum JobKind {
     Push(PushJob),
     /// `type = "pull"`: take jobs from a source URL into a queue.
     Pull(PullJob),
+    /// `type = "s3-upload"`: upload a spool directory's files to S3.
+    #[cfg(feature = "s3")]
+    S3Upload(crate::kinds::s3_upload::S3UploadJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::spool::{Claim, FailedTo, NotClaimed, Spool, SpoolError};
+use std::path::PathBuf;
+
+use crate::spool::{
+    Claim, FailedTo, NotClaimed, OnFailure, OnSuccess, Spool, SpoolDirs, SpoolError, same_dir,
+};
 
 /// How an upload failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,5 +459,130 @@ pub fn sleep_unless(stop: &AtomicBool, d: Duration) {
             break;
         }
         std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Everything an uploader is made from: the flags of `fspl s3-upload`, the
+/// keys of a daemon job `type = "s3-upload"`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub bucket: Option<String>,
+    pub prefix: String,
+    pub incoming: Option<PathBuf>,
+    pub working: Option<PathBuf>,
+    pub completed: Option<PathBuf>,
+    pub failed: Option<PathBuf>,
+    pub remove: bool,
+    pub remove_failed: bool,
+    pub acl: Option<String>,
+    pub no_upload: bool,
+    pub random_no_upload_fail: Option<f64>,
+    pub jobs: usize,
+    pub tries: u32,
+    pub part_size_mib: u64,
+    pub verbose: bool,
+}
+
+impl Config {
+    /// The spool's directories, or why the settings contradict each other
+    /// (one line, naming the flags).
+    pub fn spool_dirs(&self) -> Result<SpoolDirs, String> {
+        if self.remove && self.completed.is_some() {
+            return Err("-r (--remove) and -d (--dest) contradict each other: uploaded files are either removed or moved to COMPLETED".into());
+        }
+        if self.remove_failed && self.failed.is_some() {
+            return Err("-R (--remove-failed) and -f (--fail) contradict each other: failed files are either removed or moved to FAILED".into());
+        }
+        let Some(src) = self.incoming.clone() else {
+            return Err("no incoming directory: give -s INCOMING".into());
+        };
+        let on_success = match (&self.completed, self.remove) {
+            (Some(d), _) => OnSuccess::Move(d.clone()),
+            (None, true) => OnSuccess::Remove,
+            (None, false) => {
+                return Err("no destination: give -d COMPLETED, or -i WORKING with -r".into());
+            }
+        };
+        let working = match (&self.working, &self.completed) {
+            (Some(i), _) => i.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => {
+                return Err("-r needs -i WORKING (where files are while uploaded)".into());
+            }
+        };
+        let on_failure = match (&self.failed, self.remove_failed) {
+            (Some(f), _) => OnFailure::Move(f.clone()),
+            (None, true) => OnFailure::Remove,
+            (None, false) => OnFailure::Stay,
+        };
+        if same_dir(&working, &src) {
+            return Err("-i (WORKING) is the same directory as -s (INCOMING)".into());
+        }
+        if let Some(d) = &self.completed {
+            if same_dir(d, &src) {
+                return Err("-d (COMPLETED) is the same directory as -s (INCOMING)".into());
+            }
+            if self.working.is_some() && same_dir(d, &working) {
+                return Err("-i (WORKING) is the same directory as -d (COMPLETED)".into());
+            }
+        }
+        if let Some(f) = &self.failed
+            && self.working.is_some()
+            && same_dir(f, &working)
+        {
+            return Err("-f (FAILED) is the same directory as -i (WORKING)".into());
+        }
+        if let Some(p) = self.random_no_upload_fail {
+            if !self.no_upload {
+                return Err(
+                    "--random-no-upload-fail only makes sense with -n (--no-upload)".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "--random-no-upload-fail: {p} is not a probability (0.0 to 1.0)"
+                ));
+            }
+        }
+        if self.no_upload && self.remove && self.random_no_upload_fail.unwrap_or(0.0) == 0.0 {
+            return Err(
+                "-n and -r: nothing would be uploaded and every file removed; use rm(1)".into(),
+            );
+        }
+        if !self.no_upload && self.bucket.as_deref().is_none_or(str::is_empty) {
+            return Err("no bucket: give -b BUCKET (or -n to fake the uploads)".into());
+        }
+        Ok(SpoolDirs {
+            incoming: src,
+            working,
+            on_success,
+            on_failure,
+        })
+    }
+
+    /// The uploader: its spool opened, its target made (the S3 client is
+    /// configured, nothing is sent yet). The error is one line.
+    pub fn build(&self) -> Result<Uploader, String> {
+        let dirs = self.spool_dirs()?;
+        let spool = Spool::open(dirs).map_err(|e| fspl_queue::display_chain(&e))?;
+        let target: Box<dyn Target> = if self.no_upload {
+            Box::new(FakeTarget {
+                fail: self.random_no_upload_fail.unwrap_or(0.0),
+            })
+        } else {
+            Box::new(crate::upload_s3::S3Target::new(crate::upload_s3::Options {
+                bucket: self.bucket.clone().unwrap_or_default(),
+                acl: self.acl.clone(),
+                part_size: self.part_size_mib.max(5) * 1024 * 1024,
+            })?)
+        };
+        let settings = Settings {
+            prefix: self.prefix.clone(),
+            jobs: self.jobs.max(1),
+            tries: self.tries.max(1),
+            verbose: self.verbose,
+            ..Settings::default()
+        };
+        Ok(Uploader::new(spool, target, settings))
     }
 }

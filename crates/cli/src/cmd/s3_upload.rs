@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fspl_s3::spool::{OnFailure, OnSuccess, Spool, SpoolDirs, same_dir};
-use fspl_s3::upload::{FakeTarget, Settings, Target, Uploader};
+use fspl_s3::upload::Config;
 
 // The flags of `fspl s3-upload`: jollyae's (short and long forms), and
 // ours.
@@ -92,115 +91,39 @@ fn usage(text: &str) -> ExitCode {
     ExitCode::from(crate::EXIT_USAGE)
 }
 
-/// The spool's directories from the flags, or the contradiction.
-pub fn dirs(a: &Args) -> Result<SpoolDirs, String> {
-    if a.remove && a.dest.is_some() {
-        return Err("-r (--remove) and -d (--dest) contradict each other: uploaded files are either removed or moved to COMPLETED".into());
-    }
-    if a.remove_failed && a.fail.is_some() {
-        return Err("-R (--remove-failed) and -f (--fail) contradict each other: failed files are either removed or moved to FAILED".into());
-    }
-    let Some(src) = a.src.clone() else {
-        return Err("no incoming directory: give -s INCOMING".into());
-    };
-    let on_success = match (&a.dest, a.remove) {
-        (Some(d), _) => OnSuccess::Move(d.clone()),
-        (None, true) => OnSuccess::Remove,
-        (None, false) => {
-            return Err("no destination: give -d COMPLETED, or -i WORKING with -r".into());
-        }
-    };
-    let working = match (&a.interim, &a.dest) {
-        (Some(i), _) => i.clone(),
-        (None, Some(d)) => d.clone(),
-        (None, None) => return Err("-r needs -i WORKING (where files are while uploaded)".into()),
-    };
-    let on_failure = match (&a.fail, a.remove_failed) {
-        (Some(f), _) => OnFailure::Move(f.clone()),
-        (None, true) => OnFailure::Remove,
-        (None, false) => OnFailure::Stay,
-    };
-    if a.interim.is_some() && same_dir(&working, &src) {
-        return Err("-i (WORKING) is the same directory as -s (INCOMING)".into());
-    }
-    if let Some(d) = &a.dest {
-        if same_dir(d, &src) {
-            return Err("-d (COMPLETED) is the same directory as -s (INCOMING)".into());
-        }
-        if a.interim.is_some() && same_dir(d, &working) {
-            return Err("-i (WORKING) is the same directory as -d (COMPLETED)".into());
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            incoming: self.src.clone(),
+            working: self.interim.clone(),
+            completed: self.dest.clone(),
+            failed: self.fail.clone(),
+            remove: self.remove,
+            remove_failed: self.remove_failed,
+            acl: self.acl.clone(),
+            no_upload: self.no_upload,
+            random_no_upload_fail: self.random_no_upload_fail,
+            jobs: self.jobs as usize,
+            tries: self.tries,
+            part_size_mib: self.part_size,
+            verbose: self.verbose,
         }
     }
-    if let Some(f) = &a.fail
-        && a.interim.is_some()
-        && same_dir(f, &working)
-    {
-        return Err("-f (FAILED) is the same directory as -i (WORKING)".into());
-    }
-    Ok(SpoolDirs {
-        incoming: src,
-        working,
-        on_success,
-        on_failure,
-    })
-}
-
-/// Everything else the flags must agree on.
-fn check(a: &Args) -> Result<(), String> {
-    if let Some(p) = a.random_no_upload_fail {
-        if !a.no_upload {
-            return Err("--random-no-upload-fail only makes sense with -n (--no-upload)".into());
-        }
-        if !(0.0..=1.0).contains(&p) {
-            return Err(format!(
-                "--random-no-upload-fail: {p} is not a probability (0.0 to 1.0)"
-            ));
-        }
-    }
-    if a.no_upload && a.remove && a.random_no_upload_fail.unwrap_or(0.0) == 0.0 {
-        return Err("-n and -r: nothing would be uploaded and every file removed; use rm(1)".into());
-    }
-    if !a.no_upload && a.bucket.as_deref().is_none_or(str::is_empty) {
-        return Err("no bucket: give -b BUCKET (or -n to fake the uploads)".into());
-    }
-    if !(a.poll.is_finite() && a.poll > 0.0 && a.poll <= 3600.0) {
-        return Err(format!("--poll: {} is not a number of seconds from 0 to 3600", a.poll));
-    }
-    Ok(())
 }
 
 pub fn s3_upload(a: Args) -> anyhow::Result<ExitCode> {
-    let dirs = match dirs(&a).and_then(|d| check(&a).map(|()| d)) {
-        Ok(d) => d,
+    if !(a.poll.is_finite() && a.poll > 0.0 && a.poll <= 3600.0) {
+        return Ok(usage(&format!(
+            "--poll: {} is not a number of seconds from 0 to 3600",
+            a.poll
+        )));
+    }
+    let up = match a.config().build() {
+        Ok(u) => u,
         Err(e) => return Ok(usage(&e)),
     };
-    let spool = match Spool::open(dirs) {
-        Ok(s) => s,
-        Err(e) => return Ok(usage(&fspl_queue::display_chain(&e))),
-    };
-    let target: Box<dyn Target> = if a.no_upload {
-        Box::new(FakeTarget {
-            fail: a.random_no_upload_fail.unwrap_or(0.0),
-        })
-    } else {
-        let opts = fspl_s3::upload_s3::Options {
-            bucket: a.bucket.clone().unwrap_or_default(),
-            acl: a.acl.clone(),
-            part_size: a.part_size * 1024 * 1024,
-        };
-        match fspl_s3::upload_s3::S3Target::new(opts) {
-            Ok(t) => Box::new(t),
-            Err(e) => return Ok(usage(&e)),
-        }
-    };
-    let settings = Settings {
-        prefix: a.prefix.clone(),
-        jobs: a.jobs as usize,
-        tries: a.tries,
-        verbose: a.verbose,
-        ..Settings::default()
-    };
-    let up = Uploader::new(spool, target, settings);
     if a.verbose {
         tracing::info!(
             "uploading from {} to {}",

@@ -10,6 +10,8 @@
 pub mod process;
 pub mod pull;
 pub mod push;
+#[cfg(feature = "s3")]
+pub mod s3_upload;
 mod transfer;
 
 use std::ffi::OsStr;
@@ -23,7 +25,11 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
+#[cfg(not(feature = "s3"))]
 pub const KINDS: &[&str] = &["process", "push", "pull"];
+/// Every `type` this build knows.
+#[cfg(feature = "s3")]
+pub const KINDS: &[&str] = &["process", "push", "pull", "s3-upload"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -64,6 +70,8 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "push" => push::KEYS,
         "pull" => pull::KEYS,
+        #[cfg(feature = "s3")]
+        "s3-upload" => s3_upload::KEYS,
         _ => process::KEYS,
     }
 }
@@ -74,6 +82,7 @@ pub fn verb(kind: &str) -> &'static str {
     match kind {
         "push" => "pushed",
         "pull" => "pulled from",
+        "s3-upload" => "uploaded from",
         _ => "run",
     }
 }
@@ -89,6 +98,8 @@ pub(crate) fn parse(
     match kind {
         "push" => JobKind::Push(push::PushJob::parse(c, k, table, label)),
         "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
+        #[cfg(feature = "s3")]
+        "s3-upload" => JobKind::S3Upload(s3_upload::S3UploadJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -100,6 +111,8 @@ impl JobKind {
             JobKind::Process(_) => "process",
             JobKind::Push(_) => "push",
             JobKind::Pull(_) => "pull",
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(_) => "s3-upload",
         }
     }
 
@@ -109,6 +122,8 @@ impl JobKind {
             JobKind::Process(p) => p.resource(),
             JobKind::Push(p) => p.resource(),
             JobKind::Pull(p) => p.resource(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.resource(),
         }
     }
 
@@ -119,6 +134,8 @@ impl JobKind {
             JobKind::Process(p) => p.watch(),
             JobKind::Push(p) => p.watch(),
             JobKind::Pull(p) => p.watch(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.watch(),
         }
     }
 
@@ -129,6 +146,8 @@ impl JobKind {
             JobKind::Process(p) => p.check(path_var),
             JobKind::Push(p) => p.check(),
             JobKind::Pull(p) => p.check(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.check(),
         }
     }
 }
@@ -150,6 +169,10 @@ pub fn spawn(
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
         JobKind::Pull(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        #[cfg(feature = "s3")]
+        JobKind::S3Upload(p) => {
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }
