@@ -241,3 +241,71 @@ fn once_drains_and_exits_one_when_a_file_failed() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(s.names("failed"), ["b"]);
 }
+
+fn daemon_job(name: &str, s: &Spool, extra: &str) -> String {
+    use fspl_testkit::q;
+    format!(
+        "[[job]]\nname = {}\ntype = \"s3-upload\"\nincoming = {}\nworking = {}\ncompleted = {}\n{extra}\n",
+        q(name),
+        q(s.dir("incoming")),
+        q(s.dir("working")),
+        q(s.dir("completed")),
+    )
+}
+
+/// The daemon kind: files landing in `incoming` are uploaded as they
+/// arrive; `fspl status` counts them, failed ones and their bytes.
+#[test]
+fn a_daemon_s3_upload_job_uploads_as_files_land_and_counts_them() {
+    use crate::daemon::{Daemon, config};
+    let s = Spool::new();
+    let text = config(
+        &s.sb,
+        "",
+        &[daemon_job(
+            "up",
+            &s,
+            &format!(
+                "no_upload = true\nrandom_no_upload_fail = 0.3\nfailed = {}",
+                fspl_testkit::q(s.dir("failed"))
+            ),
+        )],
+    );
+    let d = Daemon::start(&s.sb, &text, "human");
+    let n = 30;
+    for i in 0..n {
+        s.submit(&format!("f{i:02}"), b"12345");
+    }
+    wait_for("every file done", Duration::from_secs(30), || {
+        s.names("completed").len() + s.names("failed").len() == n
+    });
+    let (done, failed) = (s.names("completed").len() as u64, s.names("failed").len() as u64);
+    wait_for("the status counts", Duration::from_secs(10), || {
+        let j = d.job("up");
+        j["jobs_succeeded"].as_u64() == Some(done)
+            && j["jobs_failed"].as_u64() == Some(failed)
+            && j["bytes"].as_u64() == Some(done * 5)
+            && j["queued"].as_u64() == Some(0)
+    });
+    assert_eq!(d.job("up")["type"], "s3-upload");
+}
+
+#[test]
+fn daemon_check_refuses_contradictory_s3_upload_settings() {
+    let s = Spool::new();
+    let text = crate::daemon::config(
+        &s.sb,
+        "",
+        &[daemon_job("up", &s, "no_upload = true\nremove = true")],
+    );
+    let cfg = s.sb.path("d.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = run({
+        let mut c = fspl();
+        c.args(["daemon", "--check", "-c"]).arg(&cfg);
+        c
+    });
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("-r (--remove) and -d (--dest) contradict"), "{err}");
+}
