@@ -169,7 +169,7 @@ fn fake_uploads_failing_at_random_with_resubmission_end_with_every_file_complete
     up.kill();
     let log = up.log();
     assert!(s.names("incoming").is_empty() && s.names("working").is_empty());
-    let counts = uploaded_counts(&[log.clone()]);
+    let counts = uploaded_counts(std::slice::from_ref(&log));
     assert_eq!(counts.len(), n, "{log}");
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
     // Some failed and were resubmitted (0.2 of 60: at least one, surely).
