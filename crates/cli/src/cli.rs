@@ -155,18 +155,20 @@ pub enum Cmd {
     /// loses nothing: run it again, and DEST gets identical copies, which
     /// run once. DEST: a directory (a queue directory: into its jobs/; any
     /// other folder, e.g. a Syncthing folder: files appear there as
-    /// fspl-<uuid>.fspl by atomic rename), dir:PATH, or
-    /// ssh://[USER@]HOST[:PORT]/QUEUE. Exit status: 0 = everything sent,
+    /// fspl-<uuid>.fspl by atomic rename), dir:PATH,
+    /// ssh://[USER@]HOST[:PORT]/QUEUE, or s3://BUCKET/PREFIX (conditional
+    /// creates; see docs/s3.md). Exit status: 0 = everything sent,
     /// 1 = some job not sent (one line each, what and why), 2 = usage or
     /// configuration error (see docs/transports.md).
     #[command(after_help = "Examples:\n  \
         fspl push -q ~/outbox /media/usb/queue\n  \
-        fspl push -q ~/outbox dir:$HOME/Sync/to-server --keep")]
+        fspl push -q ~/outbox dir:$HOME/Sync/to-server --keep\n  \
+        AWS_PROFILE=jobs fspl push -q ~/outbox s3://my-bucket/to-server")]
     Push {
         /// The outbox (a queue directory)
         #[arg(short = 'q', long = "queuedir", value_name = "OUTBOX")]
         outbox: OsString,
-        /// Where to: a directory, dir:PATH or ssh://[USER@]HOST[:PORT]/QUEUE
+        /// Where to: a directory, dir:PATH, ssh://[USER@]HOST[:PORT]/QUEUE or s3://BUCKET/PREFIX
         #[arg(value_name = "DEST")]
         dest: OsString,
         /// Move sent jobs to OUTBOX/sent/ instead of deleting them
@@ -182,18 +184,25 @@ pub enum Cmd {
     /// name it had at the source), and removes it at the source only once
     /// it is durable here. A killed pull loses nothing: run it again. SRC:
     /// a directory (a queue directory: from its jobs/, holding its lock;
-    /// any other folder: its fspl-*.fspl files) or dir:PATH. Exit status:
+    /// any other folder: its fspl-*.fspl files), dir:PATH, or
+    /// s3://BUCKET/PREFIX (its job objects, in seq order; see docs/s3.md).
+    /// Exit status:
     /// 0 = everything taken, 1 = some job not taken (one line each, what
     /// and why), 2 = usage or configuration error.
     #[command(after_help = "Examples:\n  \
         fspl pull ~/Sync/from-laptop -q ~/queue\n  \
-        fspl pull dir:/media/usb/outbox -q ~/queue --json")]
+        fspl pull dir:/media/usb/outbox -q ~/queue --json\n  \
+        fspl pull s3://my-bucket/to-server -q ~/queue")]
     Pull {
-        /// Where from: a directory or dir:PATH
+        /// Where from: a directory, dir:PATH or s3://BUCKET/PREFIX
         #[arg(value_name = "SRC")]
         src: OsString,
         #[command(flatten)]
         q: QueueArg,
+        /// Leave the jobs at the source (s3://) and remember in
+        /// QUEUE/s3-pull-taken what was taken
+        #[arg(long)]
+        keep: bool,
         /// Print what was done as JSON on stdout
         #[arg(long)]
         json: bool,

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
     if !own_logging {
         logging::init(cli.log_level);
     }
+    // Transports of optional crates: only function pointers are stored
+    // (no runtime, no TLS until an s3:// location is opened).
+    #[cfg(feature = "s3")]
+    fspl_s3::register();
     // Fault injection (reliability tests; a no-op without the feature).
     let _failpoints = fspl_queue::failpoint::setup();
     match cmd::run(cli.command, cli.log_level) {

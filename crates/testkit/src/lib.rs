@@ -4,6 +4,8 @@
 //! per server: [`sshd`], ...). A server that is missing is installed, never
 //! skipped.
 
+pub mod moto;
+pub mod s3;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -178,4 +178,14 @@ pub trait Source {
     fn takes_from(&self) -> Option<&Path> {
         None
     }
+    /// `--keep`: leave the jobs at the source, and remember in the queue
+    /// directory `queue_dir` which were taken (so that they are taken
+    /// once): from now on `remove` records instead of removing, and `list`
+    /// leaves out what was recorded. Sources that cannot do this say so.
+    fn keep_in(&mut self, queue_dir: &Path) -> Result<(), TransportError> {
+        let _ = queue_dir;
+        Err(TransportError::Unsupported(
+            "--keep is not supported when pulling from this kind of source".into(),
+        ))
+    }
 }

@@ -31,7 +31,11 @@ use crate::push::Refusal;
 use crate::{RemoteJob, Source};
 
 #[derive(Clone, Debug, Default)]
-pub struct PullOptions {}
+pub struct PullOptions {
+    /// Leave the jobs at the source and remember in the queue what was
+    /// taken ([`Source::keep_in`]).
+    pub keep: bool,
+}
 
 /// What a pull did.
 #[derive(Debug, Default)]
@@ -61,7 +65,7 @@ impl PullReport {
 pub fn pull(
     source: &mut dyn Source,
     queue: &Queue,
-    _opts: &PullOptions,
+    opts: &PullOptions,
 ) -> Result<PullReport, TransportError> {
     let started = Instant::now();
     queue.check_exists()?;
@@ -72,6 +76,9 @@ pub fn pull(
             path: from.to_path_buf(),
             what: "is the queue's own jobs/ directory; pull from another directory",
         });
+    }
+    if opts.keep {
+        source.keep_in(queue.dir())?;
     }
     let mut batch = queue.batch()?;
     let mut report = PullReport::default();

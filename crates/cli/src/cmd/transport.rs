@@ -149,7 +149,7 @@ fn left(n: u64) -> String {
     }
 }
 
-pub fn pull(src: &OsStr, queue: &OsStr, json: bool) -> anyhow::Result<ExitCode> {
+pub fn pull(src: &OsStr, queue: &OsStr, keep: bool, json: bool) -> anyhow::Result<ExitCode> {
     let location = match Location::parse_os(src) {
         Ok(l) => l,
         Err(e) => return Ok(setup_error(&e)),
@@ -163,7 +163,7 @@ pub fn pull(src: &OsStr, queue: &OsStr, json: bool) -> anyhow::Result<ExitCode> 
         Ok(s) => s,
         Err(e) => return Ok(setup_error(&e)),
     };
-    let report = match do_pull(&mut *source, &q, &PullOptions::default()) {
+    let report = match do_pull(&mut *source, &q, &PullOptions { keep }) {
         Ok(r) => r,
         Err(e) => return Ok(setup_error(&e)),
     };

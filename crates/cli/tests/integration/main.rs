@@ -35,6 +35,7 @@ mod security;
 mod security_sweep;
 mod status_attention;
 mod transport_dir;
+mod transport_s3;
 mod transport_ssh;
 mod tutorial;
 mod vectors;

@@ -309,3 +309,316 @@ fn daemon_check_refuses_contradictory_s3_upload_settings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("-r (--remove) and -d (--dest) contradict"), "{err}");
 }
+
+// ---------------------------------------------------------------- real S3
+
+use fspl_testkit::s3::S3Server;
+
+/// A started s3s-fs with bucket `b`, its files under the spool's sandbox.
+fn server(s: &Spool) -> S3Server {
+    let srv = S3Server::start(&s.dir("s3"));
+    srv.create_bucket("b");
+    srv
+}
+
+/// `s.upload(extra)` talking to `srv`.
+fn upload_to(s: &Spool, srv: &S3Server, extra: &[&str]) -> Command {
+    let mut c = s.upload(extra);
+    srv.configure(&mut c);
+    c
+}
+
+/// What the server holds under `key` of bucket `b` (s3s-fs keeps each
+/// object as a file).
+fn object(srv: &S3Server, key: &str) -> Option<Vec<u8>> {
+    std::fs::read(srv.data.join("b").join(key)).ok()
+}
+
+/// A payload of `n` bytes that differs at every position (so a misplaced
+/// part shows).
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| ((i * 31 + i / 4093) as u8) ^ seed).collect()
+}
+
+/// Multipart parts of an unfinished upload in the server's data directory.
+fn parts_in_flight(srv: &S3Server) -> usize {
+    std::fs::read_dir(&srv.data)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The README's example: -v -b -s -i -d -f; a small file in one PUT, a
+/// large one in parts; each object is the file, byte for byte; the files
+/// end in completed/.
+#[test]
+fn readme_flow_uploads_each_file_as_it_lands_and_moves_it_to_completed() {
+    let s = Spool::new();
+    let srv = server(&s);
+    let mut up = Running::start(
+        upload_to(
+            &s,
+            &srv,
+            &[
+                "-v",
+                "-b",
+                "b",
+                "--part-size",
+                "5",
+                "-d",
+                p(&s.dir("completed")),
+                "-f",
+                p(&s.dir("failed")),
+            ],
+        ),
+        s.dir("log"),
+    );
+    let big = payload(12 << 20, 7);
+    s.submit("small.txt", b"hello");
+    s.submit("big.bin", &big);
+    wait_for("both files completed", Duration::from_secs(60), || {
+        s.names("completed") == ["big.bin", "small.txt"]
+    });
+    up.kill();
+    assert_eq!(object(&srv, "small.txt").as_deref(), Some(&b"hello"[..]));
+    assert!(object(&srv, "big.bin") == Some(big), "big.bin differs");
+    assert!(s.names("working").is_empty() && s.names("failed").is_empty());
+    let log = up.log();
+    assert_eq!(uploaded_counts(&[log.clone()]).len(), 2, "{log}");
+}
+
+/// -r removes uploaded files; --prefix goes before each key.
+#[test]
+fn remove_flag_removes_uploaded_files_and_prefix_prefixes_keys() {
+    let s = Spool::new();
+    let srv = server(&s);
+    for i in 0..5 {
+        s.submit(&format!("r{i}"), format!("data {i}").as_bytes());
+    }
+    let out = run(upload_to(
+        &s,
+        &srv,
+        &["--once", "-b", "b", "--prefix", "host1/", "-r"],
+    ));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for i in 0..5 {
+        assert_eq!(
+            object(&srv, &format!("host1/r{i}")),
+            Some(format!("data {i}").into_bytes())
+        );
+    }
+    assert!(s.names("incoming").is_empty() && s.names("working").is_empty());
+}
+
+/// -f = incoming: a file whose upload fails (no such bucket: permanent,
+/// not retried) goes back into incoming/ and is tried again later; once
+/// the bucket exists it is uploaded. -R removes a failed file instead.
+#[test]
+fn failed_files_are_resubmitted_with_f_incoming_and_removed_with_big_r() {
+    let s = Spool::new();
+    let srv = S3Server::start(&s.dir("s3"));
+    let mut up = Running::start(
+        upload_to(
+            &s,
+            &srv,
+            &["-v", "-b", "late", "-d", p(&s.dir("completed")), "-f", p(&s.dir("incoming"))],
+        ),
+        s.dir("log"),
+    );
+    s.submit("a", b"resubmit me");
+    wait_for("a resubmission", Duration::from_secs(30), || {
+        up.log().matches("resubmitted").count() >= 2
+    });
+    assert!(!up.log().contains("retrying"), "a permanent error was retried: {}", up.log());
+    srv.create_bucket("late");
+    wait_for("the file uploaded", Duration::from_secs(90), || {
+        s.names("completed") == ["a"]
+    });
+    up.kill();
+    assert_eq!(
+        std::fs::read(srv.data.join("late/a")).unwrap(),
+        b"resubmit me"
+    );
+
+    s.submit("gone", b"x");
+    let out = run(upload_to(&s, &srv, &["--once", "-b", "nobucket", "-d", p(&s.dir("completed")), "-R"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(s.names("incoming").is_empty() && s.names("working").is_empty());
+    assert!(!s.names("completed").contains(&"gone".to_string()));
+}
+
+/// Several uploaders on one spool, real uploads: every file becomes one
+/// object, uploaded by exactly one uploader.
+#[test]
+fn several_uploaders_on_one_spool_upload_each_file_exactly_once() {
+    let s = Spool::new();
+    let srv = server(&s);
+    let ups: Vec<Running> = (0..3)
+        .map(|i| {
+            Running::start(
+                upload_to(&s, &srv, &["-v", "-b", "b", "-j", "3", "-d", p(&s.dir("completed"))]),
+                s.dir(&format!("log{i}")),
+            )
+        })
+        .collect();
+    let n = 90;
+    for i in 0..n {
+        s.submit(&format!("f{i:03}"), format!("file {i}").as_bytes());
+    }
+    wait_for("every file completed", Duration::from_secs(90), || {
+        s.names("completed").len() == n
+    });
+    let logs: Vec<String> = ups.iter().map(Running::log).collect();
+    drop(ups);
+    let counts = uploaded_counts(&logs);
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+    assert_eq!(srv.keys("b").len(), n);
+    for i in 0..n {
+        assert_eq!(
+            object(&srv, &format!("f{i:03}")),
+            Some(format!("file {i}").into_bytes())
+        );
+    }
+}
+
+/// The server goes away in the middle of a multipart upload and comes
+/// back: the upload is retried and succeeds.
+#[test]
+fn server_stopped_mid_upload_then_restarted_retries_and_succeeds() {
+    let s = Spool::new();
+    let mut srv = server(&s);
+    let mut up = Running::start(
+        upload_to(
+            &s,
+            &srv,
+            &["-v", "-b", "b", "--part-size", "5", "-j", "1", "--tries", "30", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))],
+        ),
+        s.dir("log"),
+    );
+    let big = payload(40 << 20, 3);
+    s.submit("big", &big);
+    wait_for("a part on the server", Duration::from_secs(60), || {
+        parts_in_flight(&srv) > 0 || !s.names("completed").is_empty()
+    });
+    srv.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    srv.restart();
+    wait_for("the file uploaded", Duration::from_secs(120), || {
+        s.names("completed") == ["big"]
+    });
+    up.kill();
+    assert!(object(&srv, "big") == Some(big), "the object differs");
+    assert!(s.names("failed").is_empty());
+}
+
+/// SIGKILL of the uploader in the middle of a multipart upload: no
+/// partial object under the key; the file stays in working/, and the next
+/// uploader takes it back and uploads it whole.
+#[test]
+fn sigkill_mid_multipart_leaves_no_partial_object_and_the_next_start_uploads_it() {
+    let s = Spool::new();
+    let srv = server(&s);
+    let mut up = Running::start(
+        upload_to(
+            &s,
+            &srv,
+            &["-b", "b", "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
+        ),
+        s.dir("log"),
+    );
+    let big = payload(48 << 20, 9);
+    s.submit("big", &big);
+    wait_for("a part on the server", Duration::from_secs(60), || {
+        parts_in_flight(&srv) > 0
+    });
+    up.kill(); // SIGKILL
+    assert_eq!(object(&srv, "big"), None, "a partial object is visible");
+    assert!(srv.keys("b").is_empty(), "{:?}", srv.keys("b"));
+    assert_eq!(s.names("working"), ["big"]);
+    let out = run(upload_to(&s, &srv, &["--once", "-v", "-b", "b", "--part-size", "5", "-d", p(&s.dir("completed"))]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken back"));
+    assert_eq!(s.names("completed"), ["big"]);
+    assert!(object(&srv, "big") == Some(big), "the object differs");
+}
+
+/// Wrong credentials: one clear error per file, no retries (no storm);
+/// the file goes to failed/.
+#[test]
+fn wrong_credentials_fail_at_once_with_one_clear_error() {
+    let s = Spool::new();
+    let srv = server(&s);
+    s.submit("x", b"x");
+    let mut c = upload_to(&s, &srv, &["--once", "-b", "b", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))]);
+    c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("credentials"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    assert_eq!(s.names("failed"), ["x"]);
+    assert!(srv.keys("b").is_empty());
+}
+
+/// Uploading a large (sparse) file keeps the uploader's memory flat: its
+/// peak RSS stays far below the file's size.
+#[test]
+fn uploading_a_large_file_keeps_memory_flat() {
+    let s = Spool::new();
+    let srv = server(&s);
+    let f = std::fs::File::create(s.dir("tmp/sparse")).unwrap();
+    f.set_len(256 << 20).unwrap();
+    drop(f);
+    std::fs::rename(s.dir("tmp/sparse"), s.dir("incoming/sparse")).unwrap();
+    let mut up = Running::start(
+        upload_to(&s, &srv, &["-b", "b", "-r", "-j", "1"]),
+        s.dir("log"),
+    );
+    wait_for("the upload", Duration::from_secs(120), || {
+        s.names("incoming").is_empty() && s.names("working").is_empty()
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", up.child.id())).unwrap();
+    up.kill();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let size = std::fs::metadata(srv.data.join("b/sparse")).unwrap().len();
+    let _ = std::fs::remove_file(srv.data.join("b/sparse"));
+    assert_eq!(size, 256 << 20);
+    assert!(hwm_kb < 64 * 1024, "peak RSS {hwm_kb} kB");
+}
+
+/// -a public-read reaches the server: the object's ACL grants everyone
+/// read (moto: s3s-fs keeps no ACLs).
+#[test]
+fn acl_flag_reaches_the_server() {
+    use fspl_testkit::moto::Moto;
+    let s = Spool::new();
+    let m = Moto::start(&s.dir("moto.log"));
+    m.create_bucket("b");
+    s.submit("pub", b"public data");
+    s.submit("priv", b"private data");
+    let mut c = s.upload(&["--once", "-b", "b", "-a", "public-read", "-d", p(&s.dir("completed"))]);
+    m.configure(&mut c);
+    // Only "pub" in this run.
+    std::fs::rename(s.dir("incoming/priv"), s.dir("tmp/priv")).unwrap();
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::rename(s.dir("tmp/priv"), s.dir("incoming/priv")).unwrap();
+    let mut c = s.upload(&["--once", "-b", "b", "-d", p(&s.dir("completed"))]);
+    m.configure(&mut c);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers READ";
+    let grants = m.object_grants("b", "pub");
+    assert!(grants.iter().any(|g| g == ALL_USERS), "{grants:?}");
+    let grants = m.object_grants("b", "priv");
+    assert!(!grants.iter().any(|g| g == ALL_USERS), "{grants:?}");
+    assert_eq!(m.get("b", "pub"), b"public data");
+}

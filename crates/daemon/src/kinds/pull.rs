@@ -1,6 +1,7 @@
 //! `type = "pull"`: take every job from a source URL into a queue, as
 //! `fspl pull` does: when a job appears in a `dir:` source (it is watched),
-//! else every `poll_min`..`poll_max` seconds. The job holds its source (a
+//! else (an `s3://` source) every `poll_min`..`poll_max` seconds: ×1.3
+//! while runs find nothing, back to `poll_min` when one took something. The job holds its source (a
 //! folder's lock, or a queue's): two pull jobs from one source are
 //! refused. It does not hold the queue it fills, which a `process` job
 //! runs: that is the normal set-up.
@@ -14,12 +15,12 @@ use fspl_transport::pull::{PullOptions, pull};
 use tracing::info_span;
 
 use super::{Resource, transfer};
-use crate::config::{Bad, Checker, Keys, path_value};
+use crate::config::{Bad, Checker, Keys, boolean, path_value};
 use crate::state::{JobState, JobStatus};
 use crate::supervisor::{Kind, RunContext, RunReport, WatchSpec};
 
 /// The keys of a `type = "pull"` job of its own.
-pub const KEYS: &[&str] = &["from", "queue"];
+pub const KEYS: &[&str] = &["from", "queue", "keep"];
 
 /// `type = "pull"`: take jobs from `from` into `queue`.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +31,8 @@ pub struct PullJob {
     pub from_url: String,
     /// The queue they go into.
     pub queue: PathBuf,
+    /// Leave jobs at the source, remembering in the queue what was taken.
+    pub keep: bool,
 }
 
 impl PullJob {
@@ -45,21 +48,23 @@ impl PullJob {
             .get(k, "from", l, |v| -> Result<_, Bad> {
                 let (loc, s) = transfer::url(v)?;
                 match loc {
-                    Location::Dir(_) => Ok((loc, s)),
+                    Location::Dir(_) | Location::Remote { .. } => Ok((loc, s)),
                     _ => Err((
                         v.span(),
                         format!(
-                            "{s:?}: only a directory (a plain path or dir:PATH) can be pulled from; ssh:// is a destination of push jobs"
+                            "{s:?}: only a directory (a plain path or dir:PATH) or s3:// can be pulled from; ssh:// is a destination of push jobs"
                         ),
                     )),
                 }
             })
             .unwrap_or_else(|| (Location::Dir(PathBuf::new()), String::new()));
         let queue = c.get(k, "queue", l, path_value).unwrap_or_default();
+        let keep = c.get(k, "keep", l, boolean).unwrap_or(false);
         PullJob {
             from,
             from_url,
             queue,
+            keep,
         }
     }
 
@@ -177,7 +182,7 @@ impl Kind for PullJob {
         let _e = span.enter();
         let queue = Queue::new(&self.queue);
         let report = fspl_transport::open_source(&self.from)
-            .and_then(|mut source| pull(&mut *source, &queue, &PullOptions::default()));
+            .and_then(|mut source| pull(&mut *source, &queue, &PullOptions { keep: self.keep }));
         let report = match report {
             Ok(r) => r,
             Err(e) => {
