@@ -314,10 +314,12 @@ fn daemon_check_refuses_contradictory_s3_upload_settings() {
 
 use fspl_testkit::s3::S3Server;
 
+const BUCKET: &str = "doodad-results";
+
 /// A started s3s-fs with bucket `b`, its files under the spool's sandbox.
 fn server(s: &Spool) -> S3Server {
     let srv = S3Server::start(&s.dir("s3"));
-    srv.create_bucket("b");
+    srv.create_bucket(BUCKET);
     srv
 }
 
@@ -331,7 +333,7 @@ fn upload_to(s: &Spool, srv: &S3Server, extra: &[&str]) -> Command {
 /// What the server holds under `key` of bucket `b` (s3s-fs keeps each
 /// object as a file).
 fn object(srv: &S3Server, key: &str) -> Option<Vec<u8>> {
-    std::fs::read(srv.data.join("b").join(key)).ok()
+    std::fs::read(srv.data.join(BUCKET).join(key)).ok()
 }
 
 /// A payload of `n` bytes that differs at every position (so a misplaced
@@ -365,7 +367,7 @@ fn readme_flow_uploads_each_file_as_it_lands_and_moves_it_to_completed() {
             &[
                 "-v",
                 "-b",
-                "b",
+                BUCKET,
                 "--part-size",
                 "5",
                 "-d",
@@ -401,7 +403,7 @@ fn remove_flag_removes_uploaded_files_and_prefix_prefixes_keys() {
     let out = run(upload_to(
         &s,
         &srv,
-        &["--once", "-b", "b", "--prefix", "host1/", "-r"],
+        &["--once", "-b", BUCKET, "--prefix", "host1/", "-r"],
     ));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     for i in 0..5 {
@@ -413,41 +415,41 @@ fn remove_flag_removes_uploaded_files_and_prefix_prefixes_keys() {
     assert!(s.names("incoming").is_empty() && s.names("working").is_empty());
 }
 
-/// -f = incoming: a file whose upload fails (no such bucket: permanent,
-/// not retried) goes back into incoming/ and is tried again later; once
-/// the bucket exists it is uploaded. -R removes a failed file instead.
+/// -f = incoming: a file whose upload failed (the server is down, and
+/// --tries 1) goes back into incoming/ and is tried again later, until
+/// the server is back. -R removes a failed file (bad credentials) instead.
 #[test]
 fn failed_files_are_resubmitted_with_f_incoming_and_removed_with_big_r() {
     let s = Spool::new();
-    let srv = S3Server::start(&s.dir("s3"));
+    let mut srv = server(&s);
+    srv.stop();
     let mut up = Running::start(
         upload_to(
             &s,
             &srv,
-            &["-v", "-b", "late", "-d", p(&s.dir("completed")), "-f", p(&s.dir("incoming"))],
+            &["-v", "-b", BUCKET, "--tries", "1", "-d", p(&s.dir("completed")), "-f", p(&s.dir("incoming"))],
         ),
         s.dir("log"),
     );
     s.submit("a", b"resubmit me");
-    wait_for("a resubmission", Duration::from_secs(30), || {
+    wait_for("two resubmissions", Duration::from_secs(60), || {
         up.log().matches("resubmitted").count() >= 2
     });
-    assert!(!up.log().contains("retrying"), "a permanent error was retried: {}", up.log());
-    srv.create_bucket("late");
+    srv.restart();
     wait_for("the file uploaded", Duration::from_secs(90), || {
         s.names("completed") == ["a"]
     });
     up.kill();
-    assert_eq!(
-        std::fs::read(srv.data.join("late/a")).unwrap(),
-        b"resubmit me"
-    );
+    assert_eq!(object(&srv, "a").as_deref(), Some(&b"resubmit me"[..]));
 
     s.submit("gone", b"x");
-    let out = run(upload_to(&s, &srv, &["--once", "-b", "nobucket", "-d", p(&s.dir("completed")), "-R"]));
-    assert_eq!(out.status.code(), Some(1));
+    let mut c = upload_to(&s, &srv, &["--once", "-b", BUCKET, "-d", p(&s.dir("completed")), "-R"]);
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(s.names("incoming").is_empty() && s.names("working").is_empty());
-    assert!(!s.names("completed").contains(&"gone".to_string()));
+    assert_eq!(s.names("completed"), ["a"]);
+    assert_eq!(object(&srv, "gone"), None);
 }
 
 /// Several uploaders on one spool, real uploads: every file becomes one
@@ -459,7 +461,7 @@ fn several_uploaders_on_one_spool_upload_each_file_exactly_once() {
     let ups: Vec<Running> = (0..3)
         .map(|i| {
             Running::start(
-                upload_to(&s, &srv, &["-v", "-b", "b", "-j", "3", "-d", p(&s.dir("completed"))]),
+                upload_to(&s, &srv, &["-v", "-b", BUCKET, "-j", "3", "-d", p(&s.dir("completed"))]),
                 s.dir(&format!("log{i}")),
             )
         })
@@ -476,7 +478,7 @@ fn several_uploaders_on_one_spool_upload_each_file_exactly_once() {
     let counts = uploaded_counts(&logs);
     assert_eq!(counts.len(), n);
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
-    assert_eq!(srv.keys("b").len(), n);
+    assert_eq!(srv.keys(BUCKET).len(), n);
     for i in 0..n {
         assert_eq!(
             object(&srv, &format!("f{i:03}")),
@@ -495,7 +497,7 @@ fn server_stopped_mid_upload_then_restarted_retries_and_succeeds() {
         upload_to(
             &s,
             &srv,
-            &["-v", "-b", "b", "--part-size", "5", "-j", "1", "--tries", "30", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))],
+            &["-v", "-b", BUCKET, "--part-size", "5", "-j", "1", "--tries", "30", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))],
         ),
         s.dir("log"),
     );
@@ -526,7 +528,7 @@ fn sigkill_mid_multipart_leaves_no_partial_object_and_the_next_start_uploads_it(
         upload_to(
             &s,
             &srv,
-            &["-b", "b", "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
+            &["-b", BUCKET, "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
         ),
         s.dir("log"),
     );
@@ -537,9 +539,9 @@ fn sigkill_mid_multipart_leaves_no_partial_object_and_the_next_start_uploads_it(
     });
     up.kill(); // SIGKILL
     assert_eq!(object(&srv, "big"), None, "a partial object is visible");
-    assert!(srv.keys("b").is_empty(), "{:?}", srv.keys("b"));
+    assert!(srv.keys(BUCKET).is_empty(), "{:?}", srv.keys(BUCKET));
     assert_eq!(s.names("working"), ["big"]);
-    let out = run(upload_to(&s, &srv, &["--once", "-v", "-b", "b", "--part-size", "5", "-d", p(&s.dir("completed"))]));
+    let out = run(upload_to(&s, &srv, &["--once", "-v", "-b", BUCKET, "--part-size", "5", "-d", p(&s.dir("completed"))]));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("taken back"));
     assert_eq!(s.names("completed"), ["big"]);
@@ -553,7 +555,7 @@ fn wrong_credentials_fail_at_once_with_one_clear_error() {
     let s = Spool::new();
     let srv = server(&s);
     s.submit("x", b"x");
-    let mut c = upload_to(&s, &srv, &["--once", "-b", "b", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))]);
+    let mut c = upload_to(&s, &srv, &["--once", "-b", BUCKET, "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))]);
     c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
     let out = run(c);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -561,7 +563,7 @@ fn wrong_credentials_fail_at_once_with_one_clear_error() {
     assert!(err.contains("credentials"), "{err}");
     assert!(!err.contains("retrying"), "{err}");
     assert_eq!(s.names("failed"), ["x"]);
-    assert!(srv.keys("b").is_empty());
+    assert!(srv.keys(BUCKET).is_empty());
 }
 
 /// Uploading a large (sparse) file keeps the uploader's memory flat: its
@@ -575,7 +577,7 @@ fn uploading_a_large_file_keeps_memory_flat() {
     drop(f);
     std::fs::rename(s.dir("tmp/sparse"), s.dir("incoming/sparse")).unwrap();
     let mut up = Running::start(
-        upload_to(&s, &srv, &["-b", "b", "-r", "-j", "1"]),
+        upload_to(&s, &srv, &["-b", BUCKET, "-r", "-j", "1"]),
         s.dir("log"),
     );
     wait_for("the upload", Duration::from_secs(120), || {
@@ -588,8 +590,8 @@ fn uploading_a_large_file_keeps_memory_flat() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    let size = std::fs::metadata(srv.data.join("b/sparse")).unwrap().len();
-    let _ = std::fs::remove_file(srv.data.join("b/sparse"));
+    let size = std::fs::metadata(srv.data.join(BUCKET).join("sparse")).unwrap().len();
+    let _ = std::fs::remove_file(srv.data.join(BUCKET).join("sparse"));
     assert_eq!(size, 256 << 20);
     assert!(hwm_kb < 64 * 1024, "peak RSS {hwm_kb} kB");
 }
@@ -601,24 +603,24 @@ fn acl_flag_reaches_the_server() {
     use fspl_testkit::moto::Moto;
     let s = Spool::new();
     let m = Moto::start(&s.dir("moto.log"));
-    m.create_bucket("b");
+    m.create_bucket(BUCKET);
     s.submit("pub", b"public data");
     s.submit("priv", b"private data");
-    let mut c = s.upload(&["--once", "-b", "b", "-a", "public-read", "-d", p(&s.dir("completed"))]);
+    let mut c = s.upload(&["--once", "-b", BUCKET, "-a", "public-read", "-d", p(&s.dir("completed"))]);
     m.configure(&mut c);
     // Only "pub" in this run.
     std::fs::rename(s.dir("incoming/priv"), s.dir("tmp/priv")).unwrap();
     let out = run(c);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     std::fs::rename(s.dir("tmp/priv"), s.dir("incoming/priv")).unwrap();
-    let mut c = s.upload(&["--once", "-b", "b", "-d", p(&s.dir("completed"))]);
+    let mut c = s.upload(&["--once", "-b", BUCKET, "-d", p(&s.dir("completed"))]);
     m.configure(&mut c);
     let out = run(c);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers READ";
-    let grants = m.object_grants("b", "pub");
+    let grants = m.object_grants(BUCKET, "pub");
     assert!(grants.iter().any(|g| g == ALL_USERS), "{grants:?}");
-    let grants = m.object_grants("b", "priv");
+    let grants = m.object_grants(BUCKET, "priv");
     assert!(!grants.iter().any(|g| g == ALL_USERS), "{grants:?}");
-    assert_eq!(m.get("b", "pub"), b"public data");
+    assert_eq!(m.get(BUCKET, "pub"), b"public data");
 }
