@@ -401,8 +401,7 @@ impl Spool {
             if !still_there(&self.working, &name, &f) {
                 continue;
             }
-            match fspl_queue::batch::rename_noreplace(&self.working, &name, &self.incoming, &name)
-            {
+            match fspl_queue::batch::rename_noreplace(&self.working, &name, &self.incoming, &name) {
                 Ok(()) => r.taken_back.push(name),
                 Err(Errno::EXIST) => r.left.push(name),
                 Err(Errno::NOENT) => {}

@@ -226,7 +226,8 @@ pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), Transp
         return Ok(());
     }
     let key = u.key(&format!(".fspl-probe-{}", uuid::Uuid::new_v4()));
-    let first = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
+    let first =
+        client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
     let second = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 2"));
     let _ = client.delete(&key);
     if first == PutOutcome::Exists {
@@ -395,8 +396,7 @@ impl Sink for S3Sink {
         let len = data.len() as u64;
         // Room in the window first (bytes and count).
         while !self.inflight.is_empty()
-            && (self.inflight.len() >= PUSH_WINDOW
-                || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
+            && (self.inflight.len() >= PUSH_WINDOW || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
         {
             let keep = self.inflight.len() - 1;
             self.collect(Some(keep))?;

@@ -61,7 +61,14 @@ pub struct FakeTarget {
 }
 
 impl Target for FakeTarget {
-    fn put(&self, _: &str, _: &File, len: u64, _: &AtomicBool, p: &dyn Fn(u64)) -> Result<(), PutError> {
+    fn put(
+        &self,
+        _: &str,
+        _: &File,
+        len: u64,
+        _: &AtomicBool,
+        p: &dyn Fn(u64),
+    ) -> Result<(), PutError> {
         if self.fail > 0.0 && fastrand::f64() < self.fail {
             return Err(PutError {
                 transient: false,
@@ -264,7 +271,13 @@ impl Uploader {
         }
         .into_iter()
         .chain(next)
-        .chain(self.retry_at.lock().unwrap_or_else(|e| e.into_inner()).values().map(|v| v.0))
+        .chain(
+            self.retry_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|v| v.0),
+        )
         .min();
         Ok((d, next))
     }
@@ -369,7 +382,9 @@ impl Uploader {
                         .fetch_add(n - before, Ordering::SeqCst);
                 }
             };
-            let r = self.target.put(&key, &claim.file, claim.len, stop, &progress);
+            let r = self
+                .target
+                .put(&key, &claim.file, claim.len, stop, &progress);
             self.stats
                 .uploading_bytes
                 .fetch_sub(last.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -378,7 +393,11 @@ impl Uploader {
                     self.log_file(format_args!("uploaded {name} to key {key}"));
                     return Ok(());
                 }
-                Err(e) if e.transient && tries < self.settings.tries && !stop.load(Ordering::SeqCst) => {
+                Err(e)
+                    if e.transient
+                        && tries < self.settings.tries
+                        && !stop.load(Ordering::SeqCst) =>
+                {
                     warn!(file = %name, try_ = tries, retry_in_s = delay.as_secs_f64(), "upload failed, retrying: {e}");
                     sleep_unless(stop, delay);
                     delay = (delay * 2).min(Duration::from_secs(30));
@@ -391,7 +410,12 @@ impl Uploader {
     /// Upload files as they land in INCOMING/ until `stop`: inotify where
     /// it works (a rescan after an overflow, and every `rescan` anyway),
     /// else polling every `poll`.
-    pub fn watch(&self, stop: &AtomicBool, poll: Duration, rescan: Duration) -> Result<(), SpoolError> {
+    pub fn watch(
+        &self,
+        stop: &AtomicBool,
+        poll: Duration,
+        rescan: Duration,
+    ) -> Result<(), SpoolError> {
         use notify::Watcher as _;
         let (tx, rx) = mpsc::channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -400,8 +424,11 @@ impl Uploader {
             let _ = tx.send(());
         })
         .and_then(|mut w| {
-            w.watch(&self.spool.dirs.incoming, notify::RecursiveMode::NonRecursive)
-                .map(|()| w)
+            w.watch(
+                &self.spool.dirs.incoming,
+                notify::RecursiveMode::NonRecursive,
+            )
+            .map(|()| w)
         });
         let watching = match watcher {
             Ok(w) => Some(w),
@@ -570,11 +597,13 @@ impl Config {
                 fail: self.random_no_upload_fail.unwrap_or(0.0),
             })
         } else {
-            Box::new(crate::upload_s3::S3Target::new(crate::upload_s3::Options {
-                bucket: self.bucket.clone().unwrap_or_default(),
-                acl: self.acl.clone(),
-                part_size: self.part_size_mib.max(5) * 1024 * 1024,
-            })?)
+            Box::new(crate::upload_s3::S3Target::new(
+                crate::upload_s3::Options {
+                    bucket: self.bucket.clone().unwrap_or_default(),
+                    acl: self.acl.clone(),
+                    part_size: self.part_size_mib.max(5) * 1024 * 1024,
+                },
+            )?)
         };
         let settings = Settings {
             prefix: self.prefix.clone(),

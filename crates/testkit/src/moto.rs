@@ -77,7 +77,14 @@ impl Moto {
             let port = crate::free_port();
             let f = File::create(log).unwrap();
             let mut child = Command::new(&py)
-                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .stdin(Stdio::null())
                 .stdout(f.try_clone().unwrap())
                 .stderr(f)

@@ -60,12 +60,7 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             keep,
             json,
         } => transport::push(&outbox, &dest, keep, json),
-        Cmd::Pull {
-            src,
-            q,
-            keep,
-            json,
-        } => transport::pull(&src, &q.queuedir, keep, json),
+        Cmd::Pull { src, q, keep, json } => transport::pull(&src, &q.queuedir, keep, json),
         Cmd::QueueLs { q, d, json, keys } => {
             queue::ls(&q.queuedir, d.decoder.as_deref(), json, &keys)
         }

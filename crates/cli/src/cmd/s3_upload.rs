@@ -23,18 +23,38 @@ pub struct Args {
     pub prefix: String,
     /// The spool's incoming directory: complete files appear here (by
     /// rename)
-    #[arg(short = 's', long = "src", visible_alias = "incoming", value_name = "INCOMING")]
+    #[arg(
+        short = 's',
+        long = "src",
+        visible_alias = "incoming",
+        value_name = "INCOMING"
+    )]
     pub src: Option<PathBuf>,
     /// Where a file is while it is uploaded (default: COMPLETED); needed
     /// for crash recovery and with -r
-    #[arg(short = 'i', long = "interim", visible_alias = "working", value_name = "WORKING")]
+    #[arg(
+        short = 'i',
+        long = "interim",
+        visible_alias = "working",
+        value_name = "WORKING"
+    )]
     pub interim: Option<PathBuf>,
     /// Where uploaded files go
-    #[arg(short = 'd', long = "dest", visible_alias = "completed", value_name = "COMPLETED")]
+    #[arg(
+        short = 'd',
+        long = "dest",
+        visible_alias = "completed",
+        value_name = "COMPLETED"
+    )]
     pub dest: Option<PathBuf>,
     /// Where files whose upload failed go; INCOMING resubmits them (tried
     /// again after a growing delay)
-    #[arg(short = 'f', long = "fail", visible_alias = "failed", value_name = "FAILED")]
+    #[arg(
+        short = 'f',
+        long = "fail",
+        visible_alias = "failed",
+        value_name = "FAILED"
+    )]
     pub fail: Option<PathBuf>,
     /// Remove files once uploaded (instead of -d; needs -i)
     #[arg(short = 'r', long = "remove")]

@@ -116,12 +116,27 @@ fn contradictory_flags_are_one_line_usage_errors() {
     let s = Spool::new();
     let (d, f) = (s.dir("completed"), s.dir("failed"));
     let cases: [(&[&str], &str); 6] = [
-        (&["-n", "-r", "-d", p(&d)], "-r (--remove) and -d (--dest) contradict"),
-        (&["-n", "-d", p(&d), "-R", "-f", p(&f)], "-R (--remove-failed) and -f (--fail) contradict"),
-        (&["-n", "--remove", "--dest", p(&d)], "-r (--remove) and -d (--dest) contradict"),
+        (
+            &["-n", "-r", "-d", p(&d)],
+            "-r (--remove) and -d (--dest) contradict",
+        ),
+        (
+            &["-n", "-d", p(&d), "-R", "-f", p(&f)],
+            "-R (--remove-failed) and -f (--fail) contradict",
+        ),
+        (
+            &["-n", "--remove", "--dest", p(&d)],
+            "-r (--remove) and -d (--dest) contradict",
+        ),
         (&["-d", p(&d)], "no bucket"),
-        (&["-d", p(&d), "-b", "x", "--random-no-upload-fail", "0.2"], "only makes sense with -n"),
-        (&["-n", "-d", p(&d), "--random-no-upload-fail", "1.5"], "is not a probability"),
+        (
+            &["-d", p(&d), "-b", "x", "--random-no-upload-fail", "0.2"],
+            "only makes sense with -n",
+        ),
+        (
+            &["-n", "-d", p(&d), "--random-no-upload-fail", "1.5"],
+            "is not a probability",
+        ),
     ];
     for (args, want) in cases {
         let out = run(s.upload(args));
@@ -279,7 +294,10 @@ fn a_daemon_s3_upload_job_uploads_as_files_land_and_counts_them() {
     wait_for("every file done", Duration::from_secs(30), || {
         s.names("completed").len() + s.names("failed").len() == n
     });
-    let (done, failed) = (s.names("completed").len() as u64, s.names("failed").len() as u64);
+    let (done, failed) = (
+        s.names("completed").len() as u64,
+        s.names("failed").len() as u64,
+    );
     wait_for("the status counts", Duration::from_secs(10), || {
         let j = d.job("up");
         j["jobs_succeeded"].as_u64() == Some(done)
@@ -307,7 +325,10 @@ fn daemon_check_refuses_contradictory_s3_upload_settings() {
     });
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("-r (--remove) and -d (--dest) contradict"), "{err}");
+    assert!(
+        err.contains("-r (--remove) and -d (--dest) contradict"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- real S3
@@ -427,7 +448,17 @@ fn failed_files_are_resubmitted_with_f_incoming_and_removed_with_big_r() {
         upload_to(
             &s,
             &srv,
-            &["-v", "-b", BUCKET, "--tries", "1", "-d", p(&s.dir("completed")), "-f", p(&s.dir("incoming"))],
+            &[
+                "-v",
+                "-b",
+                BUCKET,
+                "--tries",
+                "1",
+                "-d",
+                p(&s.dir("completed")),
+                "-f",
+                p(&s.dir("incoming")),
+            ],
         ),
         s.dir("log"),
     );
@@ -443,7 +474,11 @@ fn failed_files_are_resubmitted_with_f_incoming_and_removed_with_big_r() {
     assert_eq!(object(&srv, "a").as_deref(), Some(&b"resubmit me"[..]));
 
     s.submit("gone", b"x");
-    let mut c = upload_to(&s, &srv, &["--once", "-b", BUCKET, "-d", p(&s.dir("completed")), "-R"]);
+    let mut c = upload_to(
+        &s,
+        &srv,
+        &["--once", "-b", BUCKET, "-d", p(&s.dir("completed")), "-R"],
+    );
     c.env("AWS_SECRET_ACCESS_KEY", "wrong");
     let out = run(c);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -461,7 +496,11 @@ fn several_uploaders_on_one_spool_upload_each_file_exactly_once() {
     let ups: Vec<Running> = (0..3)
         .map(|i| {
             Running::start(
-                upload_to(&s, &srv, &["-v", "-b", BUCKET, "-j", "3", "-d", p(&s.dir("completed"))]),
+                upload_to(
+                    &s,
+                    &srv,
+                    &["-v", "-b", BUCKET, "-j", "3", "-d", p(&s.dir("completed"))],
+                ),
                 s.dir(&format!("log{i}")),
             )
         })
@@ -497,14 +536,28 @@ fn server_stopped_mid_upload_then_restarted_retries_and_succeeds() {
         upload_to(
             &s,
             &srv,
-            &["-v", "-b", BUCKET, "--part-size", "5", "-j", "1", "--tries", "30", "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))],
+            &[
+                "-v",
+                "-b",
+                BUCKET,
+                "--part-size",
+                "5",
+                "-j",
+                "1",
+                "--tries",
+                "30",
+                "-d",
+                p(&s.dir("completed")),
+                "-f",
+                p(&s.dir("failed")),
+            ],
         ),
         s.dir("log"),
     );
     let big = payload(40 << 20, 3);
     s.submit("big", &big);
     wait_for("a part on the server", Duration::from_secs(60), || {
-        parts_in_flight(&srv) > 0 || !s.names("completed").is_empty()
+        parts_in_flight(&srv) > 0
     });
     srv.stop();
     std::thread::sleep(Duration::from_secs(1));
@@ -528,7 +581,16 @@ fn sigkill_mid_multipart_leaves_no_partial_object_and_the_next_start_uploads_it(
         upload_to(
             &s,
             &srv,
-            &["-b", BUCKET, "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
+            &[
+                "-b",
+                BUCKET,
+                "--part-size",
+                "5",
+                "-j",
+                "1",
+                "-d",
+                p(&s.dir("completed")),
+            ],
         ),
         s.dir("log"),
     );
@@ -541,7 +603,20 @@ fn sigkill_mid_multipart_leaves_no_partial_object_and_the_next_start_uploads_it(
     assert_eq!(object(&srv, "big"), None, "a partial object is visible");
     assert!(srv.keys(BUCKET).is_empty(), "{:?}", srv.keys(BUCKET));
     assert_eq!(s.names("working"), ["big"]);
-    let out = run(upload_to(&s, &srv, &["--once", "-v", "-b", BUCKET, "--part-size", "5", "-d", p(&s.dir("completed"))]));
+    let out = run(upload_to(
+        &s,
+        &srv,
+        &[
+            "--once",
+            "-v",
+            "-b",
+            BUCKET,
+            "--part-size",
+            "5",
+            "-d",
+            p(&s.dir("completed")),
+        ],
+    ));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("taken back"));
     assert_eq!(s.names("completed"), ["big"]);
@@ -555,7 +630,19 @@ fn wrong_credentials_fail_at_once_with_one_clear_error() {
     let s = Spool::new();
     let srv = server(&s);
     s.submit("x", b"x");
-    let mut c = upload_to(&s, &srv, &["--once", "-b", BUCKET, "-d", p(&s.dir("completed")), "-f", p(&s.dir("failed"))]);
+    let mut c = upload_to(
+        &s,
+        &srv,
+        &[
+            "--once",
+            "-b",
+            BUCKET,
+            "-d",
+            p(&s.dir("completed")),
+            "-f",
+            p(&s.dir("failed")),
+        ],
+    );
     c.env("AWS_SECRET_ACCESS_KEY", "not-the-secret");
     let out = run(c);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -590,7 +677,9 @@ fn uploading_a_large_file_keeps_memory_flat() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    let size = std::fs::metadata(srv.data.join(BUCKET).join("sparse")).unwrap().len();
+    let size = std::fs::metadata(srv.data.join(BUCKET).join("sparse"))
+        .unwrap()
+        .len();
     let _ = std::fs::remove_file(srv.data.join(BUCKET).join("sparse"));
     assert_eq!(size, 256 << 20);
     assert!(hwm_kb < 64 * 1024, "peak RSS {hwm_kb} kB");
@@ -606,7 +695,15 @@ fn acl_flag_reaches_the_server() {
     m.create_bucket(BUCKET);
     s.submit("pub", b"public data");
     s.submit("priv", b"private data");
-    let mut c = s.upload(&["--once", "-b", BUCKET, "-a", "public-read", "-d", p(&s.dir("completed"))]);
+    let mut c = s.upload(&[
+        "--once",
+        "-b",
+        BUCKET,
+        "-a",
+        "public-read",
+        "-d",
+        p(&s.dir("completed")),
+    ]);
     m.configure(&mut c);
     // Only "pub" in this run.
     std::fs::rename(s.dir("incoming/priv"), s.dir("tmp/priv")).unwrap();

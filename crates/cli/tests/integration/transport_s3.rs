@@ -156,7 +156,11 @@ fn s3_jobs_pushed_out_of_order_and_twice_run_in_order_once() {
     }
     let out = w.push(&a, &url, &[]);
     exit_code(&out, 0);
-    assert!(text(&out.stderr).contains("pushed 2 job(s)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pushed 2 job(s)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(queue_jobs(&a).is_empty());
     assert_eq!(w.keys("to-server"), keys, "a resend is the same object");
     // 6 and 3, and 2 again from another outbox (another file name, the
@@ -166,7 +170,11 @@ fn s3_jobs_pushed_out_of_order_and_twice_run_in_order_once() {
     assert_eq!(w.keys("to-server").len(), 4);
     let out = w.pull(&url, &dest, &[]);
     exit_code(&out, 0);
-    assert!(text(&out.stderr).contains("pulled 4 job(s)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pulled 4 job(s)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(w.keys("to-server").is_empty(), "taken objects are removed");
     assert_eq!(queue_jobs(&dest).len(), 4);
     process(&dest, &log);
@@ -192,7 +200,11 @@ fn s3_jobs_pushed_out_of_order_and_twice_run_in_order_once() {
     std::fs::write(deeper.join("fspl-00000000000000000007-x.fspl"), &jobs[&1]).unwrap();
     let out = w.pull(&url, &dest, &[]);
     exit_code(&out, 0);
-    assert!(text(&out.stderr).contains("pulled 0 job(s)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("pulled 0 job(s)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(w.keys("to-server").len(), 2);
 }
 
@@ -249,7 +261,10 @@ fn s3_push_to_a_server_that_ignores_conditional_writes_is_refused_with_one_line(
         "{line}"
     );
     assert_eq!(queue_jobs(&ob).len(), 1, "the job stays in the outbox");
-    assert!(w.keys("p").is_empty(), "nothing was sent (the probe is gone)");
+    assert!(
+        w.keys("p").is_empty(),
+        "nothing was sent (the probe is gone)"
+    );
     // Through the same proxy without the rewriting, the push works.
     let honest = Proxy::start(w.s3.port, false);
     let mut c = w.push_cmd(&ob, &format!("s3://{BUCKET}/p"), &[]);
@@ -267,8 +282,16 @@ fn s3_wrong_credentials_are_one_line_and_not_retried() {
     let dest = w.sb.queue("dest");
     let url = format!("s3://{BUCKET}/p");
     for (what, secret, key) in [
-        ("a wrong secret", "not-the-secret".to_string(), w.s3.access_key.clone()),
-        ("an unknown key", w.s3.secret_key.clone(), "AKNOBODY".to_string()),
+        (
+            "a wrong secret",
+            "not-the-secret".to_string(),
+            w.s3.access_key.clone(),
+        ),
+        (
+            "an unknown key",
+            w.s3.secret_key.clone(),
+            "AKNOBODY".to_string(),
+        ),
     ] {
         let before = proxy.responses();
         let mut c = w.push_cmd(&ob, &url, &[]);
@@ -279,8 +302,14 @@ fn s3_wrong_credentials_are_one_line_and_not_retried() {
         exit_code(&out, 2);
         let line = one_line_error(out);
         assert!(line.contains("refused the credentials"), "{what}: {line}");
-        assert!(line.contains("AWS_ACCESS_KEY_ID"), "{what}: says where they came from: {line}");
-        assert!(!line.contains(&secret) || secret == w.s3.secret_key, "never the secret: {line}");
+        assert!(
+            line.contains("AWS_ACCESS_KEY_ID"),
+            "{what}: says where they came from: {line}"
+        );
+        assert!(
+            !line.contains(&secret) || secret == w.s3.secret_key,
+            "never the secret: {line}"
+        );
         let n = proxy.responses() - before;
         assert!(n <= 2, "{what}: {n} requests: a refusal is not retried");
         let mut c = w.pull_cmd(&url, &dest, &[]);
@@ -298,7 +327,8 @@ fn s3_wrong_credentials_are_one_line_and_not_retried() {
     assert!(line.contains("no such bucket"), "{line}");
     // No credentials at all (and no instance metadata to ask).
     let mut c = w.push_cmd(&ob, &url, &[]);
-    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
     let line = one_line_error(run(c));
     assert!(line.contains("no AWS credentials found"), "{line}");
 }
@@ -421,7 +451,11 @@ fn s3_push_and_pull_killed_at_random_instants_lose_nothing_and_run_once() {
         if st.code().is_none() {
             kills += 1;
         } else {
-            assert_eq!(st.code(), Some(0), "round {round}: ended {st} without being killed");
+            assert_eq!(
+                st.code(),
+                Some(0),
+                "round {round}: ended {st} without being killed"
+            );
         }
         if rng.below(3) == 0 {
             run_checking(&dest, &dir, &payloads, &log);

@@ -90,9 +90,7 @@ impl S3UploadJob {
             acl: c.get(k, "acl", l, string),
             no_upload: c.get(k, "no_upload", l, boolean).unwrap_or(false),
             random_no_upload_fail: c.get(k, "random_no_upload_fail", l, probability),
-            jobs: c
-                .get(k, "jobs", l, |v| number(v, 1, 256, ""))
-                .unwrap_or(4) as usize,
+            jobs: c.get(k, "jobs", l, |v| number(v, 1, 256, "")).unwrap_or(4) as usize,
             tries: c
                 .get(k, "tries", l, |v| number(v, 1, 1000, ""))
                 .unwrap_or(6) as u32,
