@@ -48,9 +48,7 @@ pub struct ObjectInfo {
 /// What a conditional create did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
-    Created {
-        etag: Option<String>,
-    },
+    Created { etag: Option<String> },
     /// The key was taken: nothing was written.
     Exists,
 }
@@ -439,7 +437,8 @@ impl Client {
     /// Remove several keys (concurrently, a few at a time).
     pub fn delete_many(&self, keys: &[String]) -> Result<(), S3Error> {
         let store = self.store.clone();
-        let paths: Vec<(String, StorePath)> = keys.iter().map(|k| (k.clone(), path(k))).collect();
+        let paths: Vec<(String, StorePath)> =
+            keys.iter().map(|k| (k.clone(), path(k))).collect();
         let results = runtime::run(async move {
             futures::stream::iter(paths)
                 .map(|(k, p)| {

@@ -207,9 +207,7 @@ impl S3Config {
             )));
         }
         if self.access_key_id.is_none()
-            && self
-                .var("AWS_EC2_METADATA_DISABLED")
-                .is_some_and(|v| truthy(&v))
+            && self.var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| truthy(&v))
             && self.var("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
             && self.var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_none()
             && self.var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_none()
@@ -367,10 +365,7 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("no AWS credentials"), "{e}");
-        let e = cfg(&[("AWS_ACCESS_KEY_ID", "x")])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = cfg(&[("AWS_ACCESS_KEY_ID", "x")]).err().unwrap().to_string();
         assert!(e.contains("AWS_SECRET_ACCESS_KEY is not"), "{e}");
     }
 

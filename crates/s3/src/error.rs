@@ -105,9 +105,7 @@ impl S3Error {
             return S3Error::BadCredentials {
                 bucket,
                 code: c.to_string(),
-                from: cred_source
-                    .map(|s| format!(" from {s}"))
-                    .unwrap_or_default(),
+                from: cred_source.map(|s| format!(" from {s}")).unwrap_or_default(),
             };
         }
         match e {
@@ -119,9 +117,7 @@ impl S3Error {
                 return S3Error::BadCredentials {
                     bucket,
                     code: code.unwrap_or_else(|| "401".into()),
-                    from: cred_source
-                        .map(|s| format!(" from {s}"))
-                        .unwrap_or_default(),
+                    from: cred_source.map(|s| format!(" from {s}")).unwrap_or_default(),
                 };
             }
             E::PermissionDenied { .. } => {
@@ -173,6 +169,8 @@ const BAD_CREDENTIALS: &[&str] = &[
     "TokenRefreshRequired",
     "AuthorizationHeaderMalformed",
     "InvalidSecurity",
+    // s3s and MinIO for an access key they do not know.
+    "NotSignedUp",
 ];
 
 /// The HTTP status and body of the request that failed, if it got one
@@ -220,12 +218,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     }
     // The last message that is not empty, plus the one above it when that
     // one says what failed ("error sending request").
-    let last = msgs
-        .iter()
-        .rev()
-        .find(|m| !m.is_empty())
-        .cloned()
-        .unwrap_or_default();
+    let last = msgs.iter().rev().find(|m| !m.is_empty()).cloned().unwrap_or_default();
     let last = last.trim().to_string();
     if msgs.len() >= 3 {
         let above = &msgs[msgs.len() - 2];
@@ -278,9 +271,6 @@ mod tests {
             Some("NoSuchBucket")
         );
         assert_eq!(error_code("<Error></Error>"), None);
-        assert_eq!(
-            message_of(Some("<Message>a\nb</Message>")).as_deref(),
-            Some("a b")
-        );
+        assert_eq!(message_of(Some("<Message>a\nb</Message>")).as_deref(), Some("a b"));
     }
 }

@@ -226,8 +226,7 @@ pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), Transp
         return Ok(());
     }
     let key = u.key(&format!(".fspl-probe-{}", uuid::Uuid::new_v4()));
-    let first =
-        client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
+    let first = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
     let second = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 2"));
     let _ = client.delete(&key);
     if first == PutOutcome::Exists {
@@ -316,7 +315,16 @@ impl S3Sink {
             PutOutcome::Exists => {
                 // Sent before (a push that was stopped before it removed
                 // the job from the outbox): the same bytes are a delivery.
-                match self.client.get(&p.key, p.len)? {
+                let same_size = self
+                    .client
+                    .head(&p.key)?
+                    .is_none_or(|o| o.size == p.len);
+                let existing = if same_size {
+                    self.client.get(&p.key, p.len)?
+                } else {
+                    Some(Vec::new())
+                };
+                match existing {
                     None => {
                         // Taken by a pull since: it was there, so it was
                         // delivered.
@@ -396,7 +404,8 @@ impl Sink for S3Sink {
         let len = data.len() as u64;
         // Room in the window first (bytes and count).
         while !self.inflight.is_empty()
-            && (self.inflight.len() >= PUSH_WINDOW || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
+            && (self.inflight.len() >= PUSH_WINDOW
+                || self.inflight_bytes + len > PUSH_WINDOW_BYTES)
         {
             let keep = self.inflight.len() - 1;
             self.collect(Some(keep))?;

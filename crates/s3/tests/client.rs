@@ -44,10 +44,7 @@ impl Read for Gen {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         let n = (out.len() as u64).min(self.left) as usize;
         for b in &mut out[..n] {
-            self.x = self
-                .x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.x = self.x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             *b = (self.x >> 56) as u8;
         }
         self.hasher.update(&out[..n]);
@@ -62,9 +59,7 @@ fn put_if_absent_list_get_head_delete() {
     let c = Client::new(&config(&s3)).unwrap();
     assert_eq!(
         c.put_if_absent("p/a", Bytes::from_static(b"one")).unwrap(),
-        PutOutcome::Created {
-            etag: c.head("p/a").unwrap().unwrap().etag
-        }
+        PutOutcome::Created { etag: c.head("p/a").unwrap().unwrap().etag }
     );
     assert_eq!(
         c.put_if_absent("p/a", Bytes::from_static(b"two")).unwrap(),
@@ -85,8 +80,7 @@ fn put_if_absent_list_get_head_delete() {
     assert!(e.to_string().contains("larger than 2 bytes"), "{e}");
     c.delete("p/a").unwrap();
     c.delete("p/a").unwrap();
-    c.delete_many(&["p/b".into(), "q/c".into(), "nothing".into()])
-        .unwrap();
+    c.delete_many(&["p/b".into(), "q/c".into(), "nothing".into()]).unwrap();
     assert!(c.list("").unwrap().is_empty());
 }
 

@@ -210,11 +210,7 @@ impl S3Server {
                 if ft.is_dir() {
                     stack.push(p);
                 } else if ft.is_file() {
-                    let k = p
-                        .strip_prefix(&root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned();
+                    let k = p.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
                     out.push(k);
                 }
             }
@@ -305,8 +301,7 @@ impl Proxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
                     continue;
                 };
-                let (mut c_rd, mut s_wr) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c_rd, mut s_wr) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut c_rd, &mut s_wr);
                     let _ = s_wr.shutdown(std::net::Shutdown::Write);
@@ -328,7 +323,7 @@ impl Proxy {
                             chunk = replace(
                                 &chunk,
                                 b"HTTP/1.1 412 Precondition Failed\r\n",
-                                b"HTTP/1.1 200 OK\r\n",
+                                b"HTTP/1.1 200 OK\r\nETag: \"ignored\"\r\n",
                             );
                         }
                         if c_wr.write_all(&chunk).is_err() {
