@@ -10,7 +10,9 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-struct OneLine;
+struct OneLine {
+    level: Level,
+}
 
 impl<S, N> FormatEvent<S, N> for OneLine
 where
@@ -23,6 +25,15 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // Libraries' chatter (object_store's "backing off, retry 1 of 3")
+        // is debug output for us: the error that ends the retries says it.
+        let target = event.metadata().target();
+        if *event.metadata().level() >= Level::INFO
+            && self.level < Level::DEBUG
+            && !target.starts_with("fspl")
+        {
+            return Ok(());
+        }
         let level = match *event.metadata().level() {
             Level::ERROR => "error",
             Level::WARN => "warning",
@@ -47,6 +58,6 @@ pub fn init(level: Level) {
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .event_format(OneLine)
+        .event_format(OneLine { level })
         .try_init();
 }
