@@ -157,11 +157,9 @@ pub fn s3_upload(a: Args) -> anyhow::Result<ExitCode> {
         let (d, _) = up.drain(&stop)?;
         if a.verbose || d.failed > 0 {
             tracing::info!(
-                uploaded = d.uploaded,
-                failed = d.failed,
-                bytes = d.bytes,
-                "{} uploaded, {} failed",
+                "{} uploaded ({} bytes), {} failed",
                 d.uploaded,
+                d.bytes,
                 d.failed
             );
         }
