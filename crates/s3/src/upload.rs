@@ -327,7 +327,7 @@ impl Uploader {
                 }
                 FileResult::Uploaded(len)
             }
-            Err(e) if stop.load(Ordering::SeqCst) && e.transient => {
+            Err(_) if stop.load(Ordering::SeqCst) => {
                 // Stopping: the claim goes (its lock with it) and the file
                 // is taken back at the next start.
                 drop(claim);
