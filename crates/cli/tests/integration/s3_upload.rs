@@ -721,3 +721,41 @@ fn acl_flag_reaches_the_server() {
     assert!(!grants.iter().any(|g| g == ALL_USERS), "{grants:?}");
     assert_eq!(m.get(BUCKET, "pub"), b"public data");
 }
+
+/// An uploader starting on a spool where another one is uploading a file
+/// does not take that file back (it is not an orphan): it is uploaded
+/// once, by the one that claimed it.
+#[test]
+fn a_starting_uploader_leaves_alone_the_file_a_live_one_is_uploading() {
+    let s = Spool::new();
+    let srv = server(&s);
+    let mut a = Running::start(
+        upload_to(
+            &s,
+            &srv,
+            &["-v", "-b", BUCKET, "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
+        ),
+        s.dir("log-a"),
+    );
+    let big = payload(48 << 20, 5);
+    s.submit("big", &big);
+    wait_for("a part on the server", Duration::from_secs(60), || {
+        parts_in_flight(&srv) > 0
+    });
+    let out = run(upload_to(
+        &s,
+        &srv,
+        &["--once", "-v", "-b", BUCKET, "-d", p(&s.dir("completed"))],
+    ));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let b_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!b_log.contains("taken back"), "{b_log}");
+    assert!(!b_log.contains("uploaded big"), "{b_log}");
+    wait_for("the file uploaded", Duration::from_secs(120), || {
+        s.names("completed") == ["big"]
+    });
+    a.kill();
+    assert_eq!(uploaded_counts(&[a.log(), b_log]).get("big"), Some(&1));
+    assert!(object(&srv, "big") == Some(big), "the object differs");
+    assert!(s.names("incoming").is_empty());
+}
