@@ -410,7 +410,11 @@ fn readme_flow_uploads_each_file_as_it_lands_and_moves_it_to_completed() {
     assert!(object(&srv, "big.bin") == Some(big), "big.bin differs");
     assert!(s.names("working").is_empty() && s.names("failed").is_empty());
     let log = up.log();
-    assert_eq!(uploaded_counts(std::slice::from_ref(&log)).len(), 2, "{log}");
+    assert_eq!(
+        uploaded_counts(std::slice::from_ref(&log)).len(),
+        2,
+        "{log}"
+    );
 }
 
 /// -r removes uploaded files; --prefix goes before each key.
@@ -733,7 +737,17 @@ fn a_starting_uploader_leaves_alone_the_file_a_live_one_is_uploading() {
         upload_to(
             &s,
             &srv,
-            &["-v", "-b", BUCKET, "--part-size", "5", "-j", "1", "-d", p(&s.dir("completed"))],
+            &[
+                "-v",
+                "-b",
+                BUCKET,
+                "--part-size",
+                "5",
+                "-j",
+                "1",
+                "-d",
+                p(&s.dir("completed")),
+            ],
         ),
         s.dir("log-a"),
     );

@@ -229,7 +229,7 @@ impl Kind for S3UploadJob {
                     st.failed.load(Ordering::SeqCst),
                     st.bytes.load(Ordering::SeqCst),
                 );
-                let mut counted = Instant::now() - Duration::from_secs(10);
+                let mut counted: Option<Instant> = None;
                 let mut queued = None;
                 loop {
                     let last = done.load(Ordering::SeqCst);
@@ -243,8 +243,8 @@ impl Kind for S3UploadJob {
                     );
                     let (d_ok, d_bad, d_bytes) = (o - ok, b - bad, y - bytes);
                     (ok, bad, bytes) = (o, b, y);
-                    if counted.elapsed() >= Duration::from_secs(2) {
-                        counted = Instant::now();
+                    if counted.is_none_or(|c| c.elapsed() >= Duration::from_secs(2)) {
+                        counted = Some(Instant::now());
                         queued = up.spool.list_incoming().ok().map(|v| v.len() as u64);
                     }
                     let uploading = st.uploading.load(Ordering::SeqCst);
