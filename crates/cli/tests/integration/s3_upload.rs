@@ -274,9 +274,10 @@ fn daemon_job(name: &str, s: &Spool, extra: &str) -> String {
 fn a_daemon_s3_upload_job_uploads_as_files_land_and_counts_them() {
     use crate::daemon::{Daemon, config};
     let s = Spool::new();
+    let port = fspl_testkit::free_port();
     let text = config(
         &s.sb,
-        "",
+        &format!("metrics = \"127.0.0.1:{port}\""),
         &[daemon_job(
             "up",
             &s,
@@ -306,6 +307,18 @@ fn a_daemon_s3_upload_job_uploads_as_files_land_and_counts_them() {
             && j["queued"].as_u64() == Some(0)
     });
     assert_eq!(d.job("up")["type"], "s3-upload");
+    let series = [
+        format!("fspl_s3_upload_files_total{{job=\"up\",result=\"uploaded\"}} {done}"),
+        format!("fspl_s3_upload_files_total{{job=\"up\",result=\"failed\"}} {failed}"),
+        format!("fspl_s3_upload_bytes_total{{job=\"up\"}} {}", done * 5),
+        "fspl_s3_upload_queued{job=\"up\"} 0".to_string(),
+        "fspl_s3_upload_uploading{job=\"up\"} 0".to_string(),
+    ];
+    let mut body = String::new();
+    wait_for("the metrics", Duration::from_secs(10), || {
+        body = crate::daemon::http_get(port, "/metrics").unwrap_or_default();
+        series.iter().all(|l| body.lines().any(|b| b == l))
+    });
 }
 
 #[test]
