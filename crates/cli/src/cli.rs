@@ -461,6 +461,23 @@ pub enum Cmd {
         #[arg(long = "format", value_name = "FORMAT", default_value = "openssh")]
         format: KeyFormat,
     },
+    /// Upload each file landing in a spool directory to S3, as jollyae (fspl extension)
+    ///
+    /// Watches INCOMING; claims each complete file by renaming it into
+    /// WORKING (one of several uploaders wins), uploads it to
+    /// s3://BUCKET/PREFIX+NAME (multipart for large files, retries with
+    /// backoff on transient errors), then moves it into COMPLETED (or
+    /// removes it, -r), or into FAILED (or removes it, -R; FAILED =
+    /// INCOMING resubmits it). Files left in WORKING by a crash are taken
+    /// back on start. Credentials and endpoint: the AWS environment
+    /// (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL...). Exit status (--once): 0 =
+    /// every file uploaded, 1 = some failed; 2 = usage error. See
+    /// docs/s3.md.
+    #[cfg(feature = "s3")]
+    #[command(after_help = "Examples:\n  \
+        fspl s3-upload -v -b doodad-results -s /var/spool/doodad/incoming -i /var/spool/doodad/working \\\n                 -d /var/spool/doodad/completed -f /var/spool/doodad/failed\n  \
+        fspl s3-upload --once -b logs --prefix host1/ -s spool/incoming -i spool/working -r -f spool/incoming")]
+    S3Upload(Box<crate::cmd::s3_upload::Args>),
     /// Print a shell completion script (fspl extension)
     #[command(after_help = "Examples:\n  \
         fspl completions bash > ~/.local/share/bash-completion/completions/fspl\n  \

@@ -118,6 +118,9 @@ pub enum JobKind {
     Prune(crate::kinds::prune::PruneJob),
     /// `type = "sync"`: two-way tree sync through an outbox and an inbox.
     Sync(crate::kinds::sync::SyncJob),
+    /// `type = "s3-upload"`: upload a spool directory's files to S3.
+    #[cfg(feature = "s3")]
+    S3Upload(crate::kinds::s3_upload::S3UploadJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

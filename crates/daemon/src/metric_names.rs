@@ -106,4 +106,21 @@ pub fn describe() {
         "fspl_sync_progress_percent",
         "Progress of the running sync round (100 when ready)"
     );
+    describe_counter!(
+        "fspl_s3_upload_files_total",
+        "Files of s3-upload jobs, by result (uploaded, failed)"
+    );
+    describe_counter!(
+        "fspl_s3_upload_bytes_total",
+        Unit::Bytes,
+        "Bytes uploaded by s3-upload jobs"
+    );
+    describe_gauge!(
+        "fspl_s3_upload_queued_files",
+        "Files waiting in an s3-upload job's incoming directory"
+    );
+    describe_gauge!(
+        "fspl_s3_upload_uploading_files",
+        "Files an s3-upload job is uploading now"
+    );
 }

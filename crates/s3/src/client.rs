@@ -131,6 +131,15 @@ impl Client {
         let mut opts = ClientOptions::new()
             .with_connect_timeout(config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
             .with_timeout(config.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT));
+        if let Some(acl) = &config.acl {
+            // On every request (object_store has no per-upload ACL); the
+            // server uses it where it applies (PUT, multipart creation).
+            let v = http::HeaderValue::from_str(acl)
+                .map_err(|_| S3Error::Config(format!("ACL {acl:?}: not a header value")))?;
+            let mut h = http::HeaderMap::new();
+            h.insert("x-amz-acl", v);
+            opts = opts.with_default_headers(h);
+        }
         if let Some(ep) = &config.endpoint {
             let ep = ep.trim_end_matches('/');
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {

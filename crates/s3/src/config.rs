@@ -57,6 +57,9 @@ pub struct S3Config {
     /// The AWS profile to read from the shared files (default
     /// `AWS_PROFILE`, else `default`).
     pub profile: Option<String>,
+    /// A canned ACL (`private`, `public-read`, ...) sent as `x-amz-acl`
+    /// with uploads.
+    pub acl: Option<String>,
     /// Send a SHA-256 checksum with every upload (the server verifies
     /// that what landed is what was sent).
     pub checksum: bool,

@@ -6,6 +6,8 @@
 //!   delete) with typed errors that say whether to retry;
 //! - [`runtime`]: the current-thread tokio runtime it runs on, started on
 //!   first use only (commands that do not use S3 never start it);
+//! - [`spool`], [`upload`], [`upload_s3`]: `fspl s3-upload`, jollyae's
+//!   spool-directory uploader (and the daemon's `s3-upload` jobs);
 //! - [`transport`]: `s3://BUCKET/PREFIX` as a destination of `fspl push`
 //!   and a source of `fspl pull` ([`register`] plugs it into
 //!   `fspl_transport::open_sink`/`open_source`).
@@ -14,7 +16,10 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod runtime;
+pub mod spool;
 pub mod transport;
+pub mod upload;
+pub mod upload_s3;
 
 pub use client::{Client, ObjectInfo, ObjectReader, PutOutcome, UploadOptions, Uploaded};
 pub use config::S3Config;

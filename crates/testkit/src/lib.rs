@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod jobs;
+pub mod moto;
 pub mod nats;
 pub mod procs;
 pub mod prometheus;

@@ -16,6 +16,8 @@ mod prepare;
 mod process;
 mod prune;
 mod queue;
+#[cfg(feature = "s3")]
+pub(crate) mod s3_upload;
 mod serve;
 mod status;
 pub mod sync;
@@ -113,6 +115,8 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::StdinInfo { ids } => info::stdin_info(&ids),
         Cmd::StdinPayload { ids } => info::stdin_payload(&ids),
         Cmd::StdinProcess(args) => process::stdin_process(args),
+        #[cfg(feature = "s3")]
+        Cmd::S3Upload(args) => s3_upload::s3_upload(*args),
         Cmd::ServeStdin { identity, config } => serve::serve_stdin(&identity, &config),
     }
 }

@@ -35,6 +35,7 @@ mod reliability_load;
 mod reliability_order;
 mod reliability_procs;
 mod reliability_strace;
+mod s3_upload;
 mod security;
 mod security_sweep;
 mod status_attention;

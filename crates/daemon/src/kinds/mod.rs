@@ -11,6 +11,8 @@ pub mod process;
 pub mod prune;
 pub mod pull;
 pub mod push;
+#[cfg(feature = "s3")]
+pub mod s3_upload;
 pub mod sync;
 mod transfer;
 
@@ -25,7 +27,11 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
+#[cfg(not(feature = "s3"))]
 pub const KINDS: &[&str] = &["process", "push", "pull", "prune", "sync"];
+/// Every `type` this build knows.
+#[cfg(feature = "s3")]
+pub const KINDS: &[&str] = &["process", "push", "pull", "prune", "sync", "s3-upload"];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -70,6 +76,8 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "pull" => pull::KEYS,
         "prune" => prune::KEYS,
         "sync" => sync::KEYS,
+        #[cfg(feature = "s3")]
+        "s3-upload" => s3_upload::KEYS,
         _ => process::KEYS,
     }
 }
@@ -82,6 +90,7 @@ pub fn verb(kind: &str) -> &'static str {
         "pull" => "pulled from",
         "prune" => "pruned",
         "sync" => "synced",
+        "s3-upload" => "uploaded from",
         _ => "run",
     }
 }
@@ -99,6 +108,8 @@ pub(crate) fn parse(
         "pull" => JobKind::Pull(pull::PullJob::parse(c, k, table, label)),
         "prune" => JobKind::Prune(prune::PruneJob::parse(c, k, table, label)),
         "sync" => JobKind::Sync(sync::SyncJob::parse(c, k, table, label)),
+        #[cfg(feature = "s3")]
+        "s3-upload" => JobKind::S3Upload(s3_upload::S3UploadJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -112,6 +123,8 @@ impl JobKind {
             JobKind::Pull(_) => "pull",
             JobKind::Prune(_) => "prune",
             JobKind::Sync(_) => "sync",
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(_) => "s3-upload",
         }
     }
 
@@ -123,6 +136,8 @@ impl JobKind {
             JobKind::Pull(p) => p.resource(),
             JobKind::Prune(_) => None,
             JobKind::Sync(p) => p.resource(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.resource(),
         }
     }
 
@@ -135,6 +150,8 @@ impl JobKind {
             JobKind::Pull(p) => p.watch(),
             JobKind::Prune(p) => p.watch(),
             JobKind::Sync(p) => p.watch(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.watch(),
         }
     }
 
@@ -147,6 +164,8 @@ impl JobKind {
             JobKind::Pull(p) => p.check(),
             JobKind::Prune(p) => p.check(),
             JobKind::Sync(p) => p.check(),
+            #[cfg(feature = "s3")]
+            JobKind::S3Upload(p) => p.check(),
         }
     }
 }
@@ -183,6 +202,10 @@ pub fn spawn(
         JobKind::Sync(p) => {
             let sup = p.supervision(sup);
             p.set_wake(wake.clone());
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        #[cfg(feature = "s3")]
+        JobKind::S3Upload(p) => {
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }
