@@ -179,6 +179,9 @@ pub enum Cmd {
         json: bool,
     },
     /// Two-way tree sync as ordered change-set jobs (fspl extension; see docs/sync.md)
+    #[command(after_help = "Examples:\n  \
+        fspl sync once -c ~/.config/fspl/sync-docs.toml\n  \
+        fspl sync status -c ~/.config/fspl/sync-docs.toml --json")]
     Sync {
         #[command(subcommand)]
         cmd: crate::cmd::sync::SyncCmd,
@@ -380,7 +383,7 @@ pub enum Cmd {
         #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "watch")]
         interval: f64,
     },
-    /// Remove what keep rules do not keep (zrepl's grid, last_n, regex) (fspl extension)
+    /// Remove files no keep rule keeps (zrepl's grid, last_n, regex) (fspl extension)
     ///
     /// PATH is a queue directory (its jobs below nextseq and .out files),
     /// or a rejected/, corrupt/, sent/, completed/ or failed/ directory; no
@@ -391,8 +394,7 @@ pub enum Cmd {
     /// done, 1 = a file could not be removed, 2 = a bad rule or path.
     #[command(after_help = "Examples:\n  \
         fspl prune ~/queue --keep 'grid:1x1h(keep=all) | 24x1h | 14x1d' --dry-run\n  \
-        fspl prune ~/queue/rejected ~/outbox/sent --keep last_n:100 --keep 'regex:^fspl-keep'\n  \
-        fspl prune ~/queue --keep 'last_n:10;regex=\\.out$' --json")]
+        fspl prune ~/queue/rejected ~/outbox/sent --keep last_n:100 --json")]
     Prune {
         /// The directories to prune
         #[arg(value_name = "PATH", required = true)]
@@ -475,7 +477,7 @@ pub enum Cmd {
     /// docs/s3.md.
     #[cfg(feature = "s3")]
     #[command(after_help = "Examples:\n  \
-        fspl s3-upload -v -b doodad-results -s /var/spool/doodad/incoming -i /var/spool/doodad/working \\\n                 -d /var/spool/doodad/completed -f /var/spool/doodad/failed\n  \
+        fspl s3-upload -v -b results -s spool/incoming -i spool/working -d spool/completed -f spool/failed\n  \
         fspl s3-upload --once -b logs --prefix host1/ -s spool/incoming -i spool/working -r -f spool/incoming")]
     S3Upload(Box<crate::cmd::s3_upload::Args>),
     /// Print a shell completion script (fspl extension)
