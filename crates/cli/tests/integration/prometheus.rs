@@ -45,6 +45,10 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
                 pull_job("take", &dir_url(&folder), &inq, EVENTS_ONLY),
                 process_job("run", &inq, &recorder(&log, ""), EVENTS_ONLY),
                 process_job("bad", &bad, &["/bin/false"], "max_failures = 1"),
+                format!(
+                    "[[job]]\nname = \"tidy\"\ntype = \"prune\"\npaths = [{}]\nkeep = [\"last_n:10\"]\ninterval = 1\n",
+                    q(&inq)
+                ),
             ],
         ),
         "logfmt",
@@ -74,6 +78,7 @@ fn daemon_metrics_have_help_texts_and_no_job_label_so_prometheus_accepts_them() 
             3.0,
         ),
         ("fspl_queue_error{fspl_job=\"bad\"}", 1.0),
+        ("fspl_pruned_files_total{fspl_job=\"tidy\"}", 0.0),
     ];
     wait_soon("every job counted in /metrics", || {
         let body = scrape();
