@@ -311,8 +311,8 @@ fn a_daemon_s3_upload_job_uploads_as_files_land_and_counts_them() {
         format!("fspl_s3_upload_files_total{{fspl_job=\"up\",result=\"uploaded\"}} {done}"),
         format!("fspl_s3_upload_files_total{{fspl_job=\"up\",result=\"failed\"}} {failed}"),
         format!("fspl_s3_upload_bytes_total{{fspl_job=\"up\"}} {}", done * 5),
-        "fspl_s3_upload_queued_files{job=\"up\"} 0".to_string(),
-        "fspl_s3_upload_uploading_files{job=\"up\"} 0".to_string(),
+        "fspl_s3_upload_queued_files{fspl_job=\"up\"} 0".to_string(),
+        "fspl_s3_upload_uploading_files{fspl_job=\"up\"} 0".to_string(),
     ];
     let mut body = String::new();
     wait_for("the metrics", Duration::from_secs(10), || {

@@ -311,7 +311,8 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
     let mut tally = Tally::new("nats-transport");
     let started = Instant::now();
     let (mut restarted, mut killed, mut killed_midway) = (0, 0, 0);
-    let deadline = Instant::now() + Duration::from_secs(if long_mode() { 1800 } else { 120 });
+    // A guard against a hang, not a measurement: generous for a loaded CI.
+    let deadline = Instant::now() + Duration::from_secs(if long_mode() { 1800 } else { 600 });
     // Faults while push and pull run side by side.
     while restarted < restarts || killed < kills {
         assert!(Instant::now() < deadline, "faults took too long");
