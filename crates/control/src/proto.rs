@@ -230,6 +230,33 @@ pub struct JobStatus {
     pub lag: Lag,
 }
 
+impl JobStatus {
+    /// A job that has not run yet: idle, every count zero, nothing known.
+    /// Kinds fill in what they know besides (`to`, `from`, `bytes`...).
+    pub fn idle(name: &str, kind: &str, queue: String) -> JobStatus {
+        JobStatus {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            queue,
+            to: None,
+            from: None,
+            state: JobState::Idle,
+            description: None,
+            next_seq: None,
+            queued: None,
+            last_success: None,
+            consecutive_failures: 0,
+            jobs_succeeded: 0,
+            jobs_failed: 0,
+            jobs_refused: 0,
+            runs: 0,
+            runs_failed: 0,
+            bytes: None,
+            lag: Lag::default(),
+        }
+    }
+}
+
 /// How far behind a job is, as of the answer (`fspl status`, the
 /// metrics). Every field is left out when unknown.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -398,26 +398,7 @@ impl Kind for ProcessJob {
     }
 
     fn status(&self, name: &str) -> JobStatus {
-        JobStatus {
-            name: name.to_string(),
-            kind: "process".into(),
-            queue: self.queue.display().to_string(),
-            to: None,
-            from: None,
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
-            bytes: None,
-            lag: Default::default(),
-        }
+        JobStatus::idle(name, "process", self.queue.display().to_string())
     }
 
     fn span(&self, name: &str) -> tracing::Span {

@@ -13,7 +13,7 @@ use fspl_prune::{DirKind, Rule};
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::{Bad, Checker, Keys, secs, strings};
-use crate::state::{JobState, JobStatus};
+use crate::state::JobStatus;
 use crate::supervisor::{FailureClass, Kind, Outcome, RunContext, RunReport, WatchSpec};
 
 /// The keys of a `type = "prune"` job of its own.
@@ -176,31 +176,8 @@ impl Kind for PruneJob {
     }
 
     fn status(&self, name: &str) -> JobStatus {
-        JobStatus {
-            name: name.to_string(),
-            kind: "prune".into(),
-            queue: self
-                .paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            to: None,
-            from: None,
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
-            bytes: None,
-            lag: Default::default(),
-        }
+        let paths: Vec<String> = self.paths.iter().map(|p| p.display().to_string()).collect();
+        JobStatus::idle(name, "prune", paths.join(", "))
     }
 
     fn span(&self, name: &str) -> tracing::Span {

@@ -16,7 +16,7 @@ use tracing::info_span;
 
 use super::{Resource, transfer};
 use crate::config::{Bad, Checker, Keys, boolean, path_value};
-use crate::state::{JobState, JobStatus};
+use crate::state::JobStatus;
 use crate::supervisor::{Kind, RunContext, RunReport, WatchSpec};
 
 /// The keys of a `type = "pull"` job of its own.
@@ -122,24 +122,9 @@ impl Kind for PullJob {
 
     fn status(&self, name: &str) -> JobStatus {
         JobStatus {
-            name: name.to_string(),
-            kind: "pull".into(),
-            queue: self.queue.display().to_string(),
-            to: None,
             from: Some(self.from_url.clone()),
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
             bytes: Some(0),
-            lag: Default::default(),
+            ..JobStatus::idle(name, "pull", self.queue.display().to_string())
         }
     }
 

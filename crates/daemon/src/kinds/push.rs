@@ -14,7 +14,7 @@ use tracing::info_span;
 
 use super::{Resource, transfer};
 use crate::config::{Checker, Keys, boolean, path_value};
-use crate::state::{JobState, JobStatus};
+use crate::state::JobStatus;
 use crate::supervisor::{Kind, RunContext, RunReport, WatchSpec};
 
 /// The keys of a `type = "push"` job of its own.
@@ -101,24 +101,9 @@ impl Kind for PushJob {
 
     fn status(&self, name: &str) -> JobStatus {
         JobStatus {
-            name: name.to_string(),
-            kind: "push".into(),
-            queue: self.outbox.display().to_string(),
             to: Some(self.to_url.clone()),
-            from: None,
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
             bytes: Some(0),
-            lag: Default::default(),
+            ..JobStatus::idle(name, "push", self.outbox.display().to_string())
         }
     }
 

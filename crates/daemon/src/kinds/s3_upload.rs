@@ -159,24 +159,9 @@ impl Kind for S3UploadJob {
             (None, false) => String::new(),
         };
         JobStatus {
-            name: name.to_string(),
-            kind: "s3-upload".into(),
-            queue: self.incoming().display().to_string(),
             to: Some(to),
-            from: None,
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
             bytes: Some(0),
-            lag: Default::default(),
+            ..JobStatus::idle(name, "s3-upload", self.incoming().display().to_string())
         }
     }
 

@@ -252,24 +252,10 @@ impl Kind for SyncJob {
 
     fn status(&self, name: &str) -> JobStatus {
         JobStatus {
-            name: name.to_string(),
-            kind: "sync".into(),
-            queue: self.cfg.dir.display().to_string(),
             to: Some(self.cfg.outbox.display().to_string()),
             from: Some(self.cfg.inbox.display().to_string()),
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
             bytes: Some(0),
-            lag: Default::default(),
+            ..JobStatus::idle(name, "sync", self.cfg.dir.display().to_string())
         }
     }
 
