@@ -14,12 +14,14 @@
 //! numbers. Exactly as zrepl's `retentiongrid.Grid`:
 //!
 //! - *now* is the time of the youngest matching entry (not the clock);
-//! - bucket 0 covers `(now − len₀, now]`, each next bucket the interval of
+//! - entries at or after *now* are kept (so the youngest always is);
+//! - bucket 0 covers `[now − len₀, now)`, each next bucket the interval of
 //!   its own length just older than the previous one: a bucket includes its
-//!   younger edge and excludes its older edge, so an entry exactly on the
-//!   edge between two buckets falls into the **older** one (zrepl's docs:
-//!   "a snapshot on the edge of a bucket will always fall into the right
-//!   one"; its `TestIntervalBoundariesAndAlignment`);
+//!   older edge and excludes its younger edge, so an entry exactly on the
+//!   edge between two buckets falls into the **younger** one (with a first
+//!   interval of 10m, an entry at now − 10m is in the first bucket, as in
+//!   zrepl's `retentiongrid` and its `IntervalBoundariesAndAlignment`
+//!   test);
 //! - each bucket keeps its K **oldest** entries (the youngest go first),
 //!   `keep=all` keeps every one;
 //! - entries older than the last bucket are not kept;
@@ -356,8 +358,8 @@ fn fit_grid(
 }
 
 /// [`fit_grid`] with *now* given (zrepl's `fitEntriesWithNow`, for its
-/// tests): entries younger than *now* are kept unconditionally. Without
-/// it, *now* is the youngest entry's time.
+/// tests): entries at or after *now* are kept unconditionally. Without
+/// it, *now* is the youngest entry's time (which is therefore kept).
 fn fit_grid_with_now(
     intervals: &[Interval],
     entries: &[Entry],
@@ -370,11 +372,11 @@ fn fit_grid_with_now(
     };
     let now = now.unwrap_or(entries[*first].time);
     let mut kept: Vec<usize> = Vec::new();
-    let future = order.iter().take_while(|i| entries[**i].time > now).count();
+    let future = order.iter().take_while(|i| entries[**i].time >= now).count();
     kept.extend(order.drain(..future));
     let mut bucket = 0usize;
-    // The current bucket's older edge (exclusive); its younger edge
-    // (inclusive) is the previous bucket's older edge, or now.
+    // The current bucket's older edge (inclusive); its younger edge
+    // (exclusive) is the previous bucket's older edge, or now.
     let mut older = now - intervals[0].secs as i128 * 1_000_000_000;
     // Entries of the current bucket, youngest first.
     let mut members: Vec<usize> = Vec::new();
@@ -391,8 +393,8 @@ fn fit_grid_with_now(
     };
     for i in order {
         let t = entries[i].time;
-        // Move to the bucket that holds t: younger ≥ t > older.
-        while t <= older {
+        // Move to the bucket that holds t: younger > t >= older.
+        while t < older {
             flush(&mut members, intervals[bucket].keep, &mut kept);
             bucket += 1;
             if bucket == intervals.len() {

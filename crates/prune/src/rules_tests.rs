@@ -51,36 +51,51 @@ fn zrepl_empty_input() {
 }
 
 /// zrepl TestIntervalBoundariesAndAlignment: grid 10m|10m|10m, now = 0.
-/// An entry on a bucket's younger edge is in that bucket; one on its older
-/// edge in the next (older) bucket; at 30m (the last bucket's older edge)
-/// it is outside the grid.
+/// An interval is [older edge, younger edge): an entry on the edge
+/// between two intervals is in the younger one; at −30m (the last
+/// interval's older edge) it is still in the grid; entries at or after
+/// now are kept.
 #[test]
 fn zrepl_interval_boundaries_and_alignment() {
     let snaps = [
         e("0", M),       // after now: kept unconditionally
-        e("1", 0),       // 1st interval's younger edge: inclusive
-        e("2", -10 * M), // 2nd interval's younger edge: inclusive
-        e("3", -20 * M), // 3rd
-        e("4", -30 * M), // 3rd interval's older edge: exclusive
+        e("1", 0),       // at now: kept unconditionally
+        e("2", -10 * M), // 1st interval's older edge: inclusive
+        e("3", -20 * M), // 2nd
+        e("4", -30 * M), // 3rd
         e("5", -40 * M), // after the last interval: removed
     ];
     assert_eq!(
         grid_keeps("1x10m|1x10m|1x10m", &snaps, Some(0)),
-        names(&["0", "1", "2", "3"])
+        names(&["0", "1", "2", "3", "4"])
     );
     // Without the entry after now, now is entry 1's time: the same.
     assert_eq!(
         grid_keeps("1x10m|1x10m|1x10m", &snaps[1..], None),
-        names(&["1", "2", "3"])
+        names(&["1", "2", "3", "4"])
     );
 }
 
 /// zrepl TestKeepsOldestSnapsInABucket: `1m,2` keeps the 2 oldest of
-/// five entries one second apart (the youngest, now itself, goes).
+/// five entries one second apart, with now just after them.
 #[test]
 fn zrepl_keeps_oldest_snaps_in_a_bucket() {
     let snaps: Vec<Entry> = (1..=5).map(|i| e(&i.to_string(), i * S)).collect();
-    assert_eq!(grid_keeps("1x1m(keep=2)", &snaps, None), names(&["1", "2"]));
+    assert_eq!(
+        grid_keeps("1x1m(keep=2)", &snaps, Some(6 * S)),
+        names(&["1", "2"])
+    );
+}
+
+/// With now the youngest entry (as `grid:` rules have it), that entry is
+/// at now and kept besides the bucket's 2 oldest.
+#[test]
+fn grid_youngest_entry_at_now_was_not_kept() {
+    let snaps: Vec<Entry> = (1..=5).map(|i| e(&i.to_string(), i * S)).collect();
+    assert_eq!(
+        grid_keeps("1x1m(keep=2)", &snaps, None),
+        names(&["1", "2", "5"])
+    );
 }
 
 /// zrepl TestRespectsKeepCountAll: `1m,-1|1m,1` (keep=all, then 1).
@@ -95,7 +110,71 @@ fn zrepl_respects_keep_count_all() {
     ];
     assert_eq!(
         grid_keeps("1x1m(keep=all)|1x1m", &snaps, None),
-        names(&["a", "b", "c", "e"])
+        names(&["a", "b", "c", "d", "e"])
+    );
+}
+
+/// Every interval's edges: an entry on the edge between two intervals is
+/// in the younger one, the last interval includes its older edge, and
+/// each interval keeps its oldest entry (so the entry on its older edge,
+/// not the one just younger than it).
+#[test]
+fn grid_entry_on_an_interval_boundary_was_put_in_the_older_interval() {
+    let snaps = [
+        e("now", 0),
+        e("in1", -10 * M + S),
+        e("edge1", -10 * M), // 1st interval's older edge
+        e("in2", -20 * M + S),
+        e("edge2", -20 * M), // 2nd's
+        e("in3", -30 * M + S),
+        e("edge3", -30 * M), // 3rd (last) interval's older edge
+        e("out", -30 * M - S),
+    ];
+    assert_eq!(
+        grid_keeps("1x10m | 1x10m | 1x10m", &snaps, None),
+        names(&["now", "edge1", "edge2", "edge3"])
+    );
+    // The same through the rule and evaluate (as `fspl prune` runs it).
+    assert_eq!(
+        removed(&snaps, &["grid:1x10m | 1x10m | 1x10m"]),
+        names(&["in1", "in2", "in3", "out"])
+    );
+}
+
+/// keep=all keeps the entry on its interval's older edge (it is that
+/// interval's, not the next one's, where keep=1 would drop one of two).
+#[test]
+fn grid_keep_all_interval_lost_the_entry_on_its_older_edge() {
+    let snaps = [
+        e("a", 0),
+        e("b", -30 * S),
+        e("edge", -60 * S),
+        e("c", -90 * S),
+        e("d", -100 * S),
+    ];
+    assert_eq!(
+        grid_keeps("1x1m(keep=all) | 1x1m", &snaps, None),
+        names(&["a", "b", "edge", "d"])
+    );
+}
+
+/// keep=K keeps the K oldest of an interval, counting the entry on its
+/// older edge, and the last interval's older edge is inside the grid.
+#[test]
+fn grid_k_oldest_counted_the_boundary_entry_in_the_wrong_interval() {
+    let snaps = [
+        e("now", 0),
+        e("a", -10 * S),
+        e("b", -30 * S),
+        e("edge1", -60 * S),
+        e("c", -70 * S),
+        e("d", -90 * S),
+        e("edge2", -120 * S),
+        e("out", -121 * S),
+    ];
+    assert_eq!(
+        grid_keeps("1x1m(keep=2) | 1x1m(keep=2)", &snaps, None),
+        names(&["now", "b", "edge1", "d", "edge2"])
     );
 }
 
@@ -117,10 +196,13 @@ fn zrepl_complex() {
         e("e", -H - 31 * M),
         e("f", -2 * H),
     ];
+    // Intervals [−10m, 0) keep all, [−20m, −10m) 1, [−30m, −20m) 2,
+    // [−90m, −30m) 1: "border" (−30m) is the third's, with foo and bar
+    // (the 2 oldest: border, bar); q (−90m) the fourth's, with d.
     let spec = "1x10m(keep=all)|1x10m|1x10m(keep=2)|1x1h";
     assert_eq!(
         grid_keeps(spec, &snaps, Some(0)),
-        names(&["1", "b1", "b3", "b2", "c", "foo", "bar", "d"])
+        names(&["1", "b1", "b3", "b2", "c", "bar", "border", "q"])
     );
 }
 
@@ -139,13 +221,13 @@ fn zrepl_documentation_example() {
         .enumerate()
         .map(|(i, n)| e(n, -(i as i128) * 18 * M))
         .collect();
-    // Buckets: (−1h, 0], (−3h, −1h], (−5h, −3h], (−8h, −5h].
-    // a 0, b −18, c −36, d −54 | e −72 .. j −162(2h42)... as computed:
+    // Buckets: [−1h, 0), [−3h, −1h), [−5h, −3h), [−8h, −5h).
     let kept = grid_keeps("1x1h(keep=all) | 2x2h | 1x3h", &snaps, None);
-    // a,b,c,d are within the first hour (d at −54m); the oldest entry of
-    // (−3h,−1h] is at −162m (j), of (−5h,−3h] at −288m (q), of (−8h,−5h]
-    // at −468m (A); older ones (from −480m = −8h on) are outside.
-    assert_eq!(kept, names(&["a", "b", "c", "d", "j", "q", "A"]));
+    // a is now; b,c,d are within the first hour (d at −54m); the oldest
+    // entry of [−3h,−1h) is k, exactly at −180m (its older edge), of
+    // [−5h,−3h) at −288m (q), of [−8h,−5h) at −468m (A); older ones (from
+    // −486m on) are outside.
+    assert_eq!(kept, names(&["a", "b", "c", "d", "k", "q", "A"]));
 }
 
 /// zrepl's config parser errors, and our stricter ones.
@@ -287,18 +369,21 @@ fn verdicts_name_every_rule_that_keeps() {
     }
 }
 
-/// A brute-force grid: every bucket from its edges, every entry tested
-/// against every bucket (zrepl's algorithm as written).
+/// A brute-force grid: every bucket [older, younger) from its edges, every
+/// entry tested against every bucket (zrepl's algorithm as written).
 fn brute_grid(iv: &[Interval], entries: &[Entry]) -> BTreeSet<usize> {
     let Some(now) = entries.iter().map(|e| e.time).max() else {
         return BTreeSet::new();
     };
-    let mut kept = BTreeSet::new();
+    // At (or after) now: kept.
+    let mut kept: BTreeSet<usize> = (0..entries.len())
+        .filter(|i| entries[*i].time >= now)
+        .collect();
     let mut young = now;
     for b in iv {
         let old = young - b.secs as i128 * S;
         let mut members: Vec<usize> = (0..entries.len())
-            .filter(|i| entries[*i].time <= young && entries[*i].time > old)
+            .filter(|i| entries[*i].time < young && entries[*i].time >= old)
             .collect();
         // oldest first (ties: smaller name first)
         members.sort_by(|a, b| {

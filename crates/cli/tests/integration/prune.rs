@@ -40,8 +40,8 @@ fn prune<S: AsRef<OsStr>>(args: &[S]) -> std::process::Output {
 
 /// zrepl's TestIntervalBoundariesAndAlignment over real files in a
 /// rejected/ directory: grid 10m|10m|10m with entries at now, −10m, −20m,
-/// −30m, −40m keeps the first three (an entry on an edge belongs to the
-/// older bucket; the last bucket's older edge is outside). The reason file
+/// −30m, −40m keeps the first four (now itself; an entry on an edge belongs
+/// to the younger interval; the last interval includes its older edge). The reason file
 /// goes with its job; a file that is not a job (notes.txt) and a
 /// temporary are never touched, whatever the rules.
 #[test]
@@ -67,7 +67,7 @@ fn prune_grid_over_rejected_files_matches_zrepls_boundaries() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("3 kept, 2 removed"), "{text}");
+    assert!(text.contains("4 kept, 1 removed"), "{text}");
     assert_eq!(
         names(&rej),
         [
@@ -78,12 +78,14 @@ fn prune_grid_over_rejected_files_matches_zrepls_boundaries() {
             "fspl-1.fspl.reason",
             "fspl-2.fspl",
             "fspl-2.fspl.reason",
+            "fspl-3.fspl",
+            "fspl-3.fspl.reason",
             "notes.txt"
         ]
     );
     // Each kept line names the rule that kept it, with its time source.
     let kept: Vec<&str> = text.lines().filter(|l| l.contains(" keep ")).collect();
-    assert_eq!(kept.len(), 3, "{text}");
+    assert_eq!(kept.len(), 4, "{text}");
     assert!(
         kept.iter().all(|l| l.contains(" mtime fspl-")
             && l.ends_with("(kept by #1 grid:1x10m | 1x10m | 1x10m)")),
