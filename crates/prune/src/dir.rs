@@ -6,9 +6,14 @@
 //! | --- | --- | --- |
 //! | a queue (`jobs/` and `nextseq`) | job files below nextseq (kept by `never_delete`, `on_error = "leave"`), and `fspl-*.fspl.out` files (`saveboth`) of jobs below nextseq or gone | a job's ctime (its header); an `.out` file's mtime |
 //! | a queue's `.out` files only (`keep_output`) | `fspl-*.fspl.out` as above | mtime |
-//! | `rejected/`, `corrupt/` | `fspl-*.fspl` (with their `.reason` files) | mtime |
-//! | `sent/` (an outbox's, `push --keep`) | `fspl-*.fspl` | mtime |
-//! | `completed/`, `failed/` (an uploader's) | regular files not starting with `.` | mtime |
+//! | `rejected/`, `corrupt/` | `fspl-*.fspl` (with their `.reason` files) | a job's ctime |
+//! | `sent/` (an outbox's, `push --keep`) | `fspl-*.fspl` | a job's ctime |
+//! | `completed/`, `failed/` (an uploader's) | regular files not starting with `.` | a job's ctime; any other file's mtime |
+//!
+//! A job file (named `fspl-*.fspl`, as a queue names jobs) is timed by its
+//! ctime, read from its header, wherever it is; one whose header cannot be
+//! read without a key or a decoder (encrypted, encoded, corrupt) outside a
+//! queue falls back to its mtime. Each entry says which ([`TimeSource`]).
 //!
 //! Never pruned: a job at or after nextseq, its `.out` file (the job may be
 //! running and writing it), a job whose header cannot be read, temporaries
@@ -151,6 +156,38 @@ fn is_job_name(b: &[u8]) -> bool {
     b.starts_with(b"fspl-") && b.ends_with(b".fspl") && b.len() > 10
 }
 
+/// The ctime in a job file's header (nanoseconds since the epoch), if it
+/// can be read without a key or decoder. Opened without following a link
+/// and without blocking (a FIFO put in its place never hangs the run);
+/// only as much is read as the header needs.
+pub fn job_ctime(path: &Path) -> Option<i128> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let (d, _) =
+        fspl_queue::open_stream(std::io::BufReader::with_capacity(4096, f), None).ok()?;
+    let ct = d.header.ctime;
+    Some(ct.secs as i128 * 1_000_000_000 + ct.nanos as i128)
+}
+
+/// A candidate's time: a job file's ctime (its header) when it can be
+/// read, else the file's mtime.
+fn time_of(dir: &Path, name: &str, md: &std::fs::Metadata) -> (i128, TimeSource) {
+    if md.file_type().is_file()
+        && is_job_name(name.as_bytes())
+        && let Some(t) = job_ctime(&dir.join(name))
+    {
+        return (t, TimeSource::Ctime);
+    }
+    (nanos(md), TimeSource::Mtime)
+}
+
 /// The candidates of a directory: (name, time, source, companions).
 type Candidate = (String, i128, TimeSource, Vec<String>);
 
@@ -253,12 +290,8 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
                     } else {
                         Vec::new()
                     };
-                    Some(Ok((
-                        name.to_string(),
-                        nanos(md),
-                        TimeSource::Mtime,
-                        companions,
-                    )))
+                    let (t, src) = time_of(path, name, md);
+                    Some(Ok((name.to_string(), t, src, companions)))
                 },
                 &mut left_alone,
             )?;
@@ -268,8 +301,10 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
             let c = list(
                 path,
                 |name, md, b| {
-                    is_job_name(b)
-                        .then(|| Ok((name.to_string(), nanos(md), TimeSource::Mtime, Vec::new())))
+                    is_job_name(b).then(|| {
+                        let (t, src) = time_of(path, name, md);
+                        Ok((name.to_string(), t, src, Vec::new()))
+                    })
                 },
                 &mut left_alone,
             )?;
@@ -279,12 +314,8 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
             let c = list(
                 path,
                 |name, md, _| {
-                    Some(Ok((
-                        name.to_string(),
-                        nanos(md),
-                        TimeSource::Mtime,
-                        Vec::new(),
-                    )))
+                    let (t, src) = time_of(path, name, md);
+                    Some(Ok((name.to_string(), t, src, Vec::new())))
                 },
                 &mut left_alone,
             )?;
@@ -453,5 +484,104 @@ impl Plan {
             })).collect::<Vec<_>>(),
             "left_alone": self.left_alone.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use fspl_format::{CmdType, Ctime, JobHeader};
+
+    use super::*;
+    use crate::rules::Rule;
+
+    const DAY: i64 = 86_400;
+
+    /// A real job file (header and payload) with this ctime, its mtime set
+    /// `mtime_ago` seconds before now.
+    fn job_file(path: &Path, ctime_secs: i64, mtime_ago: u64) {
+        let h = JobHeader {
+            seq: 1,
+            ctime: Ctime {
+                secs: ctime_secs,
+                nanos: 123,
+            },
+            cmd_type: CmdType::Command(Default::default()),
+        };
+        let mut b = h.encode().unwrap();
+        b.extend_from_slice(b"payload");
+        std::fs::write(path, b).unwrap();
+        set_mtime(path, mtime_ago);
+    }
+
+    fn set_mtime(path: &Path, ago: u64) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(ago))
+            .unwrap();
+    }
+
+    fn now_secs() -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// Job files in rejected/, sent/ and completed/ are timed by their
+    /// ctime (the header's), not their mtime, and say so; a job file whose
+    /// header cannot be read, and any other file, by their mtime. The
+    /// grid then judges by those times: the jobs made an hour apart long
+    /// ago (mtime: just now) are judged as long ago.
+    #[test]
+    fn job_files_outside_a_queue_were_timed_by_their_mtime() {
+        let root = tempfile::tempdir().unwrap();
+        let now = now_secs();
+        for dir in ["rejected", "sent", "completed"] {
+            let d = root.path().join(dir);
+            std::fs::create_dir(&d).unwrap();
+            // ctime: 10 days ago and 10 days + 1 h ago; mtime: a minute ago.
+            job_file(&d.join("fspl-new.fspl"), now - 10 * DAY, 60);
+            job_file(&d.join("fspl-old.fspl"), now - 10 * DAY - 3600, 60);
+            // Not readable as a job: its mtime (2 days ago).
+            std::fs::write(d.join("fspl-junk.fspl"), b"not a job").unwrap();
+            set_mtime(&d.join("fspl-junk.fspl"), 2 * DAY as u64);
+            let rules = [Rule::parse("grid:1x1h(keep=all)").unwrap()];
+            let p = plan(&d, None, &rules).unwrap();
+            let by: std::collections::HashMap<&str, &Judged> =
+                p.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+            let new = by["fspl-new.fspl"];
+            assert_eq!(new.source, TimeSource::Ctime, "{dir}: {:?}", p.entries);
+            assert_eq!(new.time, (now - 10 * DAY) as i128 * 1_000_000_000 + 123);
+            assert_eq!(by["fspl-old.fspl"].source, TimeSource::Ctime);
+            let junk = by["fspl-junk.fspl"];
+            assert_eq!(junk.source, TimeSource::Mtime, "{dir}");
+            let age = now as i128 - junk.time / 1_000_000_000;
+            assert!((2 * DAY as i128 - 5..=2 * DAY as i128 + 5).contains(&age));
+            // now = the junk file (2 days ago, the youngest): both jobs
+            // are 8 days older, outside the one-hour grid.
+            let removed: Vec<&str> = p.removals().map(|e| e.name.as_str()).collect();
+            assert_eq!(removed, ["fspl-old.fspl", "fspl-new.fspl"], "{dir}");
+            let lines = p.lines(&rules, true).join("\n");
+            assert!(lines.contains("ctime fspl-new.fspl"), "{lines}");
+            assert!(lines.contains("mtime fspl-junk.fspl"), "{lines}");
+            let j = p.json(&rules, true);
+            let src: Vec<&str> = j["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["time_source"].as_str().unwrap())
+                .collect();
+            assert_eq!(src, ["ctime", "ctime", "mtime"], "{j}");
+        }
+        // completed/ holds any file: a non-job is timed by its mtime.
+        let c = root.path().join("completed");
+        std::fs::write(c.join("report.csv"), b"a,b").unwrap();
+        let p = plan(&c, None, &[Rule::parse("last_n:1").unwrap()]).unwrap();
+        let r = p.entries.iter().find(|e| e.name == "report.csv").unwrap();
+        assert_eq!(r.source, TimeSource::Mtime);
     }
 }
