@@ -277,7 +277,9 @@ pub struct Lag {
     /// The last success, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_unix: Option<i64>,
-    /// push and pull: bytes per second of the last run that moved any.
+    /// Bytes per second moved: push, pull and sync, of the last run that
+    /// moved any; s3-upload, of the uploads completed since the last
+    /// measure over the time uploads were under way meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_bps: Option<u64>,
     /// The job's `stale_after`, in seconds.

@@ -85,6 +85,14 @@ pub fn describe() {
         "fspl_transport_throughput_bytes_per_second",
         "Bytes per second of the last push or pull run that moved any"
     );
+    describe_gauge!(
+        "fspl_s3_upload_throughput_bytes_per_second",
+        "Bytes per second of the uploads last measured (completed bytes over the time uploads were under way)"
+    );
+    describe_gauge!(
+        "fspl_sync_throughput_bytes_per_second",
+        "Bytes per second of the last sync round that moved any (change sets sent and received)"
+    );
     describe_counter!(
         "fspl_pruned_files_total",
         "Files removed by prune jobs and keep rules"

@@ -122,6 +122,49 @@ pub struct Stats {
     pub uploading: AtomicUsize,
     /// Bytes sent of the uploads under way.
     pub uploading_bytes: AtomicU64,
+    /// The wall-clock time during which at least one upload was under
+    /// way (for throughput: bytes completed over busy time).
+    pub busy: BusyClock,
+}
+
+/// Wall-clock time during which at least one of several concurrent
+/// activities is under way.
+#[derive(Debug, Default)]
+pub struct BusyClock(Mutex<BusyInner>);
+
+#[derive(Debug, Default)]
+struct BusyInner {
+    active: usize,
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl BusyClock {
+    /// One activity starts.
+    pub fn start(&self) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if b.active == 0 {
+            b.since = Some(Instant::now());
+        }
+        b.active += 1;
+    }
+
+    /// One activity ends.
+    pub fn end(&self) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        b.active = b.active.saturating_sub(1);
+        if b.active == 0
+            && let Some(t) = b.since.take()
+        {
+            b.total += t.elapsed();
+        }
+    }
+
+    /// The busy time so far (the current stretch included).
+    pub fn total(&self) -> Duration {
+        let b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        b.total + b.since.map(|t| t.elapsed()).unwrap_or_default()
+    }
 }
 
 /// What one drain did.
@@ -308,9 +351,11 @@ impl Uploader {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
         let len = claim.len;
+        self.stats.busy.start();
         self.stats.uploading.fetch_add(1, Ordering::SeqCst);
         let r = self.put(&claim, stop);
         self.stats.uploading.fetch_sub(1, Ordering::SeqCst);
+        self.stats.busy.end();
         match r {
             Ok(()) => {
                 let done = self.spool.complete(claim);

@@ -344,6 +344,14 @@ fn table(jobs: &[JobStatus]) -> String {
                         state.push_str(&format!(", {b} bytes"));
                     }
                 }
+                // Transports, uploads and syncs: what they moved, and
+                // how fast (the last measure).
+                if let Some(b) = j.bytes.filter(|b| *b > 0) {
+                    state.push_str(&format!("; moved {b} bytes"));
+                    if let Some(t) = j.lag.throughput_bps {
+                        state.push_str(&format!(", {t} B/s"));
+                    }
+                }
                 state
             },
         ]);

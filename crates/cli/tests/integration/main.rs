@@ -27,6 +27,7 @@ mod package;
 mod process_options;
 mod prometheus;
 mod prune;
+mod prune_gaps;
 mod reliability_common;
 mod reliability_disk;
 mod reliability_faults;

@@ -11,6 +11,18 @@
 //! `fspl_s3_upload_files_total{result="uploaded"|"failed"}`,
 //! `fspl_s3_upload_bytes_total`, `fspl_s3_upload_queued_files` and
 //! `fspl_s3_upload_uploading_files` too.
+//!
+//! Throughput (`throughput_bps` in the status,
+//! `fspl_s3_upload_throughput_bytes_per_second`): the bytes of the uploads
+//! completed since the last measure over the wall-clock time during which
+//! at least one upload was under way meanwhile; measured when the
+//! uploader has nothing under way, or after 10 s of busy time (a steady
+//! stream of uploads), whichever comes first.
+//!
+//! `keep_completed = [RULES]` prunes `completed` with keep rules (as
+//! `fspl prune` does, through [`super::prune::prune_logged`], like a
+//! process job's `keep_output`): after uploads complete (at most once a
+//! second while they go on) and when the run ends.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -44,12 +56,22 @@ pub const KEYS: &[&str] = &[
     "tries",
     "part_size",
     "verbose",
+    "keep_completed",
 ];
+
+/// How often, at most, `keep_completed` prunes while uploads complete.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// The busy time after which throughput is measured even while uploads
+/// go on.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
 /// `type = "s3-upload"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct S3UploadJob {
     pub config: Config,
+    /// Keep rules for `completed` (applied as uploads complete).
+    pub keep_completed: Option<super::prune::KeepRules>,
 }
 
 fn probability(v: &Spanned<DeValue<'_>>) -> Result<f64, Bad> {
@@ -104,7 +126,17 @@ impl S3UploadJob {
         {
             c.at(table, format!("{l}{why}"));
         }
-        S3UploadJob { config }
+        let keep_completed = c.get(k, "keep_completed", l, super::prune::keep_rules);
+        if keep_completed.is_some() && config.completed.is_none() {
+            c.at(
+                &k["keep_completed"].0,
+                format!("{l}keep_completed: only with completed (uploaded files are not kept otherwise)"),
+            );
+        }
+        S3UploadJob {
+            config,
+            keep_completed,
+        }
     }
 
     /// Nothing: several uploaders may share a spool (a claim is a rename,
@@ -134,6 +166,17 @@ impl S3UploadJob {
 
     fn incoming(&self) -> PathBuf {
         self.config.incoming.clone().unwrap_or_default()
+    }
+
+    /// Apply `keep_completed` to `completed`, if both are set.
+    fn prune_completed(&self) {
+        if let (Some(rules), Some(dir)) = (&self.keep_completed, &self.config.completed) {
+            let _ = super::prune::prune_logged(
+                dir,
+                Some(fspl_prune::DirKind::Uploaded),
+                &rules.rules,
+            );
+        }
     }
 }
 
@@ -178,6 +221,8 @@ impl Kind for S3UploadJob {
             .increment(0);
         metrics::gauge!("fspl_s3_upload_queued_files", "fspl_job" => name.to_string()).set(0.0);
         metrics::gauge!("fspl_s3_upload_uploading_files", "fspl_job" => name.to_string()).set(0.0);
+        metrics::gauge!("fspl_s3_upload_throughput_bytes_per_second", "fspl_job" => name.to_string())
+            .set(0.0);
     }
 
     /// None: a run watches `incoming` itself, for as long as the job runs.
@@ -203,6 +248,7 @@ impl Kind for S3UploadJob {
         if let Err(e) = up.recover() {
             return failed(fspl_queue::display_chain(&e));
         }
+        self.prune_completed();
         let stop = AtomicBool::new(false);
         let done = AtomicBool::new(false);
         let name = ctx.name.clone();
@@ -218,6 +264,12 @@ impl Kind for S3UploadJob {
                 );
                 let mut counted: Option<Instant> = None;
                 let mut queued = None;
+                // Uploads completed since `completed` was last pruned.
+                let mut unpruned = 0u64;
+                let mut pruned: Option<Instant> = None;
+                // Completed bytes and busy time at the last throughput
+                // measure.
+                let (mut mark_bytes, mut mark_busy) = (bytes, st.busy.total());
                 loop {
                     let last = done.load(Ordering::SeqCst);
                     if ctx.should_stop() {
@@ -236,6 +288,19 @@ impl Kind for S3UploadJob {
                     }
                     let uploading = st.uploading.load(Ordering::SeqCst);
                     let sent = st.uploading_bytes.load(Ordering::SeqCst);
+                    let busy = st.busy.total();
+                    let throughput = (bytes > mark_bytes
+                        && (uploading == 0 || busy - mark_busy >= THROUGHPUT_WINDOW))
+                        .then(|| {
+                            let t = (bytes - mark_bytes) as f64
+                                / (busy - mark_busy).as_secs_f64().max(1e-6);
+                            (mark_bytes, mark_busy) = (bytes, busy);
+                            t as u64
+                        });
+                    if let Some(t) = throughput {
+                        metrics::gauge!("fspl_s3_upload_throughput_bytes_per_second", "fspl_job" => name.clone())
+                            .set(t as f64);
+                    }
                     metrics::counter!("fspl_s3_upload_files_total", "fspl_job" => name.clone(), "result" => "uploaded").increment(d_ok);
                     metrics::counter!("fspl_s3_upload_files_total", "fspl_job" => name.clone(), "result" => "failed").increment(d_bad);
                     metrics::counter!("fspl_s3_upload_bytes_total", "fspl_job" => name.clone())
@@ -252,6 +317,9 @@ impl Kind for S3UploadJob {
                         s.jobs_failed += d_bad;
                         s.bytes = Some(s.bytes.unwrap_or(0) + d_bytes);
                         s.queued = queued;
+                        if throughput.is_some() {
+                            s.lag.throughput_bps = throughput;
+                        }
                         if let Some(t) = now {
                             s.last_success = Some(t);
                             s.lag.last_success_unix = Some(crate::supervisor::unix_now());
@@ -272,6 +340,12 @@ impl Kind for S3UploadJob {
                             JobState::Idle
                         };
                     });
+                    unpruned += d_ok;
+                    if unpruned > 0 && (last || pruned.is_none_or(|p| p.elapsed() >= PRUNE_EVERY)) {
+                        unpruned = 0;
+                        pruned = Some(Instant::now());
+                        self.prune_completed();
+                    }
                     if last {
                         break;
                     }

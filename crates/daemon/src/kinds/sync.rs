@@ -273,6 +273,8 @@ impl Kind for SyncJob {
                 .increment(0);
         }
         metrics::gauge!("fspl_sync_progress_percent", "fspl_job" => name.to_string()).set(100.0);
+        metrics::gauge!("fspl_sync_throughput_bytes_per_second", "fspl_job" => name.to_string())
+            .set(0.0);
     }
 
     /// A change set arriving in the inbox wakes the job (and a change in
@@ -314,7 +316,9 @@ impl Kind for SyncJob {
                 ctx.update(|s| s.state = JobState::Busy { doing, since });
             }
         };
+        let started = std::time::Instant::now();
         let r = fspl_sync::round(&self.cfg, keys, &Options::default(), &progress);
+        let elapsed = started.elapsed();
         let outcome = match r {
             Ok(r) => {
                 let job = ctx.name.clone();
@@ -332,7 +336,18 @@ impl Kind for SyncJob {
                     .increment(r.bytes_sent);
                 metrics::counter!("fspl_sync_bytes_total", "fspl_job" => job.clone(), "direction" => "received")
                     .increment(r.bytes_received);
+                // Bytes per second of the last round that moved any.
+                let moved = r.bytes_sent + r.bytes_received;
+                let throughput = (moved > 0)
+                    .then(|| (moved as f64 / elapsed.as_secs_f64().max(1e-6)) as u64);
+                if let Some(t) = throughput {
+                    metrics::gauge!("fspl_sync_throughput_bytes_per_second", "fspl_job" => job.clone())
+                        .set(t as f64);
+                }
                 ctx.update(|s| {
+                    if throughput.is_some() {
+                        s.lag.throughput_bps = throughput;
+                    }
                     s.jobs_succeeded += r.sets_received;
                     s.bytes = Some(s.bytes.unwrap_or(0) + r.bytes_sent + r.bytes_received);
                     if r.worked() {
