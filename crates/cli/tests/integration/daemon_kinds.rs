@@ -187,9 +187,17 @@ fn pull_and_process_on_one_queue_run_what_lands_in_a_folder() {
         ],
         "{t}"
     );
+    let bytes = d.job("take")["bytes"].as_u64().unwrap();
     let take = row(&t, "take");
     assert_eq!(take[1], "pull", "{t}");
-    assert_eq!(&take[5..], ["3", "0", "0", "idle"], "{t}");
+    // STATE: idle, then the bytes moved and the last throughput.
+    assert_eq!(
+        &take[5..11],
+        ["3", "0", "0", "idle;", "moved", &bytes.to_string()],
+        "{t}"
+    );
+    assert_eq!(&take[11..12], ["bytes,"], "{t}");
+    assert_eq!(take.last().map(String::as_str), Some("B/s"), "{t}");
     let run_row = row(&t, "run");
     assert_eq!(
         (run_row[1].as_str(), run_row[2].as_str()),
