@@ -258,40 +258,43 @@ fn ten_thousand_small_files_arrive_whole() {
     assert_eq!(manifest(&a.dir), manifest(&b.dir));
 }
 
-/// Peak RSS (KiB) of a command run to its end, from wait4 (which also
-/// reaps the child).
-#[allow(clippy::zombie_processes)]
-fn run_rss(mut c: Command) -> (Output, i64) {
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it in.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let out_pipe = child.stdout;
-    let err_pipe = child.stderr;
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut out_pipe.unwrap(), &mut v).unwrap();
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut err_pipe.unwrap(), &mut v).unwrap();
-        v
-    });
-    // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut ru) }, pid);
-    use std::os::unix::process::ExitStatusExt;
-    let out = Output {
-        status: std::process::ExitStatus::from_raw(status),
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    };
-    (out, ru.ru_maxrss)
+/// Run `c` and return its output and its peak RSS in KiB, measured by
+/// `/usr/bin/time` (scripts/test installs it).
+///
+/// Regression (sync_large_file_rss_was_the_harness): `wait4` on our own
+/// child reported 230 MiB in CI because the child is started with
+/// posix_spawn (CLONE_VM), and exec records the *parent's* peak RSS, the
+/// test harness's, as the child's. `time` forks from a small process.
+fn run_rss(c: Command) -> (Output, i64) {
+    let time = crate::reliability_procs::TIME;
+    assert!(
+        std::path::Path::new(time).exists(),
+        "{time} is missing (Debian package `time`; scripts/test installs it)"
+    );
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut t = Command::new(time);
+    t.args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        t.current_dir(d);
+    }
+    let out = t.output().unwrap();
+    let text = fs::read_to_string(report.path()).unwrap();
+    // "Command exited with non-zero status N" may come first.
+    let kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from {time}: {text:?}"));
+    (out, kib)
 }
 
 /// A large file goes through in constant memory: 256 MiB here (set
