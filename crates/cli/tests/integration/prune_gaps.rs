@@ -105,7 +105,10 @@ fn s3_upload_keep_completed_was_not_a_key_so_completed_grew_without_bound() {
     wait_soon("five uploads counted", || {
         d.job("up")["jobs_succeeded"].as_u64() == Some(5)
     });
-    let log = d.log_text();
+    // The log (complete once the daemon has stopped): a line per file
+    // removed.
+    let (st, log) = d.stop();
+    assert!(st.success(), "{log}");
     for f in ["old.dat", "f0.dat", "f1.dat", "f2.dat"] {
         assert!(
             log.lines()
@@ -113,8 +116,6 @@ fn s3_upload_keep_completed_was_not_a_key_so_completed_grew_without_bound() {
             "no pruned line for {f}:\n{log}"
         );
     }
-    let (st, text) = d.stop();
-    assert!(st.success(), "{text}");
     assert_eq!(names(&sb.path("completed")), ["f3.dat", "f4.dat"]);
 }
 
