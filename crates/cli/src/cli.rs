@@ -390,7 +390,8 @@ pub enum Cmd {
     /// other file is ever touched. A file is removed only if no rule keeps
     /// it. RULE: grid:SPEC[;regex=RE] (SPEC like `1x1h(keep=all) | 24x1h |
     /// 14x1d`), last_n:COUNT[;regex=RE], regex:RE, not_regex:RE. Times: a
-    /// job's ctime in a queue, else the file's mtime. Exit status: 0 =
+    /// job file's ctime (its header) wherever it is, else the file's mtime
+    /// (each line says which). Exit status: 0 =
     /// done, 1 = a file could not be removed, 2 = a bad rule or path.
     #[command(after_help = "Examples:\n  \
         fspl prune ~/queue --keep 'grid:1x1h(keep=all) | 24x1h | 14x1d' --dry-run\n  \

@@ -170,8 +170,7 @@ pub fn job_ctime(path: &Path) -> Option<i128> {
     if !f.metadata().ok()?.is_file() {
         return None;
     }
-    let (d, _) =
-        fspl_queue::open_stream(std::io::BufReader::with_capacity(4096, f), None).ok()?;
+    let (d, _) = fspl_queue::open_stream(std::io::BufReader::with_capacity(4096, f), None).ok()?;
     let ct = d.header.ctime;
     Some(ct.secs as i128 * 1_000_000_000 + ct.nanos as i128)
 }

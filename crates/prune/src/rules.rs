@@ -372,7 +372,10 @@ fn fit_grid_with_now(
     };
     let now = now.unwrap_or(entries[*first].time);
     let mut kept: Vec<usize> = Vec::new();
-    let future = order.iter().take_while(|i| entries[**i].time >= now).count();
+    let future = order
+        .iter()
+        .take_while(|i| entries[**i].time >= now)
+        .count();
     kept.extend(order.drain(..future));
     let mut bucket = 0usize;
     // The current bucket's older edge (inclusive); its younger edge

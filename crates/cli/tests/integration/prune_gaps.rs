@@ -93,7 +93,12 @@ fn s3_upload_keep_completed_was_not_a_key_so_completed_grew_without_bound() {
     let d = Daemon::start_with(&sb, &text, "logfmt", |c| srv.configure(c));
     // Five files a minute apart (by mtime), the youngest last.
     for i in 0..5u64 {
-        submit(&sb, &format!("f{i}.dat"), &[b'a' + i as u8; 1000], 600 - i * 60);
+        submit(
+            &sb,
+            &format!("f{i}.dat"),
+            &[b'a' + i as u8; 1000],
+            600 - i * 60,
+        );
     }
     wait_soon("five objects on the server", || srv.keys(BUCKET).len() == 5);
     let mut keys = srv.keys(BUCKET);
@@ -144,7 +149,11 @@ fn s3_upload_keep_completed_without_completed_or_with_bad_rules_is_refused() {
     assert!(e.contains("keep_completed: only with completed"), "{e}");
     let e = check(upload_job("up", &sb, "keep_completed = []"));
     assert!(e.contains("no keep rules given"), "{e}");
-    let e = check(upload_job("up", &sb, "keep_completed = [\"grid:1x1h | 1x1m\"]"));
+    let e = check(upload_job(
+        "up",
+        &sb,
+        "keep_completed = [\"grid:1x1h | 1x1m\"]",
+    ));
     assert!(e.contains("must not shrink"), "{e}");
 }
 

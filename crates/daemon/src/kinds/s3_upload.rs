@@ -130,7 +130,9 @@ impl S3UploadJob {
         if keep_completed.is_some() && config.completed.is_none() {
             c.at(
                 &k["keep_completed"].0,
-                format!("{l}keep_completed: only with completed (uploaded files are not kept otherwise)"),
+                format!(
+                    "{l}keep_completed: only with completed (uploaded files are not kept otherwise)"
+                ),
             );
         }
         S3UploadJob {
@@ -171,11 +173,8 @@ impl S3UploadJob {
     /// Apply `keep_completed` to `completed`, if both are set.
     fn prune_completed(&self) {
         if let (Some(rules), Some(dir)) = (&self.keep_completed, &self.config.completed) {
-            let _ = super::prune::prune_logged(
-                dir,
-                Some(fspl_prune::DirKind::Uploaded),
-                &rules.rules,
-            );
+            let _ =
+                super::prune::prune_logged(dir, Some(fspl_prune::DirKind::Uploaded), &rules.rules);
         }
     }
 }

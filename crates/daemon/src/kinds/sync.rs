@@ -338,8 +338,8 @@ impl Kind for SyncJob {
                     .increment(r.bytes_received);
                 // Bytes per second of the last round that moved any.
                 let moved = r.bytes_sent + r.bytes_received;
-                let throughput = (moved > 0)
-                    .then(|| (moved as f64 / elapsed.as_secs_f64().max(1e-6)) as u64);
+                let throughput =
+                    (moved > 0).then(|| (moved as f64 / elapsed.as_secs_f64().max(1e-6)) as u64);
                 if let Some(t) = throughput {
                     metrics::gauge!("fspl_sync_throughput_bytes_per_second", "fspl_job" => job.clone())
                         .set(t as f64);
