@@ -156,62 +156,150 @@ fn is_job_name(b: &[u8]) -> bool {
     b.starts_with(b"fspl-") && b.ends_with(b".fspl") && b.len() > 10
 }
 
-/// The ctime in a job file's header (nanoseconds since the epoch), if it
-/// can be read without a key or decoder. Opened without following a link
-/// and without blocking (a FIFO put in its place never hangs the run);
-/// only as much is read as the header needs.
-pub fn job_ctime(path: &Path) -> Option<i128> {
+/// From how many files a listing reads job headers on several threads.
+const PARALLEL_FROM: usize = 2048;
+
+/// The most threads a listing reads job headers on.
+const MAX_THREADS: usize = 8;
+
+/// How much of a job file is read at once for its header (one read
+/// holds any usual header; a longer one is read on from the file).
+const HEAD_READ: usize = 8192;
+
+/// What a listing knows of a file: whether it is a regular file, and its
+/// time and where that came from.
+struct Stamp {
+    is_file: bool,
+    time: i128,
+    source: TimeSource,
+}
+
+/// A job file's stamp: the ctime in its header, if it can be read without
+/// a key or decoder, else its mtime. One open, one read and one close for
+/// a readable header; an fstat besides otherwise. Opened without following
+/// a link and without blocking, so that whatever was put in place of the
+/// regular file the directory listed (a FIFO, a directory) fails to read
+/// instead of hanging the run. None: it cannot be opened.
+fn job_stamp(path: &Path) -> Option<Stamp> {
+    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let f = File::options()
+    let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
+    let mut buf = vec![0u8; HEAD_READ];
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break 0,
+        }
+    };
+    buf.truncate(n);
+    let ctime = |d: fspl_format::Decoded| {
+        let ct = d.header.ctime;
+        Stamp {
+            is_file: true,
+            time: ct.secs as i128 * 1_000_000_000 + ct.nanos as i128,
+            source: TimeSource::Ctime,
+        }
+    };
+    // The header within what was read (the usual case): no more reads.
+    if let Ok((d, _)) = fspl_queue::open_stream(std::io::Cursor::new(buf.clone()), None) {
+        return Some(ctime(d));
     }
-    let (d, _) = fspl_queue::open_stream(std::io::BufReader::with_capacity(4096, f), None).ok()?;
-    let ct = d.header.ctime;
-    Some(ct.secs as i128 * 1_000_000_000 + ct.nanos as i128)
-}
-
-/// A candidate's time: a job file's ctime (its header) when it can be
-/// read, else the file's mtime.
-fn time_of(dir: &Path, name: &str, md: &std::fs::Metadata) -> (i128, TimeSource) {
-    if md.file_type().is_file()
-        && is_job_name(name.as_bytes())
-        && let Some(t) = job_ctime(&dir.join(name))
+    let md = f.metadata().ok()?;
+    if md.len() > n as u64
+        && let Ok((d, _)) = fspl_queue::open_stream(std::io::Cursor::new(buf).chain(f), None)
     {
-        return (t, TimeSource::Ctime);
+        // A header longer than one read.
+        return Some(ctime(d));
     }
-    (nanos(md), TimeSource::Mtime)
+    Some(Stamp {
+        is_file: md.file_type().is_file(),
+        time: nanos(&md),
+        source: TimeSource::Mtime,
+    })
 }
 
 /// The candidates of a directory: (name, time, source, companions).
 type Candidate = (String, i128, TimeSource, Vec<String>);
 
+/// The candidates of `dir`, by `f` (given each name's [`Stamp`]); with
+/// `header_times`, a job file (`fspl-*.fspl`) is timed by its header's
+/// ctime when it can be read ([`job_stamp`]), else every file by its
+/// mtime.
 fn list(
     dir: &Path,
-    mut f: impl FnMut(&str, &std::fs::Metadata, &[u8]) -> Option<Result<Candidate, &'static str>>,
+    header_times: bool,
+    mut f: impl FnMut(&str, &Stamp, &[u8]) -> Option<Result<Candidate, &'static str>>,
     left_alone: &mut Vec<(String, &'static str)>,
 ) -> Result<Vec<Candidate>, PruneError> {
-    let mut out = Vec::new();
+    let mut ents = Vec::new();
     for ent in std::fs::read_dir(dir).map_err(io("read directory", dir))? {
         let ent = ent.map_err(io("read directory", dir))?;
         let os = ent.file_name();
-        let b = os.as_bytes();
-        if b.starts_with(b".") {
+        if os.as_bytes().starts_with(b".") || os.to_str().is_none() {
             continue;
         }
-        let Ok(name) = std::str::from_utf8(b) else {
-            continue;
-        };
-        // One stat per file (not following links).
-        let Ok(md) = ent.metadata() else { continue };
-        match f(name, &md, b) {
+        ents.push((ent, os));
+    }
+    // A job file listed as a regular file: its header (no stat when it
+    // can be read). Anything else: one stat (not following links).
+    let stamp = |(ent, os): &(std::fs::DirEntry, OsString)| -> Option<Stamp> {
+        let b = os.as_bytes();
+        if header_times
+            && is_job_name(b)
+            && ent.file_type().is_ok_and(|t| t.is_file())
+            && let Some(st) = job_stamp(&dir.join(os))
+        {
+            return Some(st);
+        }
+        let md = ent.metadata().ok()?;
+        Some(Stamp {
+            is_file: md.file_type().is_file(),
+            time: nanos(&md),
+            source: TimeSource::Mtime,
+        })
+    };
+    // Reading headers is an open, a read and a close per file: spread
+    // over a few threads when there are many.
+    let threads = if header_times && ents.len() >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+    } else {
+        1
+    };
+    let stamps: Vec<Option<Stamp>> = if threads > 1 {
+        let chunk = ents.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            let parts: Vec<_> = ents
+                .chunks(chunk)
+                .map(|c| sc.spawn(move || c.iter().map(stamp).collect::<Vec<_>>()))
+                .collect();
+            let mut all = Vec::with_capacity(ents.len());
+            for h in parts {
+                match h.join() {
+                    Ok(v) => all.extend(v),
+                    // Never expected; the stamps must line up with the
+                    // names, so do it again on this thread.
+                    Err(_) => return ents.iter().map(stamp).collect(),
+                }
+            }
+            all
+        })
+    } else {
+        ents.iter().map(stamp).collect()
+    };
+    let mut out = Vec::new();
+    for ((_, os), st) in ents.iter().zip(stamps) {
+        let Some(st) = st else { continue };
+        let b = os.as_bytes();
+        let Some(name) = os.to_str() else { continue };
+        match f(name, &st, b) {
             None => {}
             Some(Err(why)) => left_alone.push((name.to_string(), why)),
-            Some(Ok(c)) if md.file_type().is_file() => out.push(c),
+            Some(Ok(c)) if st.is_file => out.push(c),
             Some(Ok(_)) => left_alone.push((name.to_string(), "not a regular file")),
         }
     }
@@ -243,7 +331,8 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
             let jobs = q.jobs_dir().to_path_buf();
             let c = list(
                 &jobs,
-                |name, md, b| {
+                false,
+                |name, st, b| {
                     if classify(std::ffi::OsStr::from_bytes(b)) == EntryKind::Job {
                         if kind == DirKind::Outputs {
                             return None;
@@ -269,7 +358,7 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
                             Err("its job is at or after nextseq (may be running)")
                         }
                         None if unreadable.contains(job) => Err("its job is not readable"),
-                        _ => Ok((name.to_string(), nanos(md), TimeSource::Mtime, Vec::new())),
+                        _ => Ok((name.to_string(), st.time, st.source, Vec::new())),
                     })
                 },
                 &mut left_alone,
@@ -279,7 +368,8 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
         DirKind::Quarantine => {
             let c = list(
                 path,
-                |name, md, b| {
+                true,
+                |name, st, b| {
                     if !is_job_name(b) {
                         return None;
                     }
@@ -289,8 +379,7 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
                     } else {
                         Vec::new()
                     };
-                    let (t, src) = time_of(path, name, md);
-                    Some(Ok((name.to_string(), t, src, companions)))
+                    Some(Ok((name.to_string(), st.time, st.source, companions)))
                 },
                 &mut left_alone,
             )?;
@@ -299,11 +388,9 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
         DirKind::Sent => {
             let c = list(
                 path,
-                |name, md, b| {
-                    is_job_name(b).then(|| {
-                        let (t, src) = time_of(path, name, md);
-                        Ok((name.to_string(), t, src, Vec::new()))
-                    })
+                true,
+                |name, st, b| {
+                    is_job_name(b).then(|| Ok((name.to_string(), st.time, st.source, Vec::new())))
                 },
                 &mut left_alone,
             )?;
@@ -312,10 +399,8 @@ pub fn plan(path: &Path, kind: Option<DirKind>, rules: &[Rule]) -> Result<Plan, 
         DirKind::Uploaded => {
             let c = list(
                 path,
-                |name, md, _| {
-                    let (t, src) = time_of(path, name, md);
-                    Some(Ok((name.to_string(), t, src, Vec::new())))
-                },
+                true,
+                |name, st, _| Some(Ok((name.to_string(), st.time, st.source, Vec::new()))),
                 &mut left_alone,
             )?;
             (path.to_path_buf(), c)
@@ -500,13 +585,17 @@ mod tests {
     /// A real job file (header and payload) with this ctime, its mtime set
     /// `mtime_ago` seconds before now.
     fn job_file(path: &Path, ctime_secs: i64, mtime_ago: u64) {
+        job_file_with(path, ctime_secs, mtime_ago, Default::default());
+    }
+
+    fn job_file_with(path: &Path, ctime_secs: i64, mtime_ago: u64, cmd: fspl_format::Command) {
         let h = JobHeader {
             seq: 1,
             ctime: Ctime {
                 secs: ctime_secs,
                 nanos: 123,
             },
-            cmd_type: CmdType::Command(Default::default()),
+            cmd_type: CmdType::Command(cmd),
         };
         let mut b = h.encode().unwrap();
         b.extend_from_slice(b"payload");
@@ -582,5 +671,33 @@ mod tests {
         let p = plan(&c, None, &[Rule::parse("last_n:1").unwrap()]).unwrap();
         let r = p.entries.iter().find(|e| e.name == "report.csv").unwrap();
         assert_eq!(r.source, TimeSource::Mtime);
+    }
+
+    /// A header longer than one read is read on from the file; a FIFO
+    /// named like a job is left alone without hanging the listing.
+    #[test]
+    fn long_headers_are_read_whole_and_a_fifo_named_like_a_job_never_blocks() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("sent");
+        std::fs::create_dir(&d).unwrap();
+        let now = now_secs();
+        let cmd = fspl_format::Command {
+            params: vec![vec![b'p'; 3 * HEAD_READ]],
+            env: Vec::new(),
+        };
+        job_file_with(&d.join("fspl-long.fspl"), now - 5 * DAY, 0, cmd);
+        let fifo = std::ffi::CString::new(d.join("fspl-fifo.fspl").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let p = plan(&d, None, &[Rule::parse("last_n:1").unwrap()]).unwrap();
+        assert_eq!(p.entries.len(), 1, "{:?}", p.entries);
+        assert_eq!(p.entries[0].source, TimeSource::Ctime);
+        assert_eq!(
+            p.entries[0].time,
+            (now - 5 * DAY) as i128 * 1_000_000_000 + 123
+        );
+        assert_eq!(
+            p.left_alone,
+            [("fspl-fifo.fspl".to_string(), "not a regular file")]
+        );
     }
 }
