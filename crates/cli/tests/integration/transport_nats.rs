@@ -320,7 +320,11 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
         let mut pull = spawn_quiet(pull_cmd(&url, &dest));
         tally.runs += 2;
         // The first kill comes early, while the first 1,000 jobs move.
-        let pause = if tally.runs == 2 { 30 } else { 20 + rng.below(300) };
+        let pause = if tally.runs == 2 {
+            30
+        } else {
+            20 + rng.below(300)
+        };
         std::thread::sleep(Duration::from_millis(pause));
         let before = (jobs_in(&ob).len(), jobs_in(&dest).len());
         if killed < kills {
