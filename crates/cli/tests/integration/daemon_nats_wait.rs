@@ -495,6 +495,35 @@ fn daemon_sigterm_stops_a_nats_wait_job_and_kills_its_running_command() {
     d.stop_ok();
 }
 
+/// A command that runs past the job's `timeout` is killed, and that is a
+/// failure of the command (here the error state at once, `max_failures =
+/// 1`).
+#[test]
+fn nats_wait_command_past_its_timeout_is_killed_and_fails_the_run() {
+    let net = Net::new();
+    std::fs::write(net.sb.path("hold"), "").unwrap();
+    let d = net.daemon("", "timeout = 1\nmax_failures = 1");
+    net.send(&["-D", "com.test.w", "-v", "deploy", "slow"]);
+    d.wait_for("the command's pid", || net.sb.path("pid").exists());
+    let pid: i32 = std::fs::read_to_string(net.sb.path("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    d.wait_for("the error state", || d.state("w") == "error");
+    let j = d.job("w");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not exit normally"),
+        "{j}"
+    );
+    assert_eq!(j["jobs_failed"], 1, "{j}");
+    wait_soon("the command killed", || gone(pid));
+    d.stop_ok();
+}
+
 /// `daemon --check` names the job and the key of a remaphore config that
 /// does not load, a subject or destination that cannot work, a sender
 /// key that is not a peer; the daemon puts such a job in its error state
@@ -562,6 +591,11 @@ fn daemon_check_names_a_nats_wait_job_with_a_bad_config_or_pattern() {
         (
             job("h", &good, "destination = \"x\"\nany_destination = true"),
             "job \"h\": any_destination:",
+        ),
+        (job("i", &good, "state = \"/tmp/x\""), "job \"i\": state:"),
+        (
+            job("j", &good, "").replace("/bin/true", "/nonexistent/handler"),
+            "job \"j\": command:",
         ),
     ];
     for (table, want) in &cases {
