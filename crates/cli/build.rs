@@ -14,7 +14,9 @@ fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     if os == "linux" && env == "gnu" {
-        println!("cargo:rustc-link-lib=static:+whole-archive=gcc_eh");
+        // `-bundle`: the library (shared by both binaries) only names it;
+        // each executable links it in at its final link.
+        println!("cargo:rustc-link-lib=static:+whole-archive,-bundle=gcc_eh");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }

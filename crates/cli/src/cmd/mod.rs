@@ -23,30 +23,18 @@ mod status;
 pub mod sync;
 mod transport;
 
-#[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
-pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
+/// Run a command. The ones that need an async SDK go to `H::run`: in
+/// `fspl-full` that is [`run_heavy`], in `fspl` an exec of `fspl-full`.
+#[allow(private_bounds)]
+pub(crate) fn run<H: crate::Heavy>(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
     match cmd {
         #[cfg(feature = "daemon")]
-        Cmd::Daemon {
-            config,
-            check,
-            log_format,
-        } => daemon::daemon(&config, check, log_format, level),
-        #[cfg(feature = "daemon")]
-        Cmd::Status {
-            config,
-            socket,
-            json,
-            clear,
-            watch,
-            interval,
-        } => daemon::status(
-            config.as_deref(),
-            socket.as_deref(),
-            json,
-            clear.as_deref(),
-            watch.then_some(interval),
-        ),
+        c @ (Cmd::Daemon { .. } | Cmd::Status { .. }) => H::run(c, level),
+        #[cfg(feature = "nats")]
+        c @ Cmd::Nats(_) => H::run(c, level),
+        #[cfg(feature = "s3")]
+        c @ Cmd::S3Upload(_) => H::run(c, level),
+        c @ (Cmd::Push { .. } | Cmd::Pull { .. }) if transport::needs_full(&c) => H::run(c, level),
         Cmd::Prune {
             paths,
             keep,
@@ -63,8 +51,6 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
             comment,
             format,
         } => keys::keygen(&output, comment.as_deref(), format),
-        #[cfg(feature = "nats")]
-        Cmd::Nats(a) => Ok(nats::run(a)),
         Cmd::Prepare { seq, input, params } => {
             prepare::prepare(&seq, input.as_deref(), prepare::Kind::Command(params))
         }
@@ -115,9 +101,49 @@ pub fn run(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
         Cmd::StdinInfo { ids } => info::stdin_info(&ids),
         Cmd::StdinPayload { ids } => info::stdin_payload(&ids),
         Cmd::StdinProcess(args) => process::stdin_process(args),
+        Cmd::ServeStdin { identity, config } => serve::serve_stdin(&identity, &config),
+    }
+}
+
+/// The commands that need an async SDK (`fspl-full` only).
+#[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
+pub(crate) fn run_heavy(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
+    match cmd {
+        #[cfg(feature = "daemon")]
+        Cmd::Daemon {
+            config,
+            check,
+            log_format,
+        } => daemon::daemon(&config, check, log_format, level),
+        #[cfg(feature = "daemon")]
+        Cmd::Status {
+            config,
+            socket,
+            json,
+            clear,
+            watch,
+            interval,
+        } => daemon::status(
+            config.as_deref(),
+            socket.as_deref(),
+            json,
+            clear.as_deref(),
+            watch.then_some(interval),
+        ),
+        #[cfg(feature = "nats")]
+        Cmd::Nats(a) => Ok(nats::run(a)),
         #[cfg(feature = "s3")]
         Cmd::S3Upload(args) => s3_upload::s3_upload(*args),
-        Cmd::ServeStdin { identity, config } => serve::serve_stdin(&identity, &config),
+        Cmd::Push {
+            outbox,
+            dest,
+            keep,
+            json,
+        } => transport::push(&outbox, &dest, keep, json),
+        Cmd::Pull { src, q, keep, json } => transport::pull(&src, &q.queuedir, keep, json),
+        // Everything else runs as in `fspl`; reached only when
+        // `fspl-full` is called directly.
+        other => run::<crate::Full>(other, level),
     }
 }
 

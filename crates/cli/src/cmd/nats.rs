@@ -564,12 +564,3 @@ pub fn remaphore_main(args: Vec<OsString>) -> ExitCode {
     };
     execute(&config, f.subject, f.durable, mode)
 }
-
-/// Is this process called `remaphore`?
-pub fn invoked_as_remaphore() -> bool {
-    std::env::args_os().next().is_some_and(|a0| {
-        Path::new(&a0)
-            .file_name()
-            .is_some_and(|n| n.as_bytes() == b"remaphore")
-    })
-}

@@ -222,3 +222,16 @@ pub fn pull(src: &OsStr, queue: &OsStr, keep: bool, json: bool) -> anyhow::Resul
         ExitCode::from(crate::EXIT_FAILURE)
     })
 }
+
+/// Whether a push or pull names a location whose backend lives in
+/// `fspl-full` (`s3://`, `nats://`): an async SDK. A location that does
+/// not parse stays here, for the usual one-line error.
+pub(crate) fn needs_full(cmd: &crate::cli::Cmd) -> bool {
+    let url = match cmd {
+        crate::cli::Cmd::Push { dest, .. } => dest,
+        crate::cli::Cmd::Pull { src, .. } => src,
+        _ => return false,
+    };
+    cfg!(any(feature = "s3", feature = "nats"))
+        && matches!(Location::parse_os(url), Ok(Location::Remote { .. }))
+}

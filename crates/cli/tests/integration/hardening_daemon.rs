@@ -82,10 +82,16 @@ fn fspl_for(sb: &Sandbox, uid: u32) -> PathBuf {
     if run(probe).status.success() {
         return fspl_bin();
     }
-    let copy = sb.path("fspl-bin");
-    std::fs::copy(fspl_bin(), &copy).unwrap();
-    chmod(&copy, 0o755);
-    copy
+    // fspl execs the fspl-full next to it for the daemon's commands.
+    let dir = sb.path("fspl-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    chmod(&dir, 0o755);
+    for name in ["fspl", "fspl-full"] {
+        let copy = dir.join(name);
+        std::fs::copy(fspl_bin().with_file_name(name), &copy).unwrap();
+        chmod(&copy, 0o755);
+    }
+    dir.join("fspl")
 }
 
 /// `bin` with `args`, as `uid`, without XDG_RUNTIME_DIR (so the default

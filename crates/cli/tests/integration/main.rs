@@ -46,5 +46,6 @@ mod transport_nats;
 mod transport_s3;
 mod transport_ssh;
 mod tutorial;
+mod two_binaries;
 mod vectors;
 mod write_verify;

@@ -54,11 +54,18 @@ fn exit_code(out: &Output, want: i32) {
 fn jobs_in(queue: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     fspl_testkit::job_names(&queue.join("jobs"))
         .into_iter()
-        .map(|n| {
-            let b = std::fs::read(queue.join("jobs").join(&n)).unwrap();
-            (n, b)
+        .filter_map(|n| match std::fs::read(queue.join("jobs").join(&n)) {
+            Ok(b) => Some((n, b)),
+            // Taken by a push running meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("{}: {e}", queue.display()),
         })
         .collect()
+}
+
+/// How many jobs a queue's `jobs/` holds (cheap, while push and pull run).
+fn count_in(queue: &Path) -> usize {
+    fspl_testkit::job_names(&queue.join("jobs")).len()
 }
 
 /// Run `queue` with a command that appends "SEQ PAYLOAD" to `log`.
@@ -302,44 +309,54 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
     let mut server = NatsServer::start(&sb.path("nats"));
     let url = format!("{}/chaos?timeout=3", server.url());
     let ob = sb.queue("outbox");
-    for s in (1..=jobs).rev() {
-        fspl_testkit::write_job(&ob, s, format!("p{s}").as_bytes());
-    }
-    let sent = jobs_in(&ob);
     let dest = sb.queue("dest");
+    // The jobs arrive in waves, one before each round of faults, so that
+    // every kill can land while jobs move (regression
+    // nats_chaos_never_ended_once_jobs_moved_faster_than_the_kills: with
+    // all jobs written first, push and pull had nothing left to do after
+    // the first round, ended in milliseconds, and no later kill landed).
+    let waves = u64::from(kills.max(restarts));
+    let mut written = 0u64;
+    let mut sent = std::collections::BTreeMap::new();
     let mut rng = Rng(0x4e41_5453);
     let mut tally = Tally::new("nats-transport");
     let started = Instant::now();
     let (mut restarted, mut killed, mut landed, mut killed_midway) = (0, 0, 0, 0);
+    // How long an undisturbed push or pull took last: kills fall inside it.
+    let mut typical = Duration::from_millis(300);
     // A guard against a hang, not a measurement: generous for a loaded CI.
     let deadline = Instant::now() + Duration::from_secs(if long_mode() { 1800 } else { 600 });
     // Faults while push and pull run side by side.
-    while restarted < restarts || killed < kills {
+    while restarted < restarts || killed < kills || written < jobs {
         assert!(Instant::now() < deadline, "faults took too long");
+        if written < jobs {
+            let wave = if written + 2 * (jobs / waves) > jobs {
+                jobs - written
+            } else {
+                jobs / waves
+            };
+            for s in (written + 1..=written + wave).rev() {
+                fspl_testkit::write_job(&ob, s, format!("p{s}").as_bytes());
+            }
+            written += wave;
+            sent.extend(jobs_in(&ob));
+        }
+        let t0 = Instant::now();
         let mut push = spawn_quiet(push_cmd(&ob, &url));
         let mut pull = spawn_quiet(pull_cmd(&url, &dest));
         tally.runs += 2;
-        // The first kill comes early, while the first 1,000 jobs move.
-        let pause = if tally.runs == 2 {
-            30
-        } else {
-            20 + rng.below(300)
-        };
-        std::thread::sleep(Duration::from_millis(pause));
-        let before = (jobs_in(&ob).len(), jobs_in(&dest).len());
+        let window = u64::try_from(typical.as_millis()).unwrap_or(300).max(2);
+        std::thread::sleep(Duration::from_millis(rng.below(window)));
+        let moving = count_in(&ob) > 0 || count_in(&dest) < sent.len();
+        let mut victim_is_push = None;
         if killed < kills {
-            let victim = if rng.below(2) == 0 {
-                &mut push
-            } else {
-                &mut pull
-            };
-            // An attempt counts even when the victim had already
-            // finished (once everything has moved, push and pull end in
-            // milliseconds on a fast machine): the loop must end.
+            let push_victim = rng.below(2) == 0;
+            let victim = if push_victim { &mut push } else { &mut pull };
             killed += 1;
             if kill(victim) {
                 landed += 1;
-                if (jobs_in(&ob).len(), jobs_in(&dest).len()) != before || before.0 < sent.len() {
+                victim_is_push = Some(push_victim);
+                if moving {
                     killed_midway += 1;
                 }
             }
@@ -356,11 +373,14 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
         }
         // The other one ends by itself (a failure is fine while the
         // server restarts); bounded by its timeouts.
-        for c in [&mut push, &mut pull] {
+        for (is_push, c) in [(true, &mut push), (false, &mut pull)] {
             let end = Instant::now() + Duration::from_secs(60);
             while c.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < end, "push or pull hangs");
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if victim_is_push != Some(is_push) {
+                typical = t0.elapsed();
             }
         }
     }

@@ -1,0 +1,108 @@
+//! `fspl` links no async SDK and hands the commands that need one to
+//! `fspl-full` by exec (docs/compatibility.md, "Two binaries").
+
+use std::process::Command;
+
+use crate::helper::*;
+
+/// Regression (lean_start_up_paid_for_the_async_sdks): with tokio,
+/// object_store, async-nats and rustls linked into `fspl`, every
+/// `prepare` and `queue-write` paid their relocations (twice the page
+/// faults of the reference). No function of theirs may be in `fspl`; they
+/// must be in `fspl-full` (binutils' `nm`, which the Rust toolchain's
+/// linker comes with, lists the symbols).
+#[test]
+fn lean_start_up_paid_for_the_async_sdks() {
+    let symbols = |bin: std::path::PathBuf| {
+        let mut c = Command::new("nm");
+        c.arg("--defined-only").arg(&bin);
+        let out = run(c);
+        assert!(out.status.success(), "nm {}", bin.display());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let lean = symbols(fspl_bin());
+    let full = symbols(fspl_bin().with_file_name("fspl-full"));
+    // Mangled names carry the crate name with its length.
+    for sdk in ["5tokio", "12object_store", "10async_nats", "6rustls"] {
+        let n = |text: &str| text.lines().filter(|l| l.contains(sdk)).count();
+        assert_eq!(n(&lean), 0, "fspl links {sdk}");
+        assert!(
+            n(&full) > 0,
+            "fspl-full does not link {sdk}: the probe is wrong"
+        );
+    }
+}
+
+/// The handed-over command is the same process: `fspl daemon` runs as
+/// fspl-full under the pid `fspl` started with (systemd's MAINPID).
+#[test]
+fn the_daemon_runs_as_fspl_full_in_the_same_process() {
+    let sb = Sandbox::new();
+    let q = sb.queue("q");
+    let text = config(&sb, "", &[process_job("run", &q, &["true"], "")]);
+    let d = Daemon::start(&sb, &text, "logfmt");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", d.pid())).unwrap();
+    assert_eq!(exe.file_name().unwrap(), "fspl-full", "{}", exe.display());
+    let (st, _) = d.stop();
+    assert!(st.success(), "{st}");
+}
+
+/// Without fspl-full next to it, `fspl` still runs everything of its own
+/// and refuses the others with one line naming where it looked.
+#[test]
+fn a_missing_fspl_full_is_one_line_naming_the_path() {
+    let sb = Sandbox::new();
+    let dir = sb.path("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let alone = dir.join("fspl");
+    std::fs::copy(fspl_bin(), &alone).unwrap();
+    let q = sb.path("q");
+    let mut init = Command::new(&alone);
+    init.arg("queue-init").arg("-q").arg(&q);
+    assert!(run(init).status.success());
+    for args in [
+        vec!["daemon", "--check", "-c", "/nonexistent.toml"],
+        vec!["nats", "example-config"],
+        vec!["push", "-q", q.to_str().unwrap(), "s3://bucket/prefix"],
+    ] {
+        let mut c = Command::new(&alone);
+        c.args(&args);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let e = one_line_error(out);
+        assert!(
+            e.contains(&format!(
+                "{}: No such file or directory",
+                dir.join("fspl-full").display()
+            )),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+/// Exit statuses come through the exec unchanged: remaphore's usage
+/// status 2 and a config error's 2, and `fspl status`'s 2 for a daemon
+/// that is not running.
+#[test]
+fn exit_statuses_of_fspl_full_reach_the_caller() {
+    let sb = Sandbox::new();
+    let mut c = fspl();
+    c.args(["nats", "send", "-c", "/nonexistent.conf", "hello"]);
+    let out = run(c);
+    let full = {
+        let mut c = Command::new(fspl_bin().with_file_name("fspl-full"));
+        c.args(["nats", "send", "-c", "/nonexistent.conf", "hello"]);
+        run(c)
+    };
+    assert_eq!(out.status.code(), full.status.code());
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.stderr, full.stderr, "same error line");
+    let mut c = fspl();
+    c.arg("status").arg("--socket").arg(sb.path("none.sock"));
+    let out = run(c);
+    let mut c = Command::new(fspl_bin().with_file_name("fspl-full"));
+    c.arg("status").arg("--socket").arg(sb.path("none.sock"));
+    let full = run(c);
+    assert_eq!(out.status.code(), full.status.code());
+    assert_ne!(out.status.code(), Some(0));
+}
