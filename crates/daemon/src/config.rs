@@ -121,6 +121,9 @@ pub enum JobKind {
     /// `type = "s3-upload"`: upload a spool directory's files to S3.
     #[cfg(feature = "s3")]
     S3Upload(crate::kinds::s3_upload::S3UploadJob),
+    /// `type = "nats-wait"`: run a command per matching remaphore message.
+    #[cfg(feature = "nats")]
+    NatsWait(crate::kinds::nats_wait::NatsWaitJob),
 }
 
 /// One `[[job]]`: the keys every kind has (`name`, `type`, `enabled`), the

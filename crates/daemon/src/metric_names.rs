@@ -20,6 +20,10 @@ pub fn describe() {
         "Attempts to run a job of a process queue, by result"
     );
     describe_counter!(
+        "fspl_nats_wait_messages_total",
+        "Messages a nats-wait job received, by result: its command succeeded, failed, or the message was dropped by the checks"
+    );
+    describe_counter!(
         "fspl_jobs_refused_total",
         "Jobs refused without running and moved to rejected/"
     );

@@ -28,7 +28,7 @@
 //! watched directory that went away) the directory coming back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -232,7 +232,18 @@ pub struct RunContext {
     /// The job's hooks, for the events a kind sees itself (each job of a
     /// process run).
     pub hooks: JobHooks,
+    /// Set by [`RunContext::recovered`]: [`RECOVERED_TRANSIENT`] or
+    /// [`RECOVERED_ALL`].
+    recovered: Arc<AtomicU8>,
+    /// The failed runs in a row before this one ended with a transient
+    /// failure.
+    after_transient: bool,
 }
+
+/// [`RunContext::recovered`] without the counted failures.
+const RECOVERED_TRANSIENT: u8 = 1;
+/// [`RunContext::recovered`] with them.
+const RECOVERED_ALL: u8 = 2;
 
 impl RunContext {
     /// Shutting down, or the job was stopped (removed, changed): finish
@@ -244,6 +255,29 @@ impl RunContext {
     /// Update the job's status.
     pub fn update(&self, f: impl FnOnce(&mut JobStatus)) {
         self.shared.registry.update(&self.name, f)
+    }
+
+    /// A long run (one that lasts until the job stops: `nats-wait`) got
+    /// past what failed before, so the failed runs in a row end here:
+    /// `all` when it did its work (a command succeeded): every failure is
+    /// forgotten; else (it is connected again) only failures in a row that
+    /// ended with a transient one, while failures that count towards
+    /// `max_failures` keep counting. Shown at once in `fspl status` and
+    /// the gauges.
+    pub fn recovered(&self, all: bool) {
+        if !all && !self.after_transient {
+            return;
+        }
+        let level = if all {
+            RECOVERED_ALL
+        } else {
+            RECOVERED_TRANSIENT
+        };
+        if self.recovered.fetch_max(level, Ordering::SeqCst) >= level {
+            return;
+        }
+        reset_failures(&self.shared, &self.name);
+        set_gauges(&self.name, None, false, false);
     }
 }
 
@@ -513,6 +547,8 @@ impl<K: Kind> Task<K> {
         // max_failures (transient ones do not).
         let mut failures: u32 = 0;
         let mut counted: u32 = 0;
+        // The last failed run (of those in a row) was a transient failure.
+        let mut after_transient = false;
         let mut next_run = Instant::now();
         let mut backing_off = false;
         let mut prepared: Option<Arc<K::Prepared>> = None;
@@ -596,11 +632,14 @@ impl<K: Kind> Task<K> {
                     .registry
                     .update(&self.name, |s| s.state = JobState::Busy { doing, since });
             }
+            let recovered = Arc::new(AtomicU8::new(0));
             let ctx = RunContext {
                 name: self.name.clone(),
                 shared: self.shared.clone(),
                 stop_flag: self.stop_flag.clone(),
                 hooks: self.hooks.clone(),
+                recovered: recovered.clone(),
+                after_transient: failures > 0 && after_transient,
             };
             let kind = self.kind.clone();
             let t0 = Instant::now();
@@ -622,6 +661,11 @@ impl<K: Kind> Task<K> {
             let Ok(r) = r else {
                 return;
             };
+            match recovered.load(Ordering::SeqCst) {
+                RECOVERED_ALL => (failures, counted) = (0, 0),
+                RECOVERED_TRANSIENT => failures = 0,
+                _ => {}
+            }
             if !self.kind.fires_job_hooks() {
                 match &r.outcome {
                     Outcome::Done { worked: true, .. } => self.hooks.fire(
@@ -680,6 +724,7 @@ impl<K: Kind> Task<K> {
                 }
                 Outcome::Failed { message, class } => {
                     failures = failures.saturating_add(1);
+                    after_transient = class == FailureClass::Transient;
                     if class == FailureClass::Counted {
                         counted = counted.saturating_add(1);
                     }

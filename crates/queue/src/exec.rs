@@ -259,6 +259,20 @@ pub fn start(spec: RunSpec<'_>) -> Result<Result<Running, Outcome>, SpawnError> 
     }))
 }
 
+/// Start a command that is not a job's (a daemon job kind's own command,
+/// such as `nats-wait`'s), with the same [`KillHandle`] and waiting as a
+/// job's: [`Running::wait`] reaps it, killing it at `timeout`.
+pub fn spawn(cmd: &mut Command, timeout: Option<Duration>) -> io::Result<Running> {
+    let child = cmd.spawn()?;
+    let handle = KillHandle::new(child.id());
+    Ok(Running {
+        child,
+        started: Instant::now(),
+        timeout,
+        handle,
+    })
+}
+
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()

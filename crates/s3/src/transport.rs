@@ -14,7 +14,8 @@
 //! already, the object is read back and compared: the same bytes count
 //! as delivered; anything else is a refusal. Before the first job, the
 //! server is checked to honour conditional writes (a probe object is
-//! created twice under `PREFIX/.fspl-probe-<uuid>`, then removed); a
+//! created, if missing, and created again under
+//! `PREFIX/.fspl-conditional-write-check`, which stays); a
 //! server that silently overwrites is refused with one line.
 //!
 //! **Pull.** The objects directly under `PREFIX/` whose names are job
@@ -212,6 +213,9 @@ impl std::hash::Hash for S3Url {
     }
 }
 
+/// The marker object of the conditional-write check, under the prefix.
+pub const PROBE_KEY: &str = ".fspl-conditional-write-check";
+
 /// Check once per process and bucket that the server refuses to create an
 /// object that exists (`If-None-Match: *`).
 pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), TransportError> {
@@ -227,20 +231,19 @@ pub fn probe_conditional_writes(client: &Client, u: &S3Url) -> Result<(), Transp
     {
         return Ok(());
     }
-    let key = u.key(&format!(".fspl-probe-{}", uuid::Uuid::new_v4()));
-    let first =
-        client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 1"))?;
-    let second = client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write probe 2"));
-    let _ = client.delete(&key);
-    if first == PutOutcome::Exists {
-        return Err(TransportError::Backend {
-            message: format!(
-                "{}: a fresh probe object already existed; is something else writing there?",
-                u.show(&key)
-            ),
-            kind: TransportErrorKind::Transient,
-        });
-    }
+    // One fixed marker object per prefix, created once and left there:
+    // probing never needs a delete, so a push killed mid-probe leaves
+    // nothing behind (regression s3_probe_objects_littered_the_bucket_
+    // when_a_push_was_killed: a uuid per probe, removed after it, stayed
+    // forever when the push died in between), and concurrent probes agree.
+    // Whether the first create finds it or makes it does not matter; the
+    // second must be refused.
+    let key = u.key(PROBE_KEY);
+    client.put_if_absent(&key, Bytes::from_static(b"fspl conditional-write check\n"))?;
+    let second = client.put_if_absent(
+        &key,
+        Bytes::from_static(b"fspl conditional-write check 2\n"),
+    );
     match second? {
         PutOutcome::Exists => {}
         PutOutcome::Created { .. } => {

@@ -14,6 +14,7 @@ mod crash;
 mod daemon;
 mod daemon_hooks;
 mod daemon_kinds;
+mod daemon_nats_wait;
 mod daemon_newcomer;
 mod fast_verify;
 mod hardening_daemon;

@@ -315,7 +315,6 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
     // nats_chaos_never_ended_once_jobs_moved_faster_than_the_kills: with
     // all jobs written first, push and pull had nothing left to do after
     // the first round, ended in milliseconds, and no later kill landed).
-    let waves = u64::from(kills.max(restarts));
     let mut written = 0u64;
     let mut sent = std::collections::BTreeMap::new();
     let mut rng = Rng(0x4e41_5453);
@@ -327,14 +326,18 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
     // A guard against a hang, not a measurement: generous for a loaded CI.
     let deadline = Instant::now() + Duration::from_secs(if long_mode() { 1800 } else { 600 });
     // Faults while push and pull run side by side.
-    while restarted < restarts || killed < kills || written < jobs {
+    // Until `kills` kills have landed on a running push or pull (a kill
+    // after it ended counts as an attempt only).
+    while restarted < restarts || landed < kills || written < jobs {
         assert!(Instant::now() < deadline, "faults took too long");
+        assert!(
+            killed < 10 * kills,
+            "{landed} of {killed} kills landed: push and pull end too soon"
+        );
         if written < jobs {
-            let wave = if written + 2 * (jobs / waves) > jobs {
-                jobs - written
-            } else {
-                jobs / waves
-            };
+            // The jobs left, spread over about twice the kills still due.
+            let due = u64::from(kills.saturating_sub(landed)).max(1);
+            let wave = (jobs - written).div_ceil(2 * due);
             for s in (written + 1..=written + wave).rev() {
                 fspl_testkit::write_job(&ob, s, format!("p{s}").as_bytes());
             }
@@ -349,7 +352,7 @@ fn reliability_nats_transport_survives_server_restarts_and_killed_push_and_pull(
         std::thread::sleep(Duration::from_millis(rng.below(window)));
         let moving = count_in(&ob) > 0 || count_in(&dest) < sent.len();
         let mut victim_is_push = None;
-        if killed < kills {
+        if landed < kills {
             let push_victim = rng.below(2) == 0;
             let victim = if push_victim { &mut push } else { &mut pull };
             killed += 1;

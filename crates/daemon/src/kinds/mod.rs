@@ -7,6 +7,8 @@
 //! Adding a kind: a module here, a variant of [`JobKind`], and a line in
 //! each `match` below.
 
+#[cfg(feature = "nats")]
+pub mod nats_wait;
 pub mod process;
 pub mod prune;
 pub mod pull;
@@ -27,11 +29,17 @@ use crate::config::{Checker, JobConfig, JobKind, Keys};
 use crate::supervisor::{self, Shared, TaskHandle, WatchSpec};
 
 /// Every `type` this build knows.
-#[cfg(not(feature = "s3"))]
-pub const KINDS: &[&str] = &["process", "push", "pull", "prune", "sync"];
-/// Every `type` this build knows.
-#[cfg(feature = "s3")]
-pub const KINDS: &[&str] = &["process", "push", "pull", "prune", "sync", "s3-upload"];
+pub const KINDS: &[&str] = &[
+    "process",
+    "push",
+    "pull",
+    "prune",
+    "sync",
+    #[cfg(feature = "s3")]
+    "s3-upload",
+    #[cfg(feature = "nats")]
+    "nats-wait",
+];
 
 /// Something a job holds for itself while it runs: two jobs may not hold
 /// the same (their runs would fight over it). A `process` job holds its
@@ -78,6 +86,8 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "sync" => sync::KEYS,
         #[cfg(feature = "s3")]
         "s3-upload" => s3_upload::KEYS,
+        #[cfg(feature = "nats")]
+        "nats-wait" => nats_wait::KEYS,
         _ => process::KEYS,
     }
 }
@@ -91,6 +101,7 @@ pub fn verb(kind: &str) -> &'static str {
         "prune" => "pruned",
         "sync" => "synced",
         "s3-upload" => "uploaded from",
+        "nats-wait" => "waited on",
         _ => "run",
     }
 }
@@ -110,6 +121,8 @@ pub(crate) fn parse(
         "sync" => JobKind::Sync(sync::SyncJob::parse(c, k, table, label)),
         #[cfg(feature = "s3")]
         "s3-upload" => JobKind::S3Upload(s3_upload::S3UploadJob::parse(c, k, table, label)),
+        #[cfg(feature = "nats")]
+        "nats-wait" => JobKind::NatsWait(nats_wait::NatsWaitJob::parse(c, k, table, label)),
         _ => JobKind::Process(process::ProcessJob::parse(c, k, table, label)),
     }
 }
@@ -125,6 +138,8 @@ impl JobKind {
             JobKind::Sync(_) => "sync",
             #[cfg(feature = "s3")]
             JobKind::S3Upload(_) => "s3-upload",
+            #[cfg(feature = "nats")]
+            JobKind::NatsWait(_) => "nats-wait",
         }
     }
 
@@ -138,6 +153,8 @@ impl JobKind {
             JobKind::Sync(p) => p.resource(),
             #[cfg(feature = "s3")]
             JobKind::S3Upload(p) => p.resource(),
+            #[cfg(feature = "nats")]
+            JobKind::NatsWait(p) => p.resource(),
         }
     }
 
@@ -152,6 +169,8 @@ impl JobKind {
             JobKind::Sync(p) => p.watch(),
             #[cfg(feature = "s3")]
             JobKind::S3Upload(p) => p.watch(),
+            #[cfg(feature = "nats")]
+            JobKind::NatsWait(p) => p.watch(),
         }
     }
 
@@ -166,6 +185,8 @@ impl JobKind {
             JobKind::Sync(p) => p.check(),
             #[cfg(feature = "s3")]
             JobKind::S3Upload(p) => p.check(),
+            #[cfg(feature = "nats")]
+            JobKind::NatsWait(p) => p.check(path_var),
         }
     }
 }
@@ -206,6 +227,10 @@ pub fn spawn(
         }
         #[cfg(feature = "s3")]
         JobKind::S3Upload(p) => {
+            supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
+        }
+        #[cfg(feature = "nats")]
+        JobKind::NatsWait(p) => {
             supervisor::spawn(p.clone(), name, enabled, sup, shared, returned, wake, after)
         }
     }

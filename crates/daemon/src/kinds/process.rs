@@ -20,7 +20,10 @@ use fspl_queue::status::State;
 use tracing::{debug, info, info_span, warn};
 
 use super::Resource;
-use crate::config::{Checker, Keys, boolean, one_of, path_value, secs, string, strings};
+use toml::Spanned;
+use toml::de::DeValue;
+
+use crate::config::{Bad, Checker, Keys, boolean, one_of, path_value, secs, string, strings};
 use crate::hooks::{Context as HookContext, Event};
 use crate::state::{JobState, JobStatus, now_rfc3339};
 use crate::supervisor::{FailureClass, Kind, Outcome, RunContext, RunReport, WatchSpec, unix_now};
@@ -41,6 +44,33 @@ pub const KEYS: &[&str] = &[
     "identity",
     "keep_output",
 ];
+
+/// A `command` key: the argv, its program an absolute path or a bare
+/// name to look up in PATH (also `nats-wait`'s).
+pub(crate) fn command_argv(v: &Spanned<DeValue<'_>>) -> Result<Vec<String>, Bad> {
+    let argv = strings(v, "[\"/usr/local/bin/handler\", \"--flag\"]")?;
+    let Some(program) = argv.first() else {
+        return Err((v.span(), "must name a program".into()));
+    };
+    if program.is_empty() {
+        return Err((
+            v.span(),
+            "must name a program (the first element is empty)".into(),
+        ));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err((v.span(), "contains a NUL character".into()));
+    }
+    if program.contains('/') && !program.starts_with('/') {
+        return Err((
+            v.span(),
+            format!(
+                "{program:?} is a relative path: give an absolute path, or a bare name to look up in PATH (a relative path would depend on the directory the daemon happens to be started in)"
+            ),
+        ));
+    }
+    Ok(argv)
+}
 
 /// `type = "process"`: run a queue, like `queue-process`.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,29 +106,7 @@ impl ProcessJob {
         c.require(k, table, l, "queue", "\"/srv/fspl/backups\"");
         c.require(k, table, l, "command", "[\"/usr/local/bin/handler\"]");
         let queue = c.get(k, "queue", l, path_value).unwrap_or_default();
-        let argv = c
-            .get(k, "command", l, |v| {
-                let argv = strings(v, "[\"/usr/local/bin/handler\", \"--flag\"]")?;
-                let Some(program) = argv.first() else {
-                    return Err((v.span(), "must name a program".into()));
-                };
-                if program.is_empty() {
-                    return Err((v.span(), "must name a program (the first element is empty)".into()));
-                }
-                if argv.iter().any(|a| a.contains('\0')) {
-                    return Err((v.span(), "contains a NUL character".into()));
-                }
-                if program.contains('/') && !program.starts_with('/') {
-                    return Err((
-                        v.span(),
-                        format!(
-                            "{program:?} is a relative path: give an absolute path, or a bare name to look up in PATH (a relative path would depend on the directory the daemon happens to be started in)"
-                        ),
-                    ));
-                }
-                Ok(argv)
-            })
-            .unwrap_or_default();
+        let argv = c.get(k, "command", l, command_argv).unwrap_or_default();
         let decoder = c.get(k, "decoder", l, |v| {
             let s = string(v)?;
             if s.trim().is_empty() {

@@ -27,7 +27,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::config::Config;
-use super::node::{Common, Reject, RemaphoreError, WaitArgs, check, now_nanos};
+use super::node::{
+    Common, Observer, Reject, RemaphoreError, WaitArgs, check, lost, now_nanos, servers_text, until,
+};
 
 fn sanitize(s: &str) -> String {
     s.chars()
@@ -183,7 +185,10 @@ pub(crate) async fn wait(
     args: &WaitArgs,
     client: &Client,
     deadline: Option<Instant>,
+    obs: &mut dyn Observer,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<bool, RemaphoreError> {
+    let mut stop = stop;
     let cfg = &common.config;
     let subject = cfg.message_subject(common.subject.as_deref());
     let js = jetstream::new(client.clone());
@@ -216,16 +221,21 @@ pub(crate) async fn wait(
         .await
         .map_err(|e| js_err("JetStream consume", e))?;
     tracing::info!("ready: waiting on {subject} (durable consumer {cname} of {sname})");
+    obs.ready(&subject);
+    let watch = obs.fail_on_disconnect();
     let max_age = cfg.durable_max_age.as_nanos() as i64;
     let skew = cfg.allow_skew.as_nanos() as i64;
     let mut received = false;
     loop {
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, messages.next()).await {
-                Ok(m) => m,
-                Err(_) => break,
+        let next = tokio::select! {
+            n = until(deadline, messages.next()) => match n {
+                Some(n) => n,
+                None => break,
             },
-            None => messages.next().await,
+            _ = &mut stop => break,
+            _ = lost(client, watch) => {
+                return Err(RemaphoreError::Disconnected(servers_text(cfg)));
+            }
         };
         let jm = match next {
             None => {
@@ -247,6 +257,7 @@ pub(crate) async fn wait(
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!("dropped message: {e}");
+                obs.dropped(&e);
                 ack(&jm, AckKind::Term).await;
                 continue;
             }
@@ -254,6 +265,7 @@ pub(crate) async fn wait(
         let now = now_nanos();
         if now - m.time_nanos > max_age || m.time_nanos - now > skew {
             tracing::warn!("dropped message: {} (durable_max_age)", Reject::Time);
+            obs.dropped(&Reject::Time);
             ack(&jm, AckKind::Term).await;
             continue;
         }
@@ -279,11 +291,16 @@ pub(crate) async fn wait(
                 }
             })
         };
-        super::node::handle_for_durable(client, cfg, args, &m, deadline).await;
+        let outcome = super::node::handle(client, cfg, args, &m, deadline, obs).await;
         progress.abort();
+        if let Err(e) = outcome {
+            // Not handled: delivered again, to the next wait.
+            ack(&jm, AckKind::Nak(None)).await;
+            return Err(e);
+        }
         handled.record(m.hash, m.time_nanos)?;
         ack(&jm, AckKind::Ack).await;
-        if args.once || args.uuid.is_some() {
+        if args.once {
             break;
         }
     }

@@ -3,16 +3,19 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::future::Future;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::Client;
+use async_nats::connection::State;
 use async_nats::jetstream;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use fspl_queue::exec::KillHandle;
 use fspl_trust::PublicKey;
 
 use super::config::{Config, ConfigError};
@@ -45,6 +48,14 @@ pub enum RemaphoreError {
     Nats(#[from] NatsError),
     #[error("{0}")]
     Runtime(String),
+    /// The observer refused a script's outcome (the daemon's `nats-wait`
+    /// job: its command failed).
+    #[error("{0}")]
+    Command(String),
+    /// The connection to the server was lost (only with an observer that
+    /// asks to give up then).
+    #[error("lost the connection to the NATS server {0}")]
+    Disconnected(String),
 }
 
 impl RemaphoreError {
@@ -311,7 +322,8 @@ pub enum DestFilter {
 
 pub struct WaitArgs {
     pub dest: DestFilter,
-    /// `-o` (implied by `-u`).
+    /// `-o`: return after one matching message (the CLI sets it for `-u`
+    /// too; a `uuid` alone only filters).
     pub once: bool,
     pub sender: Option<PublicKey>,
     /// `-u`: the uuid string.
@@ -319,6 +331,8 @@ pub struct WaitArgs {
     /// `-v`: verbs to accept (empty: any).
     pub verbs: Vec<String>,
     pub timeout: Option<Duration>,
+    /// Kill each script after this long (besides `timeout`, the wait's).
+    pub script_timeout: Option<Duration>,
     /// The script and its arguments (empty: none; replies `NO_DATA`).
     pub script: Vec<OsString>,
 }
@@ -363,6 +377,41 @@ pub enum Reject {
     Replay,
 }
 
+/// What a waiter tells, and asks, as it goes. `fspl nats wait` needs
+/// nothing of it ([`Quiet`]); the daemon's `nats-wait` job keeps its
+/// status, metrics and running command up to date through it, and ends
+/// the wait when a command fails or the server goes away (so that the
+/// daemon's backoff and error state apply).
+pub trait Observer {
+    /// Subscribed (or the durable consumer ready): what is sent from now
+    /// on is received.
+    fn ready(&mut self, _subject: &str) {}
+    /// A message dropped by the checks on receipt.
+    fn dropped(&mut self, _why: &Reject) {}
+    /// A message passed the checks and the filters; its script starts.
+    fn started(&mut self, _m: &Message) {}
+    /// The script is running: killable through `h` until it is reaped.
+    fn spawned(&mut self, _h: &KillHandle) {}
+    /// The script has ended: its exit status (-1: it could not start, was
+    /// killed, or died by a signal), how long it ran. An error ends the
+    /// wait ([`RemaphoreError::Command`]); in durable mode the message is
+    /// then neither recorded nor acknowledged (it comes again).
+    fn finished(&mut self, _m: &Message, _code: i32, _ran: Duration) -> Result<(), String> {
+        Ok(())
+    }
+    /// End the wait ([`RemaphoreError::Disconnected`]) when the connection
+    /// to the server is lost, instead of waiting for the client to
+    /// reconnect by itself (as remaphore does).
+    fn fail_on_disconnect(&self) -> bool {
+        false
+    }
+}
+
+/// The observer of `fspl nats wait`: nothing to tell.
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
 /// The checks on receipt that do not depend on time: a canonical,
 /// correctly signed message from a known peer allowed its verb and (with
 /// `authorize:`) allowed to address us.
@@ -383,15 +432,16 @@ pub fn check(cfg: &Config, raw: &[u8]) -> Result<Message, Reject> {
     Ok(m)
 }
 
-/// Run `script... VERB PAYLOAD` with exactly the REMAPHORE_* environment;
-/// `exit-code,combined output` (exit code -1 when it could not start or
-/// died by a signal). Killed at the deadline.
+/// Run `script... VERB PAYLOAD` with exactly the REMAPHORE_* environment:
+/// its exit status (-1 when it could not start, was killed or died by a
+/// signal) and combined output. Killed at the deadline.
 pub async fn run_script(
     cfg: &Config,
     script: &[OsString],
     m: &Message,
     deadline: Option<Instant>,
-) -> Vec<u8> {
+    obs: &mut dyn Observer,
+) -> (i32, Vec<u8>) {
     let mut cmd = std::process::Command::new(&script[0]);
     cmd.args(&script[1..])
         .arg(&m.verb)
@@ -410,26 +460,28 @@ pub async fn run_script(
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot make a pipe for the script: {e}");
-            return b"-1,".to_vec();
+            return (-1, Vec::new());
         }
     };
     let w2 = match writer.try_clone() {
         Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot make a pipe for the script: {e}");
-            return b"-1,".to_vec();
+            return (-1, Vec::new());
         }
     };
     cmd.stdout(writer).stderr(w2);
-    let mut child = match cmd.spawn() {
+    let child = match fspl_queue::exec::spawn(&mut cmd, None) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("cannot run {:?}: {e}", script[0]);
-            return b"-1,".to_vec();
+            return (-1, Vec::new());
         }
     };
+    // Our ends of the pipe go, so that reading ends when the script's do.
     drop(cmd);
-    let pid = child.id();
+    let kill = child.handle();
+    obs.spawned(&kill);
     let task = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         let mut reader = reader;
@@ -441,11 +493,11 @@ pub async fn run_script(
         Some(d) => match tokio::time::timeout_at(d, task).await {
             Ok(j) => j,
             Err(_) => {
-                // The wait's timeout: kill it, as remaphore does.
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                tracing::warn!("timeout: killed the script (pid {pid})");
-                return b"-1,".to_vec();
+                // The wait's timeout: kill it, as remaphore does (only
+                // the script itself, never a process that reused its pid).
+                kill.kill();
+                tracing::warn!("timeout: killed the script (pid {})", kill.pid());
+                return (-1, Vec::new());
             }
         },
         None => task.await,
@@ -454,17 +506,16 @@ pub async fn run_script(
         Ok(x) => x,
         Err(e) => {
             tracing::error!("script runner failed: {e}");
-            return b"-1,".to_vec();
+            return (-1, Vec::new());
         }
     };
     let code = match status {
-        Ok(s) => s.code().unwrap_or(-1),
-        Err(_) => -1,
+        Ok(fspl_queue::exec::Outcome::Success) => 0,
+        Ok(fspl_queue::exec::Outcome::Exited(s)) => s.code().unwrap_or(-1),
+        Ok(_) | Err(_) => -1,
     };
     tracing::info!("script exited {code}");
-    let mut r = format!("{code},").into_bytes();
-    r.extend_from_slice(&out);
-    r
+    (code, out)
 }
 
 async fn reply(
@@ -497,34 +548,86 @@ async fn reply(
     Ok(())
 }
 
-/// Handle one accepted message: the script (or `NO_DATA`) and the reply.
-async fn handle(
+/// Handle one accepted message: the script (or `NO_DATA`), the reply,
+/// and what the observer makes of the script's outcome.
+pub(crate) async fn handle(
     client: &Client,
     cfg: &Config,
     args: &WaitArgs,
     m: &Message,
     deadline: Option<Instant>,
-) {
+    obs: &mut dyn Observer,
+) -> Result<(), RemaphoreError> {
     tracing::info!(
         "message from {} verb {:?} to {:?}",
         m.sender.to_base58(),
         m.verb,
         m.destination
     );
-    let out = if args.script.is_empty() {
-        b"NO_DATA".to_vec()
+    obs.started(m);
+    let t0 = Instant::now();
+    let (code, out) = if args.script.is_empty() {
+        (0, b"NO_DATA".to_vec())
     } else {
-        run_script(cfg, &args.script, m, deadline).await
+        let deadline = match (deadline, args.script_timeout) {
+            (d, None) => d,
+            (None, Some(t)) => Some(t0 + t),
+            (Some(d), Some(t)) => Some(d.min(t0 + t)),
+        };
+        let (code, out) = run_script(cfg, &args.script, m, deadline, obs).await;
+        let mut r = format!("{code},").into_bytes();
+        r.extend_from_slice(&out);
+        (code, r)
     };
     if m.request_reply
         && let Err(e) = reply(client, cfg, m, &out).await
     {
         tracing::error!("reply: {e}");
     }
+    obs.finished(m, code, t0.elapsed())
+        .map_err(RemaphoreError::Command)
+}
+
+/// Wait for `f`, until `deadline` if any: None when it passed first.
+pub(crate) async fn until<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// Resolves when the client has lost its connection (checked now, then
+/// twice a second), if `watch`; else never.
+pub(crate) async fn lost(client: &Client, watch: bool) {
+    if !watch {
+        return std::future::pending().await;
+    }
+    loop {
+        if client.connection_state() != State::Connected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub(crate) fn servers_text(cfg: &Config) -> String {
+    cfg.servers.join(",")
 }
 
 /// remaphore's receive mode. Returns whether a message matched.
 pub async fn wait(common: &Common, args: &WaitArgs) -> Result<bool, RemaphoreError> {
+    wait_observed(common, args, &mut Quiet, std::future::pending::<()>()).await
+}
+
+/// [`wait`], telling `obs` what happens, until `stop` resolves (checked
+/// while waiting for a message, never during a script) or the observer
+/// ends it. Returns whether a message matched.
+pub async fn wait_observed(
+    common: &Common,
+    args: &WaitArgs,
+    obs: &mut dyn Observer,
+    stop: impl Future<Output = ()>,
+) -> Result<bool, RemaphoreError> {
     if let Some(s) = &args.script.first()
         && s.is_empty()
     {
@@ -534,9 +637,13 @@ pub async fn wait(common: &Common, args: &WaitArgs) -> Result<bool, RemaphoreErr
         .timeout
         .filter(|t| !t.is_zero())
         .map(|t| Instant::now() + t);
-    let client = common.connect().await?;
+    tokio::pin!(stop);
+    let client = tokio::select! {
+        c = common.connect() => c?,
+        _ = &mut stop => return Ok(false),
+    };
     if common.durable {
-        return durable::wait(common, args, &client, deadline).await;
+        return durable::wait(common, args, &client, deadline, obs, stop).await;
     }
     let cfg = &common.config;
     let subject = common.subject();
@@ -546,16 +653,21 @@ pub async fn wait(common: &Common, args: &WaitArgs) -> Result<bool, RemaphoreErr
         .map_err(|e| rt("subscribe", e))?;
     client.flush().await.map_err(|e| rt("flush", e))?;
     tracing::info!("ready: waiting on {subject}");
+    obs.ready(&subject);
+    let watch = obs.fail_on_disconnect();
     let mut seen = Seen::new();
     let skew = cfg.allow_skew.as_nanos() as i64;
     let mut received = false;
     loop {
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, sub.next()).await {
-                Ok(m) => m,
-                Err(_) => break,
+        let next = tokio::select! {
+            n = until(deadline, sub.next()) => match n {
+                Some(n) => n,
+                None => break,
             },
-            None => sub.next().await,
+            _ = &mut stop => break,
+            _ = lost(&client, watch) => {
+                return Err(RemaphoreError::Disconnected(servers_text(cfg)));
+            }
         };
         let Some(nm) = next else {
             return Err(RemaphoreError::Runtime("the subscription ended".into()));
@@ -564,16 +676,19 @@ pub async fn wait(common: &Common, args: &WaitArgs) -> Result<bool, RemaphoreErr
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!("dropped message: {e}");
+                obs.dropped(&e);
                 continue;
             }
         };
         let now = now_nanos();
         if (now - m.time_nanos).abs() > skew {
             tracing::warn!("dropped message: {}", Reject::Time);
+            obs.dropped(&Reject::Time);
             continue;
         }
         if !seen.insert(m.hash, m.time_nanos.saturating_add(skew), now) {
             tracing::warn!("dropped message: {}", Reject::Replay);
+            obs.dropped(&Reject::Replay);
             continue;
         }
         if !args.matches(cfg, &m) {
@@ -581,23 +696,12 @@ pub async fn wait(common: &Common, args: &WaitArgs) -> Result<bool, RemaphoreErr
             continue;
         }
         received = true;
-        handle(&client, cfg, args, &m, deadline).await;
-        if args.once || args.uuid.is_some() {
+        handle(&client, cfg, args, &m, deadline, obs).await?;
+        if args.once {
             break;
         }
     }
     Ok(received)
-}
-
-/// Shared by durable mode.
-pub(crate) async fn handle_for_durable(
-    client: &Client,
-    cfg: &Config,
-    args: &WaitArgs,
-    m: &Message,
-    deadline: Option<Instant>,
-) {
-    handle(client, cfg, args, m, deadline).await
 }
 
 pub(crate) fn handled_default(common: &Common, stream: &str, consumer: &str) -> PathBuf {
