@@ -255,6 +255,22 @@ async fn run_inner(
             })?;
         metric_names::describe();
     }
+    // The signals are ours before anything can see the daemon: a SIGTERM
+    // as soon as the control socket answers stops it cleanly (regression
+    // sigterm_as_soon_as_the_control_socket_answered_killed_the_daemon).
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let sig = |k: SignalKind| -> Result<Option<Signal>, DaemonError> {
+        if signals {
+            signal(k).map(Some).map_err(DaemonError::Signals)
+        } else {
+            Ok(None)
+        }
+    };
+    let (mut hup, mut term, mut int) = (
+        sig(SignalKind::hangup())?,
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+    );
     let listener = control::bind(&config.daemon.socket)?;
     let registry = Registry::default();
     let shared = Shared {
@@ -327,19 +343,6 @@ async fn run_inner(
         })
     };
 
-    use tokio::signal::unix::{Signal, SignalKind, signal};
-    let sig = |k: SignalKind| -> Result<Option<Signal>, DaemonError> {
-        if signals {
-            signal(k).map(Some).map_err(DaemonError::Signals)
-        } else {
-            Ok(None)
-        }
-    };
-    let (mut hup, mut term, mut int) = (
-        sig(SignalKind::hangup())?,
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-    );
     // Ready only once the signals are ours: a SIGHUP right after READY=1
     // reloads, never kills (its default action).
     info!(

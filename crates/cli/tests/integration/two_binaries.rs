@@ -106,3 +106,20 @@ fn exit_statuses_of_fspl_full_reach_the_caller() {
     assert_eq!(out.status.code(), full.status.code());
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// Regression (sigterm_as_soon_as_the_control_socket_answered_killed_the_
+/// daemon): the control socket was bound before the signal handlers were
+/// installed, so a SIGTERM right after it answered took the default
+/// action (the exec through fspl-full widened the window enough for a
+/// loaded test run to hit it).
+#[test]
+fn sigterm_as_soon_as_the_control_socket_answered_killed_the_daemon() {
+    for _ in 0..5 {
+        let sb = Sandbox::new();
+        let q = sb.queue("q");
+        let text = config(&sb, "", &[process_job("run", &q, &["true"], "")]);
+        let d = Daemon::start(&sb, &text, "logfmt");
+        let (st, log) = d.stop();
+        assert!(st.success(), "{st}: {log}");
+    }
+}
