@@ -123,3 +123,31 @@ fn sigterm_as_soon_as_the_control_socket_answered_killed_the_daemon() {
         assert!(st.success(), "{st}: {log}");
     }
 }
+
+/// `remaphore` may link to either binary (docs/compatibility.md): both
+/// print the same example configuration for remaphore's `-C`.
+#[test]
+fn remaphore_links_to_either_binary_and_behave_the_same() {
+    let sb = Sandbox::new();
+    let mut outs = Vec::new();
+    for target in ["fspl", "fspl-full"] {
+        let dir = sb.path(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("remaphore");
+        std::os::unix::fs::symlink(fspl_bin().with_file_name(target), &link).unwrap();
+        let mut c = Command::new(&link);
+        c.arg("-C");
+        let out = run(c);
+        assert!(out.status.success(), "{target}: {out:?}");
+        assert!(!out.stdout.is_empty(), "{target}: no example configuration");
+        outs.push(out.stdout);
+    }
+    // The example has fresh keys in it: compare its shape, line by line.
+    let shape = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(shape(&outs[0]), shape(&outs[1]));
+}
