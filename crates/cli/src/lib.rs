@@ -124,10 +124,7 @@ fn main_with<H: Heavy>() -> ExitCode {
         }
     };
     // The daemon sets up its own log formats.
-    #[cfg(feature = "daemon")]
     let own_logging = matches!(cli.command, cli::Cmd::Daemon { check: false, .. });
-    #[cfg(not(feature = "daemon"))]
-    let own_logging = false;
     if !own_logging {
         logging::init(cli.log_level);
     }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use crate::cli::Cmd;
 
-#[cfg(feature = "daemon")]
 mod daemon;
 mod docs;
 mod info;
@@ -28,7 +27,6 @@ mod transport;
 #[allow(private_bounds)]
 pub(crate) fn run<H: crate::Heavy>(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
     match cmd {
-        #[cfg(feature = "daemon")]
         c @ (Cmd::Daemon { .. } | Cmd::Status { .. }) => H::run(c, level),
         #[cfg(feature = "nats")]
         c @ Cmd::Nats(_) => H::run(c, level),
@@ -106,16 +104,13 @@ pub(crate) fn run<H: crate::Heavy>(cmd: Cmd, level: tracing::Level) -> anyhow::R
 }
 
 /// The commands that need an async SDK (`fspl-full` only).
-#[cfg_attr(not(feature = "daemon"), allow(unused_variables))]
 pub(crate) fn run_heavy(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitCode> {
     match cmd {
-        #[cfg(feature = "daemon")]
         Cmd::Daemon {
             config,
             check,
             log_format,
         } => daemon::daemon(&config, check, log_format, level),
-        #[cfg(feature = "daemon")]
         Cmd::Status {
             config,
             socket,

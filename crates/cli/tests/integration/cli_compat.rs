@@ -384,7 +384,8 @@ fn help_and_version_exit_0_on_stdout() {
     assert_eq!(v, format!("fspl {}\n", env!("CARGO_PKG_VERSION")));
     let v = String::from_utf8(ok(run(ours(["--version"])))).unwrap();
     let features: Vec<&str> = [
-        ("daemon", cfg!(feature = "daemon")),
+        // In every build.
+        ("daemon", true),
         ("s3", cfg!(feature = "s3")),
         ("nats", cfg!(feature = "nats")),
         ("failpoints", cfg!(feature = "failpoints")),
