@@ -138,26 +138,7 @@ mod tests {
     /// were, as the metrics do; the failures in a row do not.
     #[test]
     fn counters_survive_a_restart_of_the_jobs_task() {
-        let fresh = |name: &str| JobStatus {
-            name: name.into(),
-            kind: "process".into(),
-            queue: "/q".into(),
-            to: None,
-            from: None,
-            state: JobState::Idle,
-            description: None,
-            next_seq: None,
-            queued: None,
-            last_success: None,
-            consecutive_failures: 0,
-            jobs_succeeded: 0,
-            jobs_failed: 0,
-            jobs_refused: 0,
-            runs: 0,
-            runs_failed: 0,
-            bytes: None,
-            lag: Default::default(),
-        };
+        let fresh = |name: &str| JobStatus::idle(name, "process", "/q".into());
         let r = Registry::default();
         r.set(fresh("a"));
         r.update("a", |s| {
