@@ -75,3 +75,19 @@ impl Drop for Cleanup {
         self.clean();
     }
 }
+
+/// A live process's peak resident memory in KiB (`VmHWM` of
+/// /proc/PID/status), or None when it is gone. After an exec this is the
+/// new program's own peak (wait4's ru_maxrss of a posix_spawn'd child is
+/// not: it starts from the parent's).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

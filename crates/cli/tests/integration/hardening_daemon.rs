@@ -488,15 +488,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// The daemon's peak resident memory in KiB (VmHWM).
 fn peak_rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap()
+    fspl_testkit::procs::peak_rss_kib(pid).expect("the daemon's VmHWM")
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -372,12 +372,7 @@ fn hostile_max_size_headers_exhausted_memory_and_the_genuine_job_never_ran() {
             "the probe daemon did not start"
         );
         std::thread::sleep(Duration::from_millis(300));
-        let kb = std::fs::read_to_string(format!("/proc/{}/status", probe.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("the probe daemon's VmHWM");
+        let kb = fspl_testkit::procs::peak_rss_kib(probe.id()).expect("the probe daemon's VmHWM");
         let _ = probe.kill();
         let _ = probe.wait();
         kb
@@ -394,11 +389,7 @@ fn hostile_max_size_headers_exhausted_memory_and_the_genuine_job_never_ran() {
     let ran = wait_until(LIMIT, || {
         file_lines(&log).len() == 2 && file_lines(&clean_log).len() == 1
     });
-    let hwm = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let hwm = fspl_testkit::procs::peak_rss_kib(daemon.id());
     let alive = daemon.try_wait().unwrap().is_none();
     // SAFETY: our child.
     unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };

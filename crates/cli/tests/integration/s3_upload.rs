@@ -687,13 +687,8 @@ fn uploading_a_large_file_keeps_memory_flat() {
     wait_for("the upload", Duration::from_secs(120), || {
         s.names("incoming").is_empty() && s.names("working").is_empty()
     });
-    let status = std::fs::read_to_string(format!("/proc/{}/status", up.child.id())).unwrap();
+    let hwm_kb = fspl_testkit::procs::peak_rss_kib(up.child.id()).expect("VmHWM");
     up.kill();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
     let size = std::fs::metadata(srv.data.join(BUCKET).join("sparse"))
         .unwrap()
         .len();
