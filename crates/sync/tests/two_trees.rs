@@ -73,46 +73,9 @@ fn settle(a: &Side, b: &Side) {
     panic!("the trees did not settle in 6 rounds");
 }
 
-/// Path -> what is there (type, mode, mtime of files and links, content
-/// hash, link target), the sync's own directory left out.
+/// What the tree holds (the sync's own directory left out).
 fn manifest(root: &Path) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for e in walkdir(root) {
-        let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        if rel.starts_with(".fspl-sync") {
-            continue;
-        }
-        let md = fs::symlink_metadata(&e).unwrap();
-        let v = if md.file_type().is_symlink() {
-            format!("link {}", fs::read_link(&e).unwrap().display())
-        } else if md.is_dir() {
-            format!("dir {:o}", md.mode() & 0o7777)
-        } else {
-            format!(
-                "file {:o} {} {}",
-                md.mode() & 0o7777,
-                md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                blake3::hash(&fs::read(&e).unwrap()).to_hex()
-            )
-        };
-        m.insert(rel, v);
-    }
-    m
-}
-
-fn walkdir(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
+    fspl_testkit::tree::manifest(root, ".fspl-sync")
 }
 
 fn write(p: &Path, s: &str) {

@@ -13,6 +13,7 @@ pub mod prometheus;
 pub mod remaphore;
 pub mod s3;
 pub mod sshd;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

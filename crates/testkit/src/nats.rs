@@ -85,27 +85,10 @@ fn install() -> PathBuf {
     // Debian's package.
     let deb = PathBuf::from("/usr/bin/nats-server");
     if !runs(&deb) {
-        let apt = |args: &[&str]| {
-            let mut c = if crate::sshd::is_root() {
-                Command::new("apt-get")
-            } else {
-                let mut c = Command::new("sudo");
-                c.arg("apt-get");
-                c
-            };
-            c.args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !apt(&["install", "-y", "-q", "nats-server"]) {
-            assert!(apt(&["update", "-q"]), "apt-get update failed");
-            assert!(
-                apt(&["install", "-y", "-q", "nats-server"]),
-                "installing nats-server failed (pip {REQUIREMENT} and apt both)"
-            );
-        }
+        crate::procs::apt_install(
+            &["nats-server"],
+            &format!("installing nats-server failed (pip {REQUIREMENT} and apt both)"),
+        );
     }
     assert!(runs(&deb), "{} does not run", deb.display());
     deb

@@ -91,3 +91,32 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Install Debian packages with apt-get (through sudo unless root),
+/// updating the package lists once if the first try fails; panics with
+/// `what` when they cannot be installed.
+pub fn apt_install(pkgs: &[&str], what: &str) {
+    let apt = |args: &[&str]| {
+        let mut c = if is_root() {
+            std::process::Command::new("apt-get")
+        } else {
+            let mut c = std::process::Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install: Vec<&str> = ["install", "-y", "-q"]
+        .iter()
+        .chain(pkgs)
+        .copied()
+        .collect();
+    if !apt(&install) {
+        assert!(apt(&["update", "-q"]), "apt-get update failed");
+        assert!(apt(&install), "{what}");
+    }
+}

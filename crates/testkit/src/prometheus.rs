@@ -29,32 +29,10 @@ pub fn ensure_installed() {
         if Path::new(PROMETHEUS).exists() && Path::new(PROMTOOL).exists() {
             return;
         }
-        let root = crate::procs::is_root();
-        let apt = |args: &[&str]| {
-            let mut c = if root {
-                Command::new("apt-get")
-            } else {
-                let mut c = Command::new("sudo");
-                c.arg("apt-get");
-                c
-            };
-            c.args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let pkgs = [
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "prometheus",
-        ];
-        if !apt(&pkgs) {
-            assert!(apt(&["update", "-q"]), "apt-get update failed");
-            assert!(apt(&pkgs), "installing prometheus failed");
-        }
+        crate::procs::apt_install(
+            &["--no-install-recommends", "prometheus"],
+            "installing prometheus failed",
+        );
         assert!(
             Path::new(PROMTOOL).exists(),
             "{PROMTOOL} missing after installing"

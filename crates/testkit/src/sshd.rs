@@ -23,26 +23,10 @@ pub fn ensure_installed() {
         if Path::new(SSHD).exists() && which("ssh") && which("ssh-keygen") {
             return;
         }
-        let root = is_root();
-        let apt = |args: &[&str]| {
-            let mut c = if root {
-                Command::new("apt-get")
-            } else {
-                let mut c = Command::new("sudo");
-                c.arg("apt-get");
-                c
-            };
-            c.args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let pkgs = ["install", "-y", "-q", "openssh-server", "openssh-client"];
-        if !apt(&pkgs) {
-            assert!(apt(&["update", "-q"]), "apt-get update failed");
-            assert!(apt(&pkgs), "installing openssh-server failed");
-        }
+        crate::procs::apt_install(
+            &["openssh-server", "openssh-client"],
+            "installing openssh-server failed",
+        );
         assert!(Path::new(SSHD).exists(), "{SSHD} missing after installing");
     });
 }

@@ -129,37 +129,9 @@ fn settle(a: &Side, b: &Side) {
     panic!("the trees did not settle in 6 rounds");
 }
 
-/// Path -> type, mode, content hash (files also their mtime), link target;
-/// the sync's own directory left out.
+/// What the tree holds (the sync's own directory left out).
 fn manifest(root: &Path) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel.starts_with(".fspl-sync") {
-                continue;
-            }
-            let md = fs::symlink_metadata(&p).unwrap();
-            let v = if md.file_type().is_symlink() {
-                format!("link {}", fs::read_link(&p).unwrap().display())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {:o}", md.mode() & 0o7777)
-            } else {
-                format!(
-                    "file {:o} {}.{} {}",
-                    md.mode() & 0o7777,
-                    md.mtime(),
-                    md.mtime_nsec(),
-                    blake3::hash(&fs::read(&p).unwrap()).to_hex()
-                )
-            };
-            m.insert(rel, v);
-        }
-    }
-    m
+    fspl_testkit::tree::manifest(root, ".fspl-sync")
 }
 
 fn write(p: &Path, s: impl AsRef<[u8]>) {
