@@ -136,8 +136,8 @@ pub(crate) fn run_heavy(cmd: Cmd, level: tracing::Level) -> anyhow::Result<ExitC
             json,
         } => transport::push(&outbox, &dest, keep, json),
         Cmd::Pull { src, q, keep, json } => transport::pull(&src, &q.queuedir, keep, json),
-        // Everything else runs as in `fspl`; reached only when
-        // `fspl-full` is called directly.
+        // Not reached: `run` hands only the commands above to `H::run`.
+        // (Push and pull stay explicit: `run` would hand them back here.)
         other => run::<crate::Full>(other, level),
     }
 }

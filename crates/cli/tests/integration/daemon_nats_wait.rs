@@ -242,18 +242,7 @@ fn nats_wait_job_runs_its_command_once_per_matching_message_with_remaphore_argv_
         assert!(env.contains(&want), "{want} not in {env:?}");
     }
     let keys: Vec<&str> = env.iter().map(|l| l.split('=').next().unwrap()).collect();
-    assert_eq!(
-        keys,
-        [
-            "PWD",
-            "REMAPHORE_DESTMATCH",
-            "REMAPHORE_MSG",
-            "REMAPHORE_SENDER",
-            "REMAPHORE_TIME",
-            "REMAPHORE_UUID",
-            "REMAPHORE_VERB"
-        ]
-    );
+    assert_eq!(keys, crate::nats_remaphore::SCRIPT_ENV);
     let j = d.job("w");
     assert_eq!(j["state"], "idle", "{j}");
     assert_eq!(j["jobs_failed"], 0, "{j}");

@@ -45,6 +45,18 @@ impl Net {
     }
 }
 
+/// The environment of a script remaphore runs: exactly its variables (and
+/// the PWD sh adds itself), sorted.
+pub(crate) const SCRIPT_ENV: [&str; 7] = [
+    "PWD",
+    "REMAPHORE_DESTMATCH",
+    "REMAPHORE_MSG",
+    "REMAPHORE_SENDER",
+    "REMAPHORE_TIME",
+    "REMAPHORE_UUID",
+    "REMAPHORE_VERB",
+];
+
 /// A script that records its argv and environment in `<dir>/<name>.log`
 /// and prints two lines.
 fn recorder(dir: &Path, name: &str) -> PathBuf {
@@ -331,18 +343,7 @@ fn our_send_runs_the_same_script_argv_and_env_on_the_original_and_on_ours() {
         .iter()
         .map(|l| l.split('=').next().unwrap())
         .collect();
-    assert_eq!(
-        keys,
-        [
-            "PWD",
-            "REMAPHORE_DESTMATCH",
-            "REMAPHORE_MSG",
-            "REMAPHORE_SENDER",
-            "REMAPHORE_TIME",
-            "REMAPHORE_UUID",
-            "REMAPHORE_VERB"
-        ]
-    );
+    assert_eq!(keys, SCRIPT_ENV);
 }
 
 /// The original's send reaches our waiter (here called as `remaphore`,
