@@ -17,14 +17,18 @@
 //! So bytes read while the lease still reads `F_RDLCK` *after* the read are
 //! the bytes the file held when the lease was taken. We hash the payload
 //! under the lease, then feed it to the command through a pipe: a thread
-//! reads a block, checks the lease, and only then writes the block to the
-//! pipe. The command never holds the job file itself, so neither it nor
-//! anything it starts (a `tar` under `sh`) can read the file after a
-//! writer got in. A break while feeding kills the command (before the
-//! lease is released) and fails the job, so that it is checked again on
-//! the next run. The lease is released as soon as the whole payload is in
-//! the pipe, so a writer waits at most as long as the command takes to
-//! read the payload.
+//! splices a block (the pipe takes references to the file's pages, no
+//! copy), checks the lease, and goes on only while it stands. The last
+//! pipe's worth is copied instead, which pushes every spliced page out of
+//! the pipe, so the lease can go as soon as the whole payload is in (a
+//! writer waits at most as long as the command takes to read it). When
+//! feeding stops early, or the lease breaks, we empty the pipe through a
+//! read end of our own before the lease goes, so nothing left holding the
+//! pipe (a background child) reads a page a writer changed. The command
+//! never holds the job file itself, so neither it nor anything it starts
+//! (a `tar` under `sh`) can read the file after a writer got in. A break
+//! while feeding kills the command (before the lease is released) and
+//! fails the job, so that it is checked again on the next run.
 //!
 //! Where a lease cannot be had (someone has the file open for writing, we
 //! are neither its owner nor have `CAP_LEASE`, leases are disabled, or the
@@ -33,9 +37,10 @@
 //! payload instead.
 
 use std::fs::File;
-use std::io::{self, ErrorKind, PipeReader, PipeWriter, Write};
+use std::io::{self, ErrorKind, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -181,12 +186,22 @@ enum Fed {
 /// What the feeding needs, moved into its thread.
 struct Feeder {
     lease: ReadLease,
-    writer: PipeWriter,
+    /// `None` once the command has all of its payload (or must get no more).
+    writer: Option<PipeWriter>,
+    /// A non-blocking read end of the same pipe, to empty it before the
+    /// lease is let go: spliced bytes in the pipe are the file's own pages,
+    /// which a writer let in could change before a (background) reader
+    /// gets them. `None`: nothing is spliced.
+    drain: Option<File>,
     cancel: io::PipeReader,
     offset: u64,
     len: u64,
     /// Bytes already in the pipe.
     pos: u64,
+    /// Bytes before this position are spliced (page references, no copy);
+    /// the rest, one pipe's worth, is copied. Once that copy is all in the
+    /// pipe it fills every slot, so no spliced page is left in it.
+    splice_end: u64,
     /// Read and checked: `buf[done..filled]` is not yet in the pipe (it
     /// follows `pos`).
     buf: Vec<u8>,
@@ -201,34 +216,52 @@ pub struct LeaseFeed {
     early: Option<Fed>,
     cancel_tx: Option<OwnedFd>,
     ended: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(Fed, ReadLease)>>,
+    thread: Option<JoinHandle<(Fed, Feeder)>>,
     no_thread: bool,
 }
 
 impl LeaseFeed {
     /// A pipe for the command to read bytes `[offset, offset + len)` of the
     /// leased file from. As much as the pipe holds is written at once,
-    /// before the command starts: a payload that fits is all in the pipe,
-    /// and the lease released, before the command can do anything.
+    /// before the command starts: a payload that fits is all in the pipe
+    /// (copied), and the lease released, before the command can do
+    /// anything.
     pub fn new(lease: ReadLease, offset: u64, len: u64) -> io::Result<(PipeReader, LeaseFeed)> {
         let (reader, writer) = io::pipe()?;
         let (cancel_rx, cancel_tx) = io::pipe()?;
         // SAFETY: fcntl on our own pipe descriptors; a larger pipe means
-        // fewer wake-ups, and failing to get one changes nothing else.
-        unsafe {
+        // fewer wake-ups, and failing to get one changes nothing else (the
+        // size it has is asked for below).
+        let cap = unsafe {
             libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, BLOCK as libc::c_int);
             let fl = libc::fcntl(writer.as_raw_fd(), libc::F_GETFL);
             if fl < 0 || libc::fcntl(writer.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
                 return Err(io::Error::last_os_error());
             }
-        }
+            libc::fcntl(writer.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        // A read end of our own that never waits (a new open of the same
+        // pipe: its non-blocking flag is not the command's). Without it, or
+        // without the pipe's size (the copied tail must fill the pipe),
+        // everything is copied.
+        let drain = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", reader.as_raw_fd()))
+            .ok();
+        let splice_end = match (u64::try_from(cap), &drain) {
+            (Ok(cap), Some(_)) if cap > 0 => len.saturating_sub(cap),
+            _ => 0,
+        };
         let mut feeder = Feeder {
             lease,
-            writer,
+            writer: Some(writer),
+            drain,
             cancel: cancel_rx,
             offset,
             len,
             pos: 0,
+            splice_end,
             buf: vec![0u8; BLOCK.min(len.max(1) as usize)],
             done: 0,
             filled: 0,
@@ -236,10 +269,9 @@ impl LeaseFeed {
         let early = feeder.fill();
         let feeder = match early {
             Some(Fed::Done) => {
-                // All of it is in the pipe: writers may come, and the
-                // command gets the end of its payload after it.
-                let Feeder { mut lease, .. } = feeder;
-                lease.release();
+                // All of it is in the pipe (copies: it fits): writers may
+                // come, and the command gets the end of its payload after it.
+                feeder.lease.release();
                 None
             }
             _ => Some(feeder),
@@ -291,8 +323,9 @@ impl LeaseFeed {
         drop(self.cancel_tx.take());
         let fed = match (self.thread.take(), self.early.take()) {
             (Some(t), _) => match t.join() {
-                Ok((fed, mut lease)) => {
-                    lease.release();
+                Ok((fed, feeder)) => {
+                    // Empties the pipe, then lets writers in.
+                    drop(feeder);
                     fed
                 }
                 Err(_) => Fed::Error(io::Error::other("the payload thread failed")),
@@ -329,23 +362,77 @@ impl Feeder {
                 if self.pos >= self.len {
                     return Some(Fed::Done);
                 }
+                if self.pos < self.splice_end {
+                    match self.splice() {
+                        Ok(true) => continue,
+                        Ok(false) => return None,
+                        Err(fed) => return Some(fed),
+                    }
+                }
                 match self.read_checked() {
                     Ok(()) => {}
                     Err(fed) => return Some(fed),
                 }
             }
-            match (&self.writer).write(&self.buf[self.done..self.filled]) {
+            let Some(writer) = &self.writer else {
+                return Some(Fed::Done);
+            };
+            match (&*writer).write(&self.buf[self.done..self.filled]) {
                 Ok(k) => {
                     self.done += k;
                     self.pos += k as u64;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // The command closed its stdin: it wants no more.
-                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Some(Fed::Done),
                 Err(e) => return Some(Fed::Error(e)),
             }
         }
+    }
+
+    /// Move the next bytes before `splice_end` into the pipe as references
+    /// to the file's pages: true when some moved, false when the pipe is
+    /// full. A file system that cannot splice gets copies from here on.
+    fn splice(&mut self) -> Result<bool, Fed> {
+        let Some(writer) = &self.writer else {
+            return Ok(false);
+        };
+        let want = (self.splice_end - self.pos).min(BLOCK as u64) as usize;
+        let mut at = (self.offset + self.pos) as libc::loff_t;
+        // SAFETY: splice between a file and a pipe we hold, with our own
+        // offset variable; the result is checked.
+        let n = unsafe {
+            libc::splice(
+                self.lease.file().as_raw_fd(),
+                &mut at,
+                writer.as_raw_fd(),
+                std::ptr::null_mut(),
+                want,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                ErrorKind::WouldBlock => Ok(false),
+                ErrorKind::Interrupted => Ok(true),
+                _ if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.splice_end = self.pos;
+                    Ok(true)
+                }
+                _ => Err(Fed::Error(e)),
+            };
+        }
+        if !self.lease.intact() {
+            return Err(Fed::Broken);
+        }
+        if n == 0 {
+            return Err(Fed::Error(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the job file is shorter than when it was checked",
+            )));
+        }
+        self.pos += n as u64;
+        Ok(true)
     }
 
     /// Read the next block into `buf` (all of it written already), and
@@ -381,7 +468,7 @@ impl Feeder {
     }
 
     /// Feed the rest while the command runs.
-    fn run(mut self, ended: &AtomicBool, command: &KillHandle) -> (Fed, ReadLease) {
+    fn run(mut self, ended: &AtomicBool, command: &KillHandle) -> (Fed, Feeder) {
         let fed = loop {
             if ended.load(Ordering::SeqCst) {
                 break Fed::Stopped;
@@ -399,35 +486,51 @@ impl Feeder {
                 break Fed::Broken;
             }
         };
-        let Feeder {
-            mut lease,
-            writer,
-            cancel,
-            ..
-        } = self;
         match fed {
             Fed::Done => {
-                // All of it is in the pipe (copies): writers may come.
-                lease.release();
+                // All of it is in the pipe, and the copied tail has pushed
+                // every spliced page out of it: writers may come.
+                self.lease.release();
+                self.writer = None;
             }
             Fed::Broken | Fed::Error(_) => {
+                // Take back what is in the pipe before anything else: the
+                // writer waits for the lease, but only so long.
+                self.empty_pipe();
                 command.kill();
                 // Keep the pipe open until the job is over: the killed
                 // command must not see an early end of its payload as a
                 // normal one.
-                wait_readable(&cancel, -1);
+                wait_readable(&self.cancel, -1);
             }
             Fed::Stopped => {}
         }
-        drop(writer);
-        (fed, lease)
+        (fed, self)
+    }
+
+    /// Take out whatever the pipe holds; never waits.
+    fn empty_pipe(&mut self) {
+        let Some(drain) = &self.drain else {
+            return;
+        };
+        loop {
+            match (&*drain).read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 
     /// Sleep until the pipe has room; true when the job is over instead.
     fn wait_for_room(&self) -> bool {
+        let Some(writer) = &self.writer else {
+            return true;
+        };
         let mut fds = [
             libc::pollfd {
-                fd: self.writer.as_raw_fd(),
+                fd: writer.as_raw_fd(),
                 events: libc::POLLOUT,
                 revents: 0,
             },
@@ -440,6 +543,20 @@ impl Feeder {
         // SAFETY: two valid pollfds on descriptors we hold.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, POLL_MS) };
         fds[1].revents != 0
+    }
+}
+
+impl Drop for Feeder {
+    /// Feeding stopped before the end (or never began): close the pipe and
+    /// empty it while the lease still keeps writers out, so that whatever
+    /// still holds its read end (a background child) never reads a spliced
+    /// page after a writer got in. Then the lease goes.
+    fn drop(&mut self) {
+        if self.lease.held {
+            self.writer = None;
+            self.empty_pipe();
+            self.lease.release();
+        }
     }
 }
 

@@ -473,6 +473,105 @@ fn a_background_child_holding_the_payload_pipe_cannot_keep_the_job_file_leased()
     assert_eq!(nextseq(&t.q), 2);
 }
 
+/// The payload goes into the pipe as references to the job file's own
+/// pages where it can (splice: no copy), so bytes still in the pipe when
+/// the command ends are the file's pages, not copies. A background child
+/// that reads the pipe after the command exited and after a writer changed
+/// the file must still never read a byte that was not checked: the pipe is
+/// emptied before the lease lets the writer in. Without that, this child
+/// would read the writer's `X`s.
+#[test]
+fn a_background_child_reading_the_payload_pipe_after_a_writer_got_in_reads_no_changed_byte() {
+    background_reader_after_a_writer(0);
+}
+
+/// The same when the command read all but the last 512 KiB itself: the
+/// whole payload is in the pipe, so the lease is let go at once, and what
+/// is left in the pipe must be copies (the last pipe's worth is always
+/// copied), which the background child then reads in full, unchanged.
+#[test]
+fn a_background_child_reading_the_payload_tail_after_a_writer_got_in_reads_the_checked_tail() {
+    background_reader_after_a_writer((6 << 20) - (512 << 10));
+}
+
+/// The command reads `first` bytes of its 6 MiB payload (whole 4 KiB
+/// blocks) and exits, leaving a background child holding the pipe; once
+/// the job is over a writer overwrites the payload with `X`s, then the
+/// child reads what the pipe still holds.
+fn background_reader_after_a_writer(first: usize) {
+    let t = Setup::new();
+    let payload = noise(6 << 20, 13);
+    std::fs::write(&t.payload, &payload).unwrap();
+    let name = t.write(&t.q, &t.genuine(1));
+    let path = t.q.join("jobs").join(&name);
+    assert!(
+        leases_apply(&t.q),
+        "this test needs leases on the test directory"
+    );
+    let (got, go, pidfile) = (t.s.path("bg.out"), t.s.path("go"), t.s.path("bg.pid"));
+    let mut c = fs([
+        OsStr::new("queue-process"),
+        OsStr::new("-q"),
+        t.q.as_os_str(),
+        OsStr::new("--trust"),
+        t.trust.as_os_str(),
+        OsStr::new("--never-delete"),
+        OsStr::new("sh"),
+        OsStr::new("--"),
+        OsStr::new("-c"),
+        // The pipe goes to the background list as fd 3 (its stdin would
+        // be /dev/null).
+        OsStr::new(
+            r#"dd bs=4096 count="$3" iflag=fullblock of=/dev/null status=none; exec 3<&0; { n=0; while [ ! -e "$1" ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; cat <&3 > "$0"; } >/dev/null 2>&1 & echo $! > "$2""#,
+        ),
+    ]);
+    c.arg(&got)
+        .arg(&go)
+        .arg(&pidfile)
+        .arg((first / 4096).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ok(wait_bounded(c.spawn().unwrap(), "queue-process"));
+    // The job is over; a writer overwrites the payload in place.
+    let len = std::fs::metadata(&path).unwrap().len();
+    let body = (len as usize) - payload.len();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![b'X'; payload.len()], body as u64)
+            .unwrap();
+    }
+    std::fs::write(&go, b"").unwrap();
+    let bg: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let end = Instant::now() + DEADLINE;
+    // SAFETY: signal 0 only asks whether the background child still runs.
+    while unsafe { libc::kill(bg, 0) } == 0 {
+        assert!(Instant::now() < end, "the background reader never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let read = std::fs::read(&got).unwrap();
+    assert!(
+        payload[first..].starts_with(&read),
+        "the background child read {} bytes that are not the checked payload's bytes from \
+         {first} on (first X at {:?})",
+        read.len(),
+        read.iter().position(|&b| b == b'X')
+    );
+    if first > 0 {
+        assert_eq!(
+            read.len(),
+            payload.len() - first,
+            "the tail was not all there"
+        );
+    }
+    assert_eq!(nextseq(&t.q), 2);
+}
+
 // ---- encrypted jobs ----
 
 /// Chunk geometry of a binary age file: where the payload's chunks start.
