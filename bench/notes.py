@@ -89,11 +89,12 @@ slower than the hash (`sha256sum`) the check is hidden behind it:
 {c['b5_sha_ours']} against the reference's {c['b5_sha_ref']}. With
 `--trust` the command must read only checked bytes: the payload is hashed
 under a read lease before the command starts (the S2 time,
-{c['b5_true']}), then fed to it through a pipe from the leased file;
-{c['b5_trust']} against {c['b5_notrust']} without `--trust`. The pipe
-costs about as much again as reading the file (the kernel copies each
-byte into the pipe and out of it), which is the price of the command
-never holding the job file (docs/security.md explains why it must not).
+{c['b5_true']}), then fed to it through a pipe from the leased file,
+spliced (the pipe takes references to the file's pages, no copy) except
+for the last pipe's worth, which is copied so that no spliced page is left
+in the pipe once the lease goes; {c['b5_trust']} against {c['b5_notrust']}
+without `--trust`. The hash pass cannot overlap the command, which may not
+see a byte before all of them are checked (docs/security.md).
 The job made by `fspl prepare -i BIG` carries a payload length and a
 BLAKE3 digest (fspl's default for a regular file). `prepare` hashes the file first (the header, which holds the digest, comes
 first) on two threads, with positional reads, cutting BLAKE3's tree into
@@ -148,14 +149,15 @@ batches of them with `pread`, the reader hands them out in order), hashed
 on its way and written to a pipe that the command reads; its length is
 checked from the age file's size before anything runs. The plaintext run
 does one read and one hash ({c['s3_plain']}); the encrypted one adds
-ChaCha20-Poly1305 over every byte ({c['s3_crypto']} of the samples, in
-RustCrypto's AVX2 code) and the pipe (every byte copied into it and out of
-it), on the same two cores: {c['s3_enc']}. Decryption alone, on one core,
-is `age -d` ({c['s3_age']}, Debian's Go build with assembly
-ChaCha20-Poly1305, {c['s3_age_ratio']}× the plaintext run); spread over two
-cores it is still more than half of the plaintext run, so 1.5× cannot be
-reached here whatever the rest costs. More cores, or a faster AEAD (an
-AVX-512 ChaCha20), would move it.
+ChaCha20-Poly1305 over every byte ({c['s3_crypto']} of the samples, ring's
+AVX2 assembly, about 3.8 GB/s on one core here), a copy of every byte out
+of the page cache for the decrypting threads, and the pipe (every byte
+copied into it and out of it), on the same two cores: {c['s3_enc']}. The
+decryption alone, spread over both cores, takes about as long as the whole
+plaintext run; the hash, the copies and the command's own read share the
+same two cores, so 1.5× cannot be reached here. `age -d` (Debian's Go
+build, one core) takes {c['s3_age']}, {c['s3_age_ratio']}× the plaintext
+run. More cores would move it.
 """,
         "D1": f"""
 Latency is measured from the exit of the `queue-write` that delivered a
@@ -168,6 +170,24 @@ so they wait their turn in sequence. See "D1 in full" above.
         "D2": f"""
 See "D2 in full" above for the split between anonymous memory and the
 binary's own pages.
+""",
+        "T1": f"""
+On the bench directory's file system the push took {c['t1_ours']} against
+tar's {c['t1_tar']}; on a journaled ext4 (row T1j, a loop device made by
+the benchmark) {c['t1j_ours']} against {c['t1j_tar']}. This machine's ext4
+has no journal (`/proc/fs/jbd2` is empty), and without one ext4's inode
+allocator skips every inode freed in the last 30 seconds, reading its
+inode-table block to see when it was freed (`recently_deleted` and
+`find_get_block` lead the kernel profile). A push removes each job from
+its outbox once the receiver has it on disk, so every file it creates at
+the receiver comes after thousands of fresh removals nearby, and each
+create walks past all of them: 10,000 creates right after 10,000 removals
+took 2.8 to 5 s here, and 0.2 s on the journaled loop device. tar creates
+files and removes none. Journaled ext4 (the default) has no such step, and
+there the push is compared with tar on equal terms.
+""",
+        "T1j": """
+See T1.
 """,
         "T3": f"""
 A push moves the jobs: besides creating each file at the destination (as

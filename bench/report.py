@@ -193,6 +193,9 @@ if D3N and has(f"B7-true-{D3N}", "daemon"):
 if T1N and has("T1"):
     row("T1", f"`fspl push` of {T1N} tiny jobs over ssh to 127.0.0.1: ours / `tar c \\| ssh tar x` of the same files",
         med("T1"), med("T1", "tar"), 1.5)
+    if has("T1j"):
+        row("T1j", f"the same on a journaled ext4 (a loop device; the bench dir's ext4 has none): ours / tar",
+            med("T1j"), med("T1j", "tar"), 1.5)
     each = med("T1", "per-job-sample") * T1N / T1S
     x = each / med("T1")
     row_abs("T1", f"the same {T1N} jobs, one `ssh HOST fspl queue-write` each (measured on {T1S} jobs, "
@@ -359,6 +362,10 @@ ctx = {
     "s1_unsign": fmt_t(med("S1-sign", "ours-unsigned")) if has("S1-sign", "ours-unsigned") else "n/a",
     "s1_ver": fmt_t(med("S1-verify", "ours-signed")) if has("S1-verify", "ours-signed") else "n/a",
     "s1_unver": fmt_t(med("S1-verify", "ours-unsigned")) if has("S1-verify", "ours-unsigned") else "n/a",
+    "t1_ours": fmt_t(med("T1")) if has("T1") else "n/a",
+    "t1_tar": fmt_t(med("T1", "tar")) if has("T1", "tar") else "n/a",
+    "t1j_ours": fmt_t(med("T1j")) if has("T1j") else "n/a",
+    "t1j_tar": fmt_t(med("T1j", "tar")) if has("T1j", "tar") else "n/a",
     "t3_ours": fmt_t(med("T3")) if has("T3") else "n/a",
     "t3_cp": fmt_t(med("T3", "cp")) if has("T3", "cp") else "n/a",
     "t3_cprm": fmt_t(med("T3", "cp-rm")) if has("T3", "cp-rm") else "n/a",
