@@ -157,7 +157,12 @@ decryption alone, spread over both cores, takes about as long as the whole
 plaintext run; the hash, the copies and the command's own read share the
 same two cores, so 1.5× cannot be reached here. `age -d` (Debian's Go
 build, one core) takes {c['s3_age']}, {c['s3_age_ratio']}× the plaintext
-run. More cores would move it.
+run. More cores would move it. fspl's encrypted runs also vary widely
+(see the min … max spread under "All measurements"), and the single
+`fspl-pump` thread does three things one after the other for every byte
+(copy it out of the decrypted batch, hash it, write it into the pipe):
+hashing in the decrypting threads, or splicing the decrypted batches into
+the pipe, would shorten that path, though not to 1.5×.
 """,
         "D1": f"""
 Latency is measured from the exit of the `queue-write` that delivered a
