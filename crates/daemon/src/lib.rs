@@ -14,7 +14,7 @@ pub mod kinds;
 pub mod lag;
 pub mod log;
 pub mod metric_names;
-pub mod program;
+pub use fspl_queue::program;
 pub mod state;
 pub mod supervisor;
 pub use fspl_control::sockpath;

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod lock;
 pub mod nextseq;
 pub mod process;
+pub mod program;
 pub mod pump;
 pub mod quarantine;
 mod queue;

@@ -346,6 +346,43 @@ fn our_send_runs_the_same_script_argv_and_env_on_the_original_and_on_ours() {
     assert_eq!(keys, SCRIPT_ENV);
 }
 
+/// Regression: a script named without a path was looked up in the
+/// script's own (cleared) environment, so only in `/bin:/usr/bin`, where
+/// the original (Go's `exec.Command`) finds it through the waiter's PATH.
+/// Now ours finds it there too, and starts it without copying itself.
+#[test]
+fn a_script_named_without_a_path_is_found_through_the_waiters_path_as_the_original_finds_it() {
+    let net = Net::new();
+    let d = net.dir.path();
+    let (_a, _b, _c, ac, bc, cc) = three(&net);
+    let bin = d.join("scripts");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["go", "us"] {
+        std::fs::rename(recorder(d, name), bin.join(format!("record-{name}"))).unwrap();
+    }
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let mut gw = original(&bc);
+    gw.env("PATH", &path).args(["-o", "-t", "20s", "record-go"]);
+    let go = Waiter::start(gw, net.path("go.err"));
+    let mut ow = ours(&cc);
+    ow.env("PATH", &path)
+        .args(["wait", "-o", "-t", "20s", "--", "record-us"]);
+    let us = Waiter::start(ow, net.path("us.err"));
+    let mut s = ours(&ac);
+    s.args(["send", "-D", "com.test.*", "-v", "deploy", "--", "hello"]);
+    ok(s);
+    let (gc, _, gerr) = go.finish();
+    let (uc, _, uerr) = us.finish();
+    assert_eq!(gc, Some(0), "{gerr}");
+    assert_eq!(uc, Some(0), "{uerr}");
+    let g = runs(&log_of(d, "go"));
+    let u = runs(&log_of(d, "us"));
+    assert_eq!(g.len(), 1, "the original did not run its script: {gerr}");
+    assert_eq!(u.len(), 1, "ours did not run its script: {uerr}");
+    assert_eq!(u[0].0, g[0].0);
+    assert_eq!(u[0].0, "argv: [deploy] [hello]");
+}
+
 /// The original's send reaches our waiter (here called as `remaphore`,
 /// with the original's flags) and runs the script as the original does.
 #[test]

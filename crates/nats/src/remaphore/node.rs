@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -442,8 +443,16 @@ pub async fn run_script(
     deadline: Option<Instant>,
     obs: &mut dyn Observer,
 ) -> (i32, Vec<u8>) {
-    let mut cmd = std::process::Command::new(&script[0]);
-    cmd.args(&script[1..])
+    // Found through our PATH here, as remaphore (Go's exec.Command) finds
+    // it: the script's own environment has no PATH. A program given by
+    // its path also lets the C library start it without copying this
+    // process (posix_spawn; std forks when a cleared environment would
+    // have to be searched), which is most of a responder's time.
+    let program = fspl_queue::program::find(&script[0], std::env::var_os("PATH").as_deref())
+        .map_or_else(|_| script[0].clone(), OsString::from);
+    let mut cmd = std::process::Command::new(&program);
+    cmd.arg0(&script[0])
+        .args(&script[1..])
         .arg(&m.verb)
         .arg(OsString::from_vec(m.payload.clone()))
         .env_clear()

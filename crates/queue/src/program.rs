@@ -1,6 +1,8 @@
-//! Where a job's command is, looked up as the daemon will run it (for
-//! `daemon --check`): the daemon starts commands with `execvp` semantics,
-//! from its own working directory, with its own PATH.
+//! Where a command is, looked up as `execvp` would with our own PATH: for
+//! `daemon --check` (the daemon starts commands with `execvp` semantics,
+//! from its own working directory, with its own PATH), and for remaphore
+//! scripts, which run with a cleared environment but are found through
+//! ours (as Go's `exec.Command` finds them for remaphore).
 //!
 //! - a name with a slash is a path; the configuration allows only absolute
 //!   ones (a relative one would depend on the directory the daemon was
