@@ -24,6 +24,9 @@ pub const TEMP_PREFIX: &str = ".fspl-sync-tmp.";
 /// The tree's root, opened once.
 pub struct Root {
     fd: OwnedFd,
+    /// The root's file system (`st_dev`): one `syncfs` covers whatever of
+    /// the tree lies on it; a directory mounted inside the tree does not.
+    dev: u64,
     pub path: PathBuf,
     /// Directories whose entries changed and are not yet synced (by
     /// [`Root::sync_dirs`], before the state that records them is saved).
@@ -69,8 +72,10 @@ impl Root {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let dev = rustix::fs::fstat(&fd)?.st_dev as u64;
         Ok(Root {
             fd,
+            dev,
             path: path.to_path_buf(),
             dirty: Default::default(),
         })
@@ -191,7 +196,10 @@ impl Root {
         }
     }
 
-    /// fsync every directory whose entries changed since the last call.
+    /// Make every directory whose entries changed since the last call
+    /// durable: one `syncfs` for those on the root's file system (a single
+    /// journal commit, where one `fsync` per directory would make one
+    /// each), an `fsync` for any on a file system mounted inside the tree.
     pub fn sync_dirs(&self) -> io::Result<()> {
         let dirs = std::mem::take(
             &mut *self
@@ -199,24 +207,37 @@ impl Root {
                 .lock()
                 .map_err(|_| io::Error::other("poisoned"))?,
         );
+        let mut ours = false;
         for d in dirs {
-            let fd = if d.is_empty() {
-                rustix::io::dup(&self.fd)?
-            } else {
-                match rustix::fs::openat(
-                    &self.fd,
-                    os(&d),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => fd,
-                    Err(rustix::io::Errno::NOENT) => continue,
-                    Err(e) => return Err(at(&d, "open", e)),
-                }
+            if d.is_empty() {
+                ours = true;
+                continue;
+            }
+            let fd = match rustix::fs::openat(
+                &self.fd,
+                os(&d),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(at(&d, "open", e)),
             };
-            rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
+            if self.on_root_fs(&fd) {
+                ours = true;
+            } else {
+                rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
+            }
+        }
+        if ours {
+            self.syncfs()?;
         }
         Ok(())
+    }
+
+    /// Whether `fd` is on the root's file system (an error counts as not).
+    fn on_root_fs(&self, fd: &impl AsFd) -> bool {
+        matches!(rustix::fs::fstat(fd), Ok(st) if st.st_dev as u64 == self.dev)
     }
 
     /// Write a regular file from `src` (exactly `size` bytes), with its
@@ -266,7 +287,9 @@ impl Root {
                 },
             )
             .map_err(|e| at(rel, "set the time of", e))?;
-            if sync {
+            // A temporary on another file system (mounted inside the
+            // tree) is not covered by the root's `syncfs`: flush it here.
+            if sync || !self.on_root_fs(&f) {
                 f.sync_all().map_err(|e| at(rel, "sync", e))?;
             }
             Ok(())
