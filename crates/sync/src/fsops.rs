@@ -72,7 +72,7 @@ impl Root {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let dev = rustix::fs::fstat(&fd)?.st_dev as u64;
+        let dev = rustix::fs::fstat(&fd)?.st_dev;
         Ok(Root {
             fd,
             dev,
@@ -237,7 +237,7 @@ impl Root {
 
     /// Whether `fd` is on the root's file system (an error counts as not).
     fn on_root_fs(&self, fd: &impl AsFd) -> bool {
-        matches!(rustix::fs::fstat(fd), Ok(st) if st.st_dev as u64 == self.dev)
+        matches!(rustix::fs::fstat(fd), Ok(st) if st.st_dev == self.dev)
     }
 
     /// Write a regular file from `src` (exactly `size` bytes), with its
