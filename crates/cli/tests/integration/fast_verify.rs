@@ -423,6 +423,28 @@ fn a_writer_that_had_the_job_file_open_before_the_check_cannot_change_what_a_tru
     assert_eq!(nextseq(&t.q), 2);
 }
 
+/// `queue-process --trust --never-delete sh -c SCRIPT` on the setup's
+/// queue, stdin null and output captured; the caller adds the script's
+/// `$0`, `$1`, ...
+fn trusted_sh(t: &Setup, script: &str) -> Command {
+    let mut c = fs([
+        OsStr::new("queue-process"),
+        OsStr::new("-q"),
+        t.q.as_os_str(),
+        OsStr::new("--trust"),
+        t.trust.as_os_str(),
+        OsStr::new("--never-delete"),
+        OsStr::new("sh"),
+        OsStr::new("--"),
+        OsStr::new("-c"),
+        OsStr::new(script),
+    ]);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// A background process the command leaves holding its stdin (the pipe
 /// the payload is fed through) keeps neither the job nor the job file:
 /// once the command has exited, the file can be opened for writing at once
@@ -434,22 +456,11 @@ fn a_background_child_holding_the_payload_pipe_cannot_keep_the_job_file_leased()
     let name = t.write(&t.q, &t.genuine(1));
     let path = t.q.join("jobs").join(&name);
     let pidfile = t.s.path("bg.pid");
-    let mut c = fs([
-        OsStr::new("queue-process"),
-        OsStr::new("-q"),
-        t.q.as_os_str(),
-        OsStr::new("--trust"),
-        t.trust.as_os_str(),
-        OsStr::new("--never-delete"),
-        OsStr::new("sh"),
-        OsStr::new("--"),
-        OsStr::new("-c"),
-        OsStr::new(r#"sleep 60 > /dev/null 2>&1 & echo $! > "$0"; head -c 10 > /dev/null"#),
-    ]);
-    c.arg(&pidfile)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut c = trusted_sh(
+        &t,
+        r#"sleep 60 > /dev/null 2>&1 & echo $! > "$0"; head -c 10 > /dev/null"#,
+    );
+    c.arg(&pidfile);
     let out = wait_bounded(c.spawn().unwrap(), "queue-process");
     let bg: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -509,29 +520,16 @@ fn background_reader_after_a_writer(first: usize) {
         "this test needs leases on the test directory"
     );
     let (got, go, pidfile) = (t.s.path("bg.out"), t.s.path("go"), t.s.path("bg.pid"));
-    let mut c = fs([
-        OsStr::new("queue-process"),
-        OsStr::new("-q"),
-        t.q.as_os_str(),
-        OsStr::new("--trust"),
-        t.trust.as_os_str(),
-        OsStr::new("--never-delete"),
-        OsStr::new("sh"),
-        OsStr::new("--"),
-        OsStr::new("-c"),
-        // The pipe goes to the background list as fd 3 (its stdin would
-        // be /dev/null).
-        OsStr::new(
-            r#"dd bs=4096 count="$3" iflag=fullblock of=/dev/null status=none; exec 3<&0; { n=0; while [ ! -e "$1" ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; cat <&3 > "$0"; } >/dev/null 2>&1 & echo $! > "$2""#,
-        ),
-    ]);
+    // The pipe goes to the background list as fd 3 (its stdin would be
+    // /dev/null).
+    let mut c = trusted_sh(
+        &t,
+        r#"dd bs=4096 count="$3" iflag=fullblock of=/dev/null status=none; exec 3<&0; { n=0; while [ ! -e "$1" ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; cat <&3 > "$0"; } >/dev/null 2>&1 & echo $! > "$2""#,
+    );
     c.arg(&got)
         .arg(&go)
         .arg(&pidfile)
-        .arg((first / 4096).to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg((first / 4096).to_string());
     ok(wait_bounded(c.spawn().unwrap(), "queue-process"));
     // The job is over; a writer overwrites the payload in place.
     let len = std::fs::metadata(&path).unwrap().len();

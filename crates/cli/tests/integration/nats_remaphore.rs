@@ -78,7 +78,9 @@ fn log_of(dir: &Path, name: &str) -> String {
 }
 
 /// Runs of the recorder: (argv line, environment lines).
-fn runs(log: &str) -> Vec<(String, Vec<String>)> {
+type Runs = Vec<(String, Vec<String>)>;
+
+fn runs(log: &str) -> Runs {
     log.split("---\n")
         .filter(|r| !r.trim().is_empty())
         .map(|r| {
@@ -87,6 +89,16 @@ fn runs(log: &str) -> Vec<(String, Vec<String>)> {
             (argv, lines.map(str::to_string).collect())
         })
         .collect()
+}
+
+/// Wait for the original's waiter and ours (recorders "go" and "us"),
+/// each of which must exit 0: the runs each recorded.
+fn both_ran(d: &Path, go: Waiter, us: Waiter) -> (Runs, Runs) {
+    let (gc, _, gerr) = go.finish();
+    let (uc, _, uerr) = us.finish();
+    assert_eq!(gc, Some(0), "{gerr}");
+    assert_eq!(uc, Some(0), "{uerr}");
+    (runs(&log_of(d, "go")), runs(&log_of(d, "us")))
 }
 
 /// A waiting process whose stderr goes to a file; started when it says
@@ -314,12 +326,7 @@ fn our_send_runs_the_same_script_argv_and_env_on_the_original_and_on_ours() {
     ])
     .args(["hello,", "world", "-x"]);
     ok(s);
-    let (gc, _, gerr) = go.finish();
-    let (uc, _, uerr) = us.finish();
-    assert_eq!(gc, Some(0), "{gerr}");
-    assert_eq!(uc, Some(0), "{uerr}");
-    let g = runs(&log_of(d, "go"));
-    let u = runs(&log_of(d, "us"));
+    let (g, u) = both_ran(d, go, us);
     assert_eq!(g.len(), 1);
     assert_eq!(u.len(), 1);
     assert_eq!(g[0].0, "argv: [deploy] [hello, world -x]");
@@ -371,14 +378,9 @@ fn a_script_named_without_a_path_is_found_through_the_waiters_path_as_the_origin
     let mut s = ours(&ac);
     s.args(["send", "-D", "com.test.*", "-v", "deploy", "--", "hello"]);
     ok(s);
-    let (gc, _, gerr) = go.finish();
-    let (uc, _, uerr) = us.finish();
-    assert_eq!(gc, Some(0), "{gerr}");
-    assert_eq!(uc, Some(0), "{uerr}");
-    let g = runs(&log_of(d, "go"));
-    let u = runs(&log_of(d, "us"));
-    assert_eq!(g.len(), 1, "the original did not run its script: {gerr}");
-    assert_eq!(u.len(), 1, "ours did not run its script: {uerr}");
+    let (g, u) = both_ran(d, go, us);
+    assert_eq!(g.len(), 1, "the original did not run its script");
+    assert_eq!(u.len(), 1, "ours did not run its script");
     assert_eq!(u[0].0, g[0].0);
     assert_eq!(u[0].0, "argv: [deploy] [hello]");
 }
