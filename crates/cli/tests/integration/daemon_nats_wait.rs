@@ -137,17 +137,10 @@ impl Net {
     }
 
     /// The command's runs so far: (argv line, environment lines).
-    fn runs(&self) -> Vec<(String, Vec<String>)> {
-        std::fs::read_to_string(self.sb.path("runs.log"))
-            .unwrap_or_default()
-            .split("---\n")
-            .filter(|r| !r.trim().is_empty())
-            .map(|r| {
-                let mut lines = r.lines();
-                let argv = lines.next().unwrap().to_string();
-                (argv, lines.map(str::to_string).collect())
-            })
-            .collect()
+    fn runs(&self) -> crate::nats_remaphore::Runs {
+        crate::nats_remaphore::runs(
+            &std::fs::read_to_string(self.sb.path("runs.log")).unwrap_or_default(),
+        )
     }
 
     fn argvs(&self) -> Vec<String> {

@@ -78,9 +78,9 @@ fn log_of(dir: &Path, name: &str) -> String {
 }
 
 /// Runs of the recorder: (argv line, environment lines).
-type Runs = Vec<(String, Vec<String>)>;
+pub type Runs = Vec<(String, Vec<String>)>;
 
-fn runs(log: &str) -> Runs {
+pub fn runs(log: &str) -> Runs {
     log.split("---\n")
         .filter(|r| !r.trim().is_empty())
         .map(|r| {
