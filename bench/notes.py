@@ -181,7 +181,8 @@ On the bench directory's file system the push took {c['t1_ours']} against
 tar's {c['t1_tar']}; on a journaled ext4 (row T1j, a loop device made by
 the benchmark) {c['t1j_ours']} against {c['t1j_tar']}. This machine's ext4
 has no journal (`/proc/fs/jbd2` is empty), and without one ext4's inode
-allocator skips every inode freed in the last 30 seconds, reading its
+allocator skips every inode freed in the last minute (six while that
+inode-table block is unwritten), reading its
 inode-table block to see when it was freed (`recently_deleted` and
 `find_get_block` lead the kernel profile). A push removes each job from
 its outbox once the receiver has it on disk, so every file it creates at
