@@ -29,13 +29,13 @@ use crate::reliability_common::*;
 const MIB: usize = 1024 * 1024;
 
 /// A mounted tmpfs, unmounted on drop.
-struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: PathBuf,
     mounted: bool,
 }
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -230,6 +230,70 @@ fn ten_thousand_small_files_arrive_whole() {
     assert_eq!(manifest(&a.dir), manifest(&b.dir));
 }
 
+/// Files that land on a file system mounted inside the tree are flushed
+/// one by one, since the tree's `syncfs` does not reach another file
+/// system; files on the tree's own file system are not, because one
+/// `syncfs` covers them all (docs/sync.md). Seen in a real trace
+/// (`strace -y` names each descriptor's file).
+#[test]
+fn files_landing_on_a_file_system_mounted_inside_the_tree_are_fsynced_themselves() {
+    let sb = Sandbox::new();
+    let (a, b) = (
+        Side::new(&sb, "alpha", "beta"),
+        Side::new(&sb, "beta", "alpha"),
+    );
+    let inner = b.p("inner");
+    let _tmpfs = crate::reliability_disk::Tmpfs::mount(&inner, "8m").unwrap_or_else(|e| {
+        panic!(
+            "cannot mount a tmpfs at {} (the tests run as root): {e}",
+            inner.display()
+        )
+    });
+    // As A's directory is (a tmpfs's root starts as 1777).
+    fs::set_permissions(&inner, fs::Permissions::from_mode(0o755)).unwrap();
+    for i in 0..5 {
+        write(&a.p(&format!("inner/in{i}.txt")), format!("inside {i}\n"));
+        write(&a.p(&format!("top/out{i}.txt")), format!("outside {i}\n"));
+    }
+    b.once();
+    a.once();
+    push(&a, &b);
+    let trace = sb.path("apply.trace");
+    let mut c = Command::new("strace");
+    c.args([
+        "-f",
+        "-y",
+        "-qq",
+        "-e",
+        "trace=fsync,fdatasync,syncfs",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(fspl_bin())
+    .env("TZ", "UTC")
+    .args(["sync", "once"])
+    .args(b.args());
+    ok(run(c));
+    let t = fs::read_to_string(&trace).unwrap();
+    let flushed_under = |dir: &Path| {
+        let prefix = format!("<{}/", dir.display());
+        t.lines()
+            .filter(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&prefix))
+            .count()
+    };
+    assert!(
+        flushed_under(&inner) >= 5,
+        "the files on the inner file system were not fsynced one by one:\n{t}"
+    );
+    assert_eq!(
+        flushed_under(&b.p("top")),
+        0,
+        "files on the tree's own file system were fsynced one by one:\n{t}"
+    );
+    assert!(t.contains("syncfs("), "no syncfs in the trace:\n{t}");
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+}
+
 /// Run `c` and return its output and its peak RSS in KiB, measured by
 /// `/usr/bin/time` (scripts/test installs it).
 ///
