@@ -348,6 +348,67 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), a, "the pump is still reading");
     }
 
+    /// Patterned bytes, then an error at `fail_at` (or the end at `len`).
+    struct Pattern {
+        pos: usize,
+        len: usize,
+        fail_at: Option<usize>,
+    }
+    impl Read for Pattern {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let end = self.fail_at.unwrap_or(self.len);
+            if self.pos >= end {
+                return match self.fail_at {
+                    Some(_) => Err(io::Error::new(ErrorKind::InvalidData, "damaged at the end")),
+                    None => Ok(0),
+                };
+            }
+            let n = buf.len().min(end - self.pos).min(100_000);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((self.pos + i) % 251) as u8;
+            }
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    /// A payload many pipes long arrives whole and in order.
+    #[test]
+    fn a_large_payload_arrives_whole() {
+        let len = (24 << 20) + 12_345;
+        let src = Pattern {
+            pos: 0,
+            len,
+            fail_at: None,
+        };
+        let (mut reader, pump) = Pump::start(Box::new(src)).unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), len);
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert_eq!(pump.finish(Check::Rest { deadline: None }), None);
+    }
+
+    /// A command that stops reading part way still has the rest of its
+    /// payload checked, and damage at the very end is reported.
+    #[test]
+    fn a_payload_damaged_past_where_the_command_stopped_reading_is_still_reported() {
+        let len = 24 << 20;
+        let src = Pattern {
+            pos: 0,
+            len,
+            fail_at: Some(len - 10),
+        };
+        let (mut reader, pump) = Pump::start(Box::new(src)).unwrap();
+        let mut part = vec![0u8; 9 << 20];
+        reader.read_exact(&mut part).unwrap();
+        drop(reader);
+        let why = pump
+            .finish(Check::Rest { deadline: None })
+            .expect("the damage at the end must be reported");
+        assert!(why.contains("damaged at the end"), "{why}");
+    }
+
     #[test]
     fn a_reader_that_reads_everything_gets_everything() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
