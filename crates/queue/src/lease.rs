@@ -422,6 +422,16 @@ impl Feeder {
                 _ => Err(Fed::Error(e)),
             };
         }
+        self.moved(n as usize)?;
+        self.pos += n as u64;
+        Ok(true)
+    }
+
+    /// After `n` bytes were read or spliced: they are the checked bytes if
+    /// the lease still stands and the file did not end early (with the
+    /// lease intact it cannot be shorter than when it was checked; fail
+    /// rather than feed a short payload).
+    fn moved(&self, n: usize) -> Result<(), Fed> {
         if !self.lease.intact() {
             return Err(Fed::Broken);
         }
@@ -431,8 +441,7 @@ impl Feeder {
                 "the job file is shorter than when it was checked",
             )));
         }
-        self.pos += n as u64;
-        Ok(true)
+        Ok(())
     }
 
     /// Read the next block into `buf` (all of it written already), and
@@ -452,17 +461,7 @@ impl Feeder {
                 Err(e) => return Err(Fed::Error(e)),
             }
         };
-        if !self.lease.intact() {
-            return Err(Fed::Broken);
-        }
-        if n == 0 {
-            // Shorter than when it was checked, with the lease intact:
-            // cannot happen; fail rather than feed a short payload.
-            return Err(Fed::Error(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "the job file is shorter than when it was checked",
-            )));
-        }
+        self.moved(n)?;
         (self.done, self.filled) = (0, n);
         Ok(())
     }

@@ -213,6 +213,17 @@ impl Root {
                 ours = true;
                 continue;
             }
+            // Which file system it is on needs no descriptor; only one on
+            // another file system is opened, to be fsynced itself.
+            match rustix::fs::statat(&self.fd, os(&d), AtFlags::empty()) {
+                Ok(st) if st.st_dev == self.dev => {
+                    ours = true;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(at(&d, "look at", e)),
+            }
             let fd = match rustix::fs::openat(
                 &self.fd,
                 os(&d),
@@ -223,11 +234,7 @@ impl Root {
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(at(&d, "open", e)),
             };
-            if self.on_root_fs(&fd) {
-                ours = true;
-            } else {
-                rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
-            }
+            rustix::fs::fsync(&fd).map_err(|e| at(&d, "sync the directory", e))?;
         }
         if ours {
             self.syncfs()?;
