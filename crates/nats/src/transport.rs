@@ -42,7 +42,7 @@ use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use fspl_queue::{EntryKind, JobSource, classify};
 use fspl_transport::{
-    Ack, Backend, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError,
+    Ack, AckSink, Backend, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError,
     TransportErrorKind,
 };
 use futures::StreamExt;
@@ -421,9 +421,13 @@ impl Sink for NatsSink {
         Ok(std::mem::take(&mut self.ready))
     }
 
-    fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
-        self.drain(true)?;
-        Ok(std::mem::take(&mut self.ready))
+    fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
+        let r = self.drain(true);
+        let acks = std::mem::take(&mut self.ready);
+        if !acks.is_empty() {
+            acked(acks)?;
+        }
+        r
     }
 }
 

@@ -39,7 +39,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use fspl_queue::{EntryKind, JobSource, classify};
 use fspl_transport::{
-    Ack, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError, TransportErrorKind,
+    Ack, AckSink, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError,
+    TransportErrorKind,
 };
 
 use crate::client::{Client, PutOutcome};
@@ -443,16 +444,13 @@ impl Sink for S3Sink {
         }
     }
 
-    fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
+    fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
         let r = self.collect(Some(0));
         let acks = std::mem::take(&mut self.acks);
-        match r {
-            Err(e) => {
-                self.acks = acks;
-                Err(e)
-            }
-            Ok(()) => Ok(acks),
+        if !acks.is_empty() {
+            acked(acks)?;
         }
+        r
     }
 }
 

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use fspl_queue::batch::{Batch, BatchLimits, Outcome, Sealed};
 use fspl_queue::lock::FileLock;
 use fspl_queue::{EntryKind, JobSource, Queue, classify};
+
+use crate::AckSink;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use tracing::warn;
@@ -168,36 +170,40 @@ impl Committer {
         Ok(())
     }
 
-    /// Answers that arrived, without waiting (`wait`: every outstanding
-    /// one).
-    fn collect(&mut self, wait: bool) -> Vec<Done> {
+    /// Answers that arrived, without waiting.
+    fn collect(&mut self) -> Vec<Done> {
         let mut out = Vec::new();
         while self.outstanding > 0 {
-            let r = if wait {
-                self.rx.recv().ok()
-            } else {
-                self.rx.try_recv().ok()
-            };
-            match r {
-                Some(d) => {
+            match self.rx.try_recv() {
+                Ok(d) => {
                     self.outstanding -= 1;
                     out.push(d);
                 }
-                None if wait => {
-                    // The thread died (a panic): nothing more will come.
-                    self.outstanding = 0;
-                    out.push((
-                        Vec::new(),
-                        Some(TransportError::Backend {
-                            message: "the thread committing batches stopped".into(),
-                            kind: crate::TransportErrorKind::Permanent,
-                        }),
-                    ));
-                }
-                None => break,
+                Err(_) => break,
             }
         }
         out
+    }
+
+    /// Wait for the answer to the oldest batch outstanding (there is one).
+    fn next(&mut self) -> Done {
+        match self.rx.recv() {
+            Ok(d) => {
+                self.outstanding -= 1;
+                d
+            }
+            Err(_) => {
+                // The thread died (a panic): nothing more will come.
+                self.outstanding = 0;
+                (
+                    Vec::new(),
+                    Some(TransportError::Backend {
+                        message: "the thread committing batches stopped".into(),
+                        kind: crate::TransportErrorKind::Permanent,
+                    }),
+                )
+            }
+        }
     }
 }
 
@@ -274,11 +280,19 @@ impl DirSink {
         self.committer.submit(ids, self.batch.seal())
     }
 
+    /// Wait for the committer's next answer: its acknowledgements into
+    /// `acks`, its error returned.
+    fn gather_one(&mut self) -> Result<(), TransportError> {
+        let (acks, err) = self.committer.next();
+        self.acks.extend(acks);
+        err.map_or(Ok(()), Err)
+    }
+
     /// Move what the committer answered into `acks`; the first error, if
     /// any (the acknowledgements stay for the next `poll`).
-    fn gather(&mut self, wait: bool) -> Result<(), TransportError> {
+    fn gather(&mut self) -> Result<(), TransportError> {
         let mut first = None;
-        for (acks, err) in self.committer.collect(wait) {
+        for (acks, err) in self.committer.collect() {
             self.acks.extend(acks);
             if let Some(e) = err {
                 first.get_or_insert(e);
@@ -311,14 +325,27 @@ impl Sink for DirSink {
     }
 
     fn poll(&mut self) -> Result<Vec<Ack>, TransportError> {
-        self.gather(false)?;
+        self.gather()?;
         Ok(std::mem::take(&mut self.acks))
     }
 
-    fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
+    fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
         self.seal()?;
-        self.gather(true)?;
-        Ok(std::mem::take(&mut self.acks))
+        // One batch at a time: the driver removes a batch's jobs from the
+        // outbox while the next one is committed.
+        while self.committer.outstanding > 0 {
+            let r = self.gather_one();
+            let acks = std::mem::take(&mut self.acks);
+            if !acks.is_empty() {
+                acked(acks)?;
+            }
+            r?;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        if !acks.is_empty() {
+            acked(acks)?;
+        }
+        Ok(())
     }
 
     fn delivers_into(&self) -> Option<&Path> {

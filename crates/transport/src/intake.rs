@@ -45,7 +45,9 @@ pub const DEFAULT_MAX_JOB_SIZE: u64 = 16 << 30;
 pub const DEFAULT_IDLE_TIMEOUT: u64 = 300;
 /// At most this many jobs (each holds an open, locked temporary file) or
 /// bytes are committed together (fewer jobs when the limit on open files
-/// cannot be raised to fit them).
+/// cannot be raised to fit them): a client that sends faster than the
+/// disk flushes gets acknowledgements a batch at a time, and removes
+/// those jobs from its outbox while the next batch is received.
 pub const BATCH_JOBS: usize = 1024;
 pub const BATCH_BYTES: u64 = 64 << 20;
 /// With a trust file, the bytes of a job held in memory until its header
@@ -399,7 +401,11 @@ impl Session {
                 queue.jobs_dir(),
                 queue.dir(),
                 self.identities.clone(),
-                BatchLimits::default(),
+                BatchLimits {
+                    max_jobs: BATCH_JOBS,
+                    max_bytes: BATCH_BYTES,
+                    ..BatchLimits::default()
+                },
             )
             .map_err(|e| Fatal::queue(&e))?,
         );
@@ -412,10 +418,13 @@ impl Session {
         self.flush()?;
         loop {
             let idle = !self.inp.pending();
-            if !self.ids.is_empty() && (idle || self.batch().is_full()) {
+            let commit = !self.ids.is_empty() && (idle || self.batch().is_full());
+            if commit {
                 self.commit()?;
             }
-            if idle || self.out.buffered() >= 32 * 1024 {
+            // Acknowledgements go out as soon as their batch is durable:
+            // the client removes those jobs from its outbox meanwhile.
+            if commit || idle || self.out.buffered() >= 32 * 1024 {
                 self.flush()?;
             }
             match self.read_msg() {

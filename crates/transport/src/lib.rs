@@ -130,17 +130,27 @@ pub enum Ack {
     Refused { id: u64, reason: String },
 }
 
+/// Where [`Sink::finish`] hands acknowledgements as they arrive.
+pub type AckSink<'a> = dyn FnMut(Vec<Ack>) -> Result<(), TransportError> + 'a;
+
 /// A destination of `fspl push`.
 pub trait Sink {
+    /// Jobs are coming: a sink may start connecting now, in the
+    /// background. Nothing is reported here; a failure shows in the first
+    /// `send` (or in `finish`).
+    fn prepare(&mut self) {}
     /// Send one job. `id` is the caller's handle for it, echoed in the
     /// acknowledgement. The job need not be durable when this returns:
     /// sinks may pipeline and commit in batches.
     fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError>;
     /// Acknowledgements that arrived so far, without waiting.
     fn poll(&mut self) -> Result<Vec<Ack>, TransportError>;
-    /// Make everything sent durable at the destination and return the
-    /// acknowledgements not yet returned by `poll`.
-    fn finish(&mut self) -> Result<Vec<Ack>, TransportError>;
+    /// No more jobs come: make everything sent durable at the destination.
+    /// The acknowledgements not yet returned by `poll` go to `acked` as
+    /// they arrive, so the driver removes those jobs while the rest are
+    /// still on their way; on an error, those that came before it have
+    /// been handed over (or are kept for `poll`).
+    fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError>;
     /// The local directory jobs land in, if any: the driver refuses to
     /// push an outbox into itself (every job would be "already there" and
     /// then removed).

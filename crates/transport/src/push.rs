@@ -109,6 +109,11 @@ pub fn push(
             what: "is the outbox's own jobs/ directory; push to another directory",
         });
     }
+    if has_a_job(&q) {
+        // ssh's log-in (or any sink's connecting) overlaps with reading
+        // every job's header.
+        sink.prepare();
+    }
     let mut report = PushReport::default();
     let items = list(&q, &mut report)?;
     let unreadable = report.refused.len();
@@ -143,6 +148,21 @@ pub fn push(
     report.unsent = total.saturating_sub(report.sent + refused_sent + report.gone);
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Whether `jobs/` has at least one entry named like a job (one
+/// directory read, usually).
+fn has_a_job(q: &Queue) -> bool {
+    std::fs::read_dir(q.jobs_dir()).is_ok_and(|mut rd| {
+        rd.any(|e| {
+            e.is_ok_and(|e| {
+                matches!(
+                    fspl_queue::classify(&e.file_name()),
+                    fspl_queue::EntryKind::Job
+                )
+            })
+        })
+    })
 }
 
 /// The jobs of the outbox in the order they are sent; files that cannot
@@ -233,8 +253,13 @@ impl Run<'_> {
                 self.remove_acked();
             }
         }
-        let acks = sink.finish()?;
-        self.take_acks(acks)?;
+        sink.finish(&mut |acks| {
+            self.take_acks(acks)?;
+            if self.acked.len() >= REMOVE_BATCH {
+                self.remove_acked();
+            }
+            Ok(())
+        })?;
         if !self.inflight.is_empty() {
             return Err(TransportError::Backend {
                 message: format!(
@@ -453,6 +478,7 @@ fn move_to_sent<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AckSink;
     use crate::dir::{DirSink, DirSource};
     use crate::pull::{PullOptions, pull};
     use fspl_queue::batch::BatchLimits;
@@ -548,5 +574,78 @@ mod tests {
         assert!(r.complete(), "{r:?}");
         assert_eq!(files(&q.dir().join(SENT_DIR)), sent);
         assert_eq!(files(&dest), sent);
+    }
+
+    /// A destination that takes every job and answers only in `finish`:
+    /// first `REMOVE_BATCH` acknowledgements, then (after looking at the
+    /// outbox) the rest.
+    #[derive(Default)]
+    struct Late {
+        prepared: bool,
+        ids: Vec<u64>,
+        /// Jobs left in the outbox while `finish` still held the rest.
+        left_meanwhile: Option<usize>,
+        outbox: PathBuf,
+    }
+
+    impl Sink for Late {
+        fn prepare(&mut self) {
+            self.prepared = true;
+        }
+        fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
+            std::io::copy(job.reader, &mut std::io::sink()).unwrap();
+            self.ids.push(id);
+            Ok(())
+        }
+        fn poll(&mut self) -> Result<Vec<Ack>, TransportError> {
+            Ok(Vec::new())
+        }
+        fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
+            if self.ids.is_empty() {
+                return Ok(());
+            }
+            let rest = self.ids.split_off(REMOVE_BATCH);
+            let total = REMOVE_BATCH + rest.len();
+            acked(self.ids.drain(..).map(Ack::Durable).collect())?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let left = || std::fs::read_dir(&self.outbox).unwrap().count();
+            while left() > total - REMOVE_BATCH && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.left_meanwhile = Some(left());
+            acked(rest.into_iter().map(Ack::Durable).collect())
+        }
+    }
+
+    /// Regression: the acknowledgements a destination gave after the last
+    /// job was sent were removed from the outbox only once all of them
+    /// had come, so a fast push did all its removing at the end.
+    #[test]
+    fn acknowledgements_after_the_last_job_are_removed_as_they_come() {
+        let d = tempfile::tempdir().unwrap();
+        let q = outbox(d.path(), &[]);
+        let mut sink = Late {
+            outbox: q.jobs_dir().to_path_buf(),
+            ..Late::default()
+        };
+        // An empty outbox: nothing to connect to.
+        let r = push(q.dir(), &mut sink, &PushOptions::default()).unwrap();
+        assert!(r.complete() && r.sent == 0, "{r:?}");
+        assert!(!sink.prepared);
+        let n = REMOVE_BATCH as u64 + 10;
+        for seq in 1..=n {
+            let name = format!("fspl-00000000-0000-4000-8000-{seq:012}.fspl");
+            std::fs::write(q.job_path(OsStr::new(&name)), job(seq, b"x")).unwrap();
+        }
+        let r = push(q.dir(), &mut sink, &PushOptions::default()).unwrap();
+        assert!(r.complete(), "{r:?}");
+        assert_eq!(r.sent, n);
+        assert!(sink.prepared, "told before the headers were read");
+        assert_eq!(
+            sink.left_meanwhile,
+            Some(10),
+            "the first part removed before the rest came"
+        );
+        assert!(files(q.jobs_dir()).is_empty());
     }
 }

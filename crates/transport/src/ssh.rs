@@ -26,7 +26,7 @@ use fspl_queue::escape_controls;
 use crate::error::{TransportError, TransportErrorKind};
 use crate::fdio::{TimedWriter, grow_pipe, set_nonblocking};
 use crate::wire::{self, FatalKind, Msg, WireError};
-use crate::{Ack, OutgoingJob, Sink};
+use crate::{Ack, AckSink, OutgoingJob, Sink};
 
 /// The environment variable that replaces the `ssh` command.
 pub const SSH_ENV: &str = "FSPL_SSH";
@@ -176,8 +176,10 @@ impl Tail {
     }
 }
 
-/// An `ssh://` destination. It connects on the first job (an empty
-/// outbox needs no connection), or on `finish` when none was sent.
+/// An `ssh://` destination. It connects when told jobs are coming
+/// ([`Sink::prepare`], before the outbox's headers are read, so ssh's
+/// log-in overlaps with that) or on the first job; an empty outbox needs
+/// no connection.
 pub struct SshSink {
     target: SshTarget,
     opts: SshOptions,
@@ -190,6 +192,8 @@ pub struct SshSink {
     /// Every job sent was answered and the session ended (or none was
     /// ever sent).
     done: bool,
+    /// A job was sent (or refused here) on this sink.
+    sent_any: bool,
 }
 
 /// One ssh session speaking the protocol.
@@ -226,6 +230,7 @@ impl SshSink {
             failed: None,
             acks: Vec::new(),
             done: false,
+            sent_any: false,
         }
     }
 
@@ -241,12 +246,19 @@ impl SshSink {
             return Err(e);
         }
         if self.conn.is_none() {
-            match Conn::open(&self.target, &self.opts) {
+            match Conn::start(&self.target, &self.opts) {
                 Ok(c) => self.conn = Some(c),
                 Err((message, kind)) => return Err(self.fail(message, kind)),
             }
         }
-        Ok(self.conn.as_mut().expect("just opened"))
+        let conn = self.conn.as_mut().expect("just started");
+        if !conn.ready
+            && let Err((message, kind)) = conn.handshake()
+        {
+            conn.kill();
+            return Err(self.fail(message, kind));
+        }
+        Ok(self.conn.as_mut().expect("connected"))
     }
 
     /// Record a failure (every later call returns it) and end the session.
@@ -288,8 +300,9 @@ impl SshSink {
 type Failure = (String, TransportErrorKind);
 
 impl Conn {
-    /// Start ssh and agree on the protocol with `serve-stdin`.
-    fn open(target: &SshTarget, opts: &SshOptions) -> Result<Conn, Failure> {
+    /// Start ssh and send our hello; [`Conn::handshake`] waits for the
+    /// server's answer.
+    fn start(target: &SshTarget, opts: &SshOptions) -> Result<Conn, Failure> {
         let mut cmd = ssh_command(target, opts.command.as_deref())
             .map_err(|e| (e.to_string(), TransportErrorKind::Permanent))?;
         cmd.stdin(Stdio::piped())
@@ -369,24 +382,19 @@ impl Conn {
             bye: false,
             buf: vec![0u8; 256 * 1024],
         };
-        match conn.handshake() {
-            Ok(()) => Ok(conn),
-            Err(f) => {
-                conn.kill();
-                Err(f)
-            }
-        }
-    }
-
-    fn handshake(&mut self) -> Result<(), Failure> {
         let hello = Msg::Hello {
             min: wire::VERSION_MIN,
             max: wire::VERSION_MAX,
         };
         // A server that is gone already shows in its answer (or its
-        // absence) below, with ssh's reason.
-        let _ = self.writer().put(&hello.encode());
-        let _ = self.writer().flush_buf();
+        // absence) in `handshake`, with ssh's reason.
+        let _ = conn.writer().put(&hello.encode());
+        let _ = conn.writer().flush_buf();
+        Ok(conn)
+    }
+
+    /// Wait for the server's hello and its go-ahead.
+    fn handshake(&mut self) -> Result<(), Failure> {
         let theirs = match self.next_msg()? {
             Msg::Hello { min, max } => (min, max),
             other => {
@@ -628,19 +636,29 @@ impl Conn {
         }
     }
 
-    /// Say no more jobs come; collect every acknowledgement; wait for the
-    /// server's goodbye and for ssh to exit.
-    fn finish(&mut self, acks: &mut Vec<Ack>) -> Result<(), Failure> {
+    /// Say no more jobs come.
+    fn end(&mut self, acks: &mut Vec<Ack>) -> Result<(), Failure> {
         if self.out.is_some() {
             self.put(&Msg::End.encode(), acks)?;
             self.flush(acks)?;
             // Our end closed: the server sees the end of its input too.
             drop(self.out.take());
         }
-        while !self.bye {
+        Ok(())
+    }
+
+    /// Wait for the server's next message and take it: whether it was
+    /// its goodbye.
+    fn answer(&mut self, acks: &mut Vec<Ack>) -> Result<bool, Failure> {
+        if !self.bye {
             let m = self.next_msg()?;
             self.note(m, acks)?;
         }
+        Ok(self.bye)
+    }
+
+    /// After the server's goodbye: every job answered, and ssh gone.
+    fn close(&mut self) -> Result<(), Failure> {
         if !self.outstanding.is_empty() {
             return Err((
                 format!(
@@ -674,7 +692,19 @@ enum Local {
 }
 
 impl Sink for SshSink {
+    fn prepare(&mut self) {
+        if self.conn.is_none()
+            && self.failed.is_none()
+            && let Ok(c) = Conn::start(&self.target, &self.opts)
+        {
+            // A failure to start is reported by the first job, which
+            // tries again.
+            self.conn = Some(c);
+        }
+    }
+
     fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
+        self.sent_any = true;
         let max = self.conn()?.max_job_len;
         if job.len > max {
             self.acks.push(Ack::Refused {
@@ -713,15 +743,35 @@ impl Sink for SshSink {
         Ok(std::mem::take(&mut self.acks))
     }
 
-    fn finish(&mut self) -> Result<Vec<Ack>, TransportError> {
+    fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
         if let Some(e) = self.failed_error() {
             return Err(e);
         }
+        if !self.sent_any {
+            // Prepared for jobs that never came (each was unreadable, or
+            // gone): nothing is at stake in ending this session.
+            self.conn = None;
+        }
         if self.conn.is_some() && !self.done {
-            self.with_conn(|c, acks| c.finish(acks))?;
+            self.with_conn(|c, acks| c.end(acks))?;
+            loop {
+                let bye = self.with_conn(|c, acks| c.answer(acks));
+                let acks = std::mem::take(&mut self.acks);
+                if !acks.is_empty() {
+                    acked(acks)?;
+                }
+                if bye? {
+                    break;
+                }
+            }
+            self.with_conn(|c, _| c.close())?;
         }
         self.done = true;
-        Ok(std::mem::take(&mut self.acks))
+        let acks = std::mem::take(&mut self.acks);
+        if !acks.is_empty() {
+            acked(acks)?;
+        }
+        Ok(())
     }
 }
 

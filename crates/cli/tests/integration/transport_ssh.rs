@@ -1228,3 +1228,69 @@ fn trust_at_intake_reads_encrypted_jobs_only_with_decrypt_with() {
     ));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 sealed\n");
 }
+
+/// One job frame of the wire protocol: header, bytes, digest.
+fn job_frame(id: u64, name: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut f = Msg::Job {
+        id,
+        len: bytes.len() as u64,
+        name: name.as_bytes().to_vec(),
+    }
+    .encode();
+    f.extend_from_slice(bytes);
+    f.extend_from_slice(blake3::hash(bytes).as_bytes());
+    f
+}
+
+/// Regression: serve-stdin sent the acknowledgements of a full batch only
+/// when the client paused (or once 32 KiB of them had piled up), so a
+/// client sending back to back heard nothing until its last job, and
+/// removed nothing from its outbox meanwhile. Here the client sends a
+/// full batch and the start of one more job, then waits: the batch must
+/// be acknowledged while that job is still coming.
+#[test]
+fn a_full_batch_is_acknowledged_at_once_while_the_client_is_still_sending() {
+    let rx = Receiver::new();
+    let inbox = rx.sb.queue("inbox");
+    // A server that hears nothing for 10 s hangs up: the old behaviour
+    // fails the test instead of hanging it.
+    rx.configure(&format!(
+        "idle_timeout = 10\n[identity.laptop.queues]\nq = \"{}\"\n",
+        inbox.display()
+    ));
+    let key = rx.key_for("laptop");
+    let mut raw = Raw::start(&rx, &key, "fspl-push q");
+    raw.send(&hello());
+    assert!(matches!(raw.msg(), Msg::Hello { .. }));
+    assert!(matches!(raw.msg(), Msg::Ready { .. }));
+    let n = fspl_transport::intake::BATCH_JOBS as u64;
+    let name = |id: u64| format!("fspl-00000000-0000-4000-8000-{id:012}.fspl");
+    let mut stream = Vec::new();
+    for id in 0..n {
+        stream.extend(job_frame(id, &name(id), &fspl_testkit::job(id + 1, b"x")));
+    }
+    let last = job_frame(n, &name(n), &fspl_testkit::job(n + 1, b"last"));
+    let (start, rest) = last.split_at(last.len() - 40);
+    stream.extend_from_slice(start);
+    raw.send(&stream);
+    let mut acked = Vec::new();
+    while (acked.len() as u64) < n {
+        match raw.msg() {
+            Msg::Ack { id } => acked.push(id),
+            other => panic!(
+                "after {} acknowledgements, the server sent {other:?}",
+                acked.len()
+            ),
+        }
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, (0..n).collect::<Vec<_>>());
+    assert_eq!(rx.sb.job_files(&inbox).len() as u64, n);
+    // The last job, completed, goes through the same session.
+    raw.send(rest);
+    raw.send(&Msg::End.encode());
+    let (msgs, st, err) = raw.end(Duration::from_secs(30));
+    assert!(st.success(), "{msgs:?} {err}");
+    assert_eq!(msgs, [Msg::Ack { id: n }, Msg::Bye], "{err}");
+    assert_eq!(rx.sb.job_files(&inbox).len() as u64, n + 1);
+}
