@@ -509,6 +509,11 @@ impl Queue {
     /// Open a job file for reading its header: no symlinks followed, no
     /// blocking on FIFOs, regular files only.
     pub fn open_file(&self, name: &OsStr) -> Result<File> {
+        self.open_file_len(name).map(|(f, _)| f)
+    }
+
+    /// [`Queue::open_file`], and the file's length.
+    fn open_file_len(&self, name: &OsStr) -> Result<(File, u64)> {
         let path = self.job_path(name);
         let f = OpenOptions::new()
             .read(true)
@@ -537,7 +542,7 @@ impl Queue {
                 source: io::Error::new(ErrorKind::InvalidInput, "not a regular file"),
             });
         }
-        Ok(f)
+        Ok((f, meta.len()))
     }
 
     /// Open a job and read its header, leaving the payload ready to read.
@@ -605,6 +610,36 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// [`Queue::read_job_header`] without a decoder, also keeping the
+    /// file's bytes when it is at most `keep_up_to` bytes long (it is read
+    /// whole then, with the same one read a header takes for a small job).
+    pub fn read_job_header_keeping(
+        &self,
+        name: &OsStr,
+        keep_up_to: u64,
+    ) -> Result<(Decoded, Option<Arc<[u8]>>)> {
+        let path = self.job_path(name);
+        let (mut file, len) = self.open_file_len(name)?;
+        if len > keep_up_to {
+            let r = BufReader::with_capacity(4096, file);
+            return open_stream(r, self.identities())
+                .map(|(d, _)| (d, None))
+                .map_err(|source| bad_job(&path, source));
+        }
+        let mut bytes = Vec::with_capacity(len as usize + 1);
+        Read::by_ref(&mut file)
+            .take(keep_up_to + 1)
+            .read_to_end(&mut bytes)
+            .map_err(QueueError::io("read", &path))?;
+        let bytes: Arc<[u8]> = bytes.into();
+        let (d, _) = open_stream(io::Cursor::new(bytes.clone()), self.identities())
+            .map_err(|source| bad_job(&path, source))?;
+        // A file that grew meanwhile is not kept (its bytes are read again
+        // when they are needed).
+        let whole = bytes.len() as u64 <= keep_up_to;
+        Ok((d, whole.then_some(bytes)))
     }
 
     /// Read just the header of a job (for listings and scans). Reads one

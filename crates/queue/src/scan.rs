@@ -35,6 +35,8 @@ pub struct JobEntry {
     /// Scanned with a `Vetting` (and at or after its `from_seq`): who
     /// signed the job, or why it would be refused.
     pub vetted: Option<Box<std::result::Result<Vetted, Refusal>>>,
+    /// The whole file, for a small job scanned by [`scan_keeping`].
+    pub bytes: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A trust file and what checking a header against it needs (see
@@ -123,6 +125,28 @@ pub fn scan_vetted(
     skip: Option<&HashSet<OsString>>,
     vet: Option<&Vetting<'_>>,
 ) -> Result<Scan> {
+    scan_with(queue, decoder, skip, vet, None)
+}
+
+/// A job file at most this long is kept whole by [`scan_keeping`].
+pub const KEEP_UP_TO: u64 = 64 * 1024;
+
+/// `scan`, keeping the bytes of each job of at most [`KEEP_UP_TO`] bytes
+/// (read whole instead of just its header, at no extra cost for a small
+/// one) until `budget` bytes are kept: a reader that sends every job
+/// (`fspl push`) then opens only the larger ones again.
+pub fn scan_keeping(queue: &Queue, budget: u64) -> Result<Scan> {
+    let mut left = budget;
+    scan_with(queue, None, None, None, Some(&mut left))
+}
+
+fn scan_with(
+    queue: &Queue,
+    decoder: Option<&Decoder>,
+    skip: Option<&HashSet<OsString>>,
+    vet: Option<&Vetting<'_>>,
+    mut keep: Option<&mut u64>,
+) -> Result<Scan> {
     let jobs_dir = queue.jobs_dir();
     let rd = std::fs::read_dir(jobs_dir).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -183,8 +207,17 @@ pub fn scan_vetted(
             });
             continue;
         }
-        match queue.read_job_header(&name, decoder) {
-            Ok(d) => out.jobs.push(JobEntry {
+        let read = match keep.as_deref_mut() {
+            Some(left) => queue
+                .read_job_header_keeping(&name, KEEP_UP_TO.min(*left))
+                .map(|(d, bytes)| {
+                    *left -= bytes.as_ref().map_or(0, |b| b.len() as u64);
+                    (d, bytes)
+                }),
+            None => queue.read_job_header(&name, decoder).map(|d| (d, None)),
+        };
+        match read {
+            Ok((d, bytes)) => out.jobs.push(JobEntry {
                 vetted: vet
                     .filter(|v| d.header.seq >= v.from_seq)
                     .map(|v| Box::new(v.check(&d.header, &d.ext))),
@@ -192,6 +225,7 @@ pub fn scan_vetted(
                 seq: d.header.seq,
                 ctime: d.header.ctime,
                 kind: d.header.cmd_type.name(),
+                bytes,
             }),
             Err(error) => {
                 debug!(file = ?name, error = %crate::display_chain(&error), "skipping unreadable job file");

@@ -86,7 +86,13 @@ impl PushReport {
 struct Item {
     name: OsString,
     seq: Option<u64>,
+    /// The whole job, read with its header (small jobs, up to
+    /// `KEEP_BUDGET` in all): sent from memory, the file not opened again.
+    bytes: Option<std::sync::Arc<[u8]>>,
 }
+
+/// At most this many bytes of small jobs are kept from the scan.
+const KEEP_BUDGET: u64 = 64 << 20;
 
 /// Push every job of the queue directory `outbox` to `sink`. An `Err` is
 /// an error before anything was sent (the outbox is missing, locked, or
@@ -168,13 +174,14 @@ fn has_a_job(q: &Queue) -> bool {
 /// The jobs of the outbox in the order they are sent; files that cannot
 /// be sent go to `report.refused`.
 fn list(q: &Queue, report: &mut PushReport) -> Result<Vec<Item>, TransportError> {
-    let scan = fspl_queue::scan::scan(q, None, None)?;
+    let scan = fspl_queue::scan::scan_keeping(q, KEEP_BUDGET)?;
     let mut known: Vec<Item> = scan
         .jobs
         .into_iter()
         .map(|j| Item {
             name: j.name,
             seq: Some(j.seq),
+            bytes: j.bytes,
         })
         .collect();
     let mut sealed = Vec::new();
@@ -186,6 +193,7 @@ fn list(q: &Queue, report: &mut PushReport) -> Result<Vec<Item>, TransportError>
             } => sealed.push(Item {
                 name: s.name,
                 seq: None,
+                bytes: None,
             }),
             // Gone since the directory was read.
             QueueError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {}
@@ -214,12 +222,24 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn send_all(&mut self, sink: &mut dyn Sink, items: Vec<Item>) -> Result<(), TransportError> {
-        for (id, item) in items.into_iter().enumerate() {
+        for (id, mut item) in items.into_iter().enumerate() {
             if self.remover.failed() {
                 // Its error is reported when it is joined.
                 return Ok(());
             }
             let id = id as u64;
+            if let Some(bytes) = item.bytes.take() {
+                let len = bytes.len() as u64;
+                let mut job = OutgoingJob {
+                    name: &item.name,
+                    seq: item.seq,
+                    len,
+                    reader: &mut &bytes[..],
+                };
+                sink.send(id, &mut job)?;
+                self.sent(sink, id, item, len)?;
+                continue;
+            }
             let path = self.q.job_path(&item.name);
             let (mut file, len) = match open_job(&self.jobs_fd, &item.name, &path) {
                 Ok(f) => f,
@@ -246,12 +266,7 @@ impl Run<'_> {
                 reader: &mut file,
             };
             sink.send(id, &mut job)?;
-            self.inflight.insert(id, (item, len));
-            let acks = sink.poll()?;
-            self.take_acks(acks)?;
-            if self.acked.len() >= REMOVE_BATCH {
-                self.remove_acked();
-            }
+            self.sent(sink, id, item, len)?;
         }
         sink.finish(&mut |acks| {
             self.take_acks(acks)?;
@@ -268,6 +283,24 @@ impl Run<'_> {
                 ),
                 kind: crate::TransportErrorKind::Transient,
             });
+        }
+        Ok(())
+    }
+
+    /// Job `id` was handed to the sink: note it, and take the
+    /// acknowledgements that came meanwhile.
+    fn sent(
+        &mut self,
+        sink: &mut dyn Sink,
+        id: u64,
+        item: Item,
+        len: u64,
+    ) -> Result<(), TransportError> {
+        self.inflight.insert(id, (item, len));
+        let acks = sink.poll()?;
+        self.take_acks(acks)?;
+        if self.acked.len() >= REMOVE_BATCH {
+            self.remove_acked();
         }
         Ok(())
     }
@@ -647,5 +680,33 @@ mod tests {
             "the first part removed before the rest came"
         );
         assert!(files(q.jobs_dir()).is_empty());
+    }
+
+    #[test]
+    fn small_jobs_are_kept_whole_from_the_scan_within_a_budget_and_large_ones_opened_again() {
+        let d = tempfile::tempdir().unwrap();
+        let q = outbox(d.path(), &[1, 2]);
+        let big = job(3, &vec![b'x'; fspl_queue::scan::KEEP_UP_TO as usize]);
+        q.write_job(&mut big.as_slice()).unwrap();
+        let mut report = PushReport::default();
+        let items = list(&q, &mut report).unwrap();
+        for item in &items[..2] {
+            let on_disk = std::fs::read(q.job_path(&item.name)).unwrap();
+            assert_eq!(item.bytes.as_deref(), Some(&on_disk[..]));
+        }
+        assert!(items[2].bytes.is_none(), "above KEEP_UP_TO");
+        // A budget for one small job: the other is read again.
+        let one = items[0].bytes.as_ref().unwrap().len() as u64;
+        let scan = fspl_queue::scan::scan_keeping(&q, one + 1).unwrap();
+        let kept = scan.jobs.iter().filter(|j| j.bytes.is_some()).count();
+        assert_eq!((scan.jobs.len(), kept), (3, 1));
+        // Sent from memory or not, what arrives is the file.
+        let sent = files(q.jobs_dir());
+        let folder = d.path().join("folder");
+        std::fs::create_dir(&folder).unwrap();
+        let mut sink = DirSink::open(&folder).unwrap();
+        let r = push(q.dir(), &mut sink, &PushOptions::default()).unwrap();
+        assert!(r.complete() && r.sent == 3, "{r:?}");
+        assert_eq!(files(&folder), sent);
     }
 }
