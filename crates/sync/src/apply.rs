@@ -114,6 +114,9 @@ pub fn apply(
         seq,
         source: changeset::ReadError::Bad(m),
     };
+    // A change set lists a directory's entries together: each is reached
+    // from the one before, not walked to from the root.
+    let _cached = root.cache_dirs();
     // Pass 1: everything checked before anything is touched.
     let mut out = Applied::default();
     let mut links: Vec<Vec<u8>> = Vec::new();

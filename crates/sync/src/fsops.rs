@@ -8,9 +8,10 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::Timespec;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
@@ -31,6 +32,51 @@ pub struct Root {
     /// Directories whose entries changed and are not yet synced (by
     /// [`Root::sync_dirs`], before the state that records them is saved).
     dirty: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+    /// While an apply runs ([`Root::cache_dirs`]): the directory walked to
+    /// last, by its path, reused for the next path in it (a change set
+    /// lists a directory's files together) instead of walking from the
+    /// root again. Dropped by anything that removes or renames.
+    last_dir: std::sync::Mutex<Option<(Vec<u8>, Arc<Dir>)>>,
+    caching: std::sync::atomic::AtomicBool,
+    /// Temporaries are named `TEMP_PREFIX` + this + a counter (no random
+    /// number drawn per file).
+    tag: String,
+    temps: std::sync::atomic::AtomicU64,
+}
+
+/// A directory of the tree, open.
+struct Dir {
+    fd: OwnedFd,
+    /// Whether it is on the root's file system, once asked.
+    on_root: std::sync::OnceLock<bool>,
+}
+
+impl Dir {
+    fn new(fd: OwnedFd) -> Arc<Dir> {
+        Arc::new(Dir {
+            fd,
+            on_root: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// While alive, [`Root`] reuses the directory it walked to last; see
+/// [`Root::cache_dirs`].
+pub struct DirCache<'a>(&'a Root);
+
+impl Drop for DirCache<'_> {
+    fn drop(&mut self) {
+        self.0
+            .caching
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.0.forget_dirs();
+    }
 }
 
 fn os(p: &[u8]) -> &OsStr {
@@ -78,17 +124,60 @@ impl Root {
             dev,
             path: path.to_path_buf(),
             dirty: Default::default(),
+            last_dir: Default::default(),
+            caching: Default::default(),
+            tag: uuid::Uuid::new_v4().simple().to_string(),
+            temps: Default::default(),
         })
+    }
+
+    /// Until the guard is dropped, reuse the directory walked to last
+    /// for the next path in the same directory (an apply, which alone
+    /// changes the tree's directories meanwhile and drops the cache when
+    /// it removes or renames anything). A directory someone else renames
+    /// meanwhile is still written into where it went, as an open
+    /// descriptor would be; never a path outside the tree through a link.
+    pub fn cache_dirs(&self) -> DirCache<'_> {
+        self.caching
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        DirCache(self)
+    }
+
+    fn forget_dirs(&self) {
+        if let Ok(mut c) = self.last_dir.lock() {
+            *c = None;
+        }
     }
 
     /// The directory holding `rel`, walked to without following links;
     /// missing directories are created when `create` (mode 0755, as
     /// their own entries set it later). None when it is missing.
-    fn dir_of(&self, rel: &[u8], create: bool) -> io::Result<Option<OwnedFd>> {
-        let mut cur = rustix::io::dup(&self.fd)?;
+    fn dir_of(&self, rel: &[u8], create: bool) -> io::Result<Option<Arc<Dir>>> {
         let Some(p) = parent(rel) else {
-            return Ok(Some(cur));
+            return Ok(Some(Dir::new(rustix::io::dup(&self.fd)?)));
         };
+        let caching = self.caching.load(std::sync::atomic::Ordering::Relaxed);
+        if caching
+            && let Ok(c) = self.last_dir.lock()
+            && let Some((path, fd)) = c.as_ref()
+            && path.as_slice() == p
+        {
+            return Ok(Some(fd.clone()));
+        }
+        let found = self.walk(rel, p, create)?.map(Dir::new);
+        if caching
+            && let Some(fd) = &found
+            && let Ok(mut c) = self.last_dir.lock()
+        {
+            *c = Some((p.to_vec(), fd.clone()));
+        }
+        Ok(found)
+    }
+
+    /// [`Root::dir_of`] the long way: from the root, a component at a
+    /// time.
+    fn walk(&self, rel: &[u8], p: &[u8], create: bool) -> io::Result<Option<OwnedFd>> {
+        let mut cur = rustix::io::dup(&self.fd)?;
         let mut walked = 0usize;
         for comp in p.split(|&c| c == b'/') {
             let upto = &p[..walked + comp.len()];
@@ -154,11 +243,11 @@ impl Root {
     }
 
     /// A new temporary file beside `rel` (its directory created).
-    fn temp(&self, rel: &[u8]) -> io::Result<(OwnedFd, String, File)> {
+    fn temp(&self, rel: &[u8]) -> io::Result<(Arc<Dir>, String, File)> {
         let dir = self
             .dir_of(rel, true)?
             .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
-        let name = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let name = self.temp_name();
         let fd = rustix::fs::openat(
             &dir,
             name.as_str(),
@@ -171,12 +260,21 @@ impl Root {
 
     /// Put a temporary in place of `rel`; what is there is replaced (an
     /// empty directory too; a directory with entries is an error).
-    fn install(&self, dir: &OwnedFd, tmp: &str, rel: &[u8]) -> io::Result<()> {
+    /// A name for a new temporary, unique to this process's root.
+    fn temp_name(&self) -> String {
+        let n = self
+            .temps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{TEMP_PREFIX}{}.{n}", self.tag)
+    }
+
+    fn install(&self, dir: &Dir, tmp: &str, rel: &[u8]) -> io::Result<()> {
         let name = os(name_of(rel));
         let r = rustix::fs::renameat(dir, tmp, dir, name);
         let r = match r {
             Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::NOTEMPTY) => {
                 // A directory is there: only an empty one is replaced.
+                self.forget_dirs();
                 rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
                     .and_then(|()| rustix::fs::renameat(dir, tmp, dir, name))
             }
@@ -242,9 +340,12 @@ impl Root {
         Ok(())
     }
 
-    /// Whether `fd` is on the root's file system (an error counts as not).
-    fn on_root_fs(&self, fd: &impl AsFd) -> bool {
-        matches!(rustix::fs::fstat(fd), Ok(st) if st.st_dev == self.dev)
+    /// Whether a directory (and so what is made in it) is on the root's
+    /// file system (an error counts as not); asked once per open
+    /// directory.
+    fn on_root_fs(&self, dir: &Dir) -> bool {
+        *dir.on_root
+            .get_or_init(|| matches!(rustix::fs::fstat(dir), Ok(st) if st.st_dev == self.dev))
     }
 
     /// Write a regular file from `src` (exactly `size` bytes), with its
@@ -296,7 +397,7 @@ impl Root {
             .map_err(|e| at(rel, "set the time of", e))?;
             // A temporary on another file system (mounted inside the
             // tree) is not covered by the root's `syncfs`: flush it here.
-            if sync || !self.on_root_fs(&f) {
+            if sync || !self.on_root_fs(&dir) {
                 f.sync_all().map_err(|e| at(rel, "sync", e))?;
             }
             Ok(())
@@ -329,7 +430,7 @@ impl Root {
         let dir = self
             .dir_of(rel, true)?
             .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
-        let tmp = format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let tmp = self.temp_name();
         rustix::fs::symlinkat(os(target), &dir, tmp.as_str())
             .map_err(|e| at(rel, "create the link", e))?;
         let _ = rustix::fs::utimensat(
@@ -374,6 +475,8 @@ impl Root {
         let Some(dir) = self.dir_of(rel, false)? else {
             return Ok(true);
         };
+        // It may be a directory walked to before.
+        self.forget_dirs();
         let name = os(name_of(rel));
         let r = match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
             Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {
@@ -403,6 +506,7 @@ impl Root {
         let td = self
             .dir_of(to, true)?
             .ok_or_else(|| at(to, "create", io::Error::from(io::ErrorKind::NotFound)))?;
+        self.forget_dirs();
         rustix::fs::renameat(&fd, os(name_of(from)), &td, os(name_of(to)))
             .map_err(|e| at(from, "rename", e))?;
         self.mark_dirty(to);
@@ -433,12 +537,75 @@ impl Root {
     }
 }
 
-/// The metadata of an open file (as [`Root::lstat`] reads it).
-pub fn fstat_meta(f: &File) -> io::Result<(u64, i64, u32)> {
+/// The metadata of an open file (as [`Root::lstat`] reads it): size,
+/// mtime, mode, and whether it is a regular file.
+pub fn fstat_meta(f: &File) -> io::Result<(u64, i64, u32, bool)> {
     let st = rustix::fs::fstat(f)?;
     Ok((
         st.st_size as u64,
         st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
         st.st_mode as u32 & 0o7777,
+        FileType::from_raw_mode(st.st_mode as _) == FileType::RegularFile,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(root: &Root, rel: &str, body: &[u8]) {
+        root.write_file(rel.as_bytes(), &mut &body[..], body.len() as u64, 0o644, 0)
+            .unwrap();
+    }
+
+    fn read(dir: &Path, rel: &str) -> Option<Vec<u8>> {
+        std::fs::read(dir.join(rel)).ok()
+    }
+
+    /// The directory reused by an apply is let go when the apply renames
+    /// or removes anything: a later file lands where its path now leads.
+    #[test]
+    fn a_reused_directory_is_let_go_after_a_rename_or_a_removal() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let _cached = root.cache_dirs();
+        put(&root, "a/x", b"1");
+        root.rename(b"a", b"b").unwrap();
+        put(&root, "a/y", b"2");
+        assert_eq!(read(d.path(), "a/y").as_deref(), Some(&b"2"[..]));
+        assert_eq!(read(d.path(), "b/y"), None, "not into the renamed directory");
+        put(&root, "c/d/x", b"3");
+        assert!(root.remove(b"c/d/x").unwrap());
+        assert!(root.remove(b"c/d").unwrap());
+        root.mkdir(b"c/d", 0o755).unwrap();
+        put(&root, "c/d/z", b"4");
+        assert_eq!(read(d.path(), "c/d/z").as_deref(), Some(&b"4"[..]));
+    }
+
+    /// A directory swapped for a link to elsewhere while it is reused:
+    /// the write goes on into the directory itself (wherever it was
+    /// moved), never through the link.
+    #[test]
+    fn a_reused_directory_swapped_for_a_link_never_leads_out_of_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let root = Root::open(&tree).unwrap();
+        let cached = root.cache_dirs();
+        put(&root, "s/x", b"1");
+        std::fs::rename(tree.join("s"), tree.join("s2")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("s")).unwrap();
+        put(&root, "s/y", b"2");
+        assert_eq!(read(&outside, "y"), None);
+        assert_eq!(read(&tree, "s2/y").as_deref(), Some(&b"2"[..]));
+        // Without the cache, the walk refuses the link.
+        drop(cached);
+        let e = root
+            .write_file(b"s/z", &mut &b"3"[..], 1, 0o644, 0)
+            .unwrap_err();
+        assert!(e.to_string().contains("symbolic links are never followed"), "{e}");
+        assert_eq!(read(&outside, "z"), None);
+    }
 }

@@ -401,6 +401,9 @@ fn run(
             .count();
         progress(&format!("sending {files} files"), 50);
         let mut sent = 0u64;
+        // Files of one directory come together (the changes are sorted):
+        // each is opened from the one before's directory.
+        let cached = o.root.cache_dirs();
         for (p, base, new) in &changes {
             match new {
                 Version::Present(m @ Meta::File { .. }) => {
@@ -430,6 +433,7 @@ fn run(
                 Version::Absent => {}
             }
         }
+        drop(cached);
         if sent > 0 {
             let (mut tar, len) = w.finish().map_err(wio)?;
             let part = pending.join(format!("{seq}.fspl.part"));
@@ -562,8 +566,8 @@ fn send_file(
         let Some(mut f) = root.open_file(p)? else {
             return Ok(None); // gone: the next round sends its deletion
         };
-        let (size, mtime, mode) = fstat_meta(&f)?;
-        if !f.metadata()?.is_file() {
+        let (size, mtime, mode, regular) = fstat_meta(&f)?;
+        if !regular {
             return Ok(None);
         }
         let m = Meta::File { size, mtime, mode };
@@ -571,7 +575,7 @@ fn send_file(
         let r = w.file(p, base, &m, &mut f);
         let after = fstat_meta(&f)?;
         match r {
-            Ok(()) if after == (size, mtime, mode) => return Ok(Some(m)),
+            Ok(()) if after == (size, mtime, mode, true) => return Ok(Some(m)),
             Ok(()) => w.rollback(mark)?,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => w.rollback(mark)?,
             Err(e) => return Err(e),
