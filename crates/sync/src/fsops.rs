@@ -573,7 +573,11 @@ mod tests {
         root.rename(b"a", b"b").unwrap();
         put(&root, "a/y", b"2");
         assert_eq!(read(d.path(), "a/y").as_deref(), Some(&b"2"[..]));
-        assert_eq!(read(d.path(), "b/y"), None, "not into the renamed directory");
+        assert_eq!(
+            read(d.path(), "b/y"),
+            None,
+            "not into the renamed directory"
+        );
         put(&root, "c/d/x", b"3");
         assert!(root.remove(b"c/d/x").unwrap());
         assert!(root.remove(b"c/d").unwrap());
@@ -605,7 +609,10 @@ mod tests {
         let e = root
             .write_file(b"s/z", &mut &b"3"[..], 1, 0o644, 0)
             .unwrap_err();
-        assert!(e.to_string().contains("symbolic links are never followed"), "{e}");
+        assert!(
+            e.to_string().contains("symbolic links are never followed"),
+            "{e}"
+        );
         assert_eq!(read(&outside, "z"), None);
     }
 }

@@ -866,15 +866,7 @@ mod tests {
     }
 
     fn frame(id: u64, name: &str, bytes: &[u8]) -> Vec<u8> {
-        let mut f = Msg::Job {
-            id,
-            len: bytes.len() as u64,
-            name: name.as_bytes().to_vec(),
-        }
-        .encode();
-        f.extend_from_slice(bytes);
-        f.extend_from_slice(blake3::hash(bytes).as_bytes());
-        f
+        Msg::job_frame(id, name.as_bytes(), bytes)
     }
 
     fn hello() -> Vec<u8> {

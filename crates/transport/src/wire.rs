@@ -111,6 +111,20 @@ pub fn max_body(t: u8) -> Option<usize> {
 }
 
 impl Msg {
+    /// One whole job as it goes on the wire: its `Job` frame, its bytes,
+    /// their digest (the client streams these; tests write them whole).
+    pub fn job_frame(id: u64, name: &[u8], bytes: &[u8]) -> Vec<u8> {
+        let mut f = Msg::Job {
+            id,
+            len: bytes.len() as u64,
+            name: name.to_vec(),
+        }
+        .encode();
+        f.extend_from_slice(bytes);
+        f.extend_from_slice(blake3::hash(bytes).as_bytes());
+        f
+    }
+
     /// The frame, ready to write.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(32);

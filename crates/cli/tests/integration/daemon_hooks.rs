@@ -169,6 +169,14 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
     wait_for("every hook's sleep killed with its group", || {
         (1..=3).all(|s| !alive(pid(s)) || is_zombie(pid(s)))
     });
+    // Each kill is logged once its hook is reaped: the last line may
+    // come a moment after the sleeps are gone.
+    d.wait_for("three hooks killed in the log", || {
+        d.log_text()
+            .matches("hook killed after its timeout")
+            .count()
+            >= 3
+    });
     let log = d.log_text();
     assert_eq!(
         log.matches("hook killed after its timeout").count(),

@@ -841,15 +841,7 @@ fn hostile_frames_end_the_session_without_storing_or_allocating() {
         (2, b"fspl-junk.fspl", b"junk, not a job"),
         (3, b"fspl-ok.fspl", &job[..]),
     ] {
-        let mut f = Msg::Job {
-            id,
-            len: bytes.len() as u64,
-            name: name.to_vec(),
-        }
-        .encode();
-        f.extend_from_slice(bytes);
-        f.extend_from_slice(blake3::hash(bytes).as_bytes());
-        raw.send(&f);
+        raw.send(&Msg::job_frame(id, name, bytes));
     }
     raw.send(&Msg::End.encode());
     let (msgs, st, _) = raw.end(Duration::from_secs(20));
@@ -1229,19 +1221,6 @@ fn trust_at_intake_reads_encrypted_jobs_only_with_decrypt_with() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "1 sealed\n");
 }
 
-/// One job frame of the wire protocol: header, bytes, digest.
-fn job_frame(id: u64, name: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut f = Msg::Job {
-        id,
-        len: bytes.len() as u64,
-        name: name.as_bytes().to_vec(),
-    }
-    .encode();
-    f.extend_from_slice(bytes);
-    f.extend_from_slice(blake3::hash(bytes).as_bytes());
-    f
-}
-
 /// Regression: serve-stdin sent the acknowledgements of a full batch only
 /// when the client paused (or once 32 KiB of them had piled up), so a
 /// client sending back to back heard nothing until its last job, and
@@ -1267,9 +1246,13 @@ fn a_full_batch_is_acknowledged_at_once_while_the_client_is_still_sending() {
     let name = |id: u64| format!("fspl-00000000-0000-4000-8000-{id:012}.fspl");
     let mut stream = Vec::new();
     for id in 0..n {
-        stream.extend(job_frame(id, &name(id), &fspl_testkit::job(id + 1, b"x")));
+        stream.extend(Msg::job_frame(
+            id,
+            name(id).as_bytes(),
+            &fspl_testkit::job(id + 1, b"x"),
+        ));
     }
-    let last = job_frame(n, &name(n), &fspl_testkit::job(n + 1, b"last"));
+    let last = Msg::job_frame(n, name(n).as_bytes(), &fspl_testkit::job(n + 1, b"last"));
     let (start, rest) = last.split_at(last.len() - 40);
     stream.extend_from_slice(start);
     raw.send(&stream);
