@@ -183,9 +183,19 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
         3,
         "{log}"
     );
-    // The queue still runs.
+    // The queue still runs, and its next hook is killed in its turn
+    // (waited for: a daemon that stops does not kill its hooks).
     send(&qd, 4, "x", &[]);
     wait_for("seq 4", || nextseq(&qd) == 5);
+    d.wait_for("the fourth hook killed", || {
+        d.log_text()
+            .matches("hook killed after its timeout")
+            .count()
+            == 4
+    });
+    wait_for("seq 4's hook's sleep killed with its group", || {
+        !alive(pid(4)) || is_zombie(pid(4))
+    });
 }
 
 fn is_zombie(pid: i32) -> bool {
