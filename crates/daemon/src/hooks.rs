@@ -7,16 +7,17 @@
 //! (the first line of its stderr is logged when it fails). It runs on a
 //! thread of its own: the job never waits for it. One that outlives
 //! `hook_timeout` is killed (its whole process group), logged, and
-//! forgotten. At most [`MAX_RUNNING`] hooks run at once in the daemon; an
-//! event past that is logged and its hook not run (a hook that hangs
-//! never piles up processes).
+//! forgotten; so is one still running when the daemon stops, once the
+//! shutdown grace is over ([`HookGroup`]). At most [`MAX_RUNNING`] hooks
+//! run at once in the daemon; an event past that is logged and its hook
+//! not run (a hook that hangs never piles up processes).
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -138,6 +139,31 @@ pub struct Context {
     pub file: Option<String>,
 }
 
+/// The hooks of one daemon: how many run, and whether the daemon is
+/// done waiting for them (then each is killed with its group).
+#[derive(Clone, Debug, Default)]
+pub struct HookGroup {
+    live: Arc<AtomicUsize>,
+    over: Arc<AtomicBool>,
+}
+
+impl HookGroup {
+    /// Hooks running now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Kill every hook still running (each by its own thread, which
+    /// reaps it), and wait up to `wait` for them to be gone.
+    pub async fn kill_all(&self, wait: Duration) {
+        self.over.store(true, Ordering::SeqCst);
+        let until = Instant::now() + wait;
+        while self.live() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A job's hooks and who it is (name, kind, queue), for firing.
 #[derive(Clone, Debug)]
 pub struct JobHooks {
@@ -145,6 +171,8 @@ pub struct JobHooks {
     pub job: String,
     pub kind: &'static str,
     pub queue: String,
+    /// The daemon's hooks, this job's among them.
+    pub group: HookGroup,
 }
 
 impl JobHooks {
@@ -190,20 +218,31 @@ impl JobHooks {
         let argv = argv.clone();
         let timeout = self.hooks.timeout;
         let job = self.job.clone();
+        let group = self.group.clone();
+        group.live.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name("fspl-hook".into())
             .spawn(move || {
-                run(&job, e, &argv, &env, timeout);
+                run(&job, e, &argv, &env, timeout, &group.over);
+                group.live.fetch_sub(1, Ordering::SeqCst);
                 RUNNING.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
+            self.group.live.fetch_sub(1, Ordering::SeqCst);
             RUNNING.fetch_sub(1, Ordering::SeqCst);
             warn!(job = %self.job, event = e.name(), "hook not run: cannot start a thread");
         }
     }
 }
 
-fn run(job: &str, e: Event, argv: &[String], env: &[(&'static str, OsString)], timeout: Duration) {
+fn run(
+    job: &str,
+    e: Event,
+    argv: &[String],
+    env: &[(&'static str, OsString)],
+    timeout: Duration,
+    over: &AtomicBool,
+) {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -233,7 +272,7 @@ fn run(job: &str, e: Event, argv: &[String], env: &[(&'static str, OsString)], t
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if t0.elapsed() >= timeout => {
+            Ok(None) if t0.elapsed() >= timeout || over.load(Ordering::SeqCst) => {
                 // The whole group: a hook's own children go too.
                 // SAFETY: kill(2) with a negative pid signals a process
                 // group; no memory is involved.
@@ -263,6 +302,12 @@ fn run(job: &str, e: Event, argv: &[String], env: &[(&'static str, OsString)], t
             .unwrap_or_default()
     };
     match status {
+        None if t0.elapsed() < timeout => warn!(
+            job,
+            event = e.name(),
+            hook = %argv[0],
+            "hook killed: the daemon is stopping"
+        ),
         None => warn!(
             job,
             event = e.name(),

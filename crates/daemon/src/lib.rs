@@ -280,6 +280,7 @@ async fn run_inner(
         running: Arc::new(Mutex::new(HashMap::new())),
         rescan_interval: config.daemon.rescan_interval,
         status_command: status_command(&config).into(),
+        hooks: Default::default(),
     };
     let running = Arc::new(tokio::sync::Mutex::new(Running {
         config: config.clone(),
@@ -390,6 +391,7 @@ async fn run_inner(
     // them (they run again next time).
     shared.shutting_down.store(true, Ordering::SeqCst);
     let grace = config.daemon.shutdown_grace;
+    let grace_ends = tokio::time::Instant::now() + grace;
     let mut joins = Vec::new();
     {
         let mut r = running.lock().await;
@@ -418,6 +420,13 @@ async fn run_inner(
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut all).await;
     }
+    // Hooks get what is left of the grace too; then those still running
+    // are killed with their groups (nothing would enforce their timeout
+    // once the daemon is gone).
+    while shared.hooks.live() > 0 && tokio::time::Instant::now() < grace_ends {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.hooks.kill_all(Duration::from_secs(5)).await;
     server.abort();
     ticker.abort();
     let _ = std::fs::remove_file(&config.daemon.socket);

@@ -56,6 +56,8 @@ pub struct Shared {
     /// `fspl status` with the default socket, else with `-c CONFIG` (the
     /// configuration's absolute path, quoted for a shell).
     pub status_command: Arc<str>,
+    /// Every hook of this daemon (killed after the shutdown grace).
+    pub hooks: crate::hooks::HookGroup,
 }
 
 /// Quote `s` for a POSIX shell when it needs it (hints are meant to be
@@ -434,6 +436,7 @@ pub fn spawn<K: Kind>(
         job: name.clone(),
         kind: kind.name(),
         queue: status.queue.clone(),
+        group: shared.hooks.clone(),
     };
     status.state = if enabled {
         JobState::Idle

@@ -135,10 +135,7 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
     let qd = sb.queue("q");
     let pids = sb.path("pids");
     std::fs::create_dir(&pids).unwrap();
-    let hook = format!(
-        "[\"/bin/sh\", \"-c\", \"sleep 1000 & echo $! > \\\"$1/$FSPL_HOOK_SEQ\\\"; wait\", \"sh\", {}]",
-        q(&pids)
-    );
+    let hook = sleeping_hook(&pids);
     let text = config(
         &sb,
         "",
@@ -196,6 +193,53 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
     wait_for("seq 4's hook's sleep killed with its group", || {
         !alive(pid(4)) || is_zombie(pid(4))
     });
+}
+
+/// Regression: a hook still running when the daemon stopped was never
+/// killed: its thread went with the daemon, and with it the timeout, so
+/// a hung hook outlived the daemon for good. Now the hooks get what is
+/// left of the shutdown grace, then are killed with their groups.
+#[test]
+fn a_hook_still_running_when_the_daemon_stops_is_killed_with_its_group() {
+    let sb = Sandbox::new();
+    let qd = sb.queue("q");
+    let pids = sb.path("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let hook = sleeping_hook(&pids);
+    let text = config(
+        &sb,
+        "",
+        &[process_job(
+            "run",
+            &qd,
+            &["/bin/true"],
+            &format!("on_success = {hook}\nhook_timeout = 600\n"),
+        )],
+    );
+    let d = Daemon::start(&sb, &text, "logfmt");
+    d.settled();
+    send(&qd, 1, "x", &[]);
+    wait_for("the hook started", || pids.join("1").exists());
+    let pid: i32 = std::fs::read_to_string(pids.join("1"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "the hook's sleep runs");
+    let log = d.stop_ok();
+    assert!(log.contains("hook killed: the daemon is stopping"), "{log}");
+    wait_for("the hook's sleep killed with its group", || {
+        (unsafe { libc::kill(pid, 0) }) != 0 || is_zombie(pid)
+    });
+}
+
+/// A hook that starts `sleep 1000` in its group, writes its pid to
+/// `PIDS/SEQ`, and waits for it.
+fn sleeping_hook(pids: &std::path::Path) -> String {
+    format!(
+        "[\"/bin/sh\", \"-c\", \"sleep 1000 & echo $! > \\\"$1/$FSPL_HOOK_SEQ\\\"; wait\", \"sh\", {}]",
+        q(pids)
+    )
 }
 
 fn is_zombie(pid: i32) -> bool {
