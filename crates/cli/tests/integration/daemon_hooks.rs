@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -131,23 +131,7 @@ fn hooks_fire_with_their_variables_for_success_failure_refusal_and_error_state()
 /// logged; meanwhile the queue runs every job.
 #[test]
 fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
-    let sb = Sandbox::new();
-    let qd = sb.queue("q");
-    let pids = sb.path("pids");
-    std::fs::create_dir(&pids).unwrap();
-    let hook = sleeping_hook(&pids);
-    let text = config(
-        &sb,
-        "",
-        &[process_job(
-            "run",
-            &qd,
-            &["/bin/true"],
-            &format!("on_success = {hook}\nhook_timeout = 3\n"),
-        )],
-    );
-    let d = Daemon::start(&sb, &text, "logfmt");
-    d.settled();
+    let (_sb, qd, pids, d) = with_sleeping_hook(3);
     for s in 1..=3 {
         send(&qd, s, "x", &[]);
     }
@@ -201,23 +185,7 @@ fn a_hanging_hook_is_killed_at_its_timeout_and_the_queue_goes_on() {
 /// left of the shutdown grace, then are killed with their groups.
 #[test]
 fn a_hook_still_running_when_the_daemon_stops_is_killed_with_its_group() {
-    let sb = Sandbox::new();
-    let qd = sb.queue("q");
-    let pids = sb.path("pids");
-    std::fs::create_dir(&pids).unwrap();
-    let hook = sleeping_hook(&pids);
-    let text = config(
-        &sb,
-        "",
-        &[process_job(
-            "run",
-            &qd,
-            &["/bin/true"],
-            &format!("on_success = {hook}\nhook_timeout = 600\n"),
-        )],
-    );
-    let d = Daemon::start(&sb, &text, "logfmt");
-    d.settled();
+    let (_sb, qd, pids, d) = with_sleeping_hook(600);
     send(&qd, 1, "x", &[]);
     wait_for("the hook started", || pids.join("1").exists());
     let pid: i32 = std::fs::read_to_string(pids.join("1"))
@@ -233,13 +201,32 @@ fn a_hook_still_running_when_the_daemon_stops_is_killed_with_its_group() {
     });
 }
 
-/// A hook that starts `sleep 1000` in its group, writes its pid to
-/// `PIDS/SEQ`, and waits for it.
-fn sleeping_hook(pids: &std::path::Path) -> String {
-    format!(
+/// A daemon running queue `q` (`/bin/true` per job) whose success hook
+/// starts `sleep 1000` in its group, writes its pid to `pids/SEQ` and
+/// waits for it, with `hook_timeout` seconds: the sandbox, the queue, the
+/// pids directory and the daemon, settled.
+fn with_sleeping_hook(hook_timeout: u64) -> (Sandbox, PathBuf, PathBuf, Daemon) {
+    let sb = Sandbox::new();
+    let qd = sb.queue("q");
+    let pids = sb.path("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let hook = format!(
         "[\"/bin/sh\", \"-c\", \"sleep 1000 & echo $! > \\\"$1/$FSPL_HOOK_SEQ\\\"; wait\", \"sh\", {}]",
-        q(pids)
-    )
+        q(&pids)
+    );
+    let text = config(
+        &sb,
+        "",
+        &[process_job(
+            "run",
+            &qd,
+            &["/bin/true"],
+            &format!("on_success = {hook}\nhook_timeout = {hook_timeout}\n"),
+        )],
+    );
+    let d = Daemon::start(&sb, &text, "logfmt");
+    d.settled();
+    (sb, qd, pids, d)
 }
 
 fn is_zombie(pid: i32) -> bool {
