@@ -149,18 +149,22 @@ pub struct HookGroup {
 
 impl HookGroup {
     /// Hooks running now.
-    pub fn live(&self) -> usize {
+    fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no hook runs, or `until`.
+    pub async fn wait(&self, until: tokio::time::Instant) {
+        while self.live() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kill every hook still running (each by its own thread, which
     /// reaps it), and wait up to `wait` for them to be gone.
     pub async fn kill_all(&self, wait: Duration) {
         self.over.store(true, Ordering::SeqCst);
-        let until = Instant::now() + wait;
-        while self.live() > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait(tokio::time::Instant::now() + wait).await;
     }
 }
 

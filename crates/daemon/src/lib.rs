@@ -423,9 +423,7 @@ async fn run_inner(
     // Hooks get what is left of the grace too; then those still running
     // are killed with their groups (nothing would enforce their timeout
     // once the daemon is gone).
-    while shared.hooks.live() > 0 && tokio::time::Instant::now() < grace_ends {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    shared.hooks.wait(grace_ends).await;
     shared.hooks.kill_all(Duration::from_secs(5)).await;
     server.abort();
     ticker.abort();

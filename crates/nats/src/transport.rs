@@ -43,7 +43,7 @@ use async_nats::jetstream::{self, Context};
 use fspl_queue::{EntryKind, JobSource, classify};
 use fspl_transport::{
     Ack, AckSink, Backend, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError,
-    TransportErrorKind,
+    TransportErrorKind, hand_over,
 };
 use futures::StreamExt;
 
@@ -423,10 +423,7 @@ impl Sink for NatsSink {
 
     fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
         let r = self.drain(true);
-        let acks = std::mem::take(&mut self.ready);
-        if !acks.is_empty() {
-            acked(acks)?;
-        }
+        hand_over(&mut self.ready, acked)?;
         r
     }
 }

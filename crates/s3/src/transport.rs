@@ -40,7 +40,7 @@ use bytes::Bytes;
 use fspl_queue::{EntryKind, JobSource, classify};
 use fspl_transport::{
     Ack, AckSink, Location, OutgoingJob, RemoteJob, Sink, Source, TransportError,
-    TransportErrorKind,
+    TransportErrorKind, hand_over,
 };
 
 use crate::client::{Client, PutOutcome};
@@ -446,10 +446,7 @@ impl Sink for S3Sink {
 
     fn finish(&mut self, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
         let r = self.collect(Some(0));
-        let acks = std::mem::take(&mut self.acks);
-        if !acks.is_empty() {
-            acked(acks)?;
-        }
+        hand_over(&mut self.acks, acked)?;
         r
     }
 }

@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 use fspl_queue::batch::{Batch, BatchLimits, Outcome, Sealed};
 use fspl_queue::lock::FileLock;
 use fspl_queue::{EntryKind, JobSource, Queue, classify};
-
-use crate::AckSink;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use tracing::warn;
+
+use crate::{AckSink, hand_over};
 
 use crate::error::TransportError;
 use crate::{Ack, OutgoingJob, RemoteJob, Sink, Source};
@@ -335,17 +335,10 @@ impl Sink for DirSink {
         // outbox while the next one is committed.
         while self.committer.outstanding > 0 {
             let r = self.gather_one();
-            let acks = std::mem::take(&mut self.acks);
-            if !acks.is_empty() {
-                acked(acks)?;
-            }
+            hand_over(&mut self.acks, acked)?;
             r?;
         }
-        let acks = std::mem::take(&mut self.acks);
-        if !acks.is_empty() {
-            acked(acks)?;
-        }
-        Ok(())
+        hand_over(&mut self.acks, acked)
     }
 
     fn delivers_into(&self) -> Option<&Path> {

@@ -133,6 +133,15 @@ pub enum Ack {
 /// Where [`Sink::finish`] hands acknowledgements as they arrive.
 pub type AckSink<'a> = dyn FnMut(Vec<Ack>) -> Result<(), TransportError> + 'a;
 
+/// Hand the acknowledgements collected in `acks` (if any) to `acked`,
+/// leaving `acks` empty: what a sink's `finish` does as they come.
+pub fn hand_over(acks: &mut Vec<Ack>, acked: &mut AckSink<'_>) -> Result<(), TransportError> {
+    if acks.is_empty() {
+        return Ok(());
+    }
+    acked(std::mem::take(acks))
+}
+
 /// A destination of `fspl push`.
 pub trait Sink {
     /// Jobs are coming: a sink may start connecting now, in the

@@ -268,13 +268,7 @@ impl Run<'_> {
             sink.send(id, &mut job)?;
             self.sent(sink, id, item, len)?;
         }
-        sink.finish(&mut |acks| {
-            self.take_acks(acks)?;
-            if self.acked.len() >= REMOVE_BATCH {
-                self.remove_acked();
-            }
-            Ok(())
-        })?;
+        sink.finish(&mut |acks| self.acknowledged(acks))?;
         if !self.inflight.is_empty() {
             return Err(TransportError::Backend {
                 message: format!(
@@ -298,6 +292,12 @@ impl Run<'_> {
     ) -> Result<(), TransportError> {
         self.inflight.insert(id, (item, len));
         let acks = sink.poll()?;
+        self.acknowledged(acks)
+    }
+
+    /// Take acknowledgements, and hand a full batch of them to the
+    /// remover.
+    fn acknowledged(&mut self, acks: Vec<Ack>) -> Result<(), TransportError> {
         self.take_acks(acks)?;
         if self.acked.len() >= REMOVE_BATCH {
             self.remove_acked();

@@ -26,7 +26,7 @@ use fspl_queue::escape_controls;
 use crate::error::{TransportError, TransportErrorKind};
 use crate::fdio::{TimedWriter, grow_pipe, set_nonblocking};
 use crate::wire::{self, FatalKind, Msg, WireError};
-use crate::{Ack, AckSink, OutgoingJob, Sink};
+use crate::{Ack, AckSink, OutgoingJob, Sink, hand_over};
 
 /// The environment variable that replaces the `ssh` command.
 pub const SSH_ENV: &str = "FSPL_SSH";
@@ -756,10 +756,7 @@ impl Sink for SshSink {
             self.with_conn(|c, acks| c.end(acks))?;
             loop {
                 let bye = self.with_conn(|c, acks| c.answer(acks));
-                let acks = std::mem::take(&mut self.acks);
-                if !acks.is_empty() {
-                    acked(acks)?;
-                }
+                hand_over(&mut self.acks, acked)?;
                 if bye? {
                     break;
                 }
@@ -767,11 +764,7 @@ impl Sink for SshSink {
             self.with_conn(|c, _| c.close())?;
         }
         self.done = true;
-        let acks = std::mem::take(&mut self.acks);
-        if !acks.is_empty() {
-            acked(acks)?;
-        }
-        Ok(())
+        hand_over(&mut self.acks, acked)
     }
 }
 
