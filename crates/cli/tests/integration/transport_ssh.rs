@@ -589,6 +589,16 @@ impl Raw {
         }
     }
 
+    /// A session for queue `q` past the handshake: our hello sent, the
+    /// server's hello and go-ahead read.
+    fn ready(rx: &Receiver, key: &Path) -> Raw {
+        let mut raw = Raw::start(rx, key, "fspl-push q");
+        raw.send(&hello());
+        assert!(matches!(raw.msg(), Msg::Hello { .. }));
+        assert!(matches!(raw.msg(), Msg::Ready { .. }));
+        raw
+    }
+
     fn send(&mut self, bytes: &[u8]) {
         let _ = self.stdin.as_mut().unwrap().write_all(bytes);
         let _ = self.stdin.as_mut().unwrap().flush();
@@ -732,10 +742,7 @@ fn a_silent_client_is_hung_up_on() {
     let key = rx.key_for("laptop");
     // Silent after its hello, and silent in the middle of a job.
     for partial in [false, true] {
-        let mut raw = Raw::start(&rx, &key, "fspl-push q");
-        raw.send(&hello());
-        assert!(matches!(raw.msg(), Msg::Hello { .. }));
-        assert!(matches!(raw.msg(), Msg::Ready { .. }));
+        let mut raw = Raw::ready(&rx, &key);
         if partial {
             raw.send(
                 &Msg::Job {
@@ -832,10 +839,7 @@ fn hostile_frames_end_the_session_without_storing_or_allocating() {
         ours(["prepare", "--seq", "1", "-i", "-"]),
         b"hi",
     ));
-    let mut raw = Raw::start(&rx, &key, "fspl-push q");
-    raw.send(&hello());
-    raw.msg();
-    raw.msg();
+    let mut raw = Raw::ready(&rx, &key);
     for (id, name, bytes) in [
         (1u64, &b"../fspl-x.fspl"[..], &job[..]),
         (2, b"fspl-junk.fspl", b"junk, not a job"),
@@ -1238,10 +1242,7 @@ fn a_full_batch_is_acknowledged_at_once_while_the_client_is_still_sending() {
         inbox.display()
     ));
     let key = rx.key_for("laptop");
-    let mut raw = Raw::start(&rx, &key, "fspl-push q");
-    raw.send(&hello());
-    assert!(matches!(raw.msg(), Msg::Hello { .. }));
-    assert!(matches!(raw.msg(), Msg::Ready { .. }));
+    let mut raw = Raw::ready(&rx, &key);
     let n = fspl_transport::intake::BATCH_JOBS as u64;
     let name = |id: u64| format!("fspl-00000000-0000-4000-8000-{id:012}.fspl");
     let mut stream = Vec::new();
