@@ -26,6 +26,14 @@ struct Side {
 }
 
 impl Side {
+    /// alpha and beta, each the other's peer.
+    fn pair(sb: &Sandbox) -> (Side, Side) {
+        (
+            Side::new(sb, "alpha", "beta"),
+            Side::new(sb, "beta", "alpha"),
+        )
+    }
+
     fn new(sb: &Sandbox, name: &'static str, peer: &'static str) -> Side {
         let s = Side {
             name,
@@ -152,10 +160,7 @@ fn set_mtime(p: &Path, secs: u64) {
 #[test]
 fn two_trees_crossed_by_dir_pushes_converge_through_every_kind_of_change() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     write(&a.p("notes.txt"), "first");
     write(&a.p("src/main.rs"), "fn main() {}");
     write(&a.p("src/deep/er/mod.rs"), "// deep");
@@ -212,10 +217,7 @@ fn two_trees_crossed_by_dir_pushes_converge_through_every_kind_of_change() {
 #[test]
 fn ten_thousand_small_files_arrive_whole() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     for i in 0..10_000 {
         write(
             &a.p(&format!("d{:02}/f{i:05}.txt", i % 50)),
@@ -238,10 +240,7 @@ fn ten_thousand_small_files_arrive_whole() {
 #[test]
 fn files_landing_on_a_file_system_mounted_inside_the_tree_are_fsynced_themselves() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     let inner = b.p("inner");
     let _tmpfs = crate::reliability_disk::Tmpfs::mount(&inner, "8m").unwrap_or_else(|e| {
         panic!(
@@ -342,10 +341,7 @@ fn a_large_file_is_streamed_in_constant_memory() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     {
         // Incompressible, so that every byte goes through.
         use std::io::Write;
@@ -395,10 +391,7 @@ fn a_large_file_is_streamed_in_constant_memory() {
 #[test]
 fn a_file_changing_while_read_is_retried_then_left_for_the_next_round() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     write(&a.p("still.txt"), "still");
     // Big enough that reading it takes longer than the writer's pause.
     let busy = a.p("busy.log");
@@ -437,10 +430,7 @@ fn a_file_changing_while_read_is_retried_then_left_for_the_next_round() {
 #[test]
 fn conflicts_keep_every_losing_version_as_a_conflict_copy() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     write(&a.p("both.txt"), "v0");
     write(&a.p("gone.txt"), "v0");
     write(&a.p("dir/old.txt"), "old");
@@ -490,10 +480,7 @@ fn conflicts_keep_every_losing_version_as_a_conflict_copy() {
 #[test]
 fn safety_refusals_name_the_problem_and_force_overrides_them() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     for i in 0..20 {
         write(&a.p(&format!("f{i:02}")), "x");
     }
@@ -541,8 +528,7 @@ fn safety_refusals_name_the_problem_and_force_overrides_them() {
 #[test]
 fn excluded_paths_and_the_syncs_own_queues_inside_the_tree_are_never_sent() {
     let sb = Sandbox::new();
-    let mut a = Side::new(&sb, "alpha", "beta");
-    let b = Side::new(&sb, "beta", "alpha");
+    let (mut a, b) = Side::pair(&sb);
     // Queues inside the tree.
     a.outbox = a.p("queues/out");
     a.inbox = a.p("queues/in");
@@ -569,10 +555,7 @@ fn excluded_paths_and_the_syncs_own_queues_inside_the_tree_are_never_sent() {
 #[test]
 fn sigkill_mid_apply_leaves_only_whole_files_and_the_next_round_converges() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     for i in 0..1500 {
         write(
             &a.p(&format!("d{}/f{i:04}", i % 10)),
@@ -612,10 +595,7 @@ fn sigkill_mid_apply_leaves_only_whole_files_and_the_next_round_converges() {
 fn over_ssh_change_sets_go_through_serve_stdin() {
     use crate::helper::sshd::Sshd;
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     let sshd = Sshd::start(&sb.path("sshd"));
     let intake = sb.path("intake.toml");
     fs::write(
@@ -672,10 +652,7 @@ fn over_ssh_change_sets_go_through_serve_stdin() {
 #[test]
 fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     let key = sb.path("alpha.key");
     ok(run(ours([
         OsStr::new("keygen"),
@@ -734,10 +711,7 @@ fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
 #[test]
 fn a_daemon_on_each_side_keeps_the_trees_in_step_woken_by_changes() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     let fast = "interval_min = 3600\ninterval_max = 3600";
     let mk = |s: &Side, to: &Side, home: &Sandbox| {
         format!(
@@ -766,8 +740,7 @@ fn a_daemon_on_each_side_keeps_the_trees_in_step_woken_by_changes() {
 #[test]
 fn the_schedule_stretches_when_idle_backs_off_on_failure_and_stops_after_three() {
     let sb = Sandbox::new();
-    let a = Side::new(&sb, "alpha", "beta");
-    let b = Side::new(&sb, "beta", "alpha");
+    let (a, b) = Side::pair(&sb);
     write(&a.p("x"), "x");
     let text = format!(
         "[daemon]\nsocket = {}\nrescan_interval = 3600\nshutdown_grace = 1\n\n{}",
@@ -824,10 +797,7 @@ fn the_schedule_stretches_when_idle_backs_off_on_failure_and_stops_after_three()
 #[test]
 fn sigkill_mid_send_loses_no_change_and_leaves_no_gap() {
     let sb = Sandbox::new();
-    let (a, b) = (
-        Side::new(&sb, "alpha", "beta"),
-        Side::new(&sb, "beta", "alpha"),
-    );
+    let (a, b) = Side::pair(&sb);
     for (k, delay_ms) in [20u64, 60, 150, 300].into_iter().enumerate() {
         for i in 0..800 {
             write(
