@@ -506,6 +506,34 @@ impl Queue {
         result.map(|()| name)
     }
 
+    /// Store a job file this process made itself, complete and already
+    /// synced (a sync's spooled change set), by linking it into `jobs/`
+    /// under a fresh `fspl-<uuid>.fspl` name and syncing the directory: no
+    /// copy, no second flush of its bytes. The file stays where it was
+    /// (the caller removes it once this returns: a crash in between leaves
+    /// a second copy to store, never none). Returns `Ok(None)` when the
+    /// file is on another file system (or the file system has no hard
+    /// links): the caller copies it with [`Queue::write_job_from`].
+    pub fn link_job(&self, file: &Path) -> Result<Option<OsString>> {
+        self.check_exists()?;
+        let name = OsString::from(format!("fspl-{}.fspl", uuid::Uuid::new_v4()));
+        let dest = self.jobs.join(&name);
+        match std::fs::hard_link(file, &dest) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(QueueError::io("link into place", &dest)(e)),
+        }
+        sync_dir(&self.jobs)?;
+        Ok(Some(name))
+    }
+
     /// Open a job file for reading its header: no symlinks followed, no
     /// blocking on FIFOs, regular files only.
     pub fn open_file(&self, name: &OsStr) -> Result<File> {
@@ -545,6 +573,36 @@ impl Queue {
         Ok((f, meta.len()))
     }
 
+    /// [`Queue::open_job`] (no decoder) of a job file already open (from
+    /// its start), named `path` in errors: a file read more than once
+    /// opens it again from the same descriptor, never by its name again.
+    pub fn open_job_file(&self, file: File, path: &Path) -> Result<OpenedJob> {
+        let (d, payload) = match self.identities() {
+            Some(ids) if is_binary_age(&file) => {
+                open_age_file(file, ids).map_err(|source| bad_job(path, source))?
+            }
+            ids => {
+                let (d, payload) =
+                    open_stream(file, ids).map_err(|source| bad_job(path, source))?;
+                let payload = match payload {
+                    StreamPayload::Plain(f) => Payload::File(f),
+                    StreamPayload::Decoded { reader, what } => Payload::Stream {
+                        reader,
+                        what,
+                        size: None,
+                    },
+                };
+                (d, payload)
+            }
+        };
+        Ok(OpenedJob {
+            header: d.header,
+            header_len: d.header_len,
+            ext: d.ext,
+            payload,
+        })
+    }
+
     /// Open a job and read its header, leaving the payload ready to read.
     /// A job file compressed as a whole is decoded in-process unless a
     /// decoder is given (an explicit `-d` always wins).
@@ -552,32 +610,7 @@ impl Queue {
         let path = self.job_path(name);
         let file = self.open_file(name)?;
         match decoder {
-            None => {
-                let (d, payload) = match self.identities() {
-                    Some(ids) if is_binary_age(&file) => {
-                        open_age_file(file, ids).map_err(|source| bad_job(&path, source))?
-                    }
-                    ids => {
-                        let (d, payload) =
-                            open_stream(file, ids).map_err(|source| bad_job(&path, source))?;
-                        let payload = match payload {
-                            StreamPayload::Plain(f) => Payload::File(f),
-                            StreamPayload::Decoded { reader, what } => Payload::Stream {
-                                reader,
-                                what,
-                                size: None,
-                            },
-                        };
-                        (d, payload)
-                    }
-                };
-                Ok(OpenedJob {
-                    header: d.header,
-                    header_len: d.header_len,
-                    ext: d.ext,
-                    payload,
-                })
-            }
+            None => self.open_job_file(file, &path),
             Some(dec) => {
                 let mut child = dec.spawn(file).map_err(|source| QueueError::Decoder {
                     command: dec.command().to_string_lossy().into_owned(),

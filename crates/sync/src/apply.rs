@@ -102,7 +102,7 @@ pub fn apply(
     root: &Root,
     filter: &Filter,
     state: &mut State,
-    payload: &mut std::fs::File,
+    payload: &mut crate::job::Payload,
     seq: u64,
     force: bool,
 ) -> Result<Applied, SyncError> {
@@ -122,7 +122,7 @@ pub fn apply(
     let mut links: Vec<Vec<u8>> = Vec::new();
     let (mut deletes, mut adds) = (0usize, 0usize);
     let mut manifest: Option<Manifest> = None;
-    changeset::read(payload, |item| {
+    payload.pass(|r| changeset::read(r, |item| {
         match item {
             Item::Manifest(m) => {
                 if m.from != cfg.peer || m.to != cfg.name {
@@ -155,7 +155,7 @@ pub fn apply(
             }
         }
         Ok(())
-    })
+    }))
     .map_err(seqd)?;
     let Some(m) = manifest else {
         return Err(hostile("no manifest".into()));
@@ -185,13 +185,16 @@ pub fn apply(
     // the directories they changed are synced, before the caller saves
     // the state that records them.
     let mut batch = Batch::default();
-    changeset::read(payload, |item| {
-        if let Item::Change(c, data) = item {
-            one(cfg, root, filter, state, &c, data, &mut out, &mut batch)?;
-        }
-        Ok(())
-    })
-    .map_err(seqd)?;
+    payload
+        .pass(|r| {
+            changeset::read(r, |item| {
+                if let Item::Change(c, data) = item {
+                    one(cfg, root, filter, state, &c, data, &mut out, &mut batch)?;
+                }
+                Ok(())
+            })
+        })
+        .map_err(seqd)?;
     batch.flush(root)?;
     root.sync_dirs()
         .map_err(|e| SyncError::io("sync the directories of", &root.path, e))?;

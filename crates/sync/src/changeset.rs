@@ -13,7 +13,7 @@
 //! library. Memory stays flat in the size of the change set.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 
 use serde::{Deserialize, Serialize};
 use tar::{EntryType, Header};
@@ -194,11 +194,11 @@ impl Writer {
         self.write(&vec![0u8; padding(size)])
     }
 
-    /// End the archive; the file, synced, and its length.
+    /// End the archive; the file and its length. Not synced: it is a
+    /// private temporary that only feeds the job made from it (which is).
     pub fn finish(mut self) -> io::Result<(File, u64)> {
         self.write(&[0u8; 1024])?;
         let f = self.out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
         Ok((f, self.pos))
     }
 }
@@ -255,15 +255,9 @@ pub enum Item<'a> {
 /// manifest (first) and every change, in order. `each` may leave a file's
 /// bytes unread. Nothing is applied by this function.
 pub fn read(
-    file: &mut File,
+    mut r: &mut dyn Read,
     mut each: impl FnMut(Item<'_>) -> Result<(), crate::SyncError>,
 ) -> Result<(), crate::SyncError> {
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| crate::SyncError::Hostile {
-            seq: 0,
-            source: ReadError::Io(e),
-        })?;
-    let mut r = BufReader::with_capacity(256 * 1024, &mut *file);
     let mut pax: Option<Vec<(String, Vec<u8>)>> = None;
     let mut first = true;
     let h = |e: ReadError| crate::SyncError::Hostile { seq: 0, source: e };

@@ -111,6 +111,9 @@ fn at(rel: &[u8], what: &str, e: impl Into<io::Error>) -> io::Error {
     )
 }
 
+/// Files up to this size are written with one `write`.
+const ONE_WRITE: u64 = 256 * 1024;
+
 impl Root {
     pub fn open(path: &Path) -> io::Result<Root> {
         let fd = rustix::fs::open(
@@ -376,13 +379,37 @@ impl Root {
     ) -> io::Result<String> {
         let (dir, tmp, mut f) = self.temp(rel)?;
         let result = (|| {
-            let n = io::copy(&mut src.take(size), &mut f).map_err(|e| at(rel, "write", e))?;
-            if n != size {
-                return Err(at(
+            let early = || {
+                at(
                     rel,
                     "write",
                     io::Error::new(io::ErrorKind::UnexpectedEof, "the change set ended early"),
-                ));
+                )
+            };
+            if size <= ONE_WRITE {
+                // A small file in one write (a copy loop would take two
+                // or three for most).
+                let mut buf = vec![0u8; size as usize];
+                src.read_exact(&mut buf).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => early(),
+                    _ => at(rel, "write", e),
+                })?;
+                f.write_all(&buf).map_err(|e| at(rel, "write", e))?;
+            } else {
+                // Large pieces (a copy loop's are 8 KiB).
+                let mut buf = vec![0u8; ONE_WRITE as usize];
+                let mut left = size;
+                while left > 0 {
+                    let want = left.min(ONE_WRITE) as usize;
+                    let n = match src.read(&mut buf[..want]) {
+                        Ok(0) => return Err(early()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(at(rel, "write", e)),
+                    };
+                    f.write_all(&buf[..n]).map_err(|e| at(rel, "write", e))?;
+                    left -= n as u64;
+                }
             }
             f.flush()?;
             rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))

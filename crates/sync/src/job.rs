@@ -101,7 +101,9 @@ pub fn build(
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        // As `queue-write` makes them: the file is linked into the outbox
+        // as it is.
+        .mode(0o666)
         .custom_flags(libc::O_NOFOLLOW)
         .open(dest)
         .map_err(io("create"))?;
@@ -143,8 +145,18 @@ pub fn build(
     Ok(())
 }
 
-/// Store a spooled job file into the outbox as `queue-write` does.
+/// Store a spooled job file (made and synced by [`build`]) into the
+/// outbox: linked in when both are on one file system (its bytes are on
+/// disk already; only the outbox's directory is synced), else copied and
+/// checked as `queue-write` does.
 pub fn store(outbox: &Queue, job: &Path) -> Result<(), SyncError> {
+    let linked = outbox.link_job(job).map_err(|e| SyncError::Queue {
+        what: format!("store change set {} in the outbox", job.display()),
+        source: e,
+    })?;
+    if linked.is_some() {
+        return Ok(());
+    }
     let mut f = File::open(job).map_err(|e| SyncError::io("open", job, e))?;
     outbox
         .write_job_from(&mut f, job)
@@ -155,14 +167,141 @@ pub fn store(outbox: &Queue, job: &Path) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// A change set read from the inbox: its seq and its payload, privately
-/// copied and checked.
+/// A change set read from the inbox: its seq and its payload.
 pub struct Received {
     pub seq: u64,
-    pub payload: File,
-    pub len: u64,
+    pub payload: Payload,
     /// Who signed it (with a trust file).
     pub sender: Option<String>,
+}
+
+/// Where a received change set's payload is read from, once per pass of
+/// the apply.
+pub enum Payload {
+    /// A private copy, checked (length and digest) as it was made.
+    Copy(File),
+    /// The job file itself, read again from the same descriptor for each
+    /// pass (never opened again by its name). Only for a job file that
+    /// nobody but this user can have written (see [`private_to_us`]); the
+    /// first pass checks its length and digest, before a second pass can
+    /// change anything.
+    Job {
+        inbox: Queue,
+        file: File,
+        path: std::path::PathBuf,
+        ext: Box<Extension>,
+        checked: bool,
+    },
+}
+
+impl Payload {
+    /// Run `f` over the payload from its start. The first pass over a job
+    /// file reads the payload to its end and checks its length and digest:
+    /// a payload that does not match is [`SyncError::Damaged`], whatever
+    /// `f` made of it.
+    pub fn pass<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn io::Read) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        use std::io::{Read, Seek};
+        match self {
+            Payload::Copy(file) => {
+                file.seek(io::SeekFrom::Start(0)).map_err(|e| {
+                    SyncError::io(
+                        "read the private copy of a change set",
+                        Path::new("(unnamed)"),
+                        e,
+                    )
+                })?;
+                f(&mut io::BufReader::with_capacity(256 * 1024, file))
+            }
+            Payload::Job {
+                inbox,
+                file,
+                path,
+                ext,
+                checked,
+            } => {
+                let reopen = || -> io::Result<File> {
+                    let mut f = file.try_clone()?;
+                    f.seek(io::SeekFrom::Start(0))?;
+                    Ok(f)
+                };
+                let again = reopen().map_err(|e| SyncError::io("read", path, e))?;
+                let mut job = inbox
+                    .open_job_file(again, path)
+                    .map_err(|e| SyncError::Damaged(fspl_queue::display_chain(&e)))?;
+                if *checked {
+                    let r = f(&mut io::BufReader::with_capacity(
+                        256 * 1024,
+                        job.payload_reader(),
+                    ));
+                    job.payload.close();
+                    return r;
+                }
+                let alg = ext
+                    .digest
+                    .as_ref()
+                    .map(|d| d.alg)
+                    .unwrap_or(DigestAlg::Blake3);
+                let mut hashing = Hashing {
+                    inner: job.payload_reader(),
+                    hasher: fspl_trust::digest::Hasher::new(alg),
+                    len: 0,
+                };
+                let r = f(&mut io::BufReader::with_capacity(256 * 1024, &mut hashing));
+                // The rest (what `f` did not read, or all of it after an
+                // error) goes through the hash too.
+                let mut buf = vec![0u8; 256 * 1024];
+                let rest = loop {
+                    match hashing.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                let (len, hasher) = (hashing.len, hashing.hasher);
+                job.payload.close();
+                if let Err(e) = rest {
+                    return Err(SyncError::Damaged(format!("cannot read its payload: {e}")));
+                }
+                fspl_queue::verify::check_payload(ext, len, &hasher.finish())
+                    .map_err(|r| SyncError::Damaged(r.reason))?;
+                *checked = true;
+                r
+            }
+        }
+    }
+}
+
+/// Hashes and counts what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: fspl_trust::digest::Hasher,
+    len: u64,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// A job file only this user can have written: owned by us, with no write
+/// permission for group or others. A file another user made (a push from
+/// another account into a shared inbox) may still be open for writing in
+/// that user's process, and could change between the pass that checks it
+/// and the pass that applies it: its payload is copied first.
+fn private_to_us(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    file.metadata()
+        .is_ok_and(|m| m.is_file() && m.uid() == euid && m.mode() & 0o022 == 0)
 }
 
 /// Why a job of the inbox is not applied.
@@ -172,15 +311,33 @@ pub enum Refused {
     Error(SyncError),
 }
 
-/// Open job `name` of the inbox, vet it, and copy its payload into a
-/// private file in `tmp` while hashing it.
+/// Open job `name` of the inbox and vet it. Its payload is read from the
+/// job file itself for each pass of the apply when only this user can
+/// have written it ([`Payload::Job`]); else it is first copied into a
+/// private file in `tmp` while hashing it ([`Payload::Copy`]).
 pub fn receive(
     inbox: &Queue,
     name: &std::ffi::OsStr,
     keys: &Keys,
     tmp: &Path,
 ) -> Result<Received, Refused> {
-    let mut job = inbox.open_job(name, None).map_err(|e| match e {
+    let path = inbox.job_path(name);
+    let file = inbox.open_file(name).map_err(|e| {
+        Refused::Error(SyncError::Queue {
+            what: "open a change set of the inbox".into(),
+            source: e,
+        })
+    })?;
+    let direct = private_to_us(&file);
+    let keep = if direct {
+        Some(
+            file.try_clone()
+                .map_err(|e| Refused::Error(SyncError::io("open", &path, e)))?,
+        )
+    } else {
+        None
+    };
+    let mut job = inbox.open_job_file(file, &path).map_err(|e| match e {
         fspl_queue::QueueError::InvalidJob { .. } | fspl_queue::QueueError::BadJob { .. } => {
             Refused::Job(fspl_queue::display_chain(&e))
         }
@@ -216,20 +373,34 @@ pub fn receive(
             ));
         }
     }
-    let alg = job
-        .ext
-        .digest
-        .as_ref()
-        .map(|d| d.alg)
-        .unwrap_or(DigestAlg::Blake3);
-    let declared = job.ext.payload_len;
+    if job.ext.digest.is_none() {
+        return Err(Refused::Job("its header has no payload digest".into()));
+    }
+    if job.ext.payload_len.is_none() {
+        return Err(Refused::Job("its header has no payload length".into()));
+    }
     let ext = job.ext.clone();
     let seq = job.header.seq;
+    if let Some(file) = keep {
+        job.payload.close();
+        return Ok(Received {
+            seq,
+            payload: Payload::Job {
+                inbox: inbox.clone(),
+                file,
+                path,
+                ext: Box::new(ext),
+                checked: false,
+            },
+            sender,
+        });
+    }
+    let alg = ext.digest.as_ref().map_or(DigestAlg::Blake3, |d| d.alg);
     let spooled = fspl_queue::spool::private_copy_of_stream(
         Some(tmp),
         &mut job.payload_reader(),
         alg,
-        declared,
+        ext.payload_len,
     )
     .map_err(|e| match e {
         fspl_queue::CopyError::Read(e) => Refused::Job(format!("cannot read its payload: {e}")),
@@ -238,15 +409,11 @@ pub fn receive(
         }
     })?;
     job.payload.close();
-    if ext.digest.is_none() {
-        return Err(Refused::Job("its header has no payload digest".into()));
-    }
     fspl_queue::verify::check_payload(&ext, spooled.len, &spooled.digest)
         .map_err(|r| Refused::Job(r.reason))?;
     Ok(Received {
         seq,
-        payload: spooled.file,
-        len: spooled.len,
+        payload: Payload::Copy(spooled.file),
         sender,
     })
 }

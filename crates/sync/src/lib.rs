@@ -124,6 +124,10 @@ pub enum SyncError {
         #[source]
         source: changeset::ReadError,
     },
+    /// A change set's payload does not match its header (found while the
+    /// apply reads it from the job file): the round refuses it for good.
+    #[error("its payload does not match its header: {0}")]
+    Damaged(String),
     #[error("keys: {0}")]
     Keys(String),
     #[error("{0}")]
@@ -178,6 +182,7 @@ impl SyncError {
                 | SyncError::TooManyDeletes { .. }
                 | SyncError::Refused { .. }
                 | SyncError::Hostile { .. }
+                | SyncError::Damaged(_)
                 | SyncError::Keys(_)
                 | SyncError::State { .. }
         )

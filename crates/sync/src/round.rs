@@ -497,29 +497,32 @@ fn run(
         };
         names.sort();
         progress("applying", 80);
-        let got = match job::receive(&inbox, &names[0], keys, &tmp) {
-            Ok(r) => r,
-            Err(job::Refused::Error(e)) => return Err(e),
-            Err(job::Refused::Job(reason)) => {
-                let moved = fspl_queue::verify::reject(
-                    &inbox,
-                    &names[0],
-                    Some(next),
-                    &fspl_queue::verify::Refusal {
-                        reason: reason.clone(),
-                        sender: None,
-                    },
-                )
-                .map_err(qerr("move a refused change set aside"))?;
-                return Err(SyncError::Refused {
+        let refuse = |reason: String| -> SyncError {
+            let moved = fspl_queue::verify::reject(
+                &inbox,
+                &names[0],
+                Some(next),
+                &fspl_queue::verify::Refusal {
+                    reason: reason.clone(),
+                    sender: None,
+                },
+            );
+            match moved {
+                Ok(moved) => SyncError::Refused {
                     seq: next,
                     reason,
                     moved,
-                });
+                },
+                Err(e) => qerr("move a refused change set aside")(e),
             }
         };
+        let got = match job::receive(&inbox, &names[0], keys, &tmp) {
+            Ok(r) => r,
+            Err(job::Refused::Error(e)) => return Err(e),
+            Err(job::Refused::Job(reason)) => return Err(refuse(reason)),
+        };
         let mut payload = got.payload;
-        let applied = apply::apply(
+        let applied = match apply::apply(
             cfg,
             &o.root,
             &o.filter,
@@ -527,7 +530,12 @@ fn run(
             &mut payload,
             got.seq,
             opts.force,
-        )?;
+        ) {
+            Ok(a) => a,
+            // Found by the apply's first pass, before anything was changed.
+            Err(SyncError::Damaged(reason)) => return Err(refuse(reason)),
+            Err(e) => return Err(e),
+        };
         o.state.save(&sf, now_ns())?;
         for n in &names {
             let p = inbox.job_path(n);

@@ -431,3 +431,71 @@ fn a_peer_clock_ahead_by_more_than_max_skew_is_reported() {
     handmade(&b, b"now.txt", None, fspl_sync::now_ns() + 1_000_000_000);
     assert_eq!(b.ok().skew, None);
 }
+
+/// Alter the first `from` in the only job of `b`'s inbox into `to` (a
+/// change set made without compression carries file bytes as they are).
+fn alter_inbox_job(b: &Side, from: &[u8], to: &[u8], mode: u32) -> PathBuf {
+    let jobs = b.cfg.inbox.join("jobs");
+    let job = fs::read_dir(&jobs)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&job).unwrap();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("the bytes to alter are in the job");
+    bytes[at..at + to.len()].copy_from_slice(to);
+    fs::write(&job, bytes).unwrap();
+    fs::set_permissions(&job, fs::Permissions::from_mode(mode)).unwrap();
+    job
+}
+
+#[test]
+fn a_change_set_altered_in_the_inbox_is_refused_and_nothing_of_it_applied() {
+    // 0644: read straight from the job file, checked by the apply's first
+    // pass; 0664 (someone else may write it): checked as it is copied.
+    for mode in [0o644, 0o664] {
+        let (_t, mut a, b) = pair();
+        a.cfg.compression = fspl_sync::config::Compression::None;
+        write(&a.p("first.txt"), "one");
+        write(&a.p("second.txt"), "hello, tree");
+        a.ok();
+        assert_eq!(carry(&a, &b), 1);
+        let job = alter_inbox_job(&b, b"hello, tree", b"jello", mode);
+        let name = job.file_name().unwrap().to_owned();
+        let e = b.round().unwrap_err();
+        let SyncError::Refused { seq: 1, reason, .. } = &e else {
+            panic!("mode {mode:o}: {e}");
+        };
+        assert!(reason.contains("digest"), "mode {mode:o}: {reason}");
+        assert!(!b.p("first.txt").exists(), "mode {mode:o}: nothing applied");
+        assert!(
+            !b.p("second.txt").exists(),
+            "mode {mode:o}: nothing applied"
+        );
+        assert!(!job.exists(), "mode {mode:o}: the job left the inbox");
+        assert!(
+            b.cfg.inbox.join("rejected").join(&name).exists(),
+            "mode {mode:o}: the job is in rejected/"
+        );
+    }
+}
+
+#[test]
+fn a_change_set_shared_with_other_writers_is_applied_from_a_private_copy() {
+    let (_t, a, b) = pair();
+    write(&a.p("d/f.txt"), "content");
+    fs::write(a.p("big.bin"), vec![7u8; 3 << 20]).unwrap();
+    a.ok();
+    assert_eq!(carry(&a, &b), 1);
+    let jobs = b.cfg.inbox.join("jobs");
+    for e in fs::read_dir(&jobs).unwrap().flatten() {
+        fs::set_permissions(e.path(), fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let r = b.ok();
+    assert_eq!(r.files_received, 2);
+    assert_eq!(manifest(a.tree()), manifest(b.tree()));
+}
