@@ -782,3 +782,33 @@ pub fn copy_stream(r: &mut dyn Read, w: &mut dyn io::Write) -> std::result::Resu
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_job_file_is_linked_into_jobs_under_a_fresh_name_and_stays_where_it_was() {
+        let t = tempfile::tempdir().unwrap();
+        let q = t.path().join("q");
+        Queue::init(&q, false).unwrap();
+        let q = Queue::new(&q);
+        let made = t.path().join("made.fspl");
+        std::fs::write(&made, b"job bytes").unwrap();
+        let name = q.link_job(&made).unwrap().expect("one file system: linked");
+        let name = name.to_str().unwrap().to_string();
+        assert!(name.starts_with("fspl-") && name.ends_with(".fspl"), "{name}");
+        let linked = q.job_path(OsStr::new(&name));
+        assert_eq!(
+            std::fs::metadata(&linked).unwrap().ino(),
+            std::fs::metadata(&made).unwrap().ino(),
+            "the same file, not a copy"
+        );
+        // A second store of the same file is a second job, never a
+        // replacement.
+        let again = q.link_job(&made).unwrap().unwrap();
+        assert_ne!(again.to_str().unwrap(), name);
+        assert_eq!(std::fs::read_dir(q.jobs_dir()).unwrap().count(), 2);
+    }
+}
