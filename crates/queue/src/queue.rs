@@ -798,7 +798,10 @@ mod link_tests {
         std::fs::write(&made, b"job bytes").unwrap();
         let name = q.link_job(&made).unwrap().expect("one file system: linked");
         let name = name.to_str().unwrap().to_string();
-        assert!(name.starts_with("fspl-") && name.ends_with(".fspl"), "{name}");
+        assert!(
+            name.starts_with("fspl-") && name.ends_with(".fspl"),
+            "{name}"
+        );
         let linked = q.job_path(OsStr::new(&name));
         assert_eq!(
             std::fs::metadata(&linked).unwrap().ino(),

@@ -122,8 +122,16 @@ pub fn apply(
     let mut links: Vec<Vec<u8>> = Vec::new();
     let (mut deletes, mut adds) = (0usize, 0usize);
     let mut manifest: Option<Manifest> = None;
+    // Changes taken back by the sender (by their index among the changes).
+    let mut retracted: std::collections::HashSet<usize> = Default::default();
+    let mut index = 0usize;
     payload.pass(|r| changeset::read(r, |item| {
         match item {
+            Item::Retract => {
+                if let Some(i) = index.checked_sub(1) {
+                    retracted.insert(i);
+                }
+            }
             Item::Manifest(m) => {
                 if m.from != cfg.peer || m.to != cfg.name {
                     return Err(hostile(format!(
@@ -152,6 +160,7 @@ pub fn apply(
                     }
                     _ => adds += 1,
                 }
+                index += 1;
             }
         }
         Ok(())
@@ -187,9 +196,13 @@ pub fn apply(
     let mut batch = Batch::default();
     payload
         .pass(|r| {
+            let mut index = 0usize;
             changeset::read(r, |item| {
                 if let Item::Change(c, data) = item {
-                    one(cfg, root, filter, state, &c, data, &mut out, &mut batch)?;
+                    if !retracted.contains(&index) {
+                        one(cfg, root, filter, state, &c, data, &mut out, &mut batch)?;
+                    }
+                    index += 1;
                 }
                 Ok(())
             })

@@ -13,7 +13,7 @@
 //! library. Memory stays flat in the size of the change set.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 
 use serde::{Deserialize, Serialize};
 use tar::{EntryType, Header};
@@ -44,11 +44,53 @@ pub struct Change {
     pub new: Version,
 }
 
-/// Writes a change set into a file, entry by entry; an entry whose file
-/// changed while it was read is taken back ([`Writer::rollback`]).
+/// Where a change set's bytes go: a private temporary file, or a zstd
+/// encoder writing the job file itself (see [`crate::job::start`]).
+pub enum Out {
+    File(File),
+    Zstd(Box<zstd::stream::write::Encoder<'static, File>>),
+}
+
+impl Write for Out {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(b),
+            Out::Zstd(e) => e.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Out::File(f) => f.flush(),
+            Out::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+/// Writes a change set, entry by entry, hashing it as it goes (the job's
+/// header carries the digest). Nothing written is ever taken back: a file
+/// that changed while it was read is followed by a retraction
+/// ([`Writer::retract`]), and the receiver skips it.
 pub struct Writer {
-    out: BufWriter<File>,
+    out: BufWriter<Hashed>,
     pos: u64,
+}
+
+/// Hashes what goes by (under the buffer: in large pieces, which BLAKE3
+/// hashes several chunks at a time).
+struct Hashed {
+    out: Out,
+    hasher: fspl_trust::digest::Hasher,
+}
+
+impl Write for Hashed {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(b)?;
+        self.hasher.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
@@ -82,9 +124,18 @@ fn padding(size: u64) -> usize {
 }
 
 impl Writer {
+    /// A change set written into `file`.
     pub fn new(file: File) -> Writer {
+        Writer::to(Out::File(file))
+    }
+
+    pub fn to(out: Out) -> Writer {
+        let hashed = Hashed {
+            out,
+            hasher: fspl_trust::digest::Hasher::new(fspl_format::DigestAlg::Blake3),
+        };
         Writer {
-            out: BufWriter::with_capacity(256 * 1024, file),
+            out: BufWriter::with_capacity(256 * 1024, hashed),
             pos: 0,
         }
     }
@@ -106,19 +157,13 @@ impl Writer {
         self.write(&vec![0u8; padding(body.len() as u64)])
     }
 
-    /// Where the next entry starts.
-    pub fn mark(&self) -> u64 {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
         self.pos
     }
 
-    /// Take back everything written since `mark`.
-    pub fn rollback(&mut self, mark: u64) -> io::Result<()> {
-        self.out.flush()?;
-        let f = self.out.get_mut();
-        f.set_len(mark)?;
-        f.seek(SeekFrom::Start(mark))?;
-        self.pos = mark;
-        Ok(())
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
     }
 
     pub fn manifest(&mut self, m: &Manifest) -> io::Result<()> {
@@ -163,15 +208,16 @@ impl Writer {
         self.write(h.as_bytes())
     }
 
-    /// A regular file's entry with exactly `size` bytes from `src`; an
-    /// error when `src` has fewer.
+    /// A regular file's entry with `size` bytes from `src`. When `src`
+    /// has fewer, the entry is filled up with zeros (a torn file: the
+    /// caller retracts it) and false is returned.
     pub fn file(
         &mut self,
         path: &[u8],
         base: &Version,
         new: &Meta,
         src: &mut dyn Read,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let Meta::File { size, mtime, mode } = *new else {
             return Err(io::Error::other("not a file"));
         };
@@ -183,23 +229,45 @@ impl Writer {
         ])?;
         let h = header(EntryType::Regular, size, mode, mtime, "fspl-entry");
         self.write(h.as_bytes())?;
-        let copied = io::copy(&mut src.take(size), &mut self.out)?;
-        self.pos += copied;
-        if copied != size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file became shorter while it was read",
-            ));
+        let mut buf = vec![0u8; size.clamp(1, 256 * 1024) as usize];
+        let mut left = size;
+        let mut whole = true;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = if whole {
+                match src.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        whole = false;
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                buf[..want].fill(0);
+                want
+            };
+            self.write(&buf[..n])?;
+            left -= n as u64;
         }
-        self.write(&vec![0u8; padding(size)])
+        self.write(&vec![0u8; padding(size)])?;
+        Ok(whole)
     }
 
-    /// End the archive; the file and its length. Not synced: it is a
-    /// private temporary that only feeds the job made from it (which is).
-    pub fn finish(mut self) -> io::Result<(File, u64)> {
+    /// Take back the entry just written for `path` (a file that changed
+    /// while it was read): the receiver skips both.
+    pub fn retract(&mut self, path: &[u8]) -> io::Result<()> {
+        self.pax(&[("path", path), ("FSPL.retract", b"1")])?;
+        let h = header(EntryType::Regular, 0, 0, 0, "fspl-retract");
+        self.write(h.as_bytes())
+    }
+
+    /// End the archive; where it went, its length and its digest.
+    pub fn finish(mut self) -> io::Result<(Out, u64, fspl_format::Digest)> {
         self.write(&[0u8; 1024])?;
-        let f = self.out.into_inner().map_err(|e| e.into_error())?;
-        Ok((f, self.pos))
+        let hashed = self.out.into_inner().map_err(|e| e.into_error())?;
+        Ok((hashed.out, self.pos, hashed.hasher.finish()))
     }
 }
 
@@ -249,6 +317,9 @@ pub enum Item<'a> {
     Manifest(Manifest),
     /// A change; for a file, its bytes (exactly its size).
     Change(Change, &'a mut dyn Read),
+    /// The change just before is taken back (its file changed while the
+    /// sender read it): it is not applied.
+    Retract,
 }
 
 /// Read a change set from the start of `file`, calling `each` for the
@@ -260,6 +331,8 @@ pub fn read(
 ) -> Result<(), crate::SyncError> {
     let mut pax: Option<Vec<(String, Vec<u8>)>> = None;
     let mut first = true;
+    // The path of the last change (what a retraction may take back).
+    let mut last: Option<Vec<u8>> = None;
     let h = |e: ReadError| crate::SyncError::Hostile { seq: 0, source: e };
     loop {
         let mut block = [0u8; 512];
@@ -342,6 +415,18 @@ pub fn read(
             continue;
         }
         let path = get("path").ok_or_else(|| h(bad("an entry without a path")))?;
+        if get("FSPL.retract").is_some() {
+            // Takes back the entry just before it, of the same path.
+            if typ != EntryType::Regular || size != 0 || last.as_deref() != Some(path) {
+                return Err(h(bad(format!(
+                    "a retraction of {:?} that does not follow its entry",
+                    String::from_utf8_lossy(path)
+                ))));
+            }
+            last = None;
+            each(Item::Retract)?;
+            continue;
+        }
         if !valid_rel(path) {
             return Err(h(bad(format!(
                 "path {:?} is not inside the tree (absolute, `..`, or empty components)",
@@ -373,6 +458,7 @@ pub fn read(
                 String::from_utf8_lossy(path)
             ))));
         }
+        last = Some(path.to_vec());
         let change = Change {
             path: path.to_vec(),
             base,

@@ -13,7 +13,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use fspl_format::{CmdType, Command, Ctime, DigestAlg, Extension, JobHeader};
+use fspl_format::{CmdType, Command, Ctime, Digest, DigestAlg, Extension, JobHeader};
+
+use crate::changeset::{Out, Writer};
 use fspl_queue::Queue;
 use fspl_trust::crypt::{Encrypting, encrypt, parse_recipient};
 
@@ -62,19 +64,9 @@ impl Write for Shared {
     }
 }
 
-/// Make the job of change set `seq` from the tar in `payload` (`len`
-/// bytes) into a new file at `dest`, synced.
-pub fn build(
-    payload: &mut File,
-    len: u64,
-    seq: u64,
-    keys: &Keys,
-    compression: Option<fspl_codec::CompressSpec>,
-    dest: &Path,
-) -> Result<(), SyncError> {
-    let io = |what: &'static str| move |e: io::Error| SyncError::io(what, dest, e);
-    let digest =
-        fspl_trust::digest::hash_file(DigestAlg::Blake3, payload, len).map_err(io("hash"))?;
+/// The header of change set `seq`'s job: the payload's length and
+/// digest, signed when asked.
+fn header_bytes(seq: u64, len: u64, digest: Digest, keys: &Keys) -> Result<Vec<u8>, SyncError> {
     let header = JobHeader {
         seq,
         ctime: Ctime::now(),
@@ -95,10 +87,21 @@ pub fn build(
             .map_err(|e| SyncError::Job(format!("cannot encode the signed fields: {e}")))?;
         ext.signature = Some(k.sign(&signed));
     }
-    let bytes = header
+    header
         .encode_with(&ext)
-        .map_err(|e| SyncError::Job(format!("cannot encode the job header: {e}")))?;
-    let file = OpenOptions::new()
+        .map_err(|e| SyncError::Job(format!("cannot encode the job header: {e}")))
+}
+
+/// Room for the header at the start of a job written as its change set
+/// is made (far more than a header takes: about 300 bytes signed).
+const HEADER_ROOM: u64 = 4096;
+
+/// The zstd level of change sets.
+const ZSTD_LEVEL: i32 = 3;
+
+fn create(dest: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         // As `queue-write` makes them: the file is linked into the outbox
@@ -106,7 +109,121 @@ pub fn build(
         .mode(0o666)
         .custom_flags(libc::O_NOFOLLOW)
         .open(dest)
-        .map_err(io("create"))?;
+}
+
+/// Begin the job of a change set at `dest`: the writer the change set is
+/// written into. With zstd (the default) and no encryption, the change
+/// set is compressed straight into the job file as it is made (on other
+/// cores than the one reading the tree), after room left for the header,
+/// which [`complete`] writes last. Otherwise it goes to a private
+/// temporary in `tmp` first, and [`complete`] makes the job from it.
+pub fn start(
+    dest: &Path,
+    tmp: &Path,
+    keys: &Keys,
+    compression: Option<fspl_codec::CompressSpec>,
+) -> Result<Writer, SyncError> {
+    let streamed = keys.recipients.is_empty()
+        && matches!(compression, Some(c) if c.kind == fspl_codec::Compression::Zstd);
+    if !streamed {
+        let f =
+            tempfile::tempfile_in(tmp).map_err(|e| SyncError::io("create a file in", tmp, e))?;
+        return Ok(Writer::new(f));
+    }
+    let io = |what: &'static str| move |e: io::Error| SyncError::io(what, dest, e);
+    let level = compression.and_then(|c| c.level).unwrap_or(ZSTD_LEVEL);
+    let mut file = create(dest).map_err(io("create"))?;
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(HEADER_ROOM))
+        .map_err(io("write"))?;
+    let mut enc = zstd::stream::write::Encoder::new(file, level).map_err(io("compress"))?;
+    enc.include_checksum(true).map_err(io("compress"))?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = (cores.saturating_sub(1)).clamp(1, 4) as u32;
+    enc.multithread(workers).map_err(io("compress"))?;
+    // Jobs of 2 MiB: a few in flight keep memory small.
+    enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(2 << 20))
+        .map_err(io("compress"))?;
+    Ok(Writer::to(Out::Zstd(Box::new(enc))))
+}
+
+/// A zstd skippable frame of exactly `len` bytes (at least 8): decoders
+/// pass over it.
+fn skippable_frame(len: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    f.extend_from_slice(&((len - 8) as u32).to_le_bytes());
+    f.resize(len, 0);
+    f
+}
+
+/// Finish the job [`start`] began at `dest`, with the change set's
+/// length and digest ([`Writer::finish`]): synced.
+pub fn complete(
+    out: Out,
+    len: u64,
+    digest: Digest,
+    seq: u64,
+    keys: &Keys,
+    compression: Option<fspl_codec::CompressSpec>,
+    dest: &Path,
+) -> Result<(), SyncError> {
+    let io = |what: &'static str| move |e: io::Error| SyncError::io(what, dest, e);
+    match out {
+        Out::File(mut tmp) => build(&mut tmp, len, Some(digest), seq, keys, compression, dest),
+        Out::Zstd(enc) => {
+            let file = enc.finish().map_err(io("write"))?;
+            // The header, a zstd frame of its own, then a skippable frame
+            // up to where the payload's frame starts: one stream that
+            // decodes to the header followed by the payload.
+            let bytes = header_bytes(seq, len, digest, keys)?;
+            let level = compression.and_then(|c| c.level).unwrap_or(ZSTD_LEVEL);
+            let mut head = {
+                let mut e =
+                    zstd::stream::write::Encoder::new(Vec::new(), level).map_err(io("compress"))?;
+                e.include_checksum(true).map_err(io("compress"))?;
+                e.write_all(&bytes).map_err(io("compress"))?;
+                e.finish().map_err(io("compress"))?
+            };
+            let room = HEADER_ROOM as usize;
+            if head.len() + 8 > room {
+                return Err(SyncError::Job(format!(
+                    "the job header takes {} bytes compressed, more than the {} kept for it",
+                    head.len(),
+                    room - 8
+                )));
+            }
+            let pad = room - head.len();
+            head.extend_from_slice(&skippable_frame(pad));
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&head, 0).map_err(io("write"))?;
+            file.sync_all().map_err(io("sync"))?;
+            Ok(())
+        }
+    }
+}
+
+/// Make the job of change set `seq` from the tar in `payload` (`len`
+/// bytes; its digest, or None to hash it here) into a new file at
+/// `dest`, synced.
+pub fn build(
+    payload: &mut File,
+    len: u64,
+    digest: Option<Digest>,
+    seq: u64,
+    keys: &Keys,
+    compression: Option<fspl_codec::CompressSpec>,
+    dest: &Path,
+) -> Result<(), SyncError> {
+    let io = |what: &'static str| move |e: io::Error| SyncError::io(what, dest, e);
+    let digest = match digest {
+        Some(d) => d,
+        None => {
+            fspl_trust::digest::hash_file(DigestAlg::Blake3, payload, len).map_err(io("hash"))?
+        }
+    };
+    let bytes = header_bytes(seq, len, digest, keys)?;
+    let file = create(dest).map_err(io("create"))?;
     let sink = if keys.recipients.is_empty() {
         Sink::Plain(file)
     } else {

@@ -383,10 +383,11 @@ fn run(
     if !changes.is_empty() {
         progress("sending-state", 20);
         let seq = o.state.next_seq;
-        let tar =
-            tempfile::tempfile_in(&tmp).map_err(|e| SyncError::io("create a file in", &tmp, e))?;
-        let mut w = Writer::new(tar);
-        let wio = |e: std::io::Error| SyncError::io("write the change set in", &tmp, e);
+        let part = pending.join(format!("{seq}.fspl.part"));
+        let _ = std::fs::remove_file(&part);
+        let compression = cfg.compression.spec();
+        let mut w = job::start(&part, &tmp, keys, compression)?;
+        let wio = |e: std::io::Error| SyncError::io("write the change set in", &part, e);
         w.manifest(&Manifest {
             version: 1,
             from: cfg.name.clone(),
@@ -434,12 +435,9 @@ fn run(
             }
         }
         drop(cached);
+        let (out, len, digest) = w.finish().map_err(wio)?;
         if sent > 0 {
-            let (mut tar, len) = w.finish().map_err(wio)?;
-            let part = pending.join(format!("{seq}.fspl.part"));
-            let _ = std::fs::remove_file(&part);
-            job::build(&mut tar, len, seq, keys, cfg.compression.spec(), &part)?;
-            drop(tar);
+            job::complete(out, len, digest, seq, keys, compression, &part)?;
             let done = pending.join(format!("{seq}.fspl"));
             std::fs::rename(&part, &done).map_err(|e| SyncError::io("rename", &part, e))?;
             fspl_queue::durable::sync_dir(&pending).map_err(|e| SyncError::Queue {
@@ -450,6 +448,9 @@ fn run(
             o.state.save(&sf, now)?;
             flush_pending(&pending, &outbox)?;
             report.sets_sent = 1;
+        } else {
+            drop(out);
+            let _ = std::fs::remove_file(&part);
         }
     }
     if o.dirty || !sf.exists() {
@@ -558,7 +559,8 @@ fn run(
 }
 
 /// Put a regular file into the change set, retrying when it changes
-/// while it is read; the version sent, or None after three tries.
+/// while it is read (the torn copy is retracted: see
+/// [`Writer::retract`]); the version sent, or None after three tries.
 fn send_file(
     root: &Root,
     w: &mut Writer,
@@ -566,10 +568,9 @@ fn send_file(
     base: &Version,
     scanned: &Meta,
 ) -> std::io::Result<Option<Meta>> {
-    let Meta::File { mtime, .. } = *scanned else {
+    if !matches!(scanned, Meta::File { .. }) {
         return Ok(None);
-    };
-    let _ = mtime;
+    }
     for _ in 0..3 {
         let Some(mut f) = root.open_file(p)? else {
             return Ok(None); // gone: the next round sends its deletion
@@ -579,15 +580,12 @@ fn send_file(
             return Ok(None);
         }
         let m = Meta::File { size, mtime, mode };
-        let mark = w.mark();
-        let r = w.file(p, base, &m, &mut f);
+        let whole = w.file(p, base, &m, &mut f)?;
         let after = fstat_meta(&f)?;
-        match r {
-            Ok(()) if after == (size, mtime, mode, true) => return Ok(Some(m)),
-            Ok(()) => w.rollback(mark)?,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => w.rollback(mark)?,
-            Err(e) => return Err(e),
+        if whole && after == (size, mtime, mode, true) {
+            return Ok(Some(m));
         }
+        w.retract(p)?;
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     tracing::warn!(

@@ -364,13 +364,104 @@ fn handmade(b: &Side, path: &[u8], link_first: Option<&[u8]>, created_ns: i64) {
     };
     w.file(path, &Version::Absent, &m, &mut &b"evil"[..])
         .unwrap();
-    let (mut f, len) = w.finish().unwrap();
+    into_inbox(b, w);
+}
+
+/// Make the change set written in `w` a job in `b`'s inbox.
+fn into_inbox(b: &Side, w: fspl_sync::changeset::Writer) {
+    let (out, len, digest) = w.finish().unwrap();
+    let fspl_sync::changeset::Out::File(mut f) = out else {
+        unreachable!("a writer to a file")
+    };
     if !b.cfg.inbox.exists() {
         fspl_queue::Queue::init(&b.cfg.inbox, false).unwrap();
     }
-    let job = b.cfg.inbox.parent().unwrap().join("hostile.fspl");
-    fspl_sync::job::build(&mut f, len, 1, &b.keys, None, &job).unwrap();
+    let job = b.cfg.inbox.parent().unwrap().join("handmade.fspl");
+    let _ = fs::remove_file(&job);
+    fspl_sync::job::build(&mut f, len, Some(digest), 1, &b.keys, None, &job).unwrap();
     fspl_sync::job::store(&fspl_queue::Queue::new(&b.cfg.inbox), &job).unwrap();
+}
+
+/// A writer of change set 1 from alpha to beta, its manifest written.
+fn handmade_writer() -> fspl_sync::changeset::Writer {
+    use fspl_sync::changeset::{Manifest, Writer};
+    let mut w = Writer::new(tempfile::tempfile().unwrap());
+    w.manifest(&Manifest {
+        version: 1,
+        from: "alpha".into(),
+        to: "beta".into(),
+        seq: 1,
+        created_ns: fspl_sync::now_ns(),
+    })
+    .unwrap();
+    w
+}
+
+fn file_meta(size: u64) -> fspl_sync::meta::Meta {
+    fspl_sync::meta::Meta::File {
+        size,
+        mtime: 1_000_000_000,
+        mode: 0o644,
+    }
+}
+
+#[test]
+fn a_retracted_entry_is_skipped_and_the_next_copy_of_the_file_applied() {
+    use fspl_sync::meta::Version;
+    let (_t, _a, b) = pair();
+    let mut w = handmade_writer();
+    // A first read that came out short (padded, then taken back), then a
+    // whole one.
+    assert!(
+        !w.file(b"f.txt", &Version::Absent, &file_meta(8), &mut &b"torn"[..])
+            .unwrap()
+    );
+    w.retract(b"f.txt").unwrap();
+    assert!(
+        w.file(
+            b"f.txt",
+            &Version::Absent,
+            &file_meta(8),
+            &mut &b"complete"[..]
+        )
+        .unwrap()
+    );
+    // One only ever sent torn: nothing of it arrives.
+    w.file(
+        b"g.txt",
+        &Version::Absent,
+        &file_meta(5),
+        &mut &b"gone?"[..],
+    )
+    .unwrap();
+    w.retract(b"g.txt").unwrap();
+    into_inbox(&b, w);
+    let r = b.ok();
+    assert_eq!(fs::read_to_string(b.p("f.txt")).unwrap(), "complete");
+    assert!(!b.p("g.txt").exists(), "a retracted file is not applied");
+    assert_eq!(r.files_received, 1, "{r:?}");
+}
+
+#[test]
+fn a_retraction_that_does_not_follow_its_entry_is_hostile() {
+    use fspl_sync::meta::Version;
+    for twice in [false, true] {
+        let (_t, _a, b) = pair();
+        let mut w = handmade_writer();
+        w.file(b"f.txt", &Version::Absent, &file_meta(1), &mut &b"x"[..])
+            .unwrap();
+        if twice {
+            w.retract(b"f.txt").unwrap();
+            w.retract(b"f.txt").unwrap();
+        } else {
+            w.retract(b"other.txt").unwrap();
+        }
+        into_inbox(&b, w);
+        let e = b.round().unwrap_err();
+        assert!(matches!(e, SyncError::Hostile { seq: 1, .. }), "{e}");
+        assert!(e.to_string().contains("retraction"), "{e}");
+        assert!(!b.p("f.txt").exists(), "nothing applied");
+    }
 }
 
 #[test]

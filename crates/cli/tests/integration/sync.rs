@@ -843,3 +843,62 @@ fn sigkill_mid_send_loses_no_change_and_leaves_no_gap() {
         "3-799".repeat(100)
     );
 }
+
+/// A signed change set compressed with zstd (the default) is written into
+/// its job as it is made: a header frame padded with a skippable frame,
+/// then the payload's frame. It is still one zstd stream that `zstdcat`
+/// reads as a whole job, and its signature and digest check out.
+#[test]
+fn a_signed_change_set_streamed_into_its_job_reads_with_zstdcat_and_checks_out() {
+    let sb = Sandbox::new();
+    let (a, b) = Side::pair(&sb);
+    let key = sb.path("alpha.key");
+    ok(run(ours([
+        OsStr::new("keygen"),
+        OsStr::new("-o"),
+        key.as_os_str(),
+    ])));
+    let public = fs::read_to_string(sb.path("alpha.key.pub")).unwrap();
+    let trust = sb.path("trust.toml");
+    fs::write(
+        &trust,
+        format!("[[sender]]\nname = \"alpha\"\nkey = {:?}\n", public.trim()),
+    )
+    .unwrap();
+    write(&a.p("small.txt"), "signed and streamed");
+    fs::write(a.p("big.bin"), noise(5 << 20, 3)).unwrap();
+    ok(run(a.cmd("once", &["--sign", key.to_str().unwrap()])));
+    let job = fs::read_dir(a.outbox.join("jobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "fspl"))
+        .expect("a job in the outbox");
+    // The payload's frame starts after the 4 KiB kept for the header.
+    let bytes = fs::read(&job).unwrap();
+    assert_eq!(
+        &bytes[4096..4100],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "a zstd frame"
+    );
+    let plain = Command::new("zstdcat").arg(&job).output().unwrap();
+    assert!(plain.status.success(), "zstdcat: {:?}", plain);
+    let mut info = fspl();
+    info.arg("stdin-info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = info.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(&plain.stdout);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdin-info: {out:?}");
+    assert!(text.contains("fspl-sync-changeset"), "{text}");
+    push(&a, &b);
+    ok(run(b.cmd("once", &["--trust", trust.to_str().unwrap()])));
+    assert_eq!(manifest(&a.dir), manifest(&b.dir));
+}
