@@ -20,7 +20,7 @@
 use std::io::Read;
 
 use crate::changeset::{self, Change, Item, Manifest};
-use crate::fsops::{Root, TEMP_PREFIX};
+use crate::fsops::{Root, TEMP_PREFIX, Temp};
 use crate::meta::{Meta, Version, within};
 use crate::scan::{Filter, PRIVATE_DIR};
 use crate::state::State;
@@ -193,22 +193,23 @@ pub fn apply(
     // [`Batch`]); then
     // the directories they changed are synced, before the caller saves
     // the state that records them.
-    let mut batch = Batch::default();
-    payload
-        .pass(|r| {
-            let mut index = 0usize;
-            changeset::read(r, |item| {
-                if let Item::Change(c, data) = item {
-                    if !retracted.contains(&index) {
-                        one(cfg, root, filter, state, &c, data, &mut out, &mut batch)?;
+    Batch::with(root, |batch| {
+        payload
+            .pass(|r| {
+                let mut index = 0usize;
+                changeset::read(r, |item| {
+                    if let Item::Change(c, data) = item {
+                        if !retracted.contains(&index) {
+                            one(cfg, root, filter, state, &c, data, &mut out, batch)?;
+                        }
+                        index += 1;
                     }
-                    index += 1;
-                }
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .map_err(seqd)?;
-    batch.flush(root)?;
+            .map_err(seqd)?;
+        batch.flush(root)
+    })?;
     root.sync_dirs()
         .map_err(|e| SyncError::io("sync the directories of", &root.path, e))?;
     Ok(out)
@@ -228,17 +229,81 @@ const BATCH_FILES: usize = 4096;
 /// ... and this many bytes.
 const BATCH_BYTES: u64 = 64 << 20;
 
+/// A batch also ends at this many directories (each is held open until
+/// its files are in place).
+const BATCH_DIRS: usize = 256;
+
+type Temps = Vec<(Vec<u8>, Temp)>;
+
 /// Small files written under temporary names, not yet in place: one
 /// `syncfs` makes them all durable, then each is renamed into place (one
 /// flush instead of one fsync per file; every file still lands whole and
-/// durable before its name appears).
-#[derive(Default)]
+/// durable before its name appears). A full batch is committed (flushed,
+/// then renamed) by a thread of its own while the next one is written;
+/// [`Batch::flush`] hands over what is there and waits until every batch
+/// is in place, before anything else changes the tree.
 struct Batch {
-    temps: Vec<(Vec<u8>, String)>,
+    temps: Temps,
     bytes: u64,
+    dirs: usize,
+    tx: std::sync::mpsc::SyncSender<Temps>,
+    rx: std::sync::mpsc::Receiver<Result<(), SyncError>>,
+    outstanding: usize,
+}
+
+/// Flush a batch's temporaries, then put each in place.
+fn commit(root: &Root, temps: Temps) -> Result<(), SyncError> {
+    root.syncfs()
+        .map_err(|e| SyncError::io("sync the file system of", &root.path, e))?;
+    for (p, t) in temps {
+        root.put_in_place(&p, &t).map_err(|e| err(&p, e))?;
+    }
+    Ok(())
 }
 
 impl Batch {
+    /// Run `f` with a batch whose committer runs beside it; every batch
+    /// handed over is committed (or failed) before this returns.
+    fn with<T>(
+        root: &Root,
+        f: impl FnOnce(&mut Batch) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        std::thread::scope(|scope| {
+            // A rendezvous: handing over a batch waits while the one
+            // before is committed.
+            let (tx, jobs) = std::sync::mpsc::sync_channel::<Temps>(0);
+            let (done, rx) = std::sync::mpsc::channel();
+            let committer = std::thread::Builder::new()
+                .name("fspl-sync-commit".into())
+                .spawn_scoped(scope, move || {
+                    for temps in jobs {
+                        if done.send(commit(root, temps)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| SyncError::io("start a thread to commit files in", &root.path, e))?;
+            let mut batch = Batch {
+                temps: Vec::new(),
+                bytes: 0,
+                dirs: 0,
+                tx,
+                rx,
+                outstanding: 0,
+            };
+            let r = f(&mut batch);
+            // What was handed over is waited for, even after an error
+            // (what was not stays under temporary names, removed by the
+            // next round).
+            let waited = batch.wait();
+            drop(batch);
+            let _ = committer.join();
+            let v = r?;
+            waited?;
+            Ok(v)
+        })
+    }
+
     fn add(
         &mut self,
         root: &Root,
@@ -251,25 +316,56 @@ impl Batch {
         let tmp = root
             .write_temp(p, data, size, mode, mtime, false)
             .map_err(|e| err(p, e))?;
+        if !self.temps.last().is_some_and(|(_, t)| t.same_dir(&tmp)) {
+            self.dirs += 1;
+        }
         self.temps.push((p.to_vec(), tmp));
         self.bytes += size;
-        if self.temps.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES {
-            self.flush(root)?;
+        if self.temps.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES || self.dirs >= BATCH_DIRS {
+            self.hand_over()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self, root: &Root) -> Result<(), SyncError> {
+    /// Hand the batch to the committer (waiting while it commits the one
+    /// before); an error it already reported is returned.
+    fn hand_over(&mut self) -> Result<(), SyncError> {
+        while let Ok(r) = self.rx.try_recv() {
+            self.outstanding -= 1;
+            r?;
+        }
         if self.temps.is_empty() {
             return Ok(());
         }
-        root.syncfs()
-            .map_err(|e| SyncError::io("sync the file system of", &root.path, e))?;
-        for (p, tmp) in self.temps.drain(..) {
-            root.put_in_place(&p, &tmp).map_err(|e| err(&p, e))?;
-        }
+        let temps = std::mem::take(&mut self.temps);
         self.bytes = 0;
+        self.dirs = 0;
+        self.tx
+            .send(temps)
+            .map_err(|_| SyncError::Job("the thread committing files stopped".into()))?;
+        self.outstanding += 1;
         Ok(())
+    }
+
+    /// Wait until every batch handed over is in place.
+    fn wait(&mut self) -> Result<(), SyncError> {
+        let mut first = None;
+        while self.outstanding > 0 {
+            let r = self.rx.recv().unwrap_or_else(|_| {
+                Err(SyncError::Job("the thread committing files stopped".into()))
+            });
+            self.outstanding -= 1;
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Everything written so far in place.
+    fn flush(&mut self, _root: &Root) -> Result<(), SyncError> {
+        self.hand_over()?;
+        self.wait()
     }
 }
 

@@ -70,6 +70,20 @@ impl AsFd for Dir {
 /// [`Root::cache_dirs`].
 pub struct DirCache<'a>(&'a Root);
 
+/// A file written under a temporary name ([`Root::write_temp`]), with the
+/// directory it is in, held open until it is put in place.
+pub struct Temp {
+    dir: Arc<Dir>,
+    name: String,
+}
+
+impl Temp {
+    /// Whether `other` is in the same directory (the same one held open).
+    pub fn same_dir(&self, other: &Temp) -> bool {
+        Arc::ptr_eq(&self.dir, &other.dir)
+    }
+}
+
 impl Drop for DirCache<'_> {
     fn drop(&mut self) {
         self.0
@@ -376,7 +390,7 @@ impl Root {
         mode: u32,
         mtime: i64,
         sync: bool,
-    ) -> io::Result<String> {
+    ) -> io::Result<Temp> {
         let (dir, tmp, mut f) = self.temp(rel)?;
         let result = (|| {
             let early = || {
@@ -434,16 +448,14 @@ impl Root {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
             return Err(e);
         }
-        Ok(tmp)
+        Ok(Temp { dir, name: tmp })
     }
 
     /// Rename the temporary `tmp` (made by [`Root::write_temp`]) over
-    /// `rel`.
-    pub fn put_in_place(&self, rel: &[u8], tmp: &str) -> io::Result<()> {
-        let dir = self
-            .dir_of(rel, true)?
-            .ok_or_else(|| at(rel, "create", io::Error::from(io::ErrorKind::NotFound)))?;
-        self.install(&dir, tmp, rel)
+    /// `rel`, in the directory it was made in (kept open with it: no walk,
+    /// and another thread may do this while the caller writes on).
+    pub fn put_in_place(&self, rel: &[u8], tmp: &Temp) -> io::Result<()> {
+        self.install(&tmp.dir, &tmp.name, rel)
     }
 
     /// Flush everything written to the tree's file system (one flush for
