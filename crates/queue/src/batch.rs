@@ -53,7 +53,7 @@ use rustix::io::Errno;
 
 use crate::error::{QueueError, Result};
 use crate::failpoint::hit;
-use crate::queue::{EntryKind, JobSource, Queue, TEMP_PREFIX, classify, receive};
+use crate::queue::{EntryKind, JobSource, Queue, TEMP_PREFIX, check_only, classify, receive};
 
 /// When a batch should be committed.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +139,8 @@ pub struct Batch {
     /// names at commit); false where the file system (or a missing /proc)
     /// does not allow it.
     unnamed: bool,
+    /// The device of `dir` (a job file on it can be linked in).
+    dev: u64,
     /// Named temporaries are `.fspl-tmp-<tag>-<n>`: one random tag per
     /// batch (unique among writers), a counter within it.
     tag: uuid::Uuid,
@@ -169,6 +171,7 @@ impl Batch {
         mut limits: BatchLimits,
     ) -> Result<Batch> {
         let dir_fd = Arc::new(crate::durable::open_dir_following(dir)?);
+        let dev = rustix::fs::fstat(&*dir_fd).map_or(u64::MAX, |st| st.st_dev);
         limits.max_jobs = limits.max_jobs.clamp(1, fd_budget());
         Ok(Batch {
             dir: dir.to_path_buf(),
@@ -180,6 +183,7 @@ impl Batch {
             bytes: 0,
             first: None,
             unnamed: proc_fd_links(),
+            dev,
             tag: uuid::Uuid::new_v4(),
             counter: 0,
         })
@@ -270,6 +274,48 @@ impl Batch {
                 Err(e)
             }
         }
+    }
+
+    /// Take the complete job file `file` (a local outbox's, open at its
+    /// start) to be stored as `name` by linking that very file into place
+    /// at commit instead of copying it: checked as [`Batch::add_named`]
+    /// checks a job (read; nothing written), and flushed with the batch
+    /// (the commit's `syncfs` covers it: it is on the same file system).
+    /// `Ok(None)` when it cannot be linked here: on another file system,
+    /// owned by someone else (the link would keep their file, with their
+    /// ownership, in this directory), or no way to link an open file; the
+    /// caller copies it with [`Batch::add_named`].
+    pub fn add_linked(
+        &mut self,
+        file: &File,
+        from: &Path,
+        name: &OsStr,
+    ) -> Result<Option<OsString>> {
+        check_name(name)?;
+        if !self.unnamed {
+            return Ok(None);
+        }
+        let Ok(st) = rustix::fs::fstat(file) else {
+            return Ok(None);
+        };
+        let regular =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular || st.st_dev != self.dev || st.st_uid != rustix::process::geteuid().as_raw() {
+            return Ok(None);
+        }
+        let (mut reader, kept) = match (file.try_clone(), file.try_clone()) {
+            (Ok(r), Ok(k)) => (r, k),
+            _ => return Ok(None),
+        };
+        check_only(&mut reader, self.identities.as_deref(), &self.owner, from)?;
+        self.bytes += st.st_size as u64;
+        self.first.get_or_insert_with(Instant::now);
+        self.pending.push(Pending {
+            tmp: None,
+            name: name.to_os_string(),
+            file: kept,
+        });
+        Ok(Some(name.to_os_string()))
     }
 
     /// A new temporary in the directory: an unnamed file where the file

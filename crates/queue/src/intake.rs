@@ -60,7 +60,8 @@ struct Tee<'a> {
     input: &'a mut dyn JobSource,
     /// What the input is, for errors ("stdin", a file).
     from: &'a Path,
-    file: &'a File,
+    /// Where the job is stored; None when it is only checked.
+    file: Option<&'a File>,
     tmp: &'a Path,
     buf: Vec<u8>,
     pos: usize,
@@ -77,7 +78,12 @@ struct Tee<'a> {
 }
 
 impl<'a> Tee<'a> {
-    fn new(input: &'a mut dyn JobSource, from: &'a Path, file: &'a File, tmp: &'a Path) -> Tee<'a> {
+    fn new(
+        input: &'a mut dyn JobSource,
+        from: &'a Path,
+        file: Option<&'a File>,
+        tmp: &'a Path,
+    ) -> Tee<'a> {
         Tee {
             input,
             from,
@@ -138,7 +144,9 @@ impl<'a> Tee<'a> {
 
     /// Write `data` to the temporary; start writeback now and then.
     fn store(&mut self, data: &[u8]) -> io::Result<()> {
-        if let Err(source) = self.file.write_all(data) {
+        if let Some(mut f) = self.file
+            && let Err(source) = f.write_all(data)
+        {
             return Err(self.fail(QueueError::Io {
                 action: "write",
                 path: self.tmp.to_path_buf(),
@@ -170,7 +178,9 @@ impl<'a> Tee<'a> {
 
     /// Ask the kernel to start writing what was stored since last time.
     fn start_writeback(&mut self) {
-        start_writeback(self.file, self.kicked, self.stored);
+        if let Some(f) = self.file {
+            start_writeback(f, self.kicked, self.stored);
+        }
         self.kicked = self.stored;
     }
 
@@ -216,13 +226,16 @@ impl<'a> Tee<'a> {
         self.consume_buffered();
         // A second descriptor of the input (sharing its offset), so that
         // the tee stays free to use.
-        let src = self.input.as_file().map(File::try_clone).transpose();
+        let src = match self.file {
+            Some(_) => self.input.as_file().map(File::try_clone).transpose(),
+            None => Ok(None),
+        };
         let src = match src {
             Ok(src) => src,
             Err(e) => return Err(self.copy_failed(e)),
         };
-        let Some(mut src) = src else {
-            // Not a file: through the buffer.
+        let (Some(mut src), Some(mut dst)) = (src, self.file) else {
+            // Not a file (or only checked): through the buffer.
             let mut buf = vec![0u8; TEE_BUF];
             let mut done = 0u64;
             while done < len {
@@ -238,7 +251,6 @@ impl<'a> Tee<'a> {
             }
             return Ok(done);
         };
-        let mut dst: &File = self.file;
         let mut done = 0u64;
         while done < len {
             let want = (len - done).min(CHUNK);
@@ -344,7 +356,7 @@ pub(crate) fn receive(
     from: &Path,
     sync: SyncFn,
 ) -> Result<(), Failure> {
-    let mut tee = Tee::new(input, from, file, tmp);
+    let mut tee = Tee::new(input, from, Some(file), tmp);
     let mut synced = false;
     let checked = check(&mut tee, identities, sync, &mut synced);
     // An I/O error says more than what the check made of it.
@@ -357,6 +369,22 @@ pub(crate) fn receive(
         sync().map_err(Failure::Io)?;
     }
     Ok(())
+}
+
+/// Check the job read from `input` as [`receive`] does, storing nothing
+/// (a job that is linked into place, not copied).
+pub(crate) fn check_only(
+    input: &mut dyn JobSource,
+    identities: Option<&Identities>,
+    from: &Path,
+) -> Result<(), Failure> {
+    let mut tee = Tee::new(input, from, None, from);
+    let mut synced = true;
+    let checked = check(&mut tee, identities, &|| Ok(()), &mut synced);
+    if let Some(e) = tee.failed.take() {
+        return Err(Failure::Io(e));
+    }
+    checked
 }
 
 /// Check the job as it streams by (`sync` and `synced`: see
@@ -413,7 +441,8 @@ fn check(
         Some(declared)
             if ext.digest.is_some()
                 && declared > tee.buffered().len() as u64 + KERNEL_COPY_MIN
-                && tee.input.as_file().is_some() =>
+                && tee.input.as_file().is_some()
+                && tee.file.is_some() =>
         {
             copy_and_hash(tee, ext, declared, sync, synced)
         }
@@ -517,7 +546,9 @@ fn copy_and_hash(
     if buffered > declared {
         return Err(Failure::Invalid(PayloadTooLong { declared }.to_string()));
     }
-    let file = tee.file;
+    let Some(file) = tee.file else {
+        return Err(Failure::Invalid("nowhere to hash it from".into()));
+    };
     // Where the payload starts in the temporary.
     let start = tee.stored - buffered;
     let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(16);

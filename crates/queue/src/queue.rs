@@ -728,6 +728,23 @@ pub(crate) fn receive(
     })
 }
 
+/// Check the job read from `input` as [`receive`] does, storing nothing.
+pub(crate) fn check_only(
+    input: &mut dyn JobSource,
+    identities: Option<&Identities>,
+    dir: &Path,
+    from: &Path,
+) -> Result<()> {
+    crate::intake::check_only(input, identities, from).map_err(|e| match e {
+        crate::intake::Failure::Io(e) => e,
+        crate::intake::Failure::Invalid(reason) => QueueError::InvalidJob {
+            dir: dir.to_path_buf(),
+            from: from.to_path_buf(),
+            reason,
+        },
+    })
+}
+
 pub(crate) fn bad_job(path: &Path, source: HeaderError) -> QueueError {
     match source {
         HeaderError::Io(e) => QueueError::Io {

@@ -19,6 +19,8 @@
 //! batch, and under the name they had in the outbox, never replacing a
 //! file: a resent job lands on its own earlier copy (identical bytes: an
 //! acknowledgement), and a different file under that name is a refusal.
+//! A job file on the destination's file system (and the pusher's own) is
+//! linked into place rather than copied ([`Batch::add_linked`]).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -307,10 +309,18 @@ impl DirSink {
 
 impl Sink for DirSink {
     fn send(&mut self, id: u64, job: &mut OutgoingJob<'_>) -> Result<(), TransportError> {
-        match self
-            .batch
-            .add_named(job.reader, Path::new(job.name), job.name)
-        {
+        // A job file on this file system is linked into place, not copied.
+        let linked = match job.reader.as_file() {
+            Some(f) => self.batch.add_linked(f, Path::new(job.name), job.name),
+            None => Ok(None),
+        };
+        let added = match linked {
+            Ok(None) => self
+                .batch
+                .add_named(job.reader, Path::new(job.name), job.name),
+            r => r.map(|n| n.unwrap_or_default()),
+        };
+        match added {
             Ok(_) => self.ids.push(id),
             Err(e) if e.is_refusal() => self.acks.push(Ack::Refused {
                 id,

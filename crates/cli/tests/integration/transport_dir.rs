@@ -299,6 +299,59 @@ fn a_corrupt_job_in_the_outbox_is_reported_and_kept_and_the_others_sent() {
     );
 }
 
+/// A job larger than what a push keeps in memory (64 KiB), pushed to a
+/// destination on the same file system, is linked into place instead of
+/// copied: the very file arrives. It is checked all the same: one whose
+/// payload was altered is refused and stays in the outbox.
+#[test]
+fn large_jobs_on_one_file_system_are_linked_not_copied_and_still_checked() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let ob = sb.queue("outbox");
+    let big = |seq: u64, seed: u64| {
+        let p = sb.path(format!("payload{seq}"));
+        std::fs::write(&p, noise(300 << 10, seed)).unwrap();
+        let mut c = clean_fspl(["prepare", "--seq", &seq.to_string(), "-i"]);
+        c.arg(&p);
+        ok(run(c))
+    };
+    write(&ob, &big(1, 1));
+    let good = jobs_in(&ob.join("jobs"));
+    let (name, bytes) = good.iter().next().unwrap();
+    let ino = std::fs::metadata(ob.join("jobs").join(name)).unwrap().ino();
+    let mut altered = big(2, 2);
+    let mid = altered.len() / 2;
+    altered[mid] ^= 0xff;
+    std::fs::write(ob.join("jobs/fspl-altered.fspl"), &altered).unwrap();
+    for dest in [sb.queue("dest"), sb.path("folder")] {
+        let _ = std::fs::create_dir(&dest);
+        let into = if dest.join("jobs").is_dir() {
+            dest.join("jobs")
+        } else {
+            dest.clone()
+        };
+        let out = push(&ob, &dest, &["--keep"]);
+        exit_code(&out, 1);
+        let errors = error_lines(&out);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("fspl-altered.fspl (seq 2): refusing the job"),
+            "{errors:?}"
+        );
+        assert_eq!(jobs_in(&into), good, "only the good job arrived");
+        assert_eq!(
+            std::fs::metadata(into.join(name)).unwrap().ino(),
+            ino,
+            "the outbox's file itself, linked"
+        );
+        assert_eq!(std::fs::read(into.join(name)).unwrap(), *bytes);
+        assert!(ob.join("jobs/fspl-altered.fspl").exists(), "kept");
+        // --keep moved the sent job to sent/: put it back for the next
+        // destination.
+        std::fs::rename(ob.join("sent").join(name), ob.join("jobs").join(name)).unwrap();
+    }
+}
+
 /// A job whose header reads but whose payload is not what the header
 /// says (cut short) is refused by the destination's checks, as
 /// `queue-write` would refuse it: by push (it stays in the outbox) and by
