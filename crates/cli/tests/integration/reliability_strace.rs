@@ -17,7 +17,10 @@
 //! - transports (push, pull; docs/transports.md): a `syncfs` of the file
 //!   system counts as the sync of every file written before it (a batch's
 //!   one flush); a job delivered into a folder (`.fspl-tmp-*` renamed to
-//!   `fspl-*.fspl`) follows the rules of a rename into `jobs/`; a job
+//!   `fspl-*.fspl`) follows the rules of a rename into `jobs/`; an
+//!   outbox's job file linked as it is into another directory (a push on
+//!   one file system) must be flushed (its fsync, or a syncfs) before the
+//!   link, and the destination fsynced after it; a job
 //!   file removed from an outbox or a source (unlinked, or moved to
 //!   `sent/`) must first have a copy under its name in another directory,
 //!   renamed there and that directory fsynced, and its own directory is
@@ -75,6 +78,8 @@ enum Kind {
         from: String,
         to: String,
         ok: bool,
+        /// A `linkat`: `from` keeps its name.
+        link: bool,
     },
     Unlink {
         path: String,
@@ -373,7 +378,12 @@ fn parse(trace: &str, cwd: &Path) -> Result<Vec<Event>, String> {
                         resolve(Some(&a[2]), &unquote(&a[3]).unwrap_or_default(), cwd),
                     )
                 };
-                Kind::Rename { from, to, ok: ok0 }
+                Kind::Rename {
+                    from,
+                    to,
+                    ok: ok0,
+                    link: false,
+                }
             }
             "linkat" => {
                 // linkat(AT_FDCWD, "/proc/self/fd/N", DIR, NAME, AT_SYMLINK_FOLLOW),
@@ -392,6 +402,7 @@ fn parse(trace: &str, cwd: &Path) -> Result<Vec<Event>, String> {
                     from: from.unwrap_or(src),
                     to: resolve(Some(&a[2]), &unquote(&a[3]).unwrap_or_default(), cwd),
                     ok: ok0,
+                    link: true,
                 }
             }
             "unlink" => Kind::Unlink {
@@ -499,18 +510,23 @@ fn verify(ev: &[Event]) -> Verdict {
     };
     for (i, e) in ev.iter().enumerate() {
         match &e.kind {
-            Kind::Rename { from, to, ok } => {
+            Kind::Rename { from, to, ok, link } => {
                 if !ok {
                     continue;
                 }
+                // An outbox's job file linked as it is into another
+                // directory under its name (a push on one file system).
+                let linked_job =
+                    *link && is_job_name(from) && is_job_name(to) && parent(from) != parent(to);
                 // A temporary given its job name: a named one
                 // (`.fspl-tmp-*`), or an unnamed one (`O_TMPFILE`, shown
                 // by strace as `DIR/#INODE (deleted)`).
-                let delivered = is_job_name(to)
-                    && Path::new(from).file_name().is_some_and(|n| {
-                        let n = n.to_string_lossy();
-                        n.starts_with(".fspl-tmp-") || n.starts_with('#')
-                    });
+                let delivered = linked_job
+                    || is_job_name(to)
+                        && Path::new(from).file_name().is_some_and(|n| {
+                            let n = n.to_string_lossy();
+                            n.starts_with(".fspl-tmp-") || n.starts_with('#')
+                        });
                 let into_jobs = (in_jobs_dir(to) && is_job_name(to)) || delivered;
                 if is_job_name(from)
                     && Path::new(to)
@@ -543,6 +559,21 @@ fn verify(ev: &[Event]) -> Verdict {
                         ));
                     }
                     Some(_) => {}
+                    // Written by another process (queue-write): flushed
+                    // here before it got its new name all the same.
+                    None if linked_job => {
+                        let flushed = ev[..i].iter().any(|x| match &x.kind {
+                            Kind::SyncFs { ok } => *ok,
+                            Kind::Sync { path, ok } => *ok && path == from,
+                            _ => false,
+                        });
+                        if !flushed {
+                            v.problems.push(format!(
+                                "{}: linked without an fsync of {from} (or a syncfs) before",
+                                e.text
+                            ));
+                        }
+                    }
                     None if into_jobs || replace => v.problems.push(format!(
                         "{}: {from} was never written by this process (trace incomplete?)",
                         e.text
@@ -551,7 +582,7 @@ fn verify(ev: &[Event]) -> Verdict {
                 }
                 // The directories: synced after the rename, before exit.
                 let mut dirs = vec![parent(to)];
-                if parent(from) != parent(to) {
+                if parent(from) != parent(to) && !*link {
                     dirs.push(parent(from));
                 }
                 for d in dirs {
@@ -796,6 +827,16 @@ fn self_test(tally: &mut Tally) {
 1 fsync(4</w/o/jobs>) = 0
 1 exit_group(0) = ?
 ";
+    // A job file of the outbox (on the same file system) linked into the
+    // destination as it is, by its descriptor.
+    let ok_push_linked = "\
+1 syncfs(3</w/d/jobs>) = 0
+1 linkat(9</w/o/jobs/fspl-a.fspl>, \"\", 3</w/d/jobs>, \"fspl-a.fspl\", AT_EMPTY_PATH) = 0
+1 fsync(3</w/d/jobs>) = 0
+1 unlinkat(4</w/o/jobs>, \"fspl-a.fspl\", 0) = 0
+1 fsync(4</w/o/jobs>) = 0
+1 exit_group(0) = ?
+";
     let ok_prepare = "\
 1 write(1<pipe:[77]>, \"*FILESPOOLER\\0\\1\", 60) = 60
 1 pwrite64(3</w/seq>, \"8\\n\", 2, 0) = 2
@@ -807,6 +848,17 @@ fn self_test(tally: &mut Tally) {
         ("a correct queue-write", ok_write.to_string(), true),
         ("a correct push", ok_push.to_string(), true),
         ("a correct push of unnamed files", ok_push_unnamed.to_string(), true),
+        ("a correct push of a linked job file", ok_push_linked.to_string(), true),
+        (
+            "push: a job file linked without a flush",
+            ok_push_linked.replace("1 syncfs(3</w/d/jobs>) = 0\n", ""),
+            false,
+        ),
+        (
+            "push: outbox unlinked before the link's directory fsync",
+            ok_push_linked.replace("1 fsync(3</w/d/jobs>) = 0\n", ""),
+            false,
+        ),
         (
             "push: unnamed files linked without the batch's flush",
             ok_push_unnamed.replace("1 syncfs(3</w/d/jobs>) = 0\n", ""),
