@@ -66,9 +66,16 @@ side() { # side NAME PEER
   echo --dir "$W/$1" --name "$1" --peer "$2" --outbox "$W/$1-out" --inbox "$W/$1-in" --state "$W/$1-state"
 }
 
+# Each contender of Y1 starts with the tree in the page cache: read it
+# whole first. (On a VM that reclaims idle pages, as this one does with
+# DAMON, a tree left alone for seconds goes cold, and whichever ran first
+# would pay for reading it from disk.)
+warm() { tar cf - -C "$W/A" . | cat >/dev/null; }
+
 # Y1 + Y4
 mkdir -p "$W/B"
 "$FSPL" sync once $(side B A) >/dev/null   # B's queues and state
+warm
 t0=$(now)
 /usr/bin/time -f %M -o "$W/rss-a" "$FSPL" sync once $(side A B) >/dev/null
 "$FSPL" push -q "$W/A-out" "dir:$W/B-in" 2>/dev/null
@@ -76,8 +83,10 @@ t0=$(now)
 t1=$(now)
 Y1=$(secs "$t0" "$t1")
 sync
+warm
 t0=$(now); mkdir "$W/T"; tar cf - -C "$W/A" . | zstd -q -T0 | zstd -dq | tar xf - -C "$W/T"; sync; t1=$(now)
 TAR=$(secs "$t0" "$t1")
+warm
 t0=$(now); rsync -a "$W/A/" "$W/R/"; sync; t1=$(now)
 RSYNC=$(secs "$t0" "$t1")
 diff -r -x .fspl-sync "$W/A" "$W/B" >/dev/null && SAME=yes || SAME=NO
