@@ -285,10 +285,12 @@ fn flush_pending(pending: &Path, outbox: &Queue) -> Result<u64, SyncError> {
 }
 
 /// The local changes since the last synced state: deletions (deepest
-/// first), then everything new or changed (parents first).
+/// first), then everything new or changed (parents first). The scan is
+/// used up (its paths move into the changes: a large tree's paths are
+/// not held twice).
 pub(crate) fn diff(
     o: &mut Opened,
-    scanned: &crate::scan::Scanned,
+    scanned: crate::scan::Scanned,
     now: i64,
 ) -> Vec<(Vec<u8>, Version, Version)> {
     let mut dels = Vec::new();
@@ -316,16 +318,16 @@ pub(crate) fn diff(
     }
     dels.reverse();
     let mut changes = dels;
-    for (p, m) in &scanned.entries {
-        let base = match o.state.entries.get(p) {
-            Some(old) if old.same(m) => continue,
+    for (p, m) in scanned.entries {
+        let base = match o.state.entries.get(&p) {
+            Some(old) if old.same(&m) => continue,
             Some(old) => Version::Present(old.clone()),
-            None => match o.state.deleted.get(p) {
+            None => match o.state.deleted.get(&p) {
                 Some(at) => Version::Deleted { at: *at },
                 None => Version::Absent,
             },
         };
-        changes.push((p.clone(), base, Version::Present(m.clone())));
+        changes.push((p, base, Version::Present(m)));
     }
     changes
 }
@@ -358,7 +360,7 @@ fn run(
             synced: o.state.entries.len(),
         });
     }
-    let changes = diff(&mut o, &scanned, now);
+    let changes = diff(&mut o, scanned, now);
     let deletes = changes
         .iter()
         .filter(|c| matches!(c.2, Version::Deleted { .. }))
