@@ -15,8 +15,12 @@
 #   quick: 10,000 files, ~100 MiB
 # FSPL=/path/to/fspl uses that binary (default: target/release/fspl, built
 # when missing). Files live in target/bench-tmp/sync.PID (same file system
-# as the checkout) and are removed at the end. Not a test: nothing fails
-# on a slow number.
+# as the checkout), or in BENCH_DIR/sync.PID when BENCH_DIR is set (say, a
+# journaled ext4: an ext4 without a journal, like this VM's, makes every
+# file creation walk past the inodes freed in the last minute, so a run
+# right after a large deletion is several times slower, for every
+# contender), and are removed at the end. Not a test: nothing fails on a
+# slow number.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -35,7 +39,7 @@ done
 FSPL=${FSPL:-target/release/fspl}
 [ -x "$FSPL" ] || cargo build --release -p fspl
 FSPL=$(realpath "$FSPL")
-W=target/bench-tmp/sync.$$
+W=${BENCH_DIR:-target/bench-tmp}/sync.$$
 mkdir -p "$W"
 W=$(realpath "$W")
 trap 'rm -rf "$W"' EXIT
@@ -147,7 +151,7 @@ ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 {
   echo "# fspl sync benchmarks (Y1-Y4)"
   echo
-  echo "$(date -u +%F) · $(nproc) cores · load $(cut -d' ' -f1 /proc/loadavg) · $FILES files + $BIGS large, $((SIZE / 1048576)) MiB · trees identical after Y1: $SAME"
+  echo "$(date -u +%F) · $(nproc) cores · load $(cut -d' ' -f1 /proc/loadavg) · $FILES files + $BIGS large, $((SIZE / 1048576)) MiB · trees identical after Y1: $SAME · $(df -T "$W" | awk 'NR == 2 {print $2}') at $W"
   echo
   echo "| row | measured | compared with | ratio | goal |"
   echo "|---|---|---|---|---|"
