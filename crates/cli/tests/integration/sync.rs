@@ -649,10 +649,8 @@ fn over_ssh_change_sets_go_through_serve_stdin() {
     );
 }
 
-#[test]
-fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
-    let sb = Sandbox::new();
-    let (a, b) = Side::pair(&sb);
+/// alpha's signing key (`fspl keygen`) and a trust file naming it.
+fn alpha_signs(sb: &Sandbox) -> (PathBuf, PathBuf) {
     let key = sb.path("alpha.key");
     ok(run(ours([
         OsStr::new("keygen"),
@@ -666,6 +664,14 @@ fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
         format!("[[sender]]\nname = \"alpha\"\nkey = {:?}\n", public.trim()),
     )
     .unwrap();
+    (key, trust)
+}
+
+#[test]
+fn signed_and_encrypted_change_sets_are_applied_and_forged_ones_refused() {
+    let sb = Sandbox::new();
+    let (a, b) = Side::pair(&sb);
+    let (key, trust) = alpha_signs(&sb);
     let age = sb.path("beta.age");
     let out = Command::new("sh")
         .arg("-c")
@@ -852,19 +858,7 @@ fn sigkill_mid_send_loses_no_change_and_leaves_no_gap() {
 fn a_signed_change_set_streamed_into_its_job_reads_with_zstdcat_and_checks_out() {
     let sb = Sandbox::new();
     let (a, b) = Side::pair(&sb);
-    let key = sb.path("alpha.key");
-    ok(run(ours([
-        OsStr::new("keygen"),
-        OsStr::new("-o"),
-        key.as_os_str(),
-    ])));
-    let public = fs::read_to_string(sb.path("alpha.key.pub")).unwrap();
-    let trust = sb.path("trust.toml");
-    fs::write(
-        &trust,
-        format!("[[sender]]\nname = \"alpha\"\nkey = {:?}\n", public.trim()),
-    )
-    .unwrap();
+    let (key, trust) = alpha_signs(&sb);
     write(&a.p("small.txt"), "signed and streamed");
     fs::write(a.p("big.bin"), noise(5 << 20, 3)).unwrap();
     ok(run(a.cmd("once", &["--sign", key.to_str().unwrap()])));
