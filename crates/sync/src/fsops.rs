@@ -125,7 +125,8 @@ fn at(rel: &[u8], what: &str, e: impl Into<io::Error>) -> io::Error {
     )
 }
 
-/// Files up to this size are written with one `write`.
+/// Files up to this size are written with one `write`; larger ones in
+/// pieces this size.
 const ONE_WRITE: u64 = 256 * 1024;
 
 impl Root {
@@ -393,39 +394,20 @@ impl Root {
     ) -> io::Result<Temp> {
         let (dir, tmp, mut f) = self.temp(rel)?;
         let result = (|| {
-            let early = || {
-                at(
+            // Through a buffer as large as the file (at most ONE_WRITE):
+            // a small file in one write, a large one in pieces that size
+            // (a plain copy loop's are 8 KiB).
+            let mut w = io::BufWriter::with_capacity(size.clamp(1, ONE_WRITE) as usize, &mut f);
+            let n = io::copy(&mut src.take(size), &mut w).map_err(|e| at(rel, "write", e))?;
+            if n != size {
+                return Err(at(
                     rel,
                     "write",
                     io::Error::new(io::ErrorKind::UnexpectedEof, "the change set ended early"),
-                )
-            };
-            if size <= ONE_WRITE {
-                // A small file in one write (a copy loop would take two
-                // or three for most).
-                let mut buf = vec![0u8; size as usize];
-                src.read_exact(&mut buf).map_err(|e| match e.kind() {
-                    io::ErrorKind::UnexpectedEof => early(),
-                    _ => at(rel, "write", e),
-                })?;
-                f.write_all(&buf).map_err(|e| at(rel, "write", e))?;
-            } else {
-                // Large pieces (a copy loop's are 8 KiB).
-                let mut buf = vec![0u8; ONE_WRITE as usize];
-                let mut left = size;
-                while left > 0 {
-                    let want = left.min(ONE_WRITE) as usize;
-                    let n = match src.read(&mut buf[..want]) {
-                        Ok(0) => return Err(early()),
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(at(rel, "write", e)),
-                    };
-                    f.write_all(&buf[..n]).map_err(|e| at(rel, "write", e))?;
-                    left -= n as u64;
-                }
+                ));
             }
-            f.flush()?;
+            w.flush().map_err(|e| at(rel, "write", e))?;
+            drop(w);
             rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777))
                 .map_err(|e| at(rel, "set the mode of", e))?;
             rustix::fs::futimens(

@@ -320,7 +320,7 @@ impl Payload {
         &mut self,
         f: impl FnOnce(&mut dyn io::Read) -> Result<T, SyncError>,
     ) -> Result<T, SyncError> {
-        use std::io::{Read, Seek};
+        use std::io::Seek;
         match self {
             Payload::Copy(file) => {
                 file.seek(io::SeekFrom::Start(0)).map_err(|e| {
@@ -369,15 +369,7 @@ impl Payload {
                 let r = f(&mut io::BufReader::with_capacity(256 * 1024, &mut hashing));
                 // The rest (what `f` did not read, or all of it after an
                 // error) goes through the hash too.
-                let mut buf = vec![0u8; 256 * 1024];
-                let rest = loop {
-                    match hashing.read(&mut buf) {
-                        Ok(0) => break Ok(()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
+                let rest = io::copy(&mut hashing, &mut io::sink());
                 let (len, hasher) = (hashing.len, hashing.hasher);
                 job.payload.close();
                 if let Err(e) = rest {
